@@ -1,0 +1,142 @@
+//! XEP-0160 Best Practices for Handling Offline Messages, v1.0.1: chat and normal messages for
+//! an account with no available resource are stored durably and delivered, with a XEP-0203
+//! delay stamp, when the account next sends initial presence. Headline, groupchat and error
+//! messages are not stored, nor are messages with a XEP-0334 `no-store` hint or that carry only
+//! chat states.
+
+use super::{Cx, Flow, Module};
+use crate::jid::Jid;
+use crate::stanza::{Condition, StanzaError, stanza_type};
+use crate::storage::Write;
+use crate::xml::{Element, ns, reader};
+use serde::Deserialize;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Messages kept per account; further ones are refused with `resource-constraint`.
+    pub max_per_user: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { max_per_user: 1000 }
+    }
+}
+
+pub struct Offline {
+    pub max_per_user: usize,
+}
+
+/// Whether a message with no resource to go to is worth keeping.
+pub fn storable(msg: &Element) -> bool {
+    matches!(stanza_type(msg), "chat" | "normal")
+        && !msg.has_child("no-store", ns::HINTS)
+        && msg.elements().any(|c| c.ns != ns::CHATSTATES)
+}
+
+impl Module for Offline {
+    fn name(&self) -> &'static str {
+        "offline"
+    }
+    fn features(&self) -> &'static [&'static str] {
+        &[ns::OFFLINE]
+    }
+
+    fn message_in(
+        &self,
+        cx: &mut Cx,
+        user: &str,
+        msg: &Element,
+        targets: &[Jid],
+    ) -> Result<Flow, StanzaError> {
+        if !targets.is_empty() || !storable(msg) {
+            return Ok(Flow::Continue);
+        }
+        let count = cx.server.store.offline_count(user).map_err(|e| {
+            log::error!("offline count for {user}: {e}");
+            StanzaError::new(Condition::InternalServerError)
+        })?;
+        if count >= self.max_per_user {
+            return Err(StanzaError::with_text(
+                Condition::ResourceConstraint,
+                "the recipient's offline storage is full",
+            ));
+        }
+        cx.write(Write::OfflinePush {
+            user: user.to_owned(),
+            stamp_ms: now_ms(),
+            xml: msg.to_xml(),
+        });
+        Ok(Flow::Handled)
+    }
+
+    fn initial_presence(&self, cx: &mut Cx, session: &Jid) {
+        let Some(user) = session.local() else { return };
+        let msgs = match cx.server.store.offline_peek(user, self.max_per_user) {
+            Ok(m) => m,
+            Err(e) => {
+                log::error!("reading offline messages of {user}: {e}");
+                return;
+            }
+        };
+        let Some(last) = msgs.last().map(|m| m.seq) else {
+            return;
+        };
+        let domain = cx.domain().to_owned();
+        for m in msgs {
+            let Some(mut el) = reader::parse_one(&m.xml) else {
+                log::warn!("dropping unreadable offline message {} of {user}", m.seq);
+                continue;
+            };
+            let when = UNIX_EPOCH + Duration::from_millis(m.stamp_ms);
+            el.push(
+                Element::new("delay", ns::DELAY)
+                    .with_attr("from", domain.as_str())
+                    .with_attr("stamp", super::time::stamp(when)),
+            );
+            cx.send(session.clone(), el);
+        }
+        cx.write(Write::OfflineDelete {
+            user: user.to_owned(),
+            upto: last,
+        });
+    }
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(t: Option<&str>, child: Element) -> Element {
+        let mut m = Element::new("message", ns::CLIENT).with_child(child);
+        if let Some(t) = t {
+            m.set_attr("type", t);
+        }
+        m
+    }
+
+    #[test]
+    fn what_is_stored() {
+        let body = || Element::new("body", ns::CLIENT).with_text("hi");
+        assert!(storable(&msg(Some("chat"), body())));
+        assert!(storable(&msg(None, body())));
+        assert!(!storable(&msg(Some("headline"), body())));
+        assert!(!storable(&msg(Some("groupchat"), body())));
+        assert!(!storable(&msg(Some("error"), body())));
+        assert!(!storable(&msg(
+            Some("chat"),
+            Element::new("composing", ns::CHATSTATES)
+        )));
+        assert!(!storable(
+            &msg(Some("chat"), body()).with_child(Element::new("no-store", ns::HINTS))
+        ));
+    }
+}

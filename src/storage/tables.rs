@@ -1,0 +1,23 @@
+//! The schema: every redb table hearth uses, and the schema version. Nothing else lives here.
+//!
+//! Names follow `KEY_TO_VALUE`. Stanzas are stored as XML text in the `jabber:client` namespace;
+//! records are TOML text. Both are easy to inspect and stable across versions.
+
+use redb::TableDefinition;
+
+/// Bumped whenever a table's key or value encoding changes. Version 1: the first schema.
+pub const SCHEMA_VERSION: u64 = 1;
+
+/// "schema_version" → [`SCHEMA_VERSION`] of the hearth that created the file.
+pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Normalised localpart → SCRAM credentials (TOML of `accounts::Credentials`).
+pub const USER_TO_CREDENTIALS: TableDefinition<&str, &str> = TableDefinition::new("credentials");
+/// (localpart, contact bare JID) → roster item (TOML of `roster::RosterItem`).
+pub const USER_CONTACT_TO_ROSTER_ITEM: TableDefinition<(&str, &str), &str> =
+    TableDefinition::new("roster");
+/// Localpart → roster version (RFC 6121 §2.6), strictly increasing across the server.
+pub const USER_TO_ROSTER_VERSION: TableDefinition<&str, u64> =
+    TableDefinition::new("roster_version");
+/// (localpart, sequence) → (milliseconds since the epoch when stored, message XML).
+pub const USER_SEQ_TO_OFFLINE: TableDefinition<(&str, u64), (u64, &str)> =
+    TableDefinition::new("offline");

@@ -1,0 +1,646 @@
+//! One client connection (RFC 6120): stream negotiation (STARTTLS or direct TLS, SASL,
+//! resource binding), then the read loop that hands stanzas to the router and the write path
+//! that drains this session's queue. Only this file writes to the socket.
+
+use crate::jid::{self, Jid};
+use crate::listener::Kind;
+use crate::router;
+use crate::server::Server;
+use crate::session::{Outbound, Session};
+use crate::stanza::{StanzaError, StreamCondition as C, StreamError, error_reply, iq_result};
+use crate::stream::sasl::{self, Sasl, Step};
+use crate::xml::reader::{StreamEvent, StreamHeader, StreamReader};
+use crate::xml::{Element, ns, writer};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use futures_rustls::server::TlsStream;
+use smol::channel::Receiver;
+use smol::future::FutureExt;
+use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use smol::{Async, Timer};
+use std::net::{SocketAddr, TcpStream};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+enum Io {
+    Plain(Async<TcpStream>),
+    Tls(Box<TlsStream<Async<TcpStream>>>),
+    Gone,
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Io::Gone => Poll::Ready(Ok(0)),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Io::Gone => Poll::Ready(Err(std::io::ErrorKind::NotConnected.into())),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Io::Gone => Poll::Ready(Ok(())),
+        }
+    }
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_close(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_close(cx),
+            Io::Gone => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+/// How far the stream has come.
+enum Phase {
+    /// Before TLS on the STARTTLS port.
+    Plain,
+    /// TLS is up; SASL is next.
+    Secure,
+    /// SASL succeeded as this localpart; binding is next.
+    Authenticated(String),
+    Bound(Jid),
+}
+
+struct Conn {
+    server: Rc<Server>,
+    id: u64,
+    peer: SocketAddr,
+    io: Io,
+    reader: StreamReader,
+    rx: Receiver<Outbound>,
+    phase: Phase,
+    header_sent: bool,
+    sasl: Option<Sasl>,
+    auth_failures: u32,
+    out: Vec<u8>,
+    last_heard: Instant,
+    ping_sent: Option<Instant>,
+    pings: u64,
+}
+
+/// What the read loop does after an event.
+enum Next {
+    Continue,
+    /// The client closed its stream; close ours.
+    End,
+    Fail(StreamError),
+}
+
+enum Wake {
+    Read(std::io::Result<usize>),
+    Queue(Option<Outbound>),
+    Timer,
+}
+
+pub async fn run(server: Rc<Server>, stream: Async<TcpStream>, peer: SocketAddr, kind: Kind) {
+    let (tx, rx) = smol::channel::bounded(server.config.limits.queue_len);
+    let id = server.add_conn(tx, peer.ip());
+    let mut conn = Conn {
+        reader: StreamReader::new(server.config.xml_limits()),
+        server: server.clone(),
+        id,
+        peer,
+        io: Io::Plain(stream),
+        rx,
+        phase: Phase::Plain,
+        header_sent: false,
+        sasl: None,
+        auth_failures: 0,
+        out: Vec::new(),
+        last_heard: Instant::now(),
+        ping_sent: None,
+        pings: 0,
+    };
+    log::debug!("connection {id} from {peer} on {}", kind.name());
+    let ok = kind == Kind::C2s || conn.start_tls().await;
+    if ok {
+        conn.serve().await;
+    }
+    conn.finish().await;
+    server.conns.borrow_mut().remove(&id);
+}
+
+impl Conn {
+    async fn start_tls(&mut self) -> bool {
+        let Io::Plain(tcp) = std::mem::replace(&mut self.io, Io::Gone) else {
+            return false;
+        };
+        let acceptor = futures_rustls::TlsAcceptor::from(self.server.tls.borrow().clone());
+        let handshake = acceptor.accept(tcp);
+        let timeout = async {
+            Timer::after(Duration::from_secs(self.server.config.limits.login_timeout_secs)).await;
+            Err(std::io::ErrorKind::TimedOut.into())
+        };
+        match handshake.or(timeout).await {
+            Ok(tls) => {
+                self.io = Io::Tls(Box::new(tls));
+                self.phase = Phase::Secure;
+                true
+            }
+            Err(e) => {
+                log::debug!("TLS handshake with {} failed: {e}", self.peer);
+                false
+            }
+        }
+    }
+
+    /// tls-exporter channel binding data (RFC 9266); only defined for TLS 1.3 here.
+    fn channel_binding(&self) -> Option<Vec<u8>> {
+        let Io::Tls(s) = &self.io else { return None };
+        let conn = s.get_ref().1;
+        if conn.protocol_version() != Some(rustls::ProtocolVersion::TLSv1_3) {
+            return None;
+        }
+        conn.export_keying_material(vec![0u8; 32], b"EXPORTER-Channel-Binding", None)
+            .ok()
+    }
+
+    fn deadline(&self) -> Instant {
+        let limits = &self.server.config;
+        match (&self.phase, self.ping_sent) {
+            (Phase::Bound(_), None) => {
+                self.last_heard + Duration::from_secs(limits.keepalive.ping_after_secs)
+            }
+            (Phase::Bound(_), Some(at)) => {
+                at + Duration::from_secs(limits.keepalive.ping_timeout_secs)
+            }
+            _ => self.last_heard + Duration::from_secs(limits.limits.login_timeout_secs),
+        }
+    }
+
+    async fn serve(&mut self) {
+        let mut buf = vec![0u8; 4096];
+        let mut events = Vec::new();
+        loop {
+            let deadline = self.deadline();
+            let wake = {
+                let read = async { Wake::Read(self.io.read(&mut buf).await) };
+                let queue = async { Wake::Queue(self.rx.recv().await.ok()) };
+                let timer = async {
+                    Timer::at(deadline).await;
+                    Wake::Timer
+                };
+                read.or(queue).or(timer).await
+            };
+            let next = match wake {
+                Wake::Read(Ok(0)) | Wake::Read(Err(_)) => return,
+                Wake::Read(Ok(n)) => {
+                    self.last_heard = Instant::now();
+                    self.ping_sent = None;
+                    match self.reader.feed(&buf[..n], &mut events) {
+                        Ok(()) => self.handle_events(&mut events).await,
+                        Err(e) => Next::Fail(e),
+                    }
+                }
+                Wake::Queue(Some(Outbound::Stanza(el))) => {
+                    writer::write_element(&el, ns::CLIENT, &mut self.out);
+                    // Drain what else is waiting into the same write.
+                    while let Ok(Outbound::Stanza(el)) = self.rx.try_recv() {
+                        writer::write_element(&el, ns::CLIENT, &mut self.out);
+                        if self.out.len() > 65536 {
+                            break;
+                        }
+                    }
+                    match self.flush().await {
+                        true => Next::Continue,
+                        false => return,
+                    }
+                }
+                Wake::Queue(Some(Outbound::Close(e))) => Next::Fail(e),
+                Wake::Queue(None) => Next::Fail(StreamError::with_text(
+                    C::PolicyViolation,
+                    "too many stanzas waiting for this client",
+                )),
+                Wake::Timer => self.timer().await,
+            };
+            match next {
+                Next::Continue => {}
+                Next::End => {
+                    self.out.extend_from_slice(writer::STREAM_CLOSE);
+                    self.flush().await;
+                    let _ = self.io.close().await;
+                    return;
+                }
+                Next::Fail(e) => {
+                    self.stream_error(e).await;
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn timer(&mut self) -> Next {
+        match (&self.phase, self.ping_sent) {
+            (Phase::Bound(jid), None) => {
+                self.pings += 1;
+                let ping = Element::new("iq", ns::CLIENT)
+                    .with_attr("type", "get")
+                    .with_attr("id", format!("ping{}", self.pings))
+                    .with_attr("from", self.server.config.server.domain.as_str())
+                    .with_attr("to", jid.to_string())
+                    .with_child(Element::new("ping", ns::PING));
+                self.ping_sent = Some(Instant::now());
+                self.send(&ping).await
+            }
+            _ => Next::Fail(StreamError::new(C::ConnectionTimeout)),
+        }
+    }
+
+    async fn flush(&mut self) -> bool {
+        if self.out.is_empty() {
+            return true;
+        }
+        let ok = self.io.write_all(&self.out).await.is_ok() && self.io.flush().await.is_ok();
+        self.out.clear();
+        if self.out.capacity() > 16384 {
+            self.out = Vec::new();
+        }
+        ok
+    }
+
+    async fn send(&mut self, el: &Element) -> Next {
+        writer::write_element(el, ns::CLIENT, &mut self.out);
+        match self.flush().await {
+            true => Next::Continue,
+            false => Next::Fail(StreamError::new(C::UndefinedCondition)),
+        }
+    }
+
+    async fn stream_error(&mut self, e: StreamError) {
+        log::debug!("connection {} from {}: stream error {e}", self.id, self.peer);
+        self.open_header(None);
+        writer::write_element(&e.to_element(), ns::CLIENT, &mut self.out);
+        self.out.extend_from_slice(writer::STREAM_CLOSE);
+        self.flush().await;
+        let _ = self.io.close().await;
+    }
+
+    /// Our stream header, once per stream.
+    fn open_header(&mut self, to: Option<&str>) {
+        if self.header_sent {
+            return;
+        }
+        self.header_sent = true;
+        let id = B64.encode(sasl::random_bytes::<12>());
+        let domain = self.server.config.server.domain.clone();
+        self.out
+            .extend_from_slice(&writer::stream_header(&domain, to, &id));
+    }
+
+    async fn handle_events(&mut self, events: &mut Vec<StreamEvent>) -> Next {
+        for ev in std::mem::take(events) {
+            let next = match ev {
+                StreamEvent::Open(h) => self.open(h),
+                StreamEvent::Close => Next::End,
+                StreamEvent::Stanza(el) => self.stanza(el).await,
+            };
+            if !matches!(next, Next::Continue) {
+                return next;
+            }
+        }
+        match self.flush().await {
+            true => Next::Continue,
+            false => Next::Fail(StreamError::new(C::UndefinedCondition)),
+        }
+    }
+
+    fn open(&mut self, h: StreamHeader) -> Next {
+        let domain = self.server.config.server.domain.clone();
+        self.open_header(h.from.as_deref());
+        if h.stream_ns != ns::STREAM || h.content_ns != ns::CLIENT {
+            return Next::Fail(StreamError::new(C::InvalidNamespace));
+        }
+        if h.version.as_deref() != Some("1.0") {
+            return Next::Fail(StreamError::new(C::UnsupportedVersion));
+        }
+        if h.to.as_deref().is_some_and(|t| t != domain) {
+            return Next::Fail(StreamError::with_text(
+                C::HostUnknown,
+                format!("this server serves {domain}"),
+            ));
+        }
+        let mut features = Element::new("features", ns::STREAM);
+        match &self.phase {
+            Phase::Plain => features.push(
+                Element::new("starttls", ns::TLS).with_child(Element::new("required", ns::TLS)),
+            ),
+            Phase::Secure => {
+                let mut mechs = Element::new("mechanisms", ns::SASL);
+                for m in sasl::mechanisms(self.channel_binding().is_some()) {
+                    mechs.push(Element::new("mechanism", ns::SASL).with_text(*m));
+                }
+                features.push(mechs);
+            }
+            Phase::Authenticated(_) | Phase::Bound(_) => {
+                features.push(Element::new("bind", ns::BIND));
+                features.push(
+                    Element::new("session", ns::SESSION)
+                        .with_child(Element::new("optional", ns::SESSION)),
+                );
+                features.push(Element::new("ver", ns::ROSTER_VER));
+                features.push(Element::new("sub", ns::PRE_APPROVAL));
+            }
+        }
+        writer::write_element(&features, ns::CLIENT, &mut self.out);
+        Next::Continue
+    }
+
+    async fn stanza(&mut self, el: Element) -> Next {
+        match &self.phase {
+            Phase::Plain => {
+                if el.is("starttls", ns::TLS) {
+                    let proceed = Element::new("proceed", ns::TLS);
+                    if let Next::Fail(e) = self.send(&proceed).await {
+                        return Next::Fail(e);
+                    }
+                    // Nothing sent in the clear may be used after the handshake.
+                    self.reader.reset();
+                    self.header_sent = false;
+                    return match self.start_tls().await {
+                        true => Next::Continue,
+                        false => Next::Fail(StreamError::new(C::UndefinedCondition)),
+                    };
+                }
+                if el.ns == ns::SASL {
+                    self.sasl_failure("encryption-required");
+                    return Next::Continue;
+                }
+                Next::Fail(StreamError::with_text(
+                    C::NotAuthorized,
+                    "STARTTLS and authentication first",
+                ))
+            }
+            Phase::Secure => self.sasl(el),
+            Phase::Authenticated(user) => {
+                let user = user.clone();
+                self.pre_bind(&user, el)
+            }
+            Phase::Bound(jid) => {
+                let jid = jid.clone();
+                self.bound(&jid, el).await
+            }
+        }
+    }
+
+    fn sasl_failure(&mut self, condition: &str) {
+        let f = Element::new("failure", ns::SASL).with_child(Element::new(condition, ns::SASL));
+        writer::write_element(&f, ns::CLIENT, &mut self.out);
+    }
+
+    fn sasl(&mut self, el: Element) -> Next {
+        if el.ns != ns::SASL {
+            return Next::Fail(StreamError::with_text(C::NotAuthorized, "authenticate first"));
+        }
+        let data = match el.text().trim() {
+            "" | "=" => Some(Vec::new()),
+            t => B64.decode(t).ok(),
+        };
+        let Some(data) = data else {
+            self.sasl = None;
+            self.sasl_failure("incorrect-encoding");
+            return Next::Continue;
+        };
+        let step = match el.name.as_str() {
+            "auth" => {
+                let mech = el.attr("mechanism").unwrap_or_default();
+                let domain = self.server.config.server.domain.clone();
+                let Some(s) = Sasl::start(mech, self.channel_binding(), &domain) else {
+                    self.sasl_failure("invalid-mechanism");
+                    return Next::Continue;
+                };
+                let auth = &self.server.config.auth;
+                let window = Duration::from_secs(auth.throttle_window_secs);
+                let ip_key = format!("ip {}", self.peer.ip());
+                if self
+                    .server
+                    .throttle
+                    .borrow_mut()
+                    .blocked(&ip_key, auth.max_failures, window)
+                {
+                    self.sasl_failure("temporary-auth-failure");
+                    return Next::Continue;
+                }
+                let sasl = self.sasl.insert(s);
+                if el.text().trim().is_empty() && mech != "PLAIN" {
+                    // No initial response: ask for it with an empty challenge.
+                    Step::Challenge(Vec::new())
+                } else {
+                    let store = &self.server.store;
+                    sasl.step(&data, &|u| store.credentials(u).ok().flatten())
+                }
+            }
+            "response" => match self.sasl.as_mut() {
+                Some(s) => {
+                    let store = &self.server.store;
+                    s.step(&data, &|u| store.credentials(u).ok().flatten())
+                }
+                None => {
+                    self.sasl_failure("malformed-request");
+                    return Next::Continue;
+                }
+            },
+            "abort" => {
+                self.sasl = None;
+                self.sasl_failure("aborted");
+                return Next::Continue;
+            }
+            _ => {
+                return Next::Fail(StreamError::with_text(C::NotAuthorized, "authenticate first"));
+            }
+        };
+        match step {
+            Step::Challenge(c) => {
+                let mut ch = Element::new("challenge", ns::SASL);
+                if !c.is_empty() {
+                    ch = ch.with_text(B64.encode(c));
+                }
+                writer::write_element(&ch, ns::CLIENT, &mut self.out);
+                Next::Continue
+            }
+            Step::Success { user, data } => {
+                self.sasl = None;
+                let auth = &self.server.config.auth;
+                let window = Duration::from_secs(auth.throttle_window_secs);
+                let user_key = format!("user {user}");
+                if self
+                    .server
+                    .throttle
+                    .borrow_mut()
+                    .blocked(&user_key, auth.max_failures, window)
+                {
+                    self.sasl_failure("temporary-auth-failure");
+                    return Next::Continue;
+                }
+                let mut ok = Element::new("success", ns::SASL);
+                if !data.is_empty() {
+                    ok = ok.with_text(B64.encode(data));
+                }
+                writer::write_element(&ok, ns::CLIENT, &mut self.out);
+                log::info!("{user}@{} authenticated from {}", self.server.config.server.domain, self.peer);
+                self.phase = Phase::Authenticated(user);
+                self.reader.restart();
+                self.header_sent = false;
+                Next::Continue
+            }
+            Step::Failure(f, user) => {
+                self.sasl = None;
+                self.sasl_failure(f.as_str());
+                let window = Duration::from_secs(self.server.config.auth.throttle_window_secs);
+                {
+                    let mut t = self.server.throttle.borrow_mut();
+                    t.fail(format!("ip {}", self.peer.ip()), window);
+                    if let Some(u) = &user {
+                        t.fail(format!("user {u}"), window);
+                    }
+                }
+                log::info!("failed login from {} ({})", self.peer, f.as_str());
+                self.auth_failures += 1;
+                if self.auth_failures >= self.server.config.auth.attempts_per_stream {
+                    return Next::Fail(StreamError::with_text(
+                        C::PolicyViolation,
+                        "too many failed authentication attempts",
+                    ));
+                }
+                Next::Continue
+            }
+        }
+    }
+
+    fn pre_bind(&mut self, user: &str, el: Element) -> Next {
+        if el.is("iq", ns::CLIENT)
+            && el.attr("type") == Some("set")
+            && let Some(bind) = el.child("bind", ns::BIND)
+        {
+            let requested = bind
+                .child("resource", ns::BIND)
+                .map(|r| r.text())
+                .filter(|r| !r.trim().is_empty());
+            let resource = match requested {
+                Some(r) => match jid::resourcepart(&r) {
+                    Ok(r) => r,
+                    Err(_) => {
+                        let e = StanzaError::bad_request("the resource is not valid");
+                        writer::write_element(&error_reply(&el, &e), ns::CLIENT, &mut self.out);
+                        return Next::Continue;
+                    }
+                },
+                None => format!("hearth-{}", hex(&sasl::random_bytes::<6>())),
+            };
+            let domain = self.server.config.server.domain.clone();
+            let Ok(full) = Jid::bare_from(user, &domain).with_resource(&resource) else {
+                return Next::Fail(StreamError::new(C::InternalServerError));
+            };
+            let tx = match self.server.conns.borrow().get(&self.id) {
+                Some(c) => c.tx.clone(),
+                None => return Next::Fail(StreamError::new(C::InternalServerError)),
+            };
+            let old = self.server.sessions.borrow_mut().insert(Session {
+                conn: self.id,
+                jid: full.clone(),
+                tx,
+                available: false,
+                priority: 0,
+                presence: None,
+                interested: false,
+                directed: Vec::new(),
+            });
+            if let Some(old) = old {
+                // RFC 6120 §7.7.2.2: the new session wins; the old one gets `conflict`.
+                self.server.close_conn(
+                    old.conn,
+                    StreamError::with_text(C::Conflict, "replaced by a new connection"),
+                );
+            }
+            let reply = iq_result(&el, None)
+                .with_child(
+                    Element::new("bind", ns::BIND)
+                        .with_child(Element::new("jid", ns::BIND).with_text(full.to_string())),
+                );
+            writer::write_element(&reply, ns::CLIENT, &mut self.out);
+            log::debug!("bound {full}");
+            self.phase = Phase::Bound(full);
+            return Next::Continue;
+        }
+        if el.is("iq", ns::CLIENT) && el.child("session", ns::SESSION).is_some() {
+            writer::write_element(&iq_result(&el, None), ns::CLIENT, &mut self.out);
+            return Next::Continue;
+        }
+        Next::Fail(StreamError::with_text(C::NotAuthorized, "bind a resource first"))
+    }
+
+    async fn bound(&mut self, jid: &Jid, mut el: Element) -> Next {
+        if el.ns != ns::CLIENT || !matches!(el.name.as_str(), "message" | "presence" | "iq") {
+            return Next::Fail(StreamError::new(C::UnsupportedStanzaType));
+        }
+        if router::is_iq_for(&el, "session", ns::SESSION) {
+            return self.send(&iq_result(&el, None)).await;
+        }
+        if router::is_iq_for(&el, "bind", ns::BIND) {
+            let e = StanzaError::new(crate::stanza::Condition::NotAllowed);
+            return self.send(&error_reply(&el, &e)).await;
+        }
+        el.set_attr("from", jid.to_string());
+        // Our own output so far goes first, so replies keep their order.
+        if !self.flush().await {
+            return Next::Fail(StreamError::new(C::UndefinedCondition));
+        }
+        router::from_client(&self.server, jid, el).await;
+        Next::Continue
+    }
+
+    /// The session ends: leave the session table, tell contacts, keep unsent messages.
+    async fn finish(&mut self) {
+        let Phase::Bound(jid) = &self.phase else {
+            return;
+        };
+        let jid = jid.clone();
+        let removed = self.server.sessions.borrow().get(&jid).map(|s| s.conn) == Some(self.id);
+        if removed {
+            let effects = {
+                let mut cx = crate::modules::Cx::new(&self.server);
+                crate::modules::presence::session_closed(&mut cx, &jid);
+                cx.effects
+            };
+            if let Err(e) = router::apply(&self.server, effects).await {
+                log::error!("presence for {jid} leaving: {e}");
+            }
+            self.server.sessions.borrow_mut().remove(&jid, self.id);
+        }
+        let mut unsent = Vec::new();
+        while let Ok(o) = self.rx.try_recv() {
+            if let Outbound::Stanza(el) = o {
+                unsent.push(el);
+            }
+        }
+        if !unsent.is_empty() {
+            router::reroute_unsent(&self.server, &jid, unsent).await;
+        }
+        log::debug!("{jid} disconnected");
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,510 @@
+//! Incremental, namespace-aware XML stream reader with hard limits (RFC 6120 §4, §11).
+//!
+//! Bytes arrive in arbitrary pieces. Each `feed` hands quick-xml's slice reader the buffered
+//! bytes up to the last `>` (everything after it is certainly incomplete, and `>` is ASCII, so
+//! that cut never splits a UTF-8 sequence), builds the stanza tree one event at a time, and
+//! keeps what it could not use yet. Parser state that must survive between feeds (open
+//! elements, namespace scopes) lives here rather than in quick-xml, so each feed starts a fresh
+//! quick-xml reader over the unread bytes and no byte is scanned twice except the tail of an
+//! unfinished event.
+//!
+//! Restricted XML (RFC 6120 §11.1): comments, processing instructions, DOCTYPE and entity
+//! references beyond the five predefined ones end the stream with `restricted-xml`.
+
+use super::{Element, Node, ns};
+use crate::stanza::{StreamCondition as C, StreamError};
+use quick_xml::Reader;
+use quick_xml::errors::{Error as XmlError, SyntaxError};
+use quick_xml::events::{BytesStart, Event};
+
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_stanza_bytes: usize,
+    pub max_depth: usize,
+    pub max_attrs: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_stanza_bytes: 262_144,
+            max_depth: 32,
+            max_attrs: 64,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamHeader {
+    pub to: Option<String>,
+    pub from: Option<String>,
+    pub version: Option<String>,
+    pub lang: Option<String>,
+    /// The namespace of the stream element itself (must be the streams namespace).
+    pub stream_ns: String,
+    /// The default namespace declared on the header (the stream's content namespace).
+    pub content_ns: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StreamEvent {
+    Open(StreamHeader),
+    Stanza(Element),
+    Close,
+}
+
+pub struct StreamReader {
+    buf: Vec<u8>,
+    limits: Limits,
+    /// Namespace declarations per open element, the stream header first.
+    scopes: Vec<Vec<(String, String)>>,
+    /// Open elements of the stanza being read, with their qualified names for the end-tag check.
+    stack: Vec<(Element, String)>,
+    stream_qname: Option<String>,
+    stanza_bytes: usize,
+}
+
+fn err(c: C, text: &str) -> StreamError {
+    StreamError::with_text(c, text)
+}
+
+impl StreamReader {
+    pub fn new(limits: Limits) -> StreamReader {
+        StreamReader {
+            buf: Vec::new(),
+            limits,
+            scopes: Vec::new(),
+            stack: Vec::new(),
+            stream_qname: None,
+            stanza_bytes: 0,
+        }
+    }
+
+    /// Forgets the stream but keeps unread bytes: a stream restart after SASL (RFC 6120 §6.4.6).
+    pub fn restart(&mut self) {
+        self.scopes.clear();
+        self.stack.clear();
+        self.stream_qname = None;
+        self.stanza_bytes = 0;
+    }
+
+    /// Drops unread bytes as well: after STARTTLS nothing sent in the clear may be used.
+    pub fn reset(&mut self) {
+        self.restart();
+        self.buf = Vec::new();
+    }
+
+    /// Bytes held for an unfinished event.
+    pub fn pending(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn feed(&mut self, data: &[u8], out: &mut Vec<StreamEvent>) -> Result<(), StreamError> {
+        self.buf.extend_from_slice(data);
+        let end = self
+            .buf
+            .iter()
+            .rposition(|&b| b == b'>')
+            .map_or(0, |i| i + 1);
+        let mut consumed = 0;
+        if end > 0 {
+            let buf = std::mem::take(&mut self.buf);
+            let result = self.parse(&buf[..end], out);
+            self.buf = buf;
+            consumed = result?;
+        }
+        self.buf.drain(..consumed);
+        if self.buf.is_empty() && self.buf.capacity() > 4096 {
+            // An idle session should not keep the buffer of its largest stanza.
+            self.buf = Vec::new();
+        }
+        let held = if self.stack.is_empty() {
+            self.buf.len()
+        } else {
+            self.stanza_bytes + self.buf.len()
+        };
+        if held > self.limits.max_stanza_bytes {
+            return Err(err(C::PolicyViolation, "stanza too large"));
+        }
+        Ok(())
+    }
+
+    /// Parses complete events from `input`; returns how many bytes were used.
+    fn parse(&mut self, input: &[u8], out: &mut Vec<StreamEvent>) -> Result<usize, StreamError> {
+        let text = std::str::from_utf8(input)
+            .map_err(|_| err(C::NotWellFormed, "invalid UTF-8"))?;
+        let mut reader = Reader::from_str(text);
+        let cfg = reader.config_mut();
+        // End tags are matched against our own stack, which outlives this reader.
+        cfg.check_end_names = false;
+        cfg.allow_unmatched_ends = true;
+        cfg.expand_empty_elements = false;
+        let mut consumed = 0;
+        loop {
+            let before = reader.buffer_position() as usize;
+            let event = match reader.read_event() {
+                Ok(Event::Eof) => break,
+                Ok(ev) => ev,
+                Err(XmlError::Syntax(s)) => match s {
+                    SyntaxError::UnclosedTag
+                    | SyntaxError::UnclosedCData
+                    | SyntaxError::UnclosedSingleQuotedAttributeValue
+                    | SyntaxError::UnclosedDoubleQuotedAttributeValue => break,
+                    SyntaxError::UnclosedXmlDecl if self.stream_qname.is_none() => break,
+                    _ => return Err(err(C::RestrictedXml, "markup not allowed in XMPP")),
+                },
+                Err(e) => return Err(err(C::NotWellFormed, &e.to_string())),
+            };
+            let after = reader.buffer_position() as usize;
+            if matches!(event, Event::Text(_)) && after == input.len() {
+                // Text runs to the end of what we have; more of it may follow.
+                break;
+            }
+            if !self.stack.is_empty() {
+                self.stanza_bytes += after - before;
+                if self.stanza_bytes > self.limits.max_stanza_bytes {
+                    return Err(err(C::PolicyViolation, "stanza too large"));
+                }
+            }
+            self.event(event, out)?;
+            consumed = after;
+        }
+        Ok(consumed)
+    }
+
+    fn event(&mut self, event: Event<'_>, out: &mut Vec<StreamEvent>) -> Result<(), StreamError> {
+        match event {
+            Event::Decl(_) if self.stream_qname.is_none() => Ok(()),
+            Event::Decl(_) | Event::PI(_) | Event::Comment(_) | Event::DocType(_) => {
+                Err(err(C::RestrictedXml, "markup not allowed in XMPP"))
+            }
+            Event::Start(start) => self.start(&start, false, out),
+            Event::Empty(start) => self.start(&start, true, out),
+            Event::End(end) => {
+                let name = end.name().0;
+                match self.stack.pop() {
+                    Some((el, qname)) => {
+                        if qname != name {
+                            return Err(err(C::NotWellFormed, "mismatched end tag"));
+                        }
+                        self.scopes.pop();
+                        self.finish(el, out);
+                        Ok(())
+                    }
+                    None if self.stream_qname.as_deref() == Some(name) => {
+                        out.push(StreamEvent::Close);
+                        self.restart();
+                        Ok(())
+                    }
+                    None => Err(err(C::NotWellFormed, "unexpected end tag")),
+                }
+            }
+            Event::Text(t) => {
+                let content = t.xml10_content();
+                self.text(&content)
+            }
+            Event::CData(c) => {
+                let content = c.xml10_content();
+                match self.stack.last() {
+                    Some(_) => self.text(&content),
+                    None => Err(err(C::NotWellFormed, "character data outside a stanza")),
+                }
+            }
+            Event::GeneralRef(r) => {
+                let ch = match r.resolve_char_ref() {
+                    Ok(Some(c)) => c,
+                    Ok(None) => match &*r {
+                        "amp" => '&',
+                        "lt" => '<',
+                        "gt" => '>',
+                        "quot" => '"',
+                        "apos" => '\'',
+                        _ => return Err(err(C::RestrictedXml, "undeclared entity")),
+                    },
+                    Err(_) => return Err(err(C::NotWellFormed, "invalid character reference")),
+                };
+                let mut tmp = [0u8; 4];
+                let s: &str = ch.encode_utf8(&mut tmp);
+                if self.stack.is_empty() {
+                    return Err(err(C::NotWellFormed, "character data outside a stanza"));
+                }
+                self.text(s)
+            }
+            Event::Eof => Ok(()),
+        }
+    }
+
+    fn text(&mut self, content: &str) -> Result<(), StreamError> {
+        match self.stack.last_mut() {
+            Some((el, _)) => {
+                match el.children.last_mut() {
+                    Some(Node::Text(t)) => t.push_str(content),
+                    _ => el.children.push(Node::Text(content.to_owned())),
+                }
+                Ok(())
+            }
+            // Whitespace between stanzas is a keepalive (RFC 6120 §4.6.1).
+            None if content.bytes().all(|b| b.is_ascii_whitespace()) => Ok(()),
+            None => Err(err(C::NotWellFormed, "character data outside a stanza")),
+        }
+    }
+
+    fn finish(&mut self, el: Element, out: &mut Vec<StreamEvent>) {
+        match self.stack.last_mut() {
+            Some((parent, _)) => parent.children.push(Node::Element(el)),
+            None => {
+                self.stanza_bytes = 0;
+                out.push(StreamEvent::Stanza(el));
+            }
+        }
+    }
+
+    fn resolve(&self, prefix: &str) -> Option<&str> {
+        if prefix == "xml" {
+            return Some(ns::XML);
+        }
+        self.scopes
+            .iter()
+            .rev()
+            .flat_map(|s| s.iter())
+            .find(|(p, _)| p == prefix)
+            .map(|(_, n)| n.as_str())
+    }
+
+    fn start(
+        &mut self,
+        start: &BytesStart<'_>,
+        empty: bool,
+        out: &mut Vec<StreamEvent>,
+    ) -> Result<(), StreamError> {
+        let depth = self.stack.len() + usize::from(self.stream_qname.is_some());
+        if depth >= self.limits.max_depth {
+            return Err(err(C::PolicyViolation, "elements nested too deeply"));
+        }
+        let qname = start.name().0;
+        let mut scope = Vec::new();
+        let mut attrs = Vec::new();
+        for attr in start.attributes() {
+            let attr = attr.map_err(|e| err(C::NotWellFormed, &e.to_string()))?;
+            if attrs.len() + scope.len() >= self.limits.max_attrs {
+                return Err(err(C::PolicyViolation, "too many attributes"));
+            }
+            let key = attr.key.0;
+            let value = attr
+                .unescape_value()
+                .map_err(|_| err(C::RestrictedXml, "undeclared entity in attribute"))?
+                .into_owned();
+            if key == "xmlns" {
+                scope.push((String::new(), value));
+            } else if let Some(p) = key.strip_prefix("xmlns:") {
+                // Kept as an attribute too, so prefixed attributes stay well-formed when the
+                // element is written out again.
+                if self.stream_qname.is_some() {
+                    attrs.push((key.to_owned(), value.clone()));
+                }
+                scope.push((p.to_owned(), value));
+            } else {
+                attrs.push((key.to_owned(), value));
+            }
+        }
+        self.scopes.push(scope);
+        let (prefix, local) = match qname.split_once(':') {
+            Some((p, l)) => (p, l),
+            None => ("", qname),
+        };
+        let Some(ns) = self.resolve(prefix).map(str::to_owned) else {
+            self.scopes.pop();
+            return Err(err(C::BadNamespacePrefix, "undeclared namespace prefix"));
+        };
+        if self.stream_qname.is_none() {
+            let header = StreamHeader {
+                to: take(&attrs, "to"),
+                from: take(&attrs, "from"),
+                version: take(&attrs, "version"),
+                lang: take(&attrs, "xml:lang"),
+                content_ns: self.resolve("").unwrap_or_default().to_owned(),
+                stream_ns: ns,
+            };
+            if local != "stream" {
+                return Err(err(C::InvalidNamespace, "expected a stream header"));
+            }
+            self.stream_qname = Some(qname.to_owned());
+            out.push(StreamEvent::Open(header));
+            if empty {
+                out.push(StreamEvent::Close);
+                self.restart();
+            }
+            return Ok(());
+        }
+        let el = Element {
+            name: local.to_owned(),
+            ns,
+            attrs,
+            children: Vec::new(),
+        };
+        if empty {
+            self.scopes.pop();
+            self.finish(el, out);
+        } else {
+            self.stack.push((el, qname.to_owned()));
+        }
+        Ok(())
+    }
+}
+
+fn take(attrs: &[(String, String)], name: &str) -> Option<String> {
+    attrs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEADER: &str = "<?xml version='1.0'?><stream:stream to='localhost' \
+        xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>";
+
+    fn run(chunks: &[&[u8]]) -> Result<Vec<StreamEvent>, StreamError> {
+        let mut r = StreamReader::new(Limits::default());
+        let mut out = Vec::new();
+        for c in chunks {
+            r.feed(c, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    fn stanzas(events: &[StreamEvent]) -> Vec<String> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                StreamEvent::Stanza(s) => Some(s.to_xml()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_split_point_gives_the_same_events() {
+        let doc = format!(
+            "{HEADER}<message to='b@localhost' type='chat'><body>a &amp; b &#x263A; \u{e9} &gt; x</body>\
+             <x xmlns='urn:test'><y a=\"1&lt;2\"/></x></message> \n<iq id='1' type='get'>\
+             <ping xmlns='urn:xmpp:ping'/></iq><p:q xmlns:p='urn:p' p:attr='v'><![CDATA[<raw>]]></p:q></stream:stream>"
+        );
+        let bytes = doc.as_bytes();
+        let whole = run(&[bytes]).unwrap();
+        assert_eq!(whole.len(), 5, "{whole:?}");
+        assert!(matches!(whole[0], StreamEvent::Open(_)));
+        assert_eq!(whole[4], StreamEvent::Close);
+        let s = stanzas(&whole);
+        assert_eq!(
+            s[0],
+            "<message to='b@localhost' type='chat'><body>a &amp; b \u{263A} \u{e9} &gt; x</body>\
+             <x xmlns='urn:test'><y a='1&lt;2'/></x></message>"
+        );
+        assert_eq!(
+            s[2],
+            "<q xmlns='urn:p' xmlns:p='urn:p' p:attr='v'>&lt;raw&gt;</q>"
+        );
+        for i in 0..bytes.len() {
+            assert_eq!(run(&[&bytes[..i], &bytes[i..]]).unwrap(), whole, "split at {i}");
+        }
+        let singles: Vec<&[u8]> = bytes.chunks(1).collect();
+        assert_eq!(run(&singles).unwrap(), whole);
+    }
+
+    #[test]
+    fn header_namespaces() {
+        let ev = run(&[HEADER.as_bytes()]).unwrap();
+        let StreamEvent::Open(h) = &ev[0] else {
+            panic!()
+        };
+        assert_eq!(h.to.as_deref(), Some("localhost"));
+        assert_eq!(h.stream_ns, ns::STREAM);
+        assert_eq!(h.content_ns, ns::CLIENT);
+        assert_eq!(h.version.as_deref(), Some("1.0"));
+    }
+
+    fn fails(input: &str) -> StreamCondition {
+        let doc = format!("{HEADER}{input}");
+        run(&[doc.as_bytes()]).unwrap_err().condition
+    }
+
+    use crate::stanza::StreamCondition;
+
+    #[test]
+    fn rejects() {
+        assert_eq!(fails("<!-- hi -->"), StreamCondition::RestrictedXml);
+        assert_eq!(fails("<?foo bar?>"), StreamCondition::RestrictedXml);
+        assert_eq!(fails("<a>&foo;</a>"), StreamCondition::RestrictedXml);
+        assert_eq!(fails("<a></b>"), StreamCondition::NotWellFormed);
+        assert_eq!(fails("<a x='1' x='2'/>"), StreamCondition::NotWellFormed);
+        assert_eq!(fails("<x:a/>"), StreamCondition::BadNamespacePrefix);
+        assert_eq!(fails("hello<a/>"), StreamCondition::NotWellFormed);
+        let doctype = "<?xml version='1.0'?><!DOCTYPE lolz [<!ENTITY lol 'lol'>]><stream:stream>";
+        assert_eq!(
+            run(&[doctype.as_bytes()]).unwrap_err().condition,
+            StreamCondition::RestrictedXml
+        );
+        let invalid = [HEADER.as_bytes(), b"<a>\xff\xfe</a>"].concat();
+        assert_eq!(
+            run(&[&invalid]).unwrap_err().condition,
+            StreamCondition::NotWellFormed
+        );
+    }
+
+    #[test]
+    fn limits() {
+        let deep = "<a>".repeat(40);
+        assert_eq!(fails(&deep), StreamCondition::PolicyViolation);
+        let attrs: String = (0..70).map(|i| format!(" a{i}='x'")).collect();
+        assert_eq!(fails(&format!("<a{attrs}/>")), StreamCondition::PolicyViolation);
+        let mut r = StreamReader::new(Limits::default());
+        let mut out = Vec::new();
+        r.feed(HEADER.as_bytes(), &mut out).unwrap();
+        r.feed(b"<message><body>", &mut out).unwrap();
+        let chunk = vec![b'x'; 65536];
+        let mut result = Ok(());
+        for _ in 0..5 {
+            result = r.feed(&chunk, &mut out);
+            if result.is_err() {
+                break;
+            }
+        }
+        assert_eq!(result.unwrap_err().condition, StreamCondition::PolicyViolation);
+        // Without any '>' at all the buffer is still bounded.
+        let mut r = StreamReader::new(Limits::default());
+        let junk = vec![b'<'; 300_000];
+        assert!(r.feed(&junk, &mut out).is_err());
+    }
+
+    #[test]
+    fn restart_keeps_pipelined_bytes() {
+        let mut r = StreamReader::new(Limits::default());
+        let mut out = Vec::new();
+        r.feed(format!("{HEADER}<a/>").as_bytes(), &mut out).unwrap();
+        assert_eq!(out.len(), 2);
+        r.restart();
+        out.clear();
+        r.feed(HEADER.as_bytes(), &mut out).unwrap();
+        assert!(matches!(out[0], StreamEvent::Open(_)));
+    }
+}
+
+/// Parses one stored stanza (written by this server, in the `jabber:client` namespace).
+pub fn parse_one(xml: &str) -> Option<super::Element> {
+    let mut r = StreamReader::new(Limits {
+        max_stanza_bytes: usize::MAX,
+        max_depth: usize::MAX,
+        max_attrs: usize::MAX,
+    });
+    let mut out = Vec::new();
+    let doc = format!(
+        "<stream:stream xmlns='{}' xmlns:stream='{}'>{xml}",
+        ns::CLIENT,
+        ns::STREAM
+    );
+    r.feed(doc.as_bytes(), &mut out).ok()?;
+    out.into_iter().find_map(|e| match e {
+        StreamEvent::Stanza(s) => Some(s),
+        _ => None,
+    })
+}
