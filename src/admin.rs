@@ -63,7 +63,9 @@ fn plan(store: &Store, req: &Request) -> Result<Vec<Write>, String> {
     match req {
         Request::Add(u, c) => {
             if exists(u)? {
-                return Err(format!("the account {u} exists already; use `user passwd` to change its password"));
+                return Err(format!(
+                    "the account {u} exists already; use `user passwd` to change its password"
+                ));
             }
             Ok(vec![Write::CredentialsPut {
                 user: u.clone(),
@@ -72,7 +74,9 @@ fn plan(store: &Store, req: &Request) -> Result<Vec<Write>, String> {
         }
         Request::Passwd(u, c) => {
             if !exists(u)? {
-                return Err(format!("there is no account {u}; use `user add` to create it"));
+                return Err(format!(
+                    "there is no account {u}; use `user add` to create it"
+                ));
             }
             Ok(vec![Write::CredentialsPut {
                 user: u.clone(),
@@ -99,9 +103,8 @@ pub fn execute(config: &Config, req: &Request) -> Result<Vec<String>, Error> {
     match UnixStream::connect(config.admin_socket()) {
         Ok(stream) => remote(stream, req),
         Err(_) => {
-            std::fs::create_dir_all(&config.server.data_dir).map_err(|e| {
-                Error::io("create the data directory", &config.server.data_dir, &e)
-            })?;
+            std::fs::create_dir_all(&config.server.data_dir)
+                .map_err(|e| Error::io("create the data directory", &config.server.data_dir, &e))?;
             let store = Store::open(&config.store_path())?;
             let writes = plan(&store, req).map_err(Error::Config)?;
             store.commit_blocking(writes)?;
@@ -122,7 +125,9 @@ fn remote(mut stream: UnixStream, req: &Request) -> Result<Vec<String>, Error> {
         Some(l) => Err(Error::Config(
             l.strip_prefix("error ").unwrap_or(&l).to_owned(),
         )),
-        None => Err(Error::Io("the running server closed the admin connection".into())),
+        None => Err(Error::Io(
+            "the running server closed the admin connection".into(),
+        )),
     }
 }
 
@@ -131,7 +136,8 @@ pub fn bind(config: &Config) -> Result<Option<Async<UnixListener>>, Error> {
     let path = config.admin_socket();
     // A socket left by a server that did not stop cleanly; the store lock proves none runs.
     let _ = std::fs::remove_file(&path);
-    let l = UnixListener::bind(&path).map_err(|e| Error::io("create the admin socket", &path, &e))?;
+    let l =
+        UnixListener::bind(&path).map_err(|e| Error::io("create the admin socket", &path, &e))?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| Error::io("restrict the admin socket", &path, &e))?;
     let l = Async::new(l).map_err(|e| Error::io("use the admin socket", &path, &e))?;
@@ -170,15 +176,28 @@ async fn handle(server: Rc<Server>, stream: Async<UnixStream>) {
 
 async fn run(server: &Rc<Server>, req: &Request) -> Result<Vec<String>, String> {
     let writes = plan(&server.store, req)?;
-    server.store.commit(writes).await.map_err(|e| e.to_string())?;
+    server
+        .store
+        .commit(writes)
+        .await
+        .map_err(|e| e.to_string())?;
     match req {
         Request::List => list(&server.store, &server.config.server.domain),
         Request::Remove(u) => {
-            let conns: Vec<u64> = server.sessions.borrow().of(u).iter().map(|s| s.conn).collect();
+            let conns: Vec<u64> = server
+                .sessions
+                .borrow()
+                .of(u)
+                .iter()
+                .map(|s| s.conn)
+                .collect();
             for c in conns {
                 server.close_conn(
                     c,
-                    StreamError::with_text(StreamCondition::NotAuthorized, "the account was removed"),
+                    StreamError::with_text(
+                        StreamCondition::NotAuthorized,
+                        "the account was removed",
+                    ),
                 );
             }
             log::info!("removed the account {u}");
@@ -201,10 +220,16 @@ pub fn read_password(from_stdin: bool) -> Result<String, Error> {
             .map_err(|e| Error::Io(format!("cannot read the password from stdin: {e}")))?;
         return Ok(line.trim_end_matches(['\n', '\r']).to_owned());
     }
-    let first = rpassword::prompt_password("Password: ")
-        .map_err(|e| Error::Config(format!("cannot read the password ({e}); use --password-stdin")))?;
-    let again = rpassword::prompt_password("Again: ")
-        .map_err(|e| Error::Config(format!("cannot read the password ({e}); use --password-stdin")))?;
+    let first = rpassword::prompt_password("Password: ").map_err(|e| {
+        Error::Config(format!(
+            "cannot read the password ({e}); use --password-stdin"
+        ))
+    })?;
+    let again = rpassword::prompt_password("Again: ").map_err(|e| {
+        Error::Config(format!(
+            "cannot read the password ({e}); use --password-stdin"
+        ))
+    })?;
     if first != again {
         return Err(Error::Config("the two passwords differ; try again".into()));
     }

@@ -151,8 +151,8 @@ impl Config {
                 path.display()
             ))
         })?;
-        let mut cfg = Config::parse(&text)
-            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        let mut cfg =
+            Config::parse(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
         if cfg.server.data_dir.is_relative() {
             let base = path.parent().unwrap_or(Path::new("."));
             cfg.server.data_dir = base.join(&cfg.server.data_dir);
@@ -198,7 +198,9 @@ impl Config {
             })?;
         }
         if self.listen.c2s.is_empty() && self.listen.c2s_tls.is_empty() {
-            return Err("listen.c2s and listen.c2s_tls are both empty; nobody could connect".into());
+            return Err(
+                "listen.c2s and listen.c2s_tls are both empty; nobody could connect".into(),
+            );
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return Err("tls.cert and tls.key must be set together".into());

@@ -52,14 +52,6 @@ impl Jid {
         }
     }
 
-    pub fn domain_only(domain: &str) -> Jid {
-        Jid {
-            local: None,
-            domain: domain.to_owned(),
-            resource: None,
-        }
-    }
-
     pub fn local(&self) -> Option<&str> {
         self.local.as_deref()
     }
@@ -68,6 +60,7 @@ impl Jid {
         &self.domain
     }
 
+    #[cfg(test)]
     pub fn resource(&self) -> Option<&str> {
         self.resource.as_deref()
     }
@@ -128,7 +121,9 @@ pub fn localpart(s: &str) -> Result<String, JidError> {
         return Err(JidError("the localpart must be 1 to 1023 bytes long"));
     }
     if out.contains(LOCAL_FORBIDDEN) {
-        return Err(JidError("the localpart has characters a JID may not contain"));
+        return Err(JidError(
+            "the localpart has characters a JID may not contain",
+        ));
     }
     Ok(out)
 }

@@ -50,7 +50,9 @@ pub fn bind_all(config: &Config) -> Result<Vec<(Kind, Async<TcpListener>)>, Erro
         .chain(config.listen.c2s_tls.iter().map(|a| (Kind::C2sTls, a)));
     for (kind, a) in all {
         // Validated when the config was loaded.
-        let addr: SocketAddr = a.parse().map_err(|_| Error::Config(format!("bad address {a}")))?;
+        let addr: SocketAddr = a
+            .parse()
+            .map_err(|_| Error::Config(format!("bad address {a}")))?;
         match bind(addr) {
             Ok(l) => {
                 let l = Async::new(l)

@@ -155,7 +155,9 @@ fn credentials(cfg: &Config, stdin: bool) -> Result<storage::accounts::Credentia
 
 fn user(cfg: &Config, op: UserOp) -> Result<(), Error> {
     let req = match op {
-        UserOp::Add(a) => admin::Request::Add(account(cfg, &a.jid)?, credentials(cfg, a.password_stdin)?),
+        UserOp::Add(a) => {
+            admin::Request::Add(account(cfg, &a.jid)?, credentials(cfg, a.password_stdin)?)
+        }
         UserOp::Passwd(p) => {
             admin::Request::Passwd(account(cfg, &p.jid)?, credentials(cfg, p.password_stdin)?)
         }
@@ -174,7 +176,11 @@ fn check(cfg: &Config) -> Result<(), Error> {
     match &cfg.tls.cert {
         Some(_) => {
             let (certs, _, path) = tls::load_parts(cfg)?;
-            println!("certificate {} sha256 {}", path.display(), tls::fingerprint(&certs[0]));
+            println!(
+                "certificate {} sha256 {}",
+                path.display(),
+                tls::fingerprint(&certs[0])
+            );
         }
         None => println!(
             "certificate self-signed, kept in {}",

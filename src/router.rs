@@ -159,7 +159,9 @@ fn iq(cx: &mut Cx, from: &Jid, iq: &Element) -> Result<(), StanzaError> {
     let kind = stanza_type(iq);
     let request = matches!(kind, "get" | "set");
     if !request && kind != "result" && kind != "error" {
-        return Err(StanzaError::bad_request("iq type must be get, set, result or error"));
+        return Err(StanzaError::bad_request(
+            "iq type must be get, set, result or error",
+        ));
     }
     if iq.attr("id").is_none() {
         return match request {
@@ -186,7 +188,9 @@ fn iq(cx: &mut Cx, from: &Jid, iq: &Element) -> Result<(), StanzaError> {
     }
     let mut children = iq.elements();
     let (Some(payload), None) = (children.next(), children.next()) else {
-        return Err(StanzaError::bad_request("an iq get or set has exactly one child"));
+        return Err(StanzaError::bad_request(
+            "an iq get or set has exactly one child",
+        ));
     };
     let own = to.local() == from.local();
     if let Some(l) = to.local()

@@ -24,6 +24,8 @@ pub struct Conn {
     pub ip: IpAddr,
 }
 
+type StagedRoster = HashMap<(String, String), (Option<RosterItem>, u64)>;
+
 pub struct Server {
     pub config: Config,
     pub store: Store,
@@ -38,7 +40,7 @@ pub struct Server {
     last_version: Cell<u64>,
     /// Roster changes handed to the writer but not yet committed, with their version, so that
     /// handlers running meanwhile see them.
-    staged_roster: RefCell<HashMap<(String, String), (Option<RosterItem>, u64)>>,
+    staged_roster: RefCell<StagedRoster>,
 }
 
 /// Failed logins per IP address and per account within a window (RFC 6120 §6.4.5 asks for
@@ -65,7 +67,8 @@ impl Throttle {
 
     pub fn fail(&mut self, key: String, window: Duration) {
         if self.failures.len() > 100_000 {
-            self.failures.retain(|_, (_, since)| since.elapsed() <= window);
+            self.failures
+                .retain(|_, (_, since)| since.elapsed() <= window);
         }
         let e = self.failures.entry(key).or_insert((0, Instant::now()));
         if e.1.elapsed() > window {
@@ -181,6 +184,12 @@ pub fn serve(config: Config) -> Result<(), Error> {
     let admin = admin::bind(&config)?;
     let server = Rc::new(Server::new(config, store, tls));
     let ex = Rc::new(LocalExecutor::new());
+    let names: Vec<&str> = server.modules.iter().map(|m| m.name()).collect();
+    log::info!(
+        "serving {} with modules {}",
+        server.config.server.domain,
+        names.join(", ")
+    );
     let mut stdout = std::io::stdout();
     for (kind, l) in &bound {
         if let Ok(addr) = l.get_ref().local_addr() {
@@ -195,7 +204,8 @@ pub fn serve(config: Config) -> Result<(), Error> {
                 .detach();
         }
         if let Some(a) = admin {
-            ex.spawn(admin::serve(server.clone(), ex.clone(), a)).detach();
+            ex.spawn(admin::serve(server.clone(), ex.clone(), a))
+                .detach();
         }
         wait_for_shutdown(&server).await
     }));

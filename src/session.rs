@@ -76,10 +76,6 @@ impl Sessions {
         Some(s)
     }
 
-    pub fn count(&self) -> usize {
-        self.by_user.values().map(Vec::len).sum()
-    }
-
     /// Sessions that take messages to the bare JID: available, non-negative priority, and of
     /// those the highest priority (RFC 6121 §8.5.2.1.1).
     pub fn message_targets(&self, user: &str) -> Vec<Jid> {

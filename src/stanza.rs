@@ -5,12 +5,15 @@ use crate::xml::{Element, ns};
 macro_rules! conditions {
     ($(#[$m:meta])* $name:ident { $($variant:ident = $text:literal),* $(,)? }) => {
         $(#[$m])*
+        // The whole closed set of the RFC's conditions, whether or not hearth sends each.
+        #[allow(dead_code, clippy::enum_variant_names)]
         #[derive(Clone, Copy, Debug, PartialEq, Eq)]
         pub enum $name { $($variant),* }
         impl $name {
             pub fn as_str(self) -> &'static str {
                 match self { $(Self::$variant => $text),* }
             }
+            #[allow(dead_code)]
             pub fn parse(s: &str) -> Option<Self> {
                 match s { $($text => Some(Self::$variant),)* _ => None }
             }
@@ -126,8 +129,9 @@ impl Condition {
         match self {
             BadRequest | JidMalformed | NotAcceptable | PolicyViolation | Redirect => "modify",
             Forbidden | NotAuthorized | RegistrationRequired | SubscriptionRequired => "auth",
-            RecipientUnavailable | RemoteServerTimeout | ResourceConstraint
-            | UnexpectedRequest => "wait",
+            RecipientUnavailable | RemoteServerTimeout | ResourceConstraint | UnexpectedRequest => {
+                "wait"
+            }
             _ => "cancel",
         }
     }

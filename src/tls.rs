@@ -30,7 +30,10 @@ fn generate(domain: &str, cert: &Path, key: &Path) -> Result<(), Error> {
         .map_err(|e| Error::Tls(format!("cannot make a self-signed certificate: {e}")))?;
     write_private(key, ck.signing_key.serialize_pem().as_bytes())?;
     std::fs::write(cert, ck.cert.pem()).map_err(|e| Error::io("write", cert, &e))?;
-    log::info!("made a self-signed certificate for {domain} at {}", cert.display());
+    log::info!(
+        "made a self-signed certificate for {domain} at {}",
+        cert.display()
+    );
     Ok(())
 }
 
@@ -50,21 +53,27 @@ fn write_private(path: &Path, data: &[u8]) -> Result<(), Error> {
 /// The certificate chain and key as configured (or generated), checked to match.
 pub fn load_parts(
     config: &Config,
-) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>, PathBuf), Error> {
+) -> Result<
+    (
+        Vec<CertificateDer<'static>>,
+        PrivateKeyDer<'static>,
+        PathBuf,
+    ),
+    Error,
+> {
     let (cert_path, key_path, generated) = paths(config);
     if generated && !cert_path.exists() {
         generate(&config.server.domain, &cert_path, &key_path)?;
     }
     let read = |p: &Path| std::fs::read(p).map_err(|e| Error::io("read certificate file", p, &e));
-    let certs: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_slice_iter(&read(&cert_path)?)
-            .collect::<Result<_, _>>()
-            .map_err(|e| {
-                Error::Tls(format!(
-                    "{} is not a PEM certificate chain ({e}); give tls.cert a PEM file",
-                    cert_path.display()
-                ))
-            })?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&read(&cert_path)?)
+        .collect::<Result<_, _>>()
+        .map_err(|e| {
+            Error::Tls(format!(
+                "{} is not a PEM certificate chain ({e}); give tls.cert a PEM file",
+                cert_path.display()
+            ))
+        })?;
     if certs.is_empty() {
         return Err(Error::Tls(format!(
             "{} holds no certificate; give tls.cert a PEM certificate chain",

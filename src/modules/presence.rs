@@ -134,7 +134,9 @@ pub fn from_client(cx: &mut Cx, from: &Jid, mut stanza: Element) -> Result<(), S
             Ok(())
         }
         (Some("error"), None) => Ok(()),
-        _ => Err(StanzaError::bad_request("unknown presence type or missing 'to'")),
+        _ => Err(StanzaError::bad_request(
+            "unknown presence type or missing 'to'",
+        )),
     }
 }
 
@@ -415,7 +417,11 @@ fn in_unsubscribed(cx: &mut Cx, user: &str, contact: &Jid) {
     it.ask = false;
     put(cx, user, contact, it);
     let user_jid = Jid::bare_from(user, cx.domain());
-    to_available(cx, user, &presence(Some("unsubscribed"), contact, &user_jid));
+    to_available(
+        cx,
+        user,
+        &presence(Some("unsubscribed"), contact, &user_jid),
+    );
     if had_to {
         withdraw_presence(cx, local(contact), user, &user_jid);
     }

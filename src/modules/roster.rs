@@ -34,7 +34,9 @@ impl Module for Roster {
         }
         let mut items = iq.payload.elements().filter(|e| e.is("item", ns::ROSTER));
         let (Some(el), None) = (items.next(), items.next()) else {
-            return Err(StanzaError::bad_request("a roster set has exactly one item"));
+            return Err(StanzaError::bad_request(
+                "a roster set has exactly one item",
+            ));
         };
         let contact = el
             .attr("jid")

@@ -18,14 +18,35 @@ use tables::*;
 /// One durable change. The writer applies a batch of these in one transaction.
 #[derive(Clone, Debug)]
 pub enum Write {
-    CredentialsPut { user: String, record: String },
+    CredentialsPut {
+        user: String,
+        record: String,
+    },
     /// Removes the account and everything stored for it.
-    AccountDelete { user: String },
-    RosterPut { user: String, contact: String, item: String, ver: u64 },
-    RosterDelete { user: String, contact: String, ver: u64 },
-    OfflinePush { user: String, stamp_ms: u64, xml: String },
+    AccountDelete {
+        user: String,
+    },
+    RosterPut {
+        user: String,
+        contact: String,
+        item: String,
+        ver: u64,
+    },
+    RosterDelete {
+        user: String,
+        contact: String,
+        ver: u64,
+    },
+    OfflinePush {
+        user: String,
+        stamp_ms: u64,
+        xml: String,
+    },
     /// Deletes the user's offline messages with a sequence number up to `upto`, inclusive.
-    OfflineDelete { user: String, upto: u64 },
+    OfflineDelete {
+        user: String,
+        upto: u64,
+    },
 }
 
 type Waiter = smol::channel::Sender<Result<(), String>>;

@@ -2,7 +2,6 @@
 
 use super::{Store, tables::*};
 use crate::error::Error;
-use redb::ReadableTable;
 
 pub struct OfflineMessage {
     pub seq: u64,
@@ -53,7 +52,9 @@ mod tests {
             xml: format!("<message>{n}</message>"),
         };
         // Three in one batch must get three distinct sequence numbers.
-        store.commit_blocking(vec![push(1), push(2), push(3)]).unwrap();
+        store
+            .commit_blocking(vec![push(1), push(2), push(3)])
+            .unwrap();
         store.close();
         drop(store);
         let store = Store::open(&dir.path().join("hearth.redb")).unwrap();

@@ -2,7 +2,6 @@
 
 use super::{Store, tables::*};
 use crate::error::Error;
-use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,7 +85,8 @@ impl Store {
     pub fn roster_item(&self, user: &str, contact: &str) -> Result<Option<RosterItem>, Error> {
         let txn = self.read()?;
         let t = txn.open_table(USER_CONTACT_TO_ROSTER_ITEM)?;
-        Ok(t.get((user, contact))?.map(|v| RosterItem::decode(v.value())))
+        Ok(t.get((user, contact))?
+            .map(|v| RosterItem::decode(v.value())))
     }
 
     pub fn roster_version(&self, user: &str) -> Result<u64, Error> {

@@ -8,7 +8,7 @@ use crate::router;
 use crate::server::Server;
 use crate::session::{Outbound, Session};
 use crate::stanza::{StanzaError, StreamCondition as C, StreamError, error_reply, iq_result};
-use crate::stream::sasl::{self, Sasl, Step};
+use crate::stream::sasl::{self, FailureCondition as F, Sasl, Step};
 use crate::xml::reader::{StreamEvent, StreamHeader, StreamReader};
 use crate::xml::{Element, ns, writer};
 use base64::Engine;
@@ -150,7 +150,10 @@ impl Conn {
         let acceptor = futures_rustls::TlsAcceptor::from(self.server.tls.borrow().clone());
         let handshake = acceptor.accept(tcp);
         let timeout = async {
-            Timer::after(Duration::from_secs(self.server.config.limits.login_timeout_secs)).await;
+            Timer::after(Duration::from_secs(
+                self.server.config.limits.login_timeout_secs,
+            ))
+            .await;
             Err(std::io::ErrorKind::TimedOut.into())
         };
         match handshake.or(timeout).await {
@@ -289,7 +292,11 @@ impl Conn {
     }
 
     async fn stream_error(&mut self, e: StreamError) {
-        log::debug!("connection {} from {}: stream error {e}", self.id, self.peer);
+        log::debug!(
+            "connection {} from {}: stream error {e}",
+            self.id,
+            self.peer
+        );
         self.open_header(None);
         writer::write_element(&e.to_element(), ns::CLIENT, &mut self.out);
         self.out.extend_from_slice(writer::STREAM_CLOSE);
@@ -384,7 +391,7 @@ impl Conn {
                     };
                 }
                 if el.ns == ns::SASL {
-                    self.sasl_failure("encryption-required");
+                    self.sasl_failure(F::EncryptionRequired);
                     return Next::Continue;
                 }
                 Next::Fail(StreamError::with_text(
@@ -404,14 +411,18 @@ impl Conn {
         }
     }
 
-    fn sasl_failure(&mut self, condition: &str) {
-        let f = Element::new("failure", ns::SASL).with_child(Element::new(condition, ns::SASL));
+    fn sasl_failure(&mut self, condition: F) {
+        let f = Element::new("failure", ns::SASL)
+            .with_child(Element::new(condition.as_str(), ns::SASL));
         writer::write_element(&f, ns::CLIENT, &mut self.out);
     }
 
     fn sasl(&mut self, el: Element) -> Next {
         if el.ns != ns::SASL {
-            return Next::Fail(StreamError::with_text(C::NotAuthorized, "authenticate first"));
+            return Next::Fail(StreamError::with_text(
+                C::NotAuthorized,
+                "authenticate first",
+            ));
         }
         let data = match el.text().trim() {
             "" | "=" => Some(Vec::new()),
@@ -419,7 +430,7 @@ impl Conn {
         };
         let Some(data) = data else {
             self.sasl = None;
-            self.sasl_failure("incorrect-encoding");
+            self.sasl_failure(F::IncorrectEncoding);
             return Next::Continue;
         };
         let step = match el.name.as_str() {
@@ -427,7 +438,7 @@ impl Conn {
                 let mech = el.attr("mechanism").unwrap_or_default();
                 let domain = self.server.config.server.domain.clone();
                 let Some(s) = Sasl::start(mech, self.channel_binding(), &domain) else {
-                    self.sasl_failure("invalid-mechanism");
+                    self.sasl_failure(F::InvalidMechanism);
                     return Next::Continue;
                 };
                 let auth = &self.server.config.auth;
@@ -439,7 +450,7 @@ impl Conn {
                     .borrow_mut()
                     .blocked(&ip_key, auth.max_failures, window)
                 {
-                    self.sasl_failure("temporary-auth-failure");
+                    self.sasl_failure(F::TemporaryAuthFailure);
                     return Next::Continue;
                 }
                 let sasl = self.sasl.insert(s);
@@ -457,17 +468,20 @@ impl Conn {
                     s.step(&data, &|u| store.credentials(u).ok().flatten())
                 }
                 None => {
-                    self.sasl_failure("malformed-request");
+                    self.sasl_failure(F::MalformedRequest);
                     return Next::Continue;
                 }
             },
             "abort" => {
                 self.sasl = None;
-                self.sasl_failure("aborted");
+                self.sasl_failure(F::Aborted);
                 return Next::Continue;
             }
             _ => {
-                return Next::Fail(StreamError::with_text(C::NotAuthorized, "authenticate first"));
+                return Next::Fail(StreamError::with_text(
+                    C::NotAuthorized,
+                    "authenticate first",
+                ));
             }
         };
         match step {
@@ -490,7 +504,7 @@ impl Conn {
                     .borrow_mut()
                     .blocked(&user_key, auth.max_failures, window)
                 {
-                    self.sasl_failure("temporary-auth-failure");
+                    self.sasl_failure(F::TemporaryAuthFailure);
                     return Next::Continue;
                 }
                 let mut ok = Element::new("success", ns::SASL);
@@ -498,7 +512,11 @@ impl Conn {
                     ok = ok.with_text(B64.encode(data));
                 }
                 writer::write_element(&ok, ns::CLIENT, &mut self.out);
-                log::info!("{user}@{} authenticated from {}", self.server.config.server.domain, self.peer);
+                log::info!(
+                    "{user}@{} authenticated from {}",
+                    self.server.config.server.domain,
+                    self.peer
+                );
                 self.phase = Phase::Authenticated(user);
                 self.reader.restart();
                 self.header_sent = false;
@@ -506,7 +524,7 @@ impl Conn {
             }
             Step::Failure(f, user) => {
                 self.sasl = None;
-                self.sasl_failure(f.as_str());
+                self.sasl_failure(f);
                 let window = Duration::from_secs(self.server.config.auth.throttle_window_secs);
                 {
                     let mut t = self.server.throttle.borrow_mut();
@@ -573,11 +591,10 @@ impl Conn {
                     StreamError::with_text(C::Conflict, "replaced by a new connection"),
                 );
             }
-            let reply = iq_result(&el, None)
-                .with_child(
-                    Element::new("bind", ns::BIND)
-                        .with_child(Element::new("jid", ns::BIND).with_text(full.to_string())),
-                );
+            let reply = iq_result(&el, None).with_child(
+                Element::new("bind", ns::BIND)
+                    .with_child(Element::new("jid", ns::BIND).with_text(full.to_string())),
+            );
             writer::write_element(&reply, ns::CLIENT, &mut self.out);
             log::debug!("bound {full}");
             self.phase = Phase::Bound(full);
@@ -587,7 +604,10 @@ impl Conn {
             writer::write_element(&iq_result(&el, None), ns::CLIENT, &mut self.out);
             return Next::Continue;
         }
-        Next::Fail(StreamError::with_text(C::NotAuthorized, "bind a resource first"))
+        Next::Fail(StreamError::with_text(
+            C::NotAuthorized,
+            "bind a resource first",
+        ))
     }
 
     async fn bound(&mut self, jid: &Jid, mut el: Element) -> Next {

@@ -45,7 +45,9 @@ impl Hash {
 
     fn salted_password(self, password: &[u8], salt: &[u8], iterations: u32) -> Vec<u8> {
         match self {
-            Hash::Sha1 => pbkdf2::pbkdf2_hmac_array::<Sha1, 20>(password, salt, iterations).to_vec(),
+            Hash::Sha1 => {
+                pbkdf2::pbkdf2_hmac_array::<Sha1, 20>(password, salt, iterations).to_vec()
+            }
             Hash::Sha256 => {
                 pbkdf2::pbkdf2_hmac_array::<Sha256, 32>(password, salt, iterations).to_vec()
             }
@@ -95,8 +97,9 @@ pub fn derive_credentials(password: &str, iterations: u32) -> Result<Credentials
 
 /// RFC 6120 §6.5 failure conditions that hearth sends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Failure {
+pub enum FailureCondition {
     Aborted,
+    EncryptionRequired,
     IncorrectEncoding,
     InvalidAuthzid,
     InvalidMechanism,
@@ -105,16 +108,17 @@ pub enum Failure {
     TemporaryAuthFailure,
 }
 
-impl Failure {
+impl FailureCondition {
     pub fn as_str(self) -> &'static str {
         match self {
-            Failure::Aborted => "aborted",
-            Failure::IncorrectEncoding => "incorrect-encoding",
-            Failure::InvalidAuthzid => "invalid-authzid",
-            Failure::InvalidMechanism => "invalid-mechanism",
-            Failure::MalformedRequest => "malformed-request",
-            Failure::NotAuthorized => "not-authorized",
-            Failure::TemporaryAuthFailure => "temporary-auth-failure",
+            FailureCondition::Aborted => "aborted",
+            FailureCondition::EncryptionRequired => "encryption-required",
+            FailureCondition::IncorrectEncoding => "incorrect-encoding",
+            FailureCondition::InvalidAuthzid => "invalid-authzid",
+            FailureCondition::InvalidMechanism => "invalid-mechanism",
+            FailureCondition::MalformedRequest => "malformed-request",
+            FailureCondition::NotAuthorized => "not-authorized",
+            FailureCondition::TemporaryAuthFailure => "temporary-auth-failure",
         }
     }
 }
@@ -123,9 +127,12 @@ impl Failure {
 pub enum Step {
     Challenge(Vec<u8>),
     /// Authenticated as this normalised localpart; `data` goes into `<success/>`.
-    Success { user: String, data: Vec<u8> },
+    Success {
+        user: String,
+        data: Vec<u8>,
+    },
     /// `user` is the account that was tried, when known, for throttling.
-    Failure(Failure, Option<String>),
+    Failure(FailureCondition, Option<String>),
 }
 
 /// The mechanisms offered: -PLUS only when the TLS layer can give channel binding data.
@@ -195,11 +202,7 @@ impl Sasl {
     }
 
     /// Feeds one client message (already base64-decoded).
-    pub fn step(
-        &mut self,
-        input: &[u8],
-        lookup: &dyn Fn(&str) -> Option<Credentials>,
-    ) -> Step {
+    pub fn step(&mut self, input: &[u8], lookup: &dyn Fn(&str) -> Option<Credentials>) -> Step {
         match self {
             Sasl::Plain { domain } => plain(input, domain, lookup),
             Sasl::Scram {
@@ -243,7 +246,7 @@ impl Sasl {
                             user,
                         )
                     }
-                    ScramState::Done => Step::Failure(Failure::MalformedRequest, None),
+                    ScramState::Done => Step::Failure(FailureCondition::MalformedRequest, None),
                 }
             }
         }
@@ -259,32 +262,37 @@ fn check_authzid(authzid: &str, user: &str, domain: &str) -> bool {
 
 fn plain(input: &[u8], domain: &str, lookup: &dyn Fn(&str) -> Option<Credentials>) -> Step {
     let Ok(text) = std::str::from_utf8(input) else {
-        return Step::Failure(Failure::MalformedRequest, None);
+        return Step::Failure(FailureCondition::MalformedRequest, None);
     };
     let mut parts = text.split('\0');
     let (Some(authzid), Some(authcid), Some(password), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return Step::Failure(Failure::MalformedRequest, None);
+        return Step::Failure(FailureCondition::MalformedRequest, None);
     };
     let Ok(user) = jid::localpart(authcid) else {
-        return Step::Failure(Failure::NotAuthorized, None);
+        return Step::Failure(FailureCondition::NotAuthorized, None);
     };
     if !check_authzid(authzid, &user, domain) {
-        return Step::Failure(Failure::InvalidAuthzid, Some(user));
+        return Step::Failure(FailureCondition::InvalidAuthzid, Some(user));
     }
     let (Some(creds), Ok(password)) = (lookup(&user), prepare_password(password)) else {
-        return Step::Failure(Failure::NotAuthorized, Some(user));
+        return Step::Failure(FailureCondition::NotAuthorized, Some(user));
     };
-    let (Ok(salt), Ok(expected)) = (B64.decode(&creds.salt), B64.decode(&creds.sha256_stored_key))
-    else {
-        return Step::Failure(Failure::NotAuthorized, Some(user));
+    let (Ok(salt), Ok(expected)) = (
+        B64.decode(&creds.salt),
+        B64.decode(&creds.sha256_stored_key),
+    ) else {
+        return Step::Failure(FailureCondition::NotAuthorized, Some(user));
     };
     let (stored, _) = Hash::Sha256.keys(password.as_bytes(), &salt, creds.iterations);
     if constant_time_eq(&stored, &expected) {
-        Step::Success { user, data: Vec::new() }
+        Step::Success {
+            user,
+            data: Vec::new(),
+        }
     } else {
-        Step::Failure(Failure::NotAuthorized, Some(user))
+        Step::Failure(FailureCondition::NotAuthorized, Some(user))
     }
 }
 
@@ -316,47 +324,52 @@ fn scram_first(
     domain: &str,
     input: &[u8],
     lookup: &dyn Fn(&str) -> Option<Credentials>,
-) -> Result<(Vec<u8>, ScramState), Failure> {
-    let text = std::str::from_utf8(input).map_err(|_| Failure::MalformedRequest)?;
+) -> Result<(Vec<u8>, ScramState), FailureCondition> {
+    let text = std::str::from_utf8(input).map_err(|_| FailureCondition::MalformedRequest)?;
     // gs2-header: cb-flag "," [authzid] ","
     let mut it = text.splitn(3, ',');
     let (Some(flag), Some(authz), Some(bare)) = (it.next(), it.next(), it.next()) else {
-        return Err(Failure::MalformedRequest);
+        return Err(FailureCondition::MalformedRequest);
     };
     match (flag, plus) {
         ("p=tls-exporter", true) => {}
         // RFC 5802 §6: "y" means the client thinks we cannot bind; we can, so this is a
         // downgrade and must fail.
-        ("y", false) if server_has_cb => return Err(Failure::NotAuthorized),
+        ("y", false) if server_has_cb => return Err(FailureCondition::NotAuthorized),
         ("n" | "y", false) => {}
-        _ => return Err(Failure::MalformedRequest),
+        _ => return Err(FailureCondition::MalformedRequest),
     }
     let authzid = match authz {
         "" => String::new(),
-        a => saslname(a.strip_prefix("a=").ok_or(Failure::MalformedRequest)?)
-            .ok_or(Failure::MalformedRequest)?,
+        a => saslname(
+            a.strip_prefix("a=")
+                .ok_or(FailureCondition::MalformedRequest)?,
+        )
+        .ok_or(FailureCondition::MalformedRequest)?,
     };
     let gs2_header = format!("{flag},{authz},");
     let mut attrs = bare.split(',');
     let (Some(n), Some(r)) = (attrs.next(), attrs.next()) else {
-        return Err(Failure::MalformedRequest);
+        return Err(FailureCondition::MalformedRequest);
     };
     if n.starts_with("m=") {
-        return Err(Failure::MalformedRequest);
+        return Err(FailureCondition::MalformedRequest);
     }
     let name = n
         .strip_prefix("n=")
         .and_then(saslname)
-        .ok_or(Failure::MalformedRequest)?;
-    let cnonce = r.strip_prefix("r=").ok_or(Failure::MalformedRequest)?;
+        .ok_or(FailureCondition::MalformedRequest)?;
+    let cnonce = r
+        .strip_prefix("r=")
+        .ok_or(FailureCondition::MalformedRequest)?;
     if cnonce.is_empty() || !cnonce.bytes().all(|b| b.is_ascii_graphic() && b != b',') {
-        return Err(Failure::MalformedRequest);
+        return Err(FailureCondition::MalformedRequest);
     }
     let user = jid::localpart(&name).ok();
     if let Some(u) = &user
         && !check_authzid(&authzid, u, domain)
     {
-        return Err(Failure::InvalidAuthzid);
+        return Err(FailureCondition::InvalidAuthzid);
     }
     let creds = user.as_deref().and_then(lookup);
     let (salt, iterations, stored_key, server_key) = match creds.as_ref().and_then(|c| {
@@ -373,7 +386,12 @@ fn scram_first(
     }) {
         Some(v) => v,
         // No such account: carry on with keys nobody can match.
-        None => (random_bytes::<16>().to_vec(), 4096, random_bytes::<32>().to_vec(), vec![]),
+        None => (
+            random_bytes::<16>().to_vec(),
+            4096,
+            random_bytes::<32>().to_vec(),
+            vec![],
+        ),
     };
     let nonce = format!("{cnonce}{}", B64.encode(random_bytes::<18>()));
     let server_first = format!("r={nonce},s={},i={iterations}", B64.encode(&salt));
@@ -403,32 +421,32 @@ fn scram_final(
     user: Option<String>,
 ) -> Step {
     let Ok(text) = std::str::from_utf8(input) else {
-        return Step::Failure(Failure::MalformedRequest, user);
+        return Step::Failure(FailureCondition::MalformedRequest, user);
     };
     let Some((without_proof, proof)) = text.rsplit_once(",p=") else {
-        return Step::Failure(Failure::MalformedRequest, user);
+        return Step::Failure(FailureCondition::MalformedRequest, user);
     };
     let mut attrs = without_proof.split(',');
     let (Some(c), Some(r)) = (attrs.next(), attrs.next()) else {
-        return Step::Failure(Failure::MalformedRequest, user);
+        return Step::Failure(FailureCondition::MalformedRequest, user);
     };
     let Some(Ok(c)) = c.strip_prefix("c=").map(|c| B64.decode(c)) else {
-        return Step::Failure(Failure::MalformedRequest, user);
+        return Step::Failure(FailureCondition::MalformedRequest, user);
     };
     if r.strip_prefix("r=") != Some(nonce) {
-        return Step::Failure(Failure::MalformedRequest, user);
+        return Step::Failure(FailureCondition::MalformedRequest, user);
     }
     let Ok(proof) = B64.decode(proof) else {
-        return Step::Failure(Failure::IncorrectEncoding, user);
+        return Step::Failure(FailureCondition::IncorrectEncoding, user);
     };
     if !constant_time_eq(&c, cb_input) {
-        return Step::Failure(Failure::NotAuthorized, user);
+        return Step::Failure(FailureCondition::NotAuthorized, user);
     }
     auth_message.push(',');
     auth_message.push_str(without_proof);
     let signature = hash.hmac(stored_key, auth_message.as_bytes());
     if proof.len() != signature.len() {
-        return Step::Failure(Failure::NotAuthorized, user);
+        return Step::Failure(FailureCondition::NotAuthorized, user);
     }
     let client_key: Vec<u8> = proof.iter().zip(&signature).map(|(a, b)| a ^ b).collect();
     let ok = constant_time_eq(&hash.digest(&client_key), stored_key);
@@ -440,7 +458,7 @@ fn scram_final(
                 data: format!("v={}", B64.encode(v)).into_bytes(),
             }
         }
-        user => Step::Failure(Failure::NotAuthorized, user),
+        user => Step::Failure(FailureCondition::NotAuthorized, user),
     }
 }
 
@@ -488,11 +506,12 @@ mod tests {
         // Replace our random nonce with the RFC's so that its proof applies.
         let nonce = format!("{cnonce}{snonce}");
         if let Sasl::Scram {
-            state: ScramState::SentFirst {
-                nonce: n,
-                auth_message,
-                ..
-            },
+            state:
+                ScramState::SentFirst {
+                    nonce: n,
+                    auth_message,
+                    ..
+                },
             ..
         } = &mut sasl
         {
@@ -550,7 +569,7 @@ mod tests {
             let fin = format!("c=biws,r={nonce},p={}", B64.encode([0u8; 32]));
             assert!(matches!(
                 sasl.step(fin.as_bytes(), &lookup),
-                Step::Failure(Failure::NotAuthorized, _)
+                Step::Failure(FailureCondition::NotAuthorized, _)
             ));
         }
     }
@@ -567,18 +586,18 @@ mod tests {
         let mut bad = Sasl::start("PLAIN", None, "localhost").unwrap();
         assert!(matches!(
             bad.step(b"\0alice\0nope", &lookup),
-            Step::Failure(Failure::NotAuthorized, _)
+            Step::Failure(FailureCondition::NotAuthorized, _)
         ));
         let mut other = Sasl::start("PLAIN", None, "localhost").unwrap();
         assert!(matches!(
             other.step("bob@localhost\0alice\0pässword".as_bytes(), &lookup),
-            Step::Failure(Failure::InvalidAuthzid, _)
+            Step::Failure(FailureCondition::InvalidAuthzid, _)
         ));
         // "y" while the server offers -PLUS is a downgrade.
         let mut y = Sasl::start("SCRAM-SHA-1", Some(vec![1; 32]), "localhost").unwrap();
         assert!(matches!(
             y.step(b"y,,n=alice,r=abc", &lookup),
-            Step::Failure(Failure::NotAuthorized, _)
+            Step::Failure(FailureCondition::NotAuthorized, _)
         ));
         assert!(Sasl::start("SCRAM-SHA-1-PLUS", None, "localhost").is_none());
         assert_eq!(saslname("a=2Cb=3Dc").as_deref(), Some("a,b=c"));

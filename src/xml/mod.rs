@@ -101,11 +101,6 @@ impl Element {
         out
     }
 
-    pub fn remove_children(&mut self, name: &str, ns: &str) {
-        self.children
-            .retain(|n| !matches!(n, Node::Element(e) if e.is(name, ns)));
-    }
-
     /// Serialises this element as it would appear inside a `jabber:client` stream.
     pub fn to_xml(&self) -> String {
         let mut out = Vec::new();
@@ -129,7 +124,5 @@ mod tests {
         assert_eq!(e.attr("to"), Some("c@localhost"));
         assert_eq!(e.attrs.len(), 1);
         assert_eq!(e.child("body", ns::CLIENT).unwrap().text(), "hi");
-        e.remove_children("body", ns::CLIENT);
-        assert!(!e.has_child("body", ns::CLIENT));
     }
 }

@@ -94,11 +94,6 @@ impl StreamReader {
         self.buf = Vec::new();
     }
 
-    /// Bytes held for an unfinished event.
-    pub fn pending(&self) -> usize {
-        self.buf.len()
-    }
-
     pub fn feed(&mut self, data: &[u8], out: &mut Vec<StreamEvent>) -> Result<(), StreamError> {
         self.buf.extend_from_slice(data);
         let end = self
@@ -131,8 +126,8 @@ impl StreamReader {
 
     /// Parses complete events from `input`; returns how many bytes were used.
     fn parse(&mut self, input: &[u8], out: &mut Vec<StreamEvent>) -> Result<usize, StreamError> {
-        let text = std::str::from_utf8(input)
-            .map_err(|_| err(C::NotWellFormed, "invalid UTF-8"))?;
+        let text =
+            std::str::from_utf8(input).map_err(|_| err(C::NotWellFormed, "invalid UTF-8"))?;
         let mut reader = Reader::from_str(text);
         let cfg = reader.config_mut();
         // End tags are matched against our own stack, which outlives this reader.
@@ -291,7 +286,7 @@ impl StreamReader {
             }
             let key = attr.key.0;
             let value = attr
-                .unescape_value()
+                .normalized_value(quick_xml::XmlVersion::Implicit1_0)
                 .map_err(|_| err(C::RestrictedXml, "undeclared entity in attribute"))?
                 .into_owned();
             if key == "xmlns" {
@@ -353,7 +348,30 @@ impl StreamReader {
 }
 
 fn take(attrs: &[(String, String)], name: &str) -> Option<String> {
-    attrs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+    attrs
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.clone())
+}
+
+/// Parses one stored stanza (written by this server, in the `jabber:client` namespace).
+pub fn parse_one(xml: &str) -> Option<super::Element> {
+    let mut r = StreamReader::new(Limits {
+        max_stanza_bytes: usize::MAX,
+        max_depth: usize::MAX,
+        max_attrs: usize::MAX,
+    });
+    let mut out = Vec::new();
+    let doc = format!(
+        "<stream:stream xmlns='{}' xmlns:stream='{}'>{xml}",
+        ns::CLIENT,
+        ns::STREAM
+    );
+    r.feed(doc.as_bytes(), &mut out).ok()?;
+    out.into_iter().find_map(|e| match e {
+        StreamEvent::Stanza(s) => Some(s),
+        _ => None,
+    })
 }
 
 #[cfg(test)]
@@ -405,7 +423,11 @@ mod tests {
             "<q xmlns='urn:p' xmlns:p='urn:p' p:attr='v'>&lt;raw&gt;</q>"
         );
         for i in 0..bytes.len() {
-            assert_eq!(run(&[&bytes[..i], &bytes[i..]]).unwrap(), whole, "split at {i}");
+            assert_eq!(
+                run(&[&bytes[..i], &bytes[i..]]).unwrap(),
+                whole,
+                "split at {i}"
+            );
         }
         let singles: Vec<&[u8]> = bytes.chunks(1).collect();
         assert_eq!(run(&singles).unwrap(), whole);
@@ -456,7 +478,10 @@ mod tests {
         let deep = "<a>".repeat(40);
         assert_eq!(fails(&deep), StreamCondition::PolicyViolation);
         let attrs: String = (0..70).map(|i| format!(" a{i}='x'")).collect();
-        assert_eq!(fails(&format!("<a{attrs}/>")), StreamCondition::PolicyViolation);
+        assert_eq!(
+            fails(&format!("<a{attrs}/>")),
+            StreamCondition::PolicyViolation
+        );
         let mut r = StreamReader::new(Limits::default());
         let mut out = Vec::new();
         r.feed(HEADER.as_bytes(), &mut out).unwrap();
@@ -469,7 +494,10 @@ mod tests {
                 break;
             }
         }
-        assert_eq!(result.unwrap_err().condition, StreamCondition::PolicyViolation);
+        assert_eq!(
+            result.unwrap_err().condition,
+            StreamCondition::PolicyViolation
+        );
         // Without any '>' at all the buffer is still bounded.
         let mut r = StreamReader::new(Limits::default());
         let junk = vec![b'<'; 300_000];
@@ -480,31 +508,12 @@ mod tests {
     fn restart_keeps_pipelined_bytes() {
         let mut r = StreamReader::new(Limits::default());
         let mut out = Vec::new();
-        r.feed(format!("{HEADER}<a/>").as_bytes(), &mut out).unwrap();
+        r.feed(format!("{HEADER}<a/>").as_bytes(), &mut out)
+            .unwrap();
         assert_eq!(out.len(), 2);
         r.restart();
         out.clear();
         r.feed(HEADER.as_bytes(), &mut out).unwrap();
         assert!(matches!(out[0], StreamEvent::Open(_)));
     }
-}
-
-/// Parses one stored stanza (written by this server, in the `jabber:client` namespace).
-pub fn parse_one(xml: &str) -> Option<super::Element> {
-    let mut r = StreamReader::new(Limits {
-        max_stanza_bytes: usize::MAX,
-        max_depth: usize::MAX,
-        max_attrs: usize::MAX,
-    });
-    let mut out = Vec::new();
-    let doc = format!(
-        "<stream:stream xmlns='{}' xmlns:stream='{}'>{xml}",
-        ns::CLIENT,
-        ns::STREAM
-    );
-    r.feed(doc.as_bytes(), &mut out).ok()?;
-    out.into_iter().find_map(|e| match e {
-        StreamEvent::Stanza(s) => Some(s),
-        _ => None,
-    })
 }
