@@ -97,7 +97,9 @@ pub fn deliver(server: &Server, to: &Jid, el: Element) {
     let tx = server.sessions.borrow().get(to).map(|s| s.tx.clone());
     match tx {
         Some(tx) => {
-            if tx.try_send(Outbound::Stanza(el)).is_err() {
+            if tx.len() >= server.config.limits.queue_len
+                || tx.try_send(Outbound::Stanza(el)).is_err()
+            {
                 log::warn!("{to} is not reading; disconnecting it");
                 tx.close();
             }

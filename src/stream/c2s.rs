@@ -115,7 +115,9 @@ enum Wake {
 }
 
 pub async fn run(server: Rc<Server>, stream: Async<TcpStream>, peer: SocketAddr, kind: Kind) {
-    let (tx, rx) = smol::channel::bounded(server.config.limits.queue_len);
+    // Unbounded because a bounded channel allocates all its slots up front, which would cost
+    // every idle session the memory of a full queue; `router::deliver` enforces the bound.
+    let (tx, rx) = smol::channel::unbounded();
     let id = server.add_conn(tx, peer.ip());
     let mut conn = Conn {
         reader: StreamReader::new(server.config.xml_limits()),
