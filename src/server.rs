@@ -9,6 +9,7 @@ use crate::stanza::{StreamCondition, StreamError};
 use crate::storage::Store;
 use crate::storage::roster::RosterItem;
 use crate::{admin, listener, tls};
+use async_signal::{Signal, Signals};
 use smol::channel::Sender;
 use smol::{LocalExecutor, Timer};
 use std::cell::{Cell, RefCell};
@@ -184,6 +185,10 @@ pub fn serve(config: Config) -> Result<(), Error> {
     let admin = admin::bind(&config)?;
     let server = Rc::new(Server::new(config, store, tls));
     let ex = Rc::new(LocalExecutor::new());
+    // Installed before the listening lines are printed: a SIGTERM from then on must shut the
+    // server down gracefully.
+    let signals = Signals::new([Signal::Term, Signal::Int, Signal::Hup])
+        .map_err(|e| Error::Io(format!("cannot install signal handlers: {e}")))?;
     let names: Vec<&str> = server.modules.iter().map(|m| m.name()).collect();
     log::info!(
         "serving {} with modules {}",
@@ -207,7 +212,7 @@ pub fn serve(config: Config) -> Result<(), Error> {
             ex.spawn(admin::serve(server.clone(), ex.clone(), a))
                 .detach();
         }
-        wait_for_shutdown(&server).await
+        wait_for_shutdown(&server, signals).await
     }));
     shutdown(&server, &ex);
     admin::remove(&server.config);
@@ -216,11 +221,8 @@ pub fn serve(config: Config) -> Result<(), Error> {
     result
 }
 
-async fn wait_for_shutdown(server: &Rc<Server>) -> Result<(), Error> {
-    use async_signal::{Signal, Signals};
+async fn wait_for_shutdown(server: &Rc<Server>, mut signals: Signals) -> Result<(), Error> {
     use smol::stream::StreamExt;
-    let mut signals = Signals::new([Signal::Term, Signal::Int, Signal::Hup])
-        .map_err(|e| Error::Io(format!("cannot install signal handlers: {e}")))?;
     while let Some(sig) = signals.next().await {
         match sig {
             Ok(Signal::Hup) => match tls::load(&server.config) {

@@ -391,16 +391,13 @@ fn out_unsubscribed(cx: &mut Cx, user: &str, contact: &Jid) {
         in_unsubscribed(cx, local(contact), &Jid::bare_from(user, cx.domain()));
         return;
     };
-    let had_from = it.subscription.from();
-    if had_from || it.pending_in || it.approved {
+    if it.subscription.from() || it.pending_in || it.approved {
         it.subscription = Subscription::with(it.subscription.to(), false);
         it.pending_in = false;
         it.approved = false;
         store_or_forget(cx, user, contact, it);
     }
-    if had_from {
-        withdraw_presence(cx, user, local(contact), contact);
-    }
+    // The contact's side sends the unavailable presence (once) in `in_unsubscribed`.
     in_unsubscribed(cx, local(contact), &Jid::bare_from(user, cx.domain()));
 }
 
@@ -445,10 +442,6 @@ pub fn cancel_all(cx: &mut Cx, user: &str, contact: &Jid, it: &RosterItem) {
         in_unsubscribe(cx, user, contact);
     }
     if it.subscription.from() || it.pending_in {
-        let had_from = it.subscription.from();
-        if had_from {
-            withdraw_presence(cx, user, local(contact), contact);
-        }
         in_unsubscribed(cx, local(contact), &Jid::bare_from(user, cx.domain()));
     }
 }

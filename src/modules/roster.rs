@@ -142,11 +142,14 @@ pub fn item(cx: &Cx, user: &str, contact: &Jid) -> Option<RosterItem> {
         })
 }
 
-/// Stores an item and pushes it to the user's interested sessions if it is in the roster.
+/// Stores an item and pushes it to the user's interested sessions if what they see of it
+/// changed (a pending inbound request, for one, is not shown, so it is not pushed).
 pub fn put(cx: &mut Cx, user: &str, contact: &Jid, it: RosterItem) {
+    let shown = |i: &RosterItem| i.visible.then(|| item_xml(&contact.to_string(), i));
+    let before = item(cx, user, contact).and_then(|i| shown(&i));
+    let pushed = shown(&it).filter(|now| before.as_ref() != Some(now));
     let contact = contact.to_string();
     let ver = cx.server.next_version();
-    let pushed = it.visible.then(|| item_xml(&contact, &it));
     cx.server
         .stage_roster(user, &contact, Some(it.clone()), ver);
     cx.write(Write::RosterPut {

@@ -319,6 +319,7 @@ impl Conn {
     }
 
     async fn handle_events(&mut self, events: &mut Vec<StreamEvent>) -> Next {
+        let was_plain = matches!(self.phase, Phase::Plain);
         for ev in std::mem::take(events) {
             let next = match ev {
                 StreamEvent::Open(h) => self.open(h),
@@ -327,6 +328,11 @@ impl Conn {
             };
             if !matches!(next, Next::Continue) {
                 return next;
+            }
+            if was_plain && !matches!(self.phase, Phase::Plain) {
+                // Whatever followed <starttls/> in the clear must not act on the TLS stream
+                // (the STARTTLS command injection of CVE-2011-0411).
+                break;
             }
         }
         match self.flush().await {
@@ -623,6 +629,7 @@ impl Conn {
             let e = StanzaError::new(crate::stanza::Condition::NotAllowed);
             return self.send(&error_reply(&el, &e)).await;
         }
+        // RFC 6120 §8.1.2.1: the server stamps the sender's full JID, whatever the client said.
         el.set_attr("from", jid.to_string());
         // Our own output so far goes first, so replies keep their order.
         if !self.flush().await {
