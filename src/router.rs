@@ -25,7 +25,7 @@ use crate::modules::{Cx, Effects, Flow, IqRequest, presence};
 use crate::server::Server;
 use crate::session::Outbound;
 use crate::stanza::{Condition, StanzaError, error_reply, iq_result, stanza_type};
-use crate::storage::Write;
+use crate::storage::{Store, Write};
 use crate::xml::{Element, ns};
 use std::rc::Rc;
 
@@ -34,7 +34,7 @@ pub async fn from_client(server: &Rc<Server>, from: &Jid, stanza: Element) {
     let effects = {
         let mut cx = Cx::new(server);
         let result = match stanza.name.as_str() {
-            "message" => message(&mut cx, from, &stanza),
+            "message" => message_out(&mut cx, from, stanza.clone()),
             "iq" => iq(&mut cx, from, &stanza),
             _ => presence::from_client(&mut cx, from, stanza.clone()),
         };
@@ -59,10 +59,17 @@ pub async fn from_client(server: &Rc<Server>, from: &Jid, stanza: Element) {
 /// been committed. No `RefCell` borrow is held across the await.
 pub async fn apply(server: &Rc<Server>, effects: Effects) -> Result<(), Error> {
     let Effects {
-        writes,
+        mut writes,
+        trailing,
         sends,
         closes,
     } = effects;
+    let mut ticket = None;
+    if writes.is_empty() && !trailing.is_empty() {
+        ticket = Some(server.store.submit(trailing)?);
+    } else {
+        writes.extend(trailing);
+    }
     if !writes.is_empty() {
         let staged: Vec<(String, String, u64)> = writes
             .iter()
@@ -87,6 +94,9 @@ pub async fn apply(server: &Rc<Server>, effects: Effects) -> Result<(), Error> {
     }
     for (conn, err) in closes {
         server.close_conn(conn, err);
+    }
+    if let Some(t) = ticket {
+        Store::wait(t).await?;
     }
     Ok(())
 }
@@ -115,23 +125,32 @@ fn parse_to(stanza: &Element) -> Result<Option<Jid>, StanzaError> {
         .transpose()
 }
 
-fn message(cx: &mut Cx, from: &Jid, msg: &Element) -> Result<(), StanzaError> {
-    let to = parse_to(msg)?.unwrap_or_else(|| from.bare());
+/// A message from a local session: the modules' outbound hooks, then routing.
+fn message_out(cx: &mut Cx, from: &Jid, mut msg: Element) -> Result<(), StanzaError> {
+    let modules = &cx.server.modules;
+    for m in modules.iter() {
+        if m.message_out(cx, from, &mut msg)? == Flow::Handled {
+            return Ok(());
+        }
+    }
+    message(cx, from, msg)
+}
+
+fn message(cx: &mut Cx, from: &Jid, mut msg: Element) -> Result<(), StanzaError> {
+    let to = parse_to(&msg)?.unwrap_or_else(|| from.bare());
     if to.domain() != cx.domain() {
         return Err(StanzaError::new(Condition::RemoteServerNotFound));
     }
     let Some(user) = to.local() else {
         return Ok(());
     };
-    let kind = stanza_type(msg);
+    let kind = stanza_type(&msg).to_owned();
     if !cx.server.store.user_exists(user).unwrap_or(false) {
         return Err(StanzaError::service_unavailable());
     }
-    if !to.is_bare() && cx.server.sessions.borrow().get(&to).is_some() {
-        cx.send(to, msg.clone());
-        return Ok(());
-    }
-    let targets = match kind {
+    let full_target = !to.is_bare() && cx.server.sessions.borrow().get(&to).is_some();
+    let targets = match kind.as_str() {
+        _ if full_target => vec![to.clone()],
         "error" => return Ok(()),
         "groupchat" => return Err(StanzaError::service_unavailable()),
         "headline" if !to.is_bare() => return Ok(()),
@@ -147,12 +166,15 @@ fn message(cx: &mut Cx, from: &Jid, msg: &Element) -> Result<(), StanzaError> {
     };
     let modules = &cx.server.modules;
     for m in modules.iter() {
-        if m.message_in(cx, user, msg, &targets)? == Flow::Handled {
+        if m.message_in(cx, user, &mut msg, &targets)? == Flow::Handled {
             return Ok(());
         }
     }
-    for t in targets {
-        cx.send(t, msg.clone());
+    if let Some((last, rest)) = targets.split_last() {
+        for t in rest {
+            cx.send(t.clone(), msg.clone());
+        }
+        cx.send(last.clone(), msg);
     }
     Ok(())
 }
@@ -241,8 +263,9 @@ pub async fn reroute_unsent(server: &Rc<Server>, owner: &Jid, stanzas: Vec<Eleme
             }
             msg.set_attr("to", owner.bare().to_string());
             let sender = msg.attr("from").and_then(|f| Jid::parse(f).ok());
-            if let (Err(e), Some(sender)) = (message(&mut cx, owner, &msg), sender) {
-                cx.send(sender, error_reply(&msg, &e));
+            let bounce = msg.clone();
+            if let (Err(e), Some(sender)) = (message(&mut cx, owner, msg), sender) {
+                cx.send(sender, error_reply(&bounce, &e));
             }
         }
         cx.effects

@@ -27,6 +27,16 @@ pub struct Session {
     pub interested: bool,
     /// Entities that got directed presence and must hear of unavailability (RFC 6121 §4.6).
     pub directed: Vec<Jid>,
+    pub flags: Flags,
+}
+
+/// Per-session state that belongs to one module each.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Flags {
+    /// XEP-0280: the session enabled carbons.
+    pub carbons: bool,
+    /// XEP-0313: the session queried its archive, so it catches up from there.
+    pub mam_queried: bool,
 }
 
 #[derive(Default)]

@@ -22,7 +22,11 @@ use crate::xml::Element;
 /// What a handler wants done once it returns.
 #[derive(Default)]
 pub struct Effects {
+    /// Writes committed before any stanza is sent: what the sends promise depends on them.
     pub writes: Vec<Write>,
+    /// Writes (the archive) whose stanzas may go out before the commit; the stanza's sender
+    /// is only done with it, for XEP-0198 acknowledgements, once they are durable.
+    pub trailing: Vec<Write>,
     /// Stanzas for one session each, by full JID.
     pub sends: Vec<(Jid, Element)>,
     /// Connections to close with a stream error.
@@ -48,6 +52,10 @@ impl<'a> Cx<'a> {
 
     pub fn write(&mut self, w: Write) {
         self.effects.writes.push(w);
+    }
+
+    pub fn write_trailing(&mut self, w: Write) {
+        self.effects.trailing.push(w);
     }
 
     pub fn domain(&self) -> &str {
@@ -94,12 +102,22 @@ pub trait Module {
     fn handle_iq(&self, _cx: &mut Cx, _iq: &IqRequest) -> Result<Option<Element>, StanzaError> {
         Err(StanzaError::service_unavailable())
     }
+    /// A message a local session sends, before it is routed (`from` is stamped on it).
+    fn message_out(
+        &self,
+        _cx: &mut Cx,
+        _from: &Jid,
+        _msg: &mut Element,
+    ) -> Result<Flow, StanzaError> {
+        Ok(Flow::Continue)
+    }
     /// A message for local account `user`; `targets` are the sessions it will be delivered to.
+    /// Changes to `msg` (a stanza-id, say) reach the recipient.
     fn message_in(
         &self,
         _cx: &mut Cx,
         _user: &str,
-        _msg: &Element,
+        _msg: &mut Element,
         _targets: &[Jid],
     ) -> Result<Flow, StanzaError> {
         Ok(Flow::Continue)

@@ -48,7 +48,7 @@ impl Module for Offline {
         &self,
         cx: &mut Cx,
         user: &str,
-        msg: &Element,
+        msg: &mut Element,
         targets: &[Jid],
     ) -> Result<Flow, StanzaError> {
         if !targets.is_empty() || !storable(msg) {

@@ -52,6 +52,9 @@ pub enum Write {
 type Waiter = smol::channel::Sender<Result<(), String>>;
 type Job = (Vec<Write>, Option<Waiter>);
 
+/// Resolves when the writes it was issued for are durable.
+pub struct Ticket(smol::channel::Receiver<Result<(), String>>);
+
 pub struct Store {
     db: Arc<Database>,
     tx: RefCell<Option<mpsc::Sender<Job>>>,
@@ -117,7 +120,7 @@ impl Store {
         })
     }
 
-    fn submit(&self, writes: Vec<Write>, waiter: Option<Waiter>) -> Result<(), Error> {
+    fn send(&self, writes: Vec<Write>, waiter: Option<Waiter>) -> Result<(), Error> {
         let tx = self.tx.borrow();
         let tx = tx
             .as_ref()
@@ -126,17 +129,27 @@ impl Store {
             .map_err(|_| Error::Storage("the storage thread has stopped".into()))
     }
 
+    /// Hands `writes` to the writer; [`Store::wait`] on the ticket resolves once they are
+    /// durable. Writes are committed in the order they were submitted.
+    pub fn submit(&self, writes: Vec<Write>) -> Result<Ticket, Error> {
+        let (tx, rx) = smol::channel::bounded(1);
+        self.send(writes, Some(tx))?;
+        Ok(Ticket(rx))
+    }
+
+    pub async fn wait(ticket: Ticket) -> Result<(), Error> {
+        match ticket.0.recv().await {
+            Ok(r) => r.map_err(Error::Storage),
+            Err(_) => Err(Error::Storage("the storage thread has stopped".into())),
+        }
+    }
+
     /// Makes `writes` durable; resolves after the group commit that contains them.
     pub async fn commit(&self, writes: Vec<Write>) -> Result<(), Error> {
         if writes.is_empty() {
             return Ok(());
         }
-        let (tx, rx) = smol::channel::bounded(1);
-        self.submit(writes, Some(tx))?;
-        match rx.recv().await {
-            Ok(r) => r.map_err(Error::Storage),
-            Err(_) => Err(Error::Storage("the storage thread has stopped".into())),
-        }
+        Store::wait(self.submit(writes)?).await
     }
 
     /// [`Store::commit`] for callers outside the event loop (the command line).

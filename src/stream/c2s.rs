@@ -591,6 +591,7 @@ impl Conn {
                 presence: None,
                 interested: false,
                 directed: Vec::new(),
+                flags: Default::default(),
             });
             if let Some(old) = old {
                 // RFC 6120 §7.7.2.2: the new session wins; the old one gets `conflict`.
