@@ -14,6 +14,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub auth: AuthConfig,
     pub keepalive: KeepaliveConfig,
+    pub stream_management: StreamManagementConfig,
+    pub csi: CsiConfig,
     pub modules: ModulesConfig,
 }
 
@@ -136,6 +138,43 @@ impl Default for KeepaliveConfig {
     }
 }
 
+/// XEP-0198 stream management.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamManagementConfig {
+    /// How long a session whose connection dropped waits to be resumed; its messages are
+    /// kept for it meanwhile, then go to offline storage.
+    pub resume_timeout_secs: u64,
+    /// The server asks for an acknowledgement after this many stanzas...
+    pub ack_every: usize,
+    /// ...or this long after an unacknowledged stanza, whichever comes first.
+    pub ack_delay_secs: u64,
+}
+
+impl Default for StreamManagementConfig {
+    fn default() -> Self {
+        StreamManagementConfig {
+            resume_timeout_secs: 300,
+            ack_every: 5,
+            ack_delay_secs: 5,
+        }
+    }
+}
+
+/// XEP-0352 client state indication.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CsiConfig {
+    /// Stanzas held for an inactive client before they are all sent anyway.
+    pub max_held: usize,
+}
+
+impl Default for CsiConfig {
+    fn default() -> Self {
+        CsiConfig { max_held: 100 }
+    }
+}
+
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModulesConfig {
@@ -207,6 +246,9 @@ impl Config {
         }
         if self.limits.max_stanza_bytes < 10_000 {
             return Err("limits.max_stanza_bytes must be at least 10000 (RFC 6120 §13.12)".into());
+        }
+        if self.stream_management.ack_every == 0 || self.csi.max_held == 0 {
+            return Err("stream_management.ack_every and csi.max_held must be positive".into());
         }
         if self.limits.queue_len == 0 || self.limits.max_depth < 4 {
             return Err("limits.queue_len must be positive and limits.max_depth at least 4".into());

@@ -35,6 +35,8 @@ pub struct Server {
     pub tls: RefCell<Arc<rustls::ServerConfig>>,
     pub conns: RefCell<HashMap<u64, Conn>>,
     pub throttle: RefCell<Throttle>,
+    /// XEP-0198 sessions that can be resumed, by resumption id.
+    pub resumable: RefCell<HashMap<String, crate::stream::c2s::Resumable>>,
     /// Set once shutdown begins: listeners stop accepting.
     pub closing: Cell<bool>,
     next_conn: Cell<u64>,
@@ -90,6 +92,7 @@ impl Server {
             tls: RefCell::new(tls),
             conns: RefCell::default(),
             throttle: RefCell::default(),
+            resumable: RefCell::default(),
             closing: Cell::new(false),
             next_conn: Cell::new(1),
             last_version: Cell::new(0),

@@ -1,6 +1,10 @@
 //! One client connection (RFC 6120): stream negotiation (STARTTLS or direct TLS, SASL,
 //! resource binding), then the read loop that hands stanzas to the router and the write path
 //! that drains this session's queue. Only this file writes to the socket.
+//!
+//! With XEP-0198 resumption, a session outlives its TCP connection: when the socket drops,
+//! this task keeps the session (its counters, unacknowledged stanzas and queue) for the
+//! resume window; a new connection that resumes hands its socket over to this task.
 
 use crate::jid::{self, Jid};
 use crate::listener::Kind;
@@ -8,13 +12,15 @@ use crate::router;
 use crate::server::Server;
 use crate::session::{Outbound, Session};
 use crate::stanza::{StanzaError, StreamCondition as C, StreamError, error_reply, iq_result};
+use crate::stream::csi::{self, Held};
 use crate::stream::sasl::{self, FailureCondition as F, Sasl, Step};
+use crate::stream::smacks::{self, Sm};
 use crate::xml::reader::{StreamEvent, StreamHeader, StreamReader};
 use crate::xml::{Element, ns, writer};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use futures_rustls::server::TlsStream;
-use smol::channel::Receiver;
+use smol::channel::{Receiver, Sender};
 use smol::future::FutureExt;
 use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use smol::{Async, Timer};
@@ -98,6 +104,29 @@ struct Conn {
     last_heard: Instant,
     ping_sent: Option<Instant>,
     pings: u64,
+    sm: Option<Sm>,
+    handoffs: Option<Receiver<Handoff>>,
+    /// Since when the socket is gone while the session waits to be resumed.
+    detached_at: Option<Instant>,
+    /// XEP-0352: the client said it is inactive.
+    inactive: bool,
+    held: Held,
+}
+
+/// A resuming connection's socket, offered to the task that holds the session.
+pub struct Handoff {
+    io: Io,
+    reader: StreamReader,
+    peer: SocketAddr,
+    h: u32,
+    /// Ok when taken over; otherwise the socket comes back to the resuming connection.
+    reply: Sender<Result<(), (Io, StreamReader)>>,
+}
+
+/// A session that can be resumed, by its resumption id.
+pub struct Resumable {
+    pub user: String,
+    pub tx: Sender<Handoff>,
 }
 
 /// What the read loop does after an event.
@@ -106,11 +135,16 @@ enum Next {
     /// The client closed its stream; close ours.
     End,
     Fail(StreamError),
+    /// The socket failed; a resumable session waits for its client to come back.
+    Lost,
+    /// The session moved to another task (resumption); this connection is done.
+    Handed,
 }
 
 enum Wake {
     Read(std::io::Result<usize>),
     Queue(Option<Outbound>),
+    Handoff(Option<Handoff>),
     Timer,
 }
 
@@ -134,6 +168,11 @@ pub async fn run(server: Rc<Server>, stream: Async<TcpStream>, peer: SocketAddr,
         last_heard: Instant::now(),
         ping_sent: None,
         pings: 0,
+        sm: None,
+        handoffs: None,
+        detached_at: None,
+        inactive: false,
+        held: Held::default(),
     };
     log::debug!("connection {id} from {peer} on {}", kind.name());
     let ok = kind == Kind::C2s || conn.start_tls().await;
@@ -184,7 +223,14 @@ impl Conn {
 
     fn deadline(&self) -> Instant {
         let limits = &self.server.config;
-        match (&self.phase, self.ping_sent) {
+        if let Some(at) = self.detached_at {
+            return at + Duration::from_secs(limits.stream_management.resume_timeout_secs);
+        }
+        let ack = self.sm.as_ref().and_then(|sm| {
+            let since = sm.unrequested_since.filter(|_| !sm.request_outstanding)?;
+            Some(since + Duration::from_secs(limits.stream_management.ack_delay_secs))
+        });
+        let keepalive = match (&self.phase, self.ping_sent) {
             (Phase::Bound(_), None) => {
                 self.last_heard + Duration::from_secs(limits.keepalive.ping_after_secs)
             }
@@ -192,7 +238,8 @@ impl Conn {
                 at + Duration::from_secs(limits.keepalive.ping_timeout_secs)
             }
             _ => self.last_heard + Duration::from_secs(limits.limits.login_timeout_secs),
-        }
+        };
+        ack.map_or(keepalive, |a| a.min(keepalive))
     }
 
     async fn serve(&mut self) {
@@ -201,16 +248,27 @@ impl Conn {
         loop {
             let deadline = self.deadline();
             let wake = {
-                let read = async { Wake::Read(self.io.read(&mut buf).await) };
+                let handoffs = self.handoffs.clone();
+                let handoff = async {
+                    match &handoffs {
+                        Some(rx) => Wake::Handoff(rx.recv().await.ok()),
+                        None => std::future::pending().await,
+                    }
+                };
                 let queue = async { Wake::Queue(self.rx.recv().await.ok()) };
                 let timer = async {
                     Timer::at(deadline).await;
                     Wake::Timer
                 };
-                read.or(queue).or(timer).await
+                if self.detached_at.is_some() {
+                    handoff.or(queue).or(timer).await
+                } else {
+                    let read = async { Wake::Read(self.io.read(&mut buf).await) };
+                    read.or(handoff).or(queue).or(timer).await
+                }
             };
             let next = match wake {
-                Wake::Read(Ok(0)) | Wake::Read(Err(_)) => return,
+                Wake::Read(Ok(0)) | Wake::Read(Err(_)) => Next::Lost,
                 Wake::Read(Ok(n)) => {
                     self.last_heard = Instant::now();
                     self.ping_sent = None;
@@ -220,17 +278,22 @@ impl Conn {
                     }
                 }
                 Wake::Queue(Some(Outbound::Stanza(el))) => {
-                    writer::write_element(&el, ns::CLIENT, &mut self.out);
+                    self.emit(el);
                     // Drain what else is waiting into the same write.
-                    while let Ok(Outbound::Stanza(el)) = self.rx.try_recv() {
-                        writer::write_element(&el, ns::CLIENT, &mut self.out);
-                        if self.out.len() > 65536 {
-                            break;
+                    let mut next = Next::Continue;
+                    while self.out.len() < 65536 {
+                        match self.rx.try_recv() {
+                            Ok(Outbound::Stanza(el)) => self.emit(el),
+                            Ok(Outbound::Close(e)) => {
+                                next = Next::Fail(e);
+                                break;
+                            }
+                            Err(_) => break,
                         }
                     }
-                    match self.flush().await {
-                        true => Next::Continue,
-                        false => return,
+                    match next {
+                        Next::Continue => self.flush_or_lose().await,
+                        other => other,
                     }
                 }
                 Wake::Queue(Some(Outbound::Close(e))) => Next::Fail(e),
@@ -238,10 +301,29 @@ impl Conn {
                     C::PolicyViolation,
                     "too many stanzas waiting for this client",
                 )),
+                Wake::Handoff(Some(h)) => self.take_over(h).await,
+                Wake::Handoff(None) => Next::Continue,
+                Wake::Timer if self.detached_at.is_some() => {
+                    log::debug!("connection {}: resume window expired", self.id);
+                    return;
+                }
                 Wake::Timer => self.timer().await,
             };
             match next {
                 Next::Continue => {}
+                Next::Handed => return,
+                Next::Lost => {
+                    if self.sm.as_ref().is_some_and(|sm| sm.id.is_some()) {
+                        if self.detached_at.is_none() {
+                            log::debug!("connection {}: socket lost, waiting for resumption", self.id);
+                            self.detached_at = Some(Instant::now());
+                            self.io = Io::Gone;
+                            self.out.clear();
+                        }
+                    } else {
+                        return;
+                    }
+                }
                 Next::End => {
                     self.out.extend_from_slice(writer::STREAM_CLOSE);
                     self.flush().await;
@@ -256,7 +338,89 @@ impl Conn {
         }
     }
 
+    /// A stanza from this session's queue, through client state indication to the socket.
+    fn emit(&mut self, el: Element) {
+        if self.detached_at.is_some() || (self.inactive && !csi::urgent(&el)) {
+            self.held.hold(el);
+            let max = match self.detached_at {
+                Some(_) => self.server.config.limits.queue_len,
+                None => self.server.config.csi.max_held,
+            };
+            if self.held.queue.len() < max || self.detached_at.is_some() {
+                return;
+            }
+        } else {
+            self.held.queue.push(el);
+        }
+        for el in self.held.take() {
+            self.write_stanza(el);
+        }
+    }
+
+    /// Writes a stanza and, with stream management, keeps it until the client acknowledges it.
+    fn write_stanza(&mut self, el: Element) {
+        writer::write_element(&el, ns::CLIENT, &mut self.out);
+        if let Some(sm) = &mut self.sm {
+            sm.sent(el);
+        }
+    }
+
+    fn write_nonza(&mut self, el: &Element) {
+        writer::write_element(el, ns::CLIENT, &mut self.out);
+    }
+
+    async fn flush_or_lose(&mut self) -> Next {
+        match self.flush().await {
+            true => Next::Continue,
+            false => Next::Lost,
+        }
+    }
+
+    /// Takes over the socket of a connection that resumes this session (XEP-0198 §5).
+    async fn take_over(&mut self, h: Handoff) -> Next {
+        let ok = self.sm.as_mut().is_some_and(|sm| sm.ack(h.h).is_ok());
+        if !ok {
+            let _ = h.reply.try_send(Err((h.io, h.reader)));
+            return Next::Continue;
+        }
+        // A connection that lingers is simply dropped: its client has moved on.
+        self.io = h.io;
+        self.reader = h.reader;
+        self.peer = h.peer;
+        self.detached_at = None;
+        self.header_sent = true;
+        self.inactive = false;
+        self.last_heard = Instant::now();
+        self.ping_sent = None;
+        self.out.clear();
+        let _ = h.reply.try_send(Ok(()));
+        let Some(sm) = self.sm.as_mut() else {
+            return Next::Continue;
+        };
+        let resumed = Element::new("resumed", ns::SM)
+            .with_attr("previd", sm.id.clone().unwrap_or_default())
+            .with_attr("h", sm.handled.to_string());
+        let again: Vec<Element> = sm.unacked.drain(..).collect();
+        log::debug!("connection {} resumed from {}, resending {}", self.id, self.peer, again.len());
+        self.write_nonza(&resumed);
+        for el in again {
+            self.write_stanza(el);
+        }
+        for el in self.held.take() {
+            self.write_stanza(el);
+        }
+        self.flush_or_lose().await
+    }
+
     async fn timer(&mut self) -> Next {
+        if let Some(sm) = &mut self.sm
+            && sm.unrequested_since.is_some()
+            && !sm.request_outstanding
+        {
+            sm.requested();
+            self.write_nonza(&smacks::r());
+            return self.flush_or_lose().await;
+        }
         match (&self.phase, self.ping_sent) {
             (Phase::Bound(jid), None) => {
                 self.pings += 1;
@@ -267,13 +431,20 @@ impl Conn {
                     .with_attr("to", jid.to_string())
                     .with_child(Element::new("ping", ns::PING));
                 self.ping_sent = Some(Instant::now());
-                self.send(&ping).await
+                self.send(ping).await
             }
             _ => Next::Fail(StreamError::new(C::ConnectionTimeout)),
         }
     }
 
     async fn flush(&mut self) -> bool {
+        let every = self.server.config.stream_management.ack_every;
+        if let Some(sm) = &mut self.sm
+            && sm.should_request(every)
+        {
+            sm.requested();
+            writer::write_element(&smacks::r(), ns::CLIENT, &mut self.out);
+        }
         if self.out.is_empty() {
             return true;
         }
@@ -285,12 +456,10 @@ impl Conn {
         ok
     }
 
-    async fn send(&mut self, el: &Element) -> Next {
-        writer::write_element(el, ns::CLIENT, &mut self.out);
-        match self.flush().await {
-            true => Next::Continue,
-            false => Next::Fail(StreamError::new(C::UndefinedCondition)),
-        }
+    /// Sends a stanza of the connection's own (a reply, a ping).
+    async fn send(&mut self, el: Element) -> Next {
+        self.write_stanza(el);
+        self.flush_or_lose().await
     }
 
     async fn stream_error(&mut self, e: StreamError) {
@@ -335,10 +504,7 @@ impl Conn {
                 break;
             }
         }
-        match self.flush().await {
-            true => Next::Continue,
-            false => Next::Fail(StreamError::new(C::UndefinedCondition)),
-        }
+        self.flush_or_lose().await
     }
 
     fn open(&mut self, h: StreamHeader) -> Next {
@@ -376,6 +542,8 @@ impl Conn {
                 );
                 features.push(Element::new("ver", ns::ROSTER_VER));
                 features.push(Element::new("sub", ns::PRE_APPROVAL));
+                features.push(Element::new("sm", ns::SM));
+                features.push(Element::new("csi", ns::CSI));
             }
         }
         writer::write_element(&features, ns::CLIENT, &mut self.out);
@@ -386,9 +554,9 @@ impl Conn {
         match &self.phase {
             Phase::Plain => {
                 if el.is("starttls", ns::TLS) {
-                    let proceed = Element::new("proceed", ns::TLS);
-                    if let Next::Fail(e) = self.send(&proceed).await {
-                        return Next::Fail(e);
+                    self.write_nonza(&Element::new("proceed", ns::TLS));
+                    if !self.flush().await {
+                        return Next::Lost;
                     }
                     // Nothing sent in the clear may be used after the handshake.
                     self.reader.reset();
@@ -410,6 +578,13 @@ impl Conn {
             Phase::Secure => self.sasl(el),
             Phase::Authenticated(user) => {
                 let user = user.clone();
+                if el.is("resume", ns::SM) {
+                    return self.resume(&user, &el).await;
+                }
+                if el.ns == ns::SM {
+                    self.write_nonza(&smacks::failed("unexpected-request", None));
+                    return Next::Continue;
+                }
                 self.pre_bind(&user, el)
             }
             Phase::Bound(jid) => {
@@ -619,22 +794,149 @@ impl Conn {
         ))
     }
 
-    async fn bound(&mut self, jid: &Jid, mut el: Element) -> Next {
+    async fn bound(&mut self, jid: &Jid, el: Element) -> Next {
+        if el.ns == ns::SM || el.ns == ns::CSI {
+            return self.nonza(&el);
+        }
+        let next = self.bound_stanza(jid, el).await;
+        if let Some(sm) = &mut self.sm {
+            sm.handled = sm.handled.wrapping_add(1);
+        }
+        next
+    }
+
+    /// XEP-0198 and XEP-0352 elements of a bound stream.
+    fn nonza(&mut self, el: &Element) -> Next {
+        match (el.name.as_str(), el.ns.as_str()) {
+            ("enable", ns::SM) => {
+                if self.sm.is_some() {
+                    self.write_nonza(&smacks::failed("unexpected-request", None));
+                    return Next::Continue;
+                }
+                let resume = matches!(el.attr("resume"), Some("true" | "1"));
+                let id = B64.encode(sasl::random_bytes::<18>());
+                let mut enabled = Element::new("enabled", ns::SM);
+                if resume {
+                    let (tx, rx) = smol::channel::bounded(1);
+                    let Phase::Bound(jid) = &self.phase else {
+                        return Next::Continue;
+                    };
+                    let user = jid.local().unwrap_or_default().to_owned();
+                    self.server
+                        .resumable
+                        .borrow_mut()
+                        .insert(id.clone(), Resumable { user, tx });
+                    self.handoffs = Some(rx);
+                    let max = self.server.config.stream_management.resume_timeout_secs;
+                    enabled = enabled
+                        .with_attr("id", id.as_str())
+                        .with_attr("resume", "true")
+                        .with_attr("max", max.to_string());
+                }
+                self.sm = Some(Sm::new(resume, id));
+                self.write_nonza(&enabled);
+                Next::Continue
+            }
+            ("r", ns::SM) => match &self.sm {
+                Some(sm) => {
+                    let a = smacks::a(sm.handled);
+                    self.write_nonza(&a);
+                    Next::Continue
+                }
+                None => Next::Fail(StreamError::with_text(
+                    C::UnsupportedStanzaType,
+                    "stream management is not enabled",
+                )),
+            },
+            ("a", ns::SM) => {
+                let result = match (&mut self.sm, smacks::h_of(el)) {
+                    (Some(sm), Some(h)) => sm.ack(h),
+                    _ => Err("an <a/> needs stream management enabled and an h".into()),
+                };
+                match result {
+                    Ok(()) => Next::Continue,
+                    Err(t) => Next::Fail(StreamError::with_text(C::UndefinedCondition, t)),
+                }
+            }
+            ("active", ns::CSI) => {
+                self.inactive = false;
+                for el in self.held.take() {
+                    self.write_stanza(el);
+                }
+                Next::Continue
+            }
+            ("inactive", ns::CSI) => {
+                self.inactive = true;
+                Next::Continue
+            }
+            _ => Next::Fail(StreamError::new(C::UnsupportedStanzaType)),
+        }
+    }
+
+    /// XEP-0198 §5: a new connection asks to continue a session that lost its socket.
+    async fn resume(&mut self, user: &str, el: &Element) -> Next {
+        let previd = el.attr("previd").unwrap_or_default();
+        let target = self
+            .server
+            .resumable
+            .borrow()
+            .get(previd)
+            .filter(|r| r.user == user)
+            .map(|r| r.tx.clone());
+        let (Some(tx), Some(h)) = (target, smacks::h_of(el)) else {
+            self.write_nonza(&smacks::failed("item-not-found", None));
+            return Next::Continue;
+        };
+        // Our output so far (nothing, normally) must not be lost with the socket.
+        if !self.flush().await {
+            return Next::Lost;
+        }
+        let (reply_tx, reply_rx) = smol::channel::bounded(1);
+        let io = std::mem::replace(&mut self.io, Io::Gone);
+        let reader = std::mem::replace(
+            &mut self.reader,
+            StreamReader::new(self.server.config.xml_limits()),
+        );
+        let handoff = Handoff {
+            io,
+            reader,
+            peer: self.peer,
+            h,
+            reply: reply_tx,
+        };
+        if let Err(e) = tx.send(handoff).await {
+            let h = e.into_inner();
+            (self.io, self.reader) = (h.io, h.reader);
+            self.write_nonza(&smacks::failed("item-not-found", None));
+            return Next::Continue;
+        }
+        match reply_rx.recv().await {
+            Ok(Ok(())) => Next::Handed,
+            Ok(Err((io, reader))) => {
+                (self.io, self.reader) = (io, reader);
+                self.write_nonza(&smacks::failed("item-not-found", None));
+                Next::Continue
+            }
+            Err(_) => Next::Lost,
+        }
+    }
+
+    async fn bound_stanza(&mut self, jid: &Jid, mut el: Element) -> Next {
         if el.ns != ns::CLIENT || !matches!(el.name.as_str(), "message" | "presence" | "iq") {
             return Next::Fail(StreamError::new(C::UnsupportedStanzaType));
         }
         if router::is_iq_for(&el, "session", ns::SESSION) {
-            return self.send(&iq_result(&el, None)).await;
+            return self.send(iq_result(&el, None)).await;
         }
         if router::is_iq_for(&el, "bind", ns::BIND) {
             let e = StanzaError::new(crate::stanza::Condition::NotAllowed);
-            return self.send(&error_reply(&el, &e)).await;
+            return self.send(error_reply(&el, &e)).await;
         }
         // RFC 6120 §8.1.2.1: the server stamps the sender's full JID, whatever the client said.
         el.set_attr("from", jid.to_string());
         // Our own output so far goes first, so replies keep their order.
         if !self.flush().await {
-            return Next::Fail(StreamError::new(C::UndefinedCondition));
+            return Next::Lost;
         }
         router::from_client(&self.server, jid, el).await;
         Next::Continue
@@ -642,6 +944,9 @@ impl Conn {
 
     /// The session ends: leave the session table, tell contacts, keep unsent messages.
     async fn finish(&mut self) {
+        if let Some(id) = self.sm.as_ref().and_then(|sm| sm.id.as_ref()) {
+            self.server.resumable.borrow_mut().remove(id);
+        }
         let Phase::Bound(jid) = &self.phase else {
             return;
         };
@@ -658,7 +963,12 @@ impl Conn {
             }
             self.server.sessions.borrow_mut().remove(&jid, self.id);
         }
-        let mut unsent = Vec::new();
+        // Sent but never acknowledged, held back, or still queued: routed again, once.
+        let mut unsent: Vec<Element> = match self.sm.take() {
+            Some(sm) => sm.unacked.into(),
+            None => Vec::new(),
+        };
+        unsent.extend(self.held.take());
         while let Ok(o) = self.rx.try_recv() {
             if let Outbound::Stanza(el) = o {
                 unsent.push(el);

@@ -42,3 +42,29 @@ pub const OFFLINE: &str = "msgoffline";
 pub const CHATSTATES: &str = "http://jabber.org/protocol/chatstates";
 /// XEP-0334 Message Processing Hints.
 pub const HINTS: &str = "urn:xmpp:hints";
+/// XEP-0198 Stream Management.
+pub const SM: &str = "urn:xmpp:sm:3";
+/// XEP-0352 Client State Indication.
+pub const CSI: &str = "urn:xmpp:csi:0";
+/// XEP-0280 Message Carbons, v1.0.
+pub const CARBONS: &str = "urn:xmpp:carbons:2";
+/// XEP-0297 Stanza Forwarding, v1.0.
+pub const FORWARD: &str = "urn:xmpp:forward:0";
+/// XEP-0313 Message Archive Management, v1.0 (the namespace of its 0.6+ revisions).
+pub const MAM: &str = "urn:xmpp:mam:2";
+/// XEP-0313 §7.1: the before-id/after-id/ids fields and the metadata query are supported.
+pub const MAM_EXTENDED: &str = "urn:xmpp:mam:2#extended";
+/// XEP-0359 Unique and Stable Stanza IDs, v0.7.
+pub const SID: &str = "urn:xmpp:sid:0";
+/// XEP-0059 Result Set Management, v1.0.
+pub const RSM: &str = "http://jabber.org/protocol/rsm";
+/// XEP-0004 Data Forms, v2.13.
+pub const DATA_FORMS: &str = "jabber:x:data";
+/// XEP-0045 Multi-User Chat: the `<x/>` a room adds to what it relays, private messages too.
+pub const MUC_USER: &str = "http://jabber.org/protocol/muc#user";
+/// XEP-0184 Message Delivery Receipts.
+pub const RECEIPTS: &str = "urn:xmpp:receipts";
+/// XEP-0333 Displayed Markers (formerly Chat Markers).
+pub const CHAT_MARKERS: &str = "urn:xmpp:chat-markers:0";
+/// XEP-0384 OMEMO Encryption, the 0.3 namespace that deployed clients use.
+pub const OMEMO_LEGACY: &str = "eu.siacs.conversations.axolotl";
