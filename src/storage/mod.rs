@@ -4,6 +4,7 @@
 //! disk never stalls the event loop.
 
 pub mod accounts;
+pub mod archive;
 pub mod offline;
 pub mod roster;
 pub mod tables;
@@ -46,6 +47,25 @@ pub enum Write {
     OfflineDelete {
         user: String,
         upto: u64,
+    },
+    /// One message in `user`'s XEP-0313 archive; `id` is new and larger than any stored.
+    ArchiveAppend {
+        user: String,
+        id: u64,
+        stamp_ms: u64,
+        with: String,
+        xml: String,
+    },
+    /// Deletes archived messages older than `before_ms`, at most `max_rows` of them, so that
+    /// one expiry never holds the writer (and everyone's commits) for long.
+    ArchiveExpire {
+        before_ms: u64,
+        max_rows: usize,
+    },
+    /// Replaces `user`'s archiving preferences (TOML of `archive::Prefs`).
+    ArchivePrefsPut {
+        user: String,
+        prefs: String,
     },
 }
 
@@ -104,6 +124,8 @@ impl Store {
             txn.open_table(USER_CONTACT_TO_ROSTER_ITEM)?;
             txn.open_table(USER_TO_ROSTER_VERSION)?;
             txn.open_table(USER_SEQ_TO_OFFLINE)?;
+            txn.open_table(USER_ID_TO_ARCHIVED)?;
+            txn.open_table(USER_TO_ARCHIVE_PREFS)?;
         }
         txn.commit()?;
         let db = Arc::new(db);
@@ -224,6 +246,9 @@ fn apply_one(txn: &WriteTransaction, w: &Write) -> Result<(), Error> {
                 .retain_in((u, "")..(u, "\u{10ffff}"), |_, _| false)?;
             txn.open_table(USER_SEQ_TO_OFFLINE)?
                 .retain_in((u, 0)..=(u, u64::MAX), |_, _| false)?;
+            txn.open_table(USER_ID_TO_ARCHIVED)?
+                .retain_in((u, 0)..=(u, u64::MAX), |_, _| false)?;
+            txn.open_table(USER_TO_ARCHIVE_PREFS)?.remove(u)?;
         }
         Write::RosterPut {
             user,
@@ -259,6 +284,21 @@ fn apply_one(txn: &WriteTransaction, w: &Write) -> Result<(), Error> {
             let u = user.as_str();
             txn.open_table(USER_SEQ_TO_OFFLINE)?
                 .retain_in((u, 0)..=(u, *upto), |_, _| false)?;
+        }
+        Write::ArchiveAppend {
+            user,
+            id,
+            stamp_ms,
+            with,
+            xml,
+        } => archive::append(txn, user, *id, *stamp_ms, with, xml)?,
+        Write::ArchiveExpire {
+            before_ms,
+            max_rows,
+        } => archive::expire(txn, *before_ms, *max_rows)?,
+        Write::ArchivePrefsPut { user, prefs } => {
+            txn.open_table(USER_TO_ARCHIVE_PREFS)?
+                .insert(user.as_str(), prefs.as_str())?;
         }
     }
     Ok(())
