@@ -180,6 +180,7 @@ impl Default for CsiConfig {
 pub struct ModulesConfig {
     pub version: crate::modules::version::Config,
     pub offline: crate::modules::offline::Config,
+    pub mam: crate::modules::mam::Config,
 }
 
 impl Config {
@@ -255,6 +256,14 @@ impl Config {
         }
         if self.auth.scram_iterations < 4096 {
             return Err("auth.scram_iterations must be at least 4096 (RFC 7677)".into());
+        }
+        let mam = &self.modules.mam;
+        if mam.max_page == 0 || mam.default_page == 0 || mam.default_page > mam.max_page {
+            return Err(
+                "modules.mam.default_page and max_page must be positive, with default_page \
+                 no larger than max_page"
+                    .into(),
+            );
         }
         if log_level(&self.server.log_level).is_none() {
             return Err(format!(

@@ -4,7 +4,9 @@
 //! `Cx`; `router::apply` then makes the writes durable and queues the stanzas. A module never
 //! touches a socket, spawns nothing, and never sends directly.
 
+pub mod carbons;
 pub mod disco;
+pub mod mam;
 pub mod offline;
 pub mod ping;
 pub mod presence;
@@ -18,6 +20,7 @@ use crate::server::Server;
 use crate::stanza::{StanzaError, StreamError};
 use crate::storage::Write;
 use crate::xml::Element;
+use std::time::SystemTime;
 
 /// What a handler wants done once it returns.
 #[derive(Default)]
@@ -124,6 +127,11 @@ pub trait Module {
     }
     /// A session just sent its initial presence.
     fn initial_presence(&self, _cx: &mut Cx, _session: &Jid) {}
+    /// Called about once a second by the server's timer, for work off the stanza path
+    /// (archive expiry).
+    // TODO: remove the allow once server.rs's timer calls this.
+    #[allow(dead_code)]
+    fn tick(&self, _cx: &mut Cx, _now: SystemTime) {}
 }
 
 /// The modules, in hook order. A module whose config says `enabled = false` is left out, so
@@ -139,6 +147,12 @@ pub fn all(config: &Config) -> Vec<Box<dyn Module>> {
     if config.modules.version.enabled {
         list.push(Box::new(version::Version));
     }
+    // Before carbons, so that a <received/> copy carries the stanza-id and a forged one is
+    // gone from a <sent/> copy; before offline, which ends the hooks for what it stores.
+    if config.modules.mam.enabled {
+        list.push(Box::new(mam::Mam::new(&config.modules.mam)));
+    }
+    list.push(Box::new(carbons::Carbons));
     list.push(Box::new(offline::Offline {
         max_per_user: config.modules.offline.max_per_user,
     }));

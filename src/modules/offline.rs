@@ -3,6 +3,10 @@
 //! delay stamp, when the account next sends initial presence. Headline, groupchat and error
 //! messages are not stored, nor are messages with a XEP-0334 `no-store` hint or that carry only
 //! chat states.
+//!
+//! A session that queried its XEP-0313 archive before initial presence gets no offline
+//! messages: they are in the archive it catches up from, and would arrive twice. They stay
+//! stored (not deleted) for the account's next session that does not use the archive.
 
 use super::{Cx, Flow, Module};
 use crate::jid::Jid;
@@ -74,6 +78,15 @@ impl Module for Offline {
 
     fn initial_presence(&self, cx: &mut Cx, session: &Jid) {
         let Some(user) = session.local() else { return };
+        let uses_mam = cx
+            .server
+            .sessions
+            .borrow()
+            .get(session)
+            .is_some_and(|s| s.flags.mam_queried);
+        if uses_mam {
+            return;
+        }
         let msgs = match cx.server.store.offline_peek(user, self.max_per_user) {
             Ok(m) => m,
             Err(e) => {

@@ -1,0 +1,490 @@
+//! XEP-0313 Message Archive Management, v1.0 (`urn:xmpp:mam:2` with `#extended`): every
+//! archivable one-to-one message a user sends or receives is kept in that user's archive,
+//! the recipient's copy carries its archive id as a XEP-0359 stanza-id, and the user queries
+//! the archive with a data form and XEP-0059 paging, sets §6 preferences, and reads the
+//! archive's metadata. Old messages expire after `retention_days` from the server tick.
+//!
+//! Ids are the microsecond at which a message was archived, bumped to stay strictly
+//! increasing server-wide (and across restarts through the store's high-water mark). So id
+//! order is time order, a message's archive time is its id / 1000 ms, and every filter is one
+//! id range: the newest page and one far back are each a single B-tree seek.
+//!
+//! Left out: MUC and pubsub archives, RSM `index` and `count`, `flip-page`, the `<store/>`
+//! hint on non-message payloads beyond body, markers and OMEMO, and archiving messages to
+//! other servers (there is no server-to-server). A MAM-using session does not get offline
+//! messages (see `offline.rs`). With `with`, a query scans the id range and filters; an index
+//! by contact would make per-contact history on huge archives faster (TODO if it shows).
+
+mod prefs;
+pub mod query;
+
+use super::{Cx, Flow, IqRequest, IqRoute, Module};
+use crate::jid::Jid;
+use crate::stanza::{Condition, StanzaError, stanza_type};
+use crate::storage::Write;
+use crate::xml::{Element, ns, reader};
+use prefs::{Prefs, Verdict};
+use serde::Deserialize;
+use std::cell::Cell;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub enabled: bool,
+    /// Archived messages older than this many days are deleted; 0 keeps them forever.
+    pub retention_days: u32,
+    /// Results per page when a query does not say.
+    pub default_page: usize,
+    /// Most results per page, and most ids one query may name.
+    pub max_page: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            enabled: true,
+            retention_days: 0,
+            default_page: 50,
+            max_page: 250,
+        }
+    }
+}
+
+/// How often expiry runs, and how many rows one run deletes at most: a first expiry over a
+/// big archive then takes many short commits instead of one that stalls everybody's.
+const EXPIRE_EVERY: Duration = Duration::from_secs(60);
+const EXPIRE_BATCH: usize = 10_000;
+
+pub struct Mam {
+    retention_days: u32,
+    default_page: usize,
+    max_page: usize,
+    /// The last id handed out; 0 until the store's high-water mark has been read (the module
+    /// list is built before the store is reachable, so this is done on first use).
+    last_id: Cell<u64>,
+    last_expiry: Cell<Option<SystemTime>>,
+}
+
+impl Mam {
+    pub fn new(config: &Config) -> Mam {
+        Mam {
+            retention_days: config.retention_days,
+            default_page: config.default_page,
+            max_page: config.max_page,
+            last_id: Cell::new(0),
+            last_expiry: Cell::new(None),
+        }
+    }
+
+    fn next_id(&self, cx: &Cx) -> u64 {
+        let mut last = self.last_id.get();
+        if last == 0 {
+            last = cx.server.store.archive_last_id().unwrap_or_else(|e| {
+                log::error!("reading the last archive id: {e}; continuing from the clock");
+                0
+            });
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        let id = now.max(last + 1);
+        self.last_id.set(id);
+        id
+    }
+
+    /// Queues `msg` for `user`'s archive; the write trails the delivery (see `Cx`).
+    fn archive(&self, cx: &mut Cx, user: &str, with: &Jid, msg: &Element) -> u64 {
+        let id = self.next_id(cx);
+        cx.write_trailing(Write::ArchiveAppend {
+            user: user.to_owned(),
+            id,
+            stamp_ms: id / 1000,
+            with: with.to_string(),
+            xml: msg.to_xml(),
+        });
+        id
+    }
+
+    /// Whether `user`'s preferences let a message with `with` into the archive.
+    fn wanted(&self, cx: &Cx, user: &str, with: &Jid) -> bool {
+        let prefs = match cx.server.store.archive_prefs(user) {
+            Ok(p) => p.map(|p| Prefs::decode(&p)).unwrap_or_default(),
+            Err(e) => {
+                log::error!("reading the archive preferences of {user}: {e}");
+                Prefs::default()
+            }
+        };
+        match prefs.verdict(with) {
+            Verdict::Archive => true,
+            Verdict::Skip => false,
+            Verdict::IfInRoster => cx
+                .server
+                .roster_item(user, &with.bare().to_string())
+                .ok()
+                .flatten()
+                .is_some_and(|i| i.visible),
+        }
+    }
+
+    fn query(
+        &self,
+        cx: &mut Cx,
+        iq: &IqRequest,
+        user: &str,
+    ) -> Result<Option<Element>, StanzaError> {
+        let q = query::parse(iq.payload, self.default_page, self.max_page)?;
+        if let Some(s) = cx.server.sessions.borrow_mut().get_mut(iq.from) {
+            s.flags.mam_queried = true;
+        }
+        let store = &cx.server.store;
+        for id in q.named_ids() {
+            if !store.archive_contains(user, id).map_err(internal(user))? {
+                return Err(StanzaError::with_text(
+                    Condition::ItemNotFound,
+                    "no such archive id",
+                ));
+            }
+        }
+        let (lo, hi) = q.id_range();
+        let backward = q.before.is_some();
+        let with = q.with.clone();
+        let keep = move |w: &str| match (&with, Jid::parse(w)) {
+            (None, _) => true,
+            (Some(f), Ok(w)) if f.is_bare() => w.bare() == *f,
+            (Some(f), Ok(w)) => w == *f,
+            (Some(_), Err(_)) => false,
+        };
+        let page = match &q.ids {
+            None => store
+                .archive_page(user, lo, hi, backward, q.max, &keep)
+                .map_err(internal(user))?,
+            Some(ids) => {
+                let mut items: Vec<_> = store
+                    .archive_get(user, ids)
+                    .map_err(internal(user))?
+                    .into_iter()
+                    .filter(|a| (lo..=hi).contains(&a.id) && keep(&a.with))
+                    .collect();
+                let complete = items.len() <= q.max;
+                match backward {
+                    true => drop(items.drain(..items.len().saturating_sub(q.max))),
+                    false => items.truncate(q.max),
+                }
+                crate::storage::archive::Page { items, complete }
+            }
+        };
+        let bare = iq.from.bare().to_string();
+        for a in &page.items {
+            let Some(original) = reader::parse_one(&a.xml) else {
+                log::warn!("skipping unreadable archived message {} of {user}", a.id);
+                continue;
+            };
+            let when = UNIX_EPOCH + Duration::from_millis(a.stamp_ms);
+            let mut result = Element::new("result", ns::MAM).with_attr("id", a.id.to_string());
+            if let Some(qid) = &q.queryid {
+                result.set_attr("queryid", qid.as_str());
+            }
+            result.push(
+                Element::new("forwarded", ns::FORWARD)
+                    .with_child(
+                        Element::new("delay", ns::DELAY)
+                            .with_attr("stamp", super::time::stamp(when)),
+                    )
+                    .with_child(original),
+            );
+            let msg = Element::new("message", ns::CLIENT)
+                .with_attr("from", bare.as_str())
+                .with_attr("to", iq.from.to_string())
+                .with_child(result);
+            cx.send(iq.from.clone(), msg);
+        }
+        let mut set = Element::new("set", ns::RSM);
+        if let (Some(first), Some(last)) = (page.items.first(), page.items.last()) {
+            set.push(Element::new("first", ns::RSM).with_text(first.id.to_string()));
+            set.push(Element::new("last", ns::RSM).with_text(last.id.to_string()));
+        }
+        let mut fin = Element::new("fin", ns::MAM).with_child(set);
+        if page.complete {
+            fin.set_attr("complete", "true");
+        }
+        Ok(Some(fin))
+    }
+
+    fn prefs(
+        &self,
+        cx: &mut Cx,
+        iq: &IqRequest,
+        user: &str,
+    ) -> Result<Option<Element>, StanzaError> {
+        if !iq.set {
+            let stored = cx
+                .server
+                .store
+                .archive_prefs(user)
+                .map_err(internal(user))?;
+            let prefs = stored.map(|p| Prefs::decode(&p)).unwrap_or_default();
+            return Ok(Some(prefs.to_element()));
+        }
+        let prefs = Prefs::parse(iq.payload)?;
+        cx.write(Write::ArchivePrefsPut {
+            user: user.to_owned(),
+            prefs: prefs.encode(),
+        });
+        Ok(Some(prefs.to_element()))
+    }
+
+    fn metadata(&self, cx: &Cx, user: &str) -> Result<Option<Element>, StanzaError> {
+        let mut el = Element::new("metadata", ns::MAM);
+        let bounds = cx
+            .server
+            .store
+            .archive_bounds(user)
+            .map_err(internal(user))?;
+        if let Some((first, last)) = bounds {
+            for (name, (id, stamp_ms)) in [("start", first), ("end", last)] {
+                let when = UNIX_EPOCH + Duration::from_millis(stamp_ms);
+                el.push(
+                    Element::new(name, ns::MAM)
+                        .with_attr("id", id.to_string())
+                        .with_attr("timestamp", super::time::stamp(when)),
+                );
+            }
+        }
+        Ok(Some(el))
+    }
+}
+
+fn internal(user: &str) -> impl Fn(crate::error::Error) -> StanzaError + '_ {
+    move |e| {
+        log::error!("reading the archive of {user}: {e}");
+        StanzaError::new(Condition::InternalServerError)
+    }
+}
+
+/// Whether a message belongs in an archive (XEP-0313 §5.1.1 with XEP-0334 hints): one-to-one
+/// chat or normal messages with content a user would want back. Pure chat states are not.
+pub fn archivable(msg: &Element) -> bool {
+    if !matches!(stanza_type(msg), "chat" | "normal")
+        || msg.has_child("no-store", ns::HINTS)
+        || msg.has_child("no-permanent-store", ns::HINTS)
+    {
+        return false;
+    }
+    msg.has_child("store", ns::HINTS)
+        || msg.has_child("body", ns::CLIENT)
+        || msg
+            .elements()
+            .any(|c| c.ns == ns::CHAT_MARKERS || c.ns == ns::OMEMO_LEGACY)
+}
+
+/// Removes stanza-ids claiming to come from this server (XEP-0359 §3.1): only we say which
+/// of our archives holds a message.
+fn strip_our_stanza_ids(msg: &mut Element, domain: &str) {
+    msg.children.retain(|n| match n {
+        crate::xml::Node::Element(e) if e.is("stanza-id", ns::SID) => !e
+            .attr("by")
+            .and_then(|b| Jid::parse(b).ok())
+            .is_some_and(|b| b.domain() == domain),
+        _ => true,
+    });
+}
+
+impl Module for Mam {
+    fn name(&self) -> &'static str {
+        "mam"
+    }
+    fn features(&self) -> &'static [&'static str] {
+        &[ns::MAM, ns::MAM_EXTENDED, ns::SID]
+    }
+    fn iq_routes(&self) -> &'static [IqRoute] {
+        &[IqRoute {
+            ns: ns::MAM,
+            server: false,
+            account: true,
+            others: false,
+        }]
+    }
+    fn handle_iq(&self, cx: &mut Cx, iq: &IqRequest) -> Result<Option<Element>, StanzaError> {
+        let user = iq.from.local().unwrap_or_default().to_owned();
+        match (iq.payload.name.as_str(), iq.set) {
+            ("query", false) => Ok(Some(query::form())),
+            ("query", true) => self.query(cx, iq, &user),
+            ("prefs", _) => self.prefs(cx, iq, &user),
+            ("metadata", false) => self.metadata(cx, &user),
+            _ => Err(StanzaError::bad_request(
+                "expected a MAM query, prefs or metadata",
+            )),
+        }
+    }
+
+    fn message_out(&self, cx: &mut Cx, from: &Jid, msg: &mut Element) -> Result<Flow, StanzaError> {
+        let domain = cx.domain().to_owned();
+        strip_our_stanza_ids(msg, &domain);
+        let Some(user) = from.local() else {
+            return Ok(Flow::Continue);
+        };
+        if !archivable(msg) {
+            return Ok(Flow::Continue);
+        }
+        // Only what the router will deliver: not to other domains or unknown accounts, and
+        // not to the user's own account, whose inbound copy is archived in `message_in`.
+        let to = match msg.attr("to").map(Jid::parse) {
+            None => return Ok(Flow::Continue),
+            Some(Ok(to)) => to,
+            Some(Err(_)) => return Ok(Flow::Continue),
+        };
+        let deliverable = to.domain() == domain
+            && to
+                .local()
+                .is_some_and(|l| l != user && cx.server.store.user_exists(l).unwrap_or(false));
+        if deliverable && self.wanted(cx, user, &to) {
+            self.archive(cx, user, &to, msg);
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn message_in(
+        &self,
+        cx: &mut Cx,
+        user: &str,
+        msg: &mut Element,
+        _targets: &[Jid],
+    ) -> Result<Flow, StanzaError> {
+        if !archivable(msg) {
+            return Ok(Flow::Continue);
+        }
+        let bare = Jid::bare_from(user, cx.domain()).to_string();
+        // A message routed again (its session went away) was archived the first time.
+        let ours = msg
+            .elements()
+            .any(|e| e.is("stanza-id", ns::SID) && e.attr("by") == Some(bare.as_str()));
+        let from = msg.attr("from").and_then(|f| Jid::parse(f).ok());
+        let Some(from) = from.filter(|_| !ours) else {
+            return Ok(Flow::Continue);
+        };
+        if !self.wanted(cx, user, &from) {
+            return Ok(Flow::Continue);
+        }
+        let id = self.archive(cx, user, &from, msg);
+        msg.push(
+            Element::new("stanza-id", ns::SID)
+                .with_attr("by", bare)
+                .with_attr("id", id.to_string()),
+        );
+        Ok(Flow::Continue)
+    }
+
+    fn tick(&self, cx: &mut Cx, now: SystemTime) {
+        if self.retention_days == 0 {
+            return;
+        }
+        let due = self
+            .last_expiry
+            .get()
+            .is_none_or(|last| now.duration_since(last).map_or(true, |d| d >= EXPIRE_EVERY));
+        if !due {
+            return;
+        }
+        self.last_expiry.set(Some(now));
+        let now_ms = now
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let keep_ms = u64::from(self.retention_days) * 86_400_000;
+        cx.write(Write::ArchiveExpire {
+            before_ms: now_ms.saturating_sub(keep_ms),
+            max_rows: EXPIRE_BATCH,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(kind: Option<&str>, children: &[(&str, &str)]) -> Element {
+        let mut m = Element::new("message", ns::CLIENT);
+        if let Some(k) = kind {
+            m.set_attr("type", k);
+        }
+        for (name, ns) in children {
+            m.push(Element::new(name, ns));
+        }
+        m
+    }
+
+    #[test]
+    fn what_is_archived() {
+        let body = ("body", ns::CLIENT);
+        let rows: &[(Option<&str>, &[(&str, &str)], bool, &str)] = &[
+            (Some("chat"), &[body], true, "chat with a body"),
+            (None, &[body], true, "normal with a body"),
+            (
+                Some("chat"),
+                &[("composing", ns::CHATSTATES)],
+                false,
+                "pure chat state",
+            ),
+            (Some("chat"), &[], false, "empty chat"),
+            (
+                Some("chat"),
+                &[("displayed", ns::CHAT_MARKERS)],
+                true,
+                "marker",
+            ),
+            (
+                Some("chat"),
+                &[("encrypted", ns::OMEMO_LEGACY)],
+                true,
+                "OMEMO",
+            ),
+            (Some("chat"), &[("store", ns::HINTS)], true, "store hint"),
+            (
+                Some("chat"),
+                &[body, ("no-store", ns::HINTS)],
+                false,
+                "no-store",
+            ),
+            (
+                Some("chat"),
+                &[body, ("no-permanent-store", ns::HINTS)],
+                false,
+                "no-perm",
+            ),
+            (Some("headline"), &[body], false, "headline"),
+            (Some("groupchat"), &[body], false, "groupchat"),
+            (Some("error"), &[body], false, "error"),
+        ];
+        for (kind, children, want, why) in rows {
+            assert_eq!(archivable(&msg(*kind, children)), *want, "{why}");
+        }
+    }
+
+    #[test]
+    fn forged_stanza_ids_are_removed() {
+        let sid = |by: &str| {
+            Element::new("stanza-id", ns::SID)
+                .with_attr("by", by)
+                .with_attr("id", "1")
+        };
+        let mut m = msg(Some("chat"), &[("body", ns::CLIENT)])
+            .with_child(sid("bob@localhost"))
+            .with_child(sid("localhost"))
+            .with_child(sid("room@muc.example.org"));
+        strip_our_stanza_ids(&mut m, "localhost");
+        let left: Vec<_> = m
+            .elements()
+            .filter(|e| e.is("stanza-id", ns::SID))
+            .filter_map(|e| e.attr("by"))
+            .collect();
+        assert_eq!(left, vec!["room@muc.example.org"]);
+        assert!(m.has_child("body", ns::CLIENT));
+    }
+
+    #[test]
+    fn config_defaults() {
+        let c: Config = toml::from_str("retention_days = 30").unwrap();
+        assert_eq!((c.enabled, c.retention_days, c.max_page), (true, 30, 250));
+        assert!(toml::from_str::<Config>("pages = 3").is_err());
+    }
+}
