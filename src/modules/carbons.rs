@@ -148,7 +148,9 @@ mod tests {
     #[test]
     fn what_is_copied() {
         let body = ("body", ns::CLIENT);
-        let rows: &[(Option<&str>, &[(&str, &str)], bool, &str)] = &[
+        // (type, children, copied?, why)
+        type Row<'a> = (Option<&'a str>, &'a [(&'a str, &'a str)], bool, &'a str);
+        let rows: &[Row] = &[
             (Some("chat"), &[body], true, "chat with a body"),
             (Some("chat"), &[], true, "chat, even empty"),
             (

@@ -23,6 +23,9 @@ pub struct Page {
     pub complete: bool,
 }
 
+/// (id, stamp_ms) of one end of an archive.
+pub type Bound = (u64, u64);
+
 const LAST_ID: &str = "archive_last_id";
 
 impl Store {
@@ -111,7 +114,7 @@ impl Store {
     }
 
     /// (id, stamp) of the oldest and the newest message of `user`, if any.
-    pub fn archive_bounds(&self, user: &str) -> Result<Option<((u64, u64), (u64, u64))>, Error> {
+    pub fn archive_bounds(&self, user: &str) -> Result<Option<(Bound, Bound)>, Error> {
         let txn = self.read()?;
         let t = txn.open_table(USER_ID_TO_ARCHIVED)?;
         let mut range = t.range((user, 0)..=(user, u64::MAX))?;
@@ -161,10 +164,7 @@ pub(super) fn expire(txn: &WriteTransaction, before_ms: u64, max_rows: usize) ->
     let cut = before_ms.saturating_mul(1000);
     let mut t = txn.open_table(USER_ID_TO_ARCHIVED)?;
     let mut doomed: Vec<(String, u64)> = Vec::new();
-    let mut next_user = match t.first()? {
-        Some((k, _)) => Some(k.value().0.to_owned()),
-        None => None,
-    };
+    let mut next_user = t.first()?.map(|(k, _)| k.value().0.to_owned());
     while let Some(user) = next_user.take() {
         if doomed.len() >= max_rows {
             break;
