@@ -108,7 +108,7 @@ pub fn deliver(server: &Server, to: &Jid, el: Element) {
     match tx {
         Some(tx) => {
             if tx.len() >= server.config.limits.queue_len
-                || tx.try_send(Outbound::Stanza(el)).is_err()
+                || tx.try_send(Outbound::Stanza(Box::new(el))).is_err()
             {
                 log::warn!("{to} is not reading; disconnecting it");
                 tx.close();

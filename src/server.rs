@@ -215,6 +215,7 @@ pub fn serve(config: Config) -> Result<(), Error> {
             ex.spawn(admin::serve(server.clone(), ex.clone(), a))
                 .detach();
         }
+        ex.spawn(tick(server.clone())).detach();
         wait_for_shutdown(&server, signals).await
     }));
     shutdown(&server, &ex);
@@ -222,6 +223,23 @@ pub fn serve(config: Config) -> Result<(), Error> {
     server.store.close();
     log::info!("stopped");
     result
+}
+
+/// Once a second, each module's `tick` (housekeeping such as archive expiry).
+async fn tick(server: Rc<Server>) {
+    loop {
+        Timer::after(Duration::from_secs(1)).await;
+        let effects = {
+            let mut cx = modules::Cx::new(&server);
+            for m in server.modules.iter() {
+                m.tick(&mut cx, SystemTime::now());
+            }
+            cx.effects
+        };
+        if let Err(e) = crate::router::apply(&server, effects).await {
+            log::error!("housekeeping failed: {e}");
+        }
+    }
 }
 
 async fn wait_for_shutdown(server: &Rc<Server>, mut signals: Signals) -> Result<(), Error> {

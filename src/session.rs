@@ -9,7 +9,8 @@ use smol::channel::Sender;
 use std::collections::HashMap;
 
 pub enum Outbound {
-    Stanza(Element),
+    /// Boxed so that the queue's slots stay small: each idle session keeps one block of them.
+    Stanza(Box<Element>),
     /// Ends the stream with this error (a conflicting login, shutdown, removal of the account).
     Close(StreamError),
 }

@@ -2,8 +2,25 @@
 //! or direct TLS with SCRAM-SHA-1, binds, sends presence, and runs a scenario. Each scenario
 //! prints one machine-readable result line of `key=value` pairs. Loopback targets only.
 //!
-//! It parses just enough XML to drive a login (waiting for known closing tags), which keeps
-//! the client cheap enough not to be the bottleneck.
+//! Scenarios:
+//! - `idle`: opens `--sessions` sessions and reports the server's memory per session, the login
+//!   rate and the server's CPU time per login.
+//! - `throughput`: `--pairs` pairs (user2k-1 sends to user2k); each sender keeps at most
+//!   `--window` messages in flight (sent but not yet received). Reports delivered messages per
+//!   second and server CPU seconds per 1,000 delivered messages over `--duration` seconds after
+//!   `--warmup` seconds.
+//! - `latency`: a fixed total rate `--rate` spread evenly over the pairs; reports the
+//!   send-to-receive latency (p50/p99/max) of the messages sent in the measurement window.
+//! - `offline`: `--messages` messages from user1 to user2, who is not logged in; a ping after the
+//!   last one times the storing (its result comes after every earlier stanza was processed).
+//!   Then user2 logs in and sends initial presence, timed until all messages have arrived.
+//!
+//! It parses just enough XML to drive a login (waiting for known closing tags), and afterwards
+//! only counts `</message>` end tags in the byte stream (across read boundaries) and reads the
+//! `sequence timestamp` body of each message, which keeps the client cheap. Each message body
+//! carries its send time in microseconds of a monotonic clock shared by the whole process, so
+//! latency is measured on the client alone. `--threads T` runs T independent single-threaded
+//! executors, each with its share of the sessions; results are merged.
 
 use argh::FromArgs;
 use base64::Engine;
@@ -15,8 +32,12 @@ use rustls::pki_types::ServerName;
 use sha1::{Digest, Sha1};
 use smol::io::{AsyncReadExt, AsyncWriteExt};
 use smol::net::TcpStream;
+use smol::{LocalExecutor, Timer};
+use std::cell::{Cell, RefCell};
+use std::fmt::Write as _;
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Barrier, OnceLock};
 use std::time::{Duration, Instant};
 
 #[derive(FromArgs)]
@@ -37,21 +58,57 @@ struct Args {
     /// password of every account
     #[argh(option, default = "String::from(\"password\")")]
     password: String,
-    /// number of sessions (and accounts)
+    /// scenario: idle, throughput, latency or offline
+    #[argh(option, default = "String::from(\"idle\")")]
+    scenario: String,
+    /// idle: number of sessions (and accounts)
     #[argh(option, default = "100")]
     sessions: usize,
-    /// logins in flight at once
+    /// logins in flight at once, per thread
     #[argh(option, default = "32")]
     concurrency: usize,
     /// pid of the server, to report its RSS and CPU time
     #[argh(option)]
     server_pid: Option<u32>,
-    /// scenario: idle
-    #[argh(option, default = "String::from(\"idle\")")]
-    scenario: String,
+    /// throughput and latency: sender/receiver pairs (accounts 1..2*pairs)
+    #[argh(option, default = "50")]
+    pairs: usize,
+    /// throughput: messages in flight per sender
+    #[argh(option, default = "16")]
+    window: u64,
+    /// latency: total messages per second over all pairs
+    #[argh(option, default = "2000.0")]
+    rate: f64,
+    /// throughput and latency: seconds measured
+    #[argh(option, default = "10.0")]
+    duration: f64,
+    /// throughput and latency: seconds of traffic before the measurement window
+    #[argh(option, default = "2.0")]
+    warmup: f64,
+    /// offline: messages sent to the offline account
+    #[argh(option, default = "5000")]
+    messages: u64,
+    /// independent executor threads, each with its share of the sessions
+    #[argh(option, default = "1")]
+    threads: usize,
+    /// seconds after which a login, a drain or a delivery counts as failed
+    #[argh(option, default = "60.0")]
+    timeout: f64,
 }
 
 type Tls = TlsStream<TcpStream>;
+
+static EPOCH: OnceLock<Instant> = OnceLock::new();
+
+/// Microseconds since the process's epoch (monotonic, shared by all threads).
+fn micros(t: Instant) -> u64 {
+    t.saturating_duration_since(*EPOCH.get_or_init(Instant::now))
+        .as_micros() as u64
+}
+
+fn now_us() -> u64 {
+    micros(Instant::now())
+}
 
 /// Accepts any certificate: the benchmark talks to servers it started itself on loopback,
 /// with self-signed certificates.
@@ -101,7 +158,19 @@ fn connector() -> TlsConnector {
     TlsConnector::from(Arc::new(cfg))
 }
 
-/// Reads until `needle` has arrived; returns everything read.
+fn connector() -> TlsConnector {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
+        .with_no_client_auth();
+    TlsConnector::from(Arc::new(cfg))
+}
+
+/// Reads until `needle` has arrived; returns everything read. Only for the login, where the
+/// server sends nothing unasked, so nothing after the needle is lost.
 async fn read_until<S: smol::io::AsyncRead + Unpin>(
     s: &mut S,
     needle: &str,
@@ -146,8 +215,13 @@ fn bad(what: &str) -> std::io::Error {
     std::io::Error::other(what.to_owned())
 }
 
-/// Logs in with SCRAM-SHA-1, binds and sends initial presence.
-async fn login(args: &Args, tls: &TlsConnector, user: &str) -> std::io::Result<Tls> {
+/// Logs in with SCRAM-SHA-1, binds and, if `presence`, sends initial presence.
+async fn login(
+    args: &Args,
+    tls: &TlsConnector,
+    user: &str,
+    presence: bool,
+) -> std::io::Result<Tls> {
     let mut tcp = TcpStream::connect(&args.addr).await?;
     tcp.set_nodelay(true)?;
     let name = ServerName::try_from(args.domain.clone()).map_err(|_| bad("bad domain"))?;
@@ -209,7 +283,9 @@ async fn login(args: &Args, tls: &TlsConnector, user: &str) -> std::io::Result<T
     )
     .await?;
     read_until(&mut s, "</iq>").await?;
-    s.write_all(b"<presence/>").await?;
+    if presence {
+        s.write_all(b"<presence/>").await?;
+    }
     s.flush().await?;
     Ok(s)
 }
@@ -220,7 +296,7 @@ fn rand_bytes() -> [u8; 18] {
     b
 }
 
-/// (RSS in KiB, CPU seconds) of a process, from /proc.
+/// (RSS in KiB, CPU seconds: utime + stime of all threads) of a process, from /proc.
 fn proc_stats(pid: u32) -> Option<(u64, f64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let rss = status
@@ -238,76 +314,761 @@ fn proc_stats(pid: u32) -> Option<(u64, f64)> {
     Some((rss, ticks as f64 / hz))
 }
 
-/// Opens `args.sessions` sessions, `concurrency` logins at a time.
-async fn open_all(args: &Rc<Args>, ex: &smol::LocalExecutor<'_>) -> (Vec<Tls>, Duration, usize) {
-    let tls = connector();
-    let start = Instant::now();
-    let (tx, rx) = smol::channel::unbounded();
-    let next = Rc::new(std::cell::Cell::new(1usize));
-    let mut workers = Vec::new();
-    for _ in 0..args.concurrency.max(1) {
-        let (args, tls, tx, next) = (args.clone(), tls.clone(), tx.clone(), next.clone());
-        workers.push(ex.spawn(async move {
-            loop {
-                let i = next.get();
-                if i > args.sessions {
-                    break;
-                }
-                next.set(i + 1);
-                let user = format!("{}{i}", args.prefix);
-                let r = login(&args, &tls, &user).await;
-                if let Err(e) = &r {
-                    eprintln!("login {user}: {e}");
-                }
-                let _ = tx.send(r).await;
-            }
-        }));
-    }
-    drop(tx);
-    let mut ok = Vec::new();
-    let mut failed = 0;
-    while let Ok(r) = rx.recv().await {
-        match r {
-            Ok(s) => ok.push(s),
-            Err(_) => failed += 1,
+/// A snapshot of the server's and this process's resource use.
+struct Snap {
+    at: Instant,
+    server: Option<(u64, f64)>,
+    client_cpu: f64,
+    delivered: u64,
+}
+
+impl Snap {
+    fn take(args: &Args, shared: &Shared) -> Snap {
+        Snap {
+            at: Instant::now(),
+            server: args.server_pid.and_then(proc_stats),
+            client_cpu: proc_stats(std::process::id()).map_or(0.0, |s| s.1),
+            delivered: shared.delivered.load(Relaxed),
         }
     }
+
+    /// Server CPU seconds since `before`.
+    fn server_cpu(&self, before: &Snap) -> Option<f64> {
+        Some(self.server?.1 - before.server?.1)
+    }
+}
+
+/// Position of the first `needle` in `hay`.
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    let first = needle[0];
+    let mut i = 0;
+    while i + needle.len() <= hay.len() {
+        i += hay[i..=hay.len() - needle.len()]
+            .iter()
+            .position(|&b| b == first)?;
+        if &hay[i..i + needle.len()] == needle {
+            return Some(i);
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Counts occurrences of a needle (one that cannot overlap itself) in a byte stream fed in
+/// pieces, including occurrences split across pieces.
+struct Needle {
+    needle: &'static [u8],
+    tail: Vec<u8>,
+}
+
+impl Needle {
+    fn new(needle: &'static [u8]) -> Needle {
+        Needle {
+            needle,
+            tail: Vec::new(),
+        }
+    }
+
+    fn count(&mut self, data: &[u8]) -> u64 {
+        let keep = self.needle.len() - 1;
+        let mut n = 0;
+        if !self.tail.is_empty() {
+            // Matches that start in the tail end within the first `keep` bytes of `data`.
+            let mut joint = self.tail.clone();
+            joint.extend_from_slice(&data[..data.len().min(keep)]);
+            n += count_all(&joint, self.needle);
+        }
+        n += count_all(data, self.needle);
+        if data.len() >= keep {
+            self.tail.clear();
+            self.tail.extend_from_slice(&data[data.len() - keep..]);
+        } else {
+            self.tail.extend_from_slice(data);
+            let extra = self.tail.len().saturating_sub(keep);
+            self.tail.drain(..extra);
+        }
+        n
+    }
+}
+
+fn count_all(mut hay: &[u8], needle: &[u8]) -> u64 {
+    let mut n = 0;
+    while let Some(i) = find(hay, needle) {
+        n += 1;
+        hay = &hay[i + needle.len()..];
+    }
+    n
+}
+
+const MESSAGE_END: &[u8] = b"</message>";
+
+/// Splits a byte stream fed in pieces into complete `...</message>` segments.
+#[derive(Default)]
+struct Scanner {
+    buf: Vec<u8>,
+    /// Bytes of `buf` already searched without finding an end tag that starts there.
+    scanned: usize,
+}
+
+impl Scanner {
+    /// Feeds `data`, calls `each` with every segment that ends a message, returns how many.
+    fn feed(&mut self, data: &[u8], mut each: impl FnMut(&[u8])) -> u64 {
+        self.buf.extend_from_slice(data);
+        let (mut done, mut n) = (0, 0);
+        while let Some(i) = find(&self.buf[self.scanned..], MESSAGE_END) {
+            let end = self.scanned + i + MESSAGE_END.len();
+            each(&self.buf[done..end]);
+            n += 1;
+            done = end;
+            self.scanned = end;
+        }
+        self.buf.drain(..done);
+        self.scanned = self.buf.len().saturating_sub(MESSAGE_END.len() - 1);
+        n
+    }
+}
+
+/// The `sequence timestamp` numbers of a message body written by [`message`].
+fn body_numbers(segment: &[u8]) -> Option<(u64, u64)> {
+    let start = find(segment, b"<body>")? + 6;
+    let len = find(&segment[start..], b"</body>")?;
+    let text = std::str::from_utf8(&segment[start..start + len]).ok()?;
+    let (seq, ts) = text.split_once(' ')?;
+    Some((seq.parse().ok()?, ts.parse().ok()?))
+}
+
+/// Appends one chat message to `to` whose body carries `seq` and the send time.
+fn message(buf: &mut String, to: &str, seq: u64, ts: u64) {
+    let _ = write!(
+        buf,
+        "<message to='{to}' type='chat' id='m{seq}'><body>{seq} {ts}</body></message>"
+    );
+}
+
+/// Waits for `fut`, or fails after `secs`.
+async fn bounded<T>(
+    secs: f64,
+    what: &str,
+    fut: impl Future<Output = std::io::Result<T>>,
+) -> std::io::Result<T> {
+    let what = what.to_owned();
+    smol::future::or(fut, async move {
+        Timer::after(Duration::from_secs_f64(secs)).await;
+        Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("{what}: timed out"),
+        ))
+    })
+    .await
+}
+
+/// Logs in the accounts numbered `users`, `concurrency` at a time; returns the sessions in the
+/// same order, `None` where the login failed.
+async fn open_all(
+    args: &Arc<Args>,
+    ex: &LocalExecutor<'_>,
+    users: &[usize],
+    presence: bool,
+) -> Vec<Option<Tls>> {
+    let tls = connector();
+    let users: Rc<[usize]> = users.into();
+    let out: Rc<RefCell<Vec<Option<Tls>>>> =
+        Rc::new(RefCell::new((0..users.len()).map(|_| None).collect()));
+    let next = Rc::new(Cell::new(0usize));
+    let workers: Vec<_> = (0..args.concurrency.max(1))
+        .map(|_| {
+            let (args, tls, users, out, next) = (
+                args.clone(),
+                tls.clone(),
+                users.clone(),
+                out.clone(),
+                next.clone(),
+            );
+            ex.spawn(async move {
+                loop {
+                    let k = next.get();
+                    if k >= users.len() {
+                        break;
+                    }
+                    next.set(k + 1);
+                    let user = format!("{}{}", args.prefix, users[k]);
+                    let r = bounded(args.timeout, "login", login(&args, &tls, &user, presence));
+                    match r.await {
+                        Ok(s) => out.borrow_mut()[k] = Some(s),
+                        Err(e) => eprintln!("login {user}: {e}"),
+                    }
+                }
+            })
+        })
+        .collect();
     for w in workers {
         w.await;
     }
-    (ok, start.elapsed(), failed)
+    out.take()
+}
+
+/// Sends a ping to the server and waits for its result, which comes after the server has
+/// processed everything this session sent before. Only for sessions nobody else reads.
+async fn ping(s: &mut Tls, domain: &str, id: &str) -> std::io::Result<()> {
+    let iq = format!("<iq type='get' id='{id}' to='{domain}'><ping xmlns='urn:xmpp:ping'/></iq>");
+    s.write_all(iq.as_bytes()).await?;
+    s.flush().await?;
+    let got = read_until(s, id).await?;
+    if !got.contains(id) {
+        return Err(bad("stream closed before the ping result"));
+    }
+    Ok(())
+}
+
+/// Counters shared by all threads.
+#[derive(Default)]
+struct Shared {
+    /// Messages received by receivers.
+    delivered: AtomicU64,
+    /// Messages that came back to senders (errors).
+    bounced: AtomicU64,
+    /// Sessions the server closed.
+    closed: AtomicU64,
+    /// When traffic starts, set by the main thread.
+    start: OnceLock<Instant>,
+}
+
+/// What one thread did.
+#[derive(Default)]
+struct Out {
+    logins_ok: usize,
+    logins_failed: usize,
+    sent: u64,
+    received: u64,
+    /// Latencies in microseconds of the messages sent in the measurement window.
+    latencies: Vec<u32>,
+}
+
+impl Out {
+    fn merge(mut outs: Vec<Out>) -> Out {
+        let mut all = Out::default();
+        for o in &mut outs {
+            all.logins_ok += o.logins_ok;
+            all.logins_failed += o.logins_failed;
+            all.sent += o.sent;
+            all.received += o.received;
+            all.latencies.append(&mut o.latencies);
+        }
+        all
+    }
+}
+
+/// Runs `f(thread index)` on `args.threads` threads, each with its own executor.
+fn spawn_threads(
+    args: &Arc<Args>,
+    f: impl Fn(usize) -> Out + Send + Sync + 'static,
+) -> Vec<std::thread::JoinHandle<Out>> {
+    let f = Arc::new(f);
+    (0..args.threads.max(1))
+        .map(|t| {
+            let f = f.clone();
+            std::thread::spawn(move || f(t))
+        })
+        .collect()
+}
+
+fn join(handles: Vec<std::thread::JoinHandle<Out>>) -> Out {
+    Out::merge(
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("load thread panicked"))
+            .collect(),
+    )
+}
+
+fn sleep_until(t: Instant) {
+    std::thread::sleep(t.saturating_duration_since(Instant::now()));
+}
+
+fn idle(args: &Arc<Args>) -> String {
+    let threads = args.threads.max(1);
+    let barrier = Arc::new(Barrier::new(threads + 1));
+    let shared = Shared::default();
+    let before = Snap::take(args, &shared);
+    let handles = {
+        let (args, barrier) = (args.clone(), barrier.clone());
+        spawn_threads(&args.clone(), move |t| {
+            let users: Vec<usize> = (1..=args.sessions).filter(|i| (i - 1) % threads == t).collect();
+            let ex = LocalExecutor::new();
+            let mut sessions = smol::block_on(ex.run(open_all(&args, &ex, &users, true)));
+            // Every session's presence has been processed once its ping is answered.
+            smol::block_on(async {
+                for (k, s) in sessions.iter_mut().enumerate() {
+                    if let Some(st) = s {
+                        if let Err(e) = ping(st, &args.domain, "hl-idle-ping").await {
+                            eprintln!("ping of session {}: {e}", users[k]);
+                            *s = None;
+                        }
+                    }
+                }
+            });
+            let ok = sessions.iter().flatten().count();
+            barrier.wait(); // all logged in
+            barrier.wait(); // measured
+            drop(sessions);
+            Out {
+                logins_ok: ok,
+                logins_failed: users.len() - ok,
+                ..Out::default()
+            }
+        })
+    };
+    barrier.wait();
+    let after = Snap::take(args, &shared);
+    barrier.wait();
+    let out = join(handles);
+    let n = out.logins_ok;
+    let secs = after.at.duration_since(before.at).as_secs_f64();
+    let mut line = format!(
+        "scenario=idle threads={threads} sessions={n} failed={} login_secs={secs:.3} \
+         logins_per_sec={:.0}",
+        out.logins_failed,
+        n as f64 / secs
+    );
+    if let (Some((rss0, cpu0)), Some((rss1, cpu1))) = (before.server, after.server) {
+        let _ = write!(
+            line,
+            " rss_before_kib={rss0} rss_after_kib={rss1} kib_per_session={:.2} \
+             cpu_ms_per_login={:.3}",
+            rss1.saturating_sub(rss0) as f64 / n.max(1) as f64,
+            (cpu1 - cpu0) * 1000.0 / n.max(1) as f64
+        );
+    }
+    let _ = write!(
+        line,
+        " client_cpu_ms_per_login={:.3}",
+        (after.client_cpu - before.client_cpu) * 1000.0 / n.max(1) as f64
+    );
+    line
+}
+
+/// One sender/receiver pair, seen from its thread.
+struct Pair {
+    sent: Cell<u64>,
+    received: Cell<u64>,
+    /// Wakes the sender when messages arrived (capacity 1: a pending wake-up is enough).
+    wake: (smol::channel::Sender<()>, smol::channel::Receiver<()>),
+}
+
+/// Reads a receiver's stream: counts messages, records latencies of messages sent within
+/// `window` (microseconds), wakes the sender and the drain loop.
+async fn receive(
+    mut s: Tls,
+    pair: Rc<Pair>,
+    shared: Arc<Shared>,
+    latencies: Rc<RefCell<Vec<u32>>>,
+    window: (u64, u64),
+    progress: smol::channel::Sender<()>,
+) {
+    let mut scanner = Scanner::default();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match s.read(&mut buf).await {
+            Ok(0) | Err(_) => {
+                shared.closed.fetch_add(1, Relaxed);
+                let _ = progress.try_send(());
+                return;
+            }
+            Ok(n) => n,
+        };
+        let now = now_us();
+        let mut lat = latencies.borrow_mut();
+        let got = scanner.feed(&buf[..n], |m| {
+            if let Some((_, ts)) = body_numbers(m)
+                && ts >= window.0
+                && ts < window.1
+            {
+                lat.push(now.saturating_sub(ts).min(u32::MAX as u64) as u32);
+            }
+        });
+        if got > 0 {
+            pair.received.set(pair.received.get() + got);
+            shared.delivered.fetch_add(got, Relaxed);
+            let _ = pair.wake.0.try_send(());
+            let _ = progress.try_send(());
+        }
+    }
+}
+
+/// Reads a sender's stream: messages coming back are errors.
+async fn drain_sender(mut r: smol::io::ReadHalf<Tls>, shared: Arc<Shared>) {
+    let mut ends = Needle::new(MESSAGE_END);
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => {
+                shared.closed.fetch_add(1, Relaxed);
+                return;
+            }
+            Ok(n) => {
+                shared.bounced.fetch_add(ends.count(&buf[..n]), Relaxed);
+            }
+        }
+    }
+}
+
+/// Keeps at most `window` messages in flight until `end`.
+async fn send_window(
+    mut w: smol::io::WriteHalf<Tls>,
+    pair: Rc<Pair>,
+    to: String,
+    window: u64,
+    end: Instant,
+) -> std::io::Result<()> {
+    let mut buf = String::new();
+    let mut seq = 0;
+    loop {
+        if Instant::now() >= end {
+            return Ok(());
+        }
+        let in_flight = pair.sent.get() - pair.received.get();
+        if in_flight >= window {
+            smol::future::or(
+                async {
+                    let _ = pair.wake.1.recv().await;
+                },
+                async {
+                    Timer::at(end).await;
+                },
+            )
+            .await;
+            continue;
+        }
+        let k = window - in_flight;
+        let ts = now_us();
+        buf.clear();
+        for _ in 0..k {
+            seq += 1;
+            message(&mut buf, &to, seq, ts);
+        }
+        // Counted before writing: the receiver may see them before the write returns.
+        pair.sent.set(pair.sent.get() + k);
+        w.write_all(buf.as_bytes()).await?;
+        w.flush().await?;
+    }
+}
+
+/// Sends one message at `first`, `first + interval`, ... until `end`.
+async fn send_rate(
+    mut w: smol::io::WriteHalf<Tls>,
+    pair: Rc<Pair>,
+    to: String,
+    first: Instant,
+    interval: Duration,
+    end: Instant,
+) -> std::io::Result<()> {
+    let mut buf = String::new();
+    for k in 0u32.. {
+        let at = first + interval * k;
+        if at >= end {
+            break;
+        }
+        Timer::at(at).await;
+        buf.clear();
+        let seq = u64::from(k) + 1;
+        message(&mut buf, &to, seq, now_us());
+        pair.sent.set(seq);
+        w.write_all(buf.as_bytes()).await?;
+        w.flush().await?;
+    }
+    Ok(())
+}
+
+/// One thread of the throughput and latency scenarios: logs in its pairs, waits for the
+/// common start, runs traffic until the end of the window, then waits (bounded) until every
+/// message sent has arrived.
+fn pairs_thread(args: &Arc<Args>, shared: &Arc<Shared>, barrier: &Barrier, t: usize) -> Out {
+    let threads = args.threads.max(1);
+    let mine: Vec<usize> = (0..args.pairs).filter(|g| g % threads == t).collect();
+    let users: Vec<usize> = mine.iter().flat_map(|g| [2 * g + 1, 2 * g + 2]).collect();
+    let ex = LocalExecutor::new();
+    let sessions = smol::block_on(ex.run(open_all(args, &ex, &users, true)));
+    let ok = sessions.iter().flatten().count();
+    barrier.wait(); // all logged in
+    barrier.wait(); // start is set
+    let start = *shared.start.get().expect("the main thread set the start");
+    let warm_end = start + Duration::from_secs_f64(args.warmup);
+    let end = warm_end + Duration::from_secs_f64(args.duration);
+    let window = (micros(warm_end), micros(end));
+    let latencies = Rc::new(RefCell::new(Vec::new()));
+    let (progress_tx, progress_rx) = smol::channel::bounded::<()>(1);
+    let mut out = smol::block_on(ex.run(async {
+        let mut pairs = Vec::new();
+        let mut readers = Vec::new();
+        let mut senders = Vec::new();
+        let mut it = sessions.into_iter();
+        for &g in &mine {
+            let (Some(a), Some(b)) = (it.next().flatten(), it.next().flatten()) else {
+                continue;
+            };
+            let pair = Rc::new(Pair {
+                sent: Cell::new(0),
+                received: Cell::new(0),
+                wake: smol::channel::bounded(1),
+            });
+            let (ar, aw) = smol::io::split(a);
+            readers.push(ex.spawn(drain_sender(ar, shared.clone())));
+            readers.push(ex.spawn(receive(
+                b,
+                pair.clone(),
+                shared.clone(),
+                latencies.clone(),
+                window,
+                progress_tx.clone(),
+            )));
+            let to = format!("{}{}@{}", args.prefix, 2 * g + 2, args.domain);
+            senders.push(if args.scenario == "latency" {
+                let interval = Duration::from_secs_f64(args.pairs as f64 / args.rate);
+                let first = start + Duration::from_secs_f64(g as f64 / args.rate);
+                ex.spawn(send_rate(aw, pair.clone(), to, first, interval, end))
+            } else {
+                ex.spawn(send_window(aw, pair.clone(), to, args.window, end))
+            });
+            pairs.push(pair);
+        }
+        for s in senders {
+            if let Err(e) = s.await {
+                eprintln!("sender: {e}");
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs_f64(args.timeout);
+        while pairs.iter().any(|p| p.received.get() < p.sent.get()) && Instant::now() < deadline
+        {
+            smol::future::or(
+                async {
+                    let _ = progress_rx.recv().await;
+                },
+                async {
+                    Timer::at(deadline).await;
+                },
+            )
+            .await;
+        }
+        drop(readers);
+        Out {
+            sent: pairs.iter().map(|p| p.sent.get()).sum(),
+            received: pairs.iter().map(|p| p.received.get()).sum(),
+            ..Out::default()
+        }
+    }));
+    out.logins_ok = ok;
+    out.logins_failed = users.len() - ok;
+    out.latencies = latencies.take();
+    out
+}
+
+/// p-th percentile (nearest rank) of sorted microseconds, in milliseconds.
+fn percentile_ms(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0 * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    f64::from(sorted[rank - 1]) / 1000.0
+}
+
+fn pairs(args: &Arc<Args>) -> String {
+    let threads = args.threads.max(1);
+    let barrier = Arc::new(Barrier::new(threads + 1));
+    let shared = Arc::new(Shared::default());
+    let handles = {
+        let (a, s, b) = (args.clone(), shared.clone(), barrier.clone());
+        spawn_threads(args, move |t| pairs_thread(&a, &s, &b, t))
+    };
+    barrier.wait();
+    let start = Instant::now() + Duration::from_millis(50);
+    let _ = shared.start.set(start);
+    barrier.wait();
+    let warm_end = start + Duration::from_secs_f64(args.warmup);
+    sleep_until(warm_end);
+    let s0 = Snap::take(args, &shared);
+    sleep_until(warm_end + Duration::from_secs_f64(args.duration));
+    let s1 = Snap::take(args, &shared);
+    let mut out = join(handles);
+    let secs = s1.at.duration_since(s0.at).as_secs_f64();
+    let delivered = s1.delivered - s0.delivered;
+    out.latencies.sort_unstable();
+    let lat = &out.latencies;
+    let mut line = format!(
+        "scenario={} threads={threads} pairs={} failed_logins={}",
+        args.scenario, out.logins_ok / 2, out.logins_failed
+    );
+    if args.scenario == "latency" {
+        let _ = write!(line, " rate={}", args.rate);
+    } else {
+        let _ = write!(line, " window={}", args.window);
+    }
+    let _ = write!(
+        line,
+        " secs={secs:.3} delivered={delivered} msgs_per_sec={:.0} latency_count={} \
+         p50_ms={:.3} p99_ms={:.3} max_ms={:.3}",
+        delivered as f64 / secs,
+        lat.len(),
+        percentile_ms(lat, 50.0),
+        percentile_ms(lat, 99.0),
+        percentile_ms(lat, 100.0),
+    );
+    if let Some(cpu) = s1.server_cpu(&s0) {
+        let _ = write!(
+            line,
+            " server_cpu_s_per_1k={:.4} server_cpu_pct={:.1}",
+            cpu * 1000.0 / delivered.max(1) as f64,
+            cpu * 100.0 / secs
+        );
+    }
+    let _ = write!(
+        line,
+        " client_cpu_pct={:.1} sent={} received={} undelivered={} bounced={} closed={}",
+        (s1.client_cpu - s0.client_cpu) * 100.0 / secs,
+        out.sent,
+        out.received,
+        out.sent.saturating_sub(out.received),
+        shared.bounced.load(Relaxed),
+        shared.closed.load(Relaxed)
+    );
+    line
+}
+
+/// user1 sends `messages` messages to user2, who is offline; then user2 logs in.
+async fn offline(args: &Arc<Args>, ex: &LocalExecutor<'_>) -> std::io::Result<String> {
+    let shared = Shared::default();
+    let m = args.messages;
+    let to = format!("{}2@{}", args.prefix, args.domain);
+    let tls = connector();
+    let sender = bounded(
+        args.timeout,
+        "login",
+        login(args, &tls, &format!("{}1", args.prefix), true),
+    )
+    .await?;
+    let (mut r, mut w) = smol::io::split(sender);
+    // The sender's reader: messages coming back are errors; the ping result ends the burst.
+    let bounced = Rc::new(Cell::new(0u64));
+    let (pong_tx, pong_rx) = smol::channel::bounded::<()>(1);
+    let reader = ex.spawn({
+        let bounced = bounced.clone();
+        async move {
+            let mut ends = Needle::new(MESSAGE_END);
+            let mut pongs = Needle::new(b"hl-offline-done");
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                let n = match r.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                bounced.set(bounced.get() + ends.count(&buf[..n]));
+                if pongs.count(&buf[..n]) > 0 {
+                    let _ = pong_tx.try_send(());
+                }
+            }
+        }
+    });
+    let s0 = Snap::take(args, &shared);
+    let mut buf = String::new();
+    let mut seq = 0;
+    while seq < m {
+        buf.clear();
+        for _ in 0..(m - seq).min(100) {
+            seq += 1;
+            message(&mut buf, &to, seq, now_us());
+        }
+        w.write_all(buf.as_bytes()).await?;
+    }
+    let _ = write!(
+        buf,
+        "<iq type='get' id='hl-offline-done' to='{}'><ping xmlns='urn:xmpp:ping'/></iq>",
+        args.domain
+    );
+    w.write_all(b"<iq type='get' id='hl-offline-done' to='")
+        .await?;
+    w.write_all(args.domain.as_bytes()).await?;
+    w.write_all(b"'><ping xmlns='urn:xmpp:ping'/></iq>").await?;
+    w.flush().await?;
+    bounded(args.timeout, "storing", async {
+        pong_rx.recv().await.map_err(|_| bad("sender stream closed"))
+    })
+    .await?;
+    let s1 = Snap::take(args, &shared);
+    let store_secs = s1.at.duration_since(s0.at).as_secs_f64();
+    let bounced = bounced.get();
+    drop(reader);
+
+    let mut rx = bounded(
+        args.timeout,
+        "login",
+        login(args, &tls, &format!("{}2", args.prefix), false),
+    )
+    .await?;
+    let s2 = Snap::take(args, &shared);
+    rx.write_all(b"<presence/>").await?;
+    rx.flush().await?;
+    let mut scanner = Scanner::default();
+    let mut got = 0;
+    let mut rbuf = vec![0u8; 64 * 1024];
+    let want = m - bounced;
+    let delivery = bounded(args.timeout, "delivery", async {
+        while got < want {
+            let n = rx.read(&mut rbuf).await?;
+            if n == 0 {
+                return Err(bad("receiver stream closed"));
+            }
+            got += scanner.feed(&rbuf[..n], |_| {});
+        }
+        Ok(())
+    })
+    .await;
+    let s3 = Snap::take(args, &shared);
+    if let Err(e) = delivery {
+        eprintln!("offline delivery: {e}");
+    }
+    let deliver_secs = s3.at.duration_since(s2.at).as_secs_f64();
+    let mut line = format!(
+        "scenario=offline messages={m} bounced={bounced} store_secs={store_secs:.3} \
+         stored_per_sec={:.0} delivered={got} deliver_secs={deliver_secs:.3} \
+         delivered_per_sec={:.0}",
+        (m - bounced) as f64 / store_secs,
+        got as f64 / deliver_secs
+    );
+    if let (Some(store_cpu), Some(deliver_cpu)) = (s1.server_cpu(&s0), s3.server_cpu(&s2)) {
+        let _ = write!(
+            line,
+            " server_cpu_s_store_per_1k={:.4} server_cpu_s_deliver_per_1k={:.4}",
+            store_cpu * 1000.0 / (m - bounced).max(1) as f64,
+            deliver_cpu * 1000.0 / got.max(1) as f64
+        );
+    }
+    Ok(line)
 }
 
 fn main() {
-    let args: Rc<Args> = Rc::new(argh::from_env());
+    EPOCH.get_or_init(Instant::now);
+    let args: Arc<Args> = Arc::new(argh::from_env());
     let host = args.addr.rsplit_once(':').map_or("", |(h, _)| h);
     if !(host.starts_with("127.") || host == "[::1]" || host == "localhost") {
         eprintln!("hearth-load only sends traffic to loopback addresses");
         std::process::exit(2);
     }
-    let ex = smol::LocalExecutor::new();
-    smol::block_on(ex.run(async {
-        let before = args.server_pid.and_then(proc_stats);
-        let (sessions, took, failed) = open_all(&args, &ex).await;
-        // Let the server finish processing the last presences before reading its memory.
-        smol::Timer::after(Duration::from_millis(500)).await;
-        let after = args.server_pid.and_then(proc_stats);
-        let n = sessions.len();
-        let mut line = format!(
-            "scenario={} sessions={n} failed={failed} login_secs={:.3} logins_per_sec={:.0}",
-            args.scenario,
-            took.as_secs_f64(),
-            n as f64 / took.as_secs_f64()
-        );
-        if let (Some((rss0, cpu0)), Some((rss1, cpu1))) = (before, after) {
-            line += &format!(
-                " rss_before_kib={rss0} rss_after_kib={rss1} kib_per_session={:.2} \
-                 cpu_ms_per_login={:.3}",
-                rss1.saturating_sub(rss0) as f64 / n.max(1) as f64,
-                (cpu1 - cpu0) * 1000.0 / n.max(1) as f64
-            );
+    let line = match args.scenario.as_str() {
+        "idle" => idle(&args),
+        "throughput" | "latency" => pairs(&args),
+        "offline" => {
+            let ex = LocalExecutor::new();
+            match smol::block_on(ex.run(offline(&args, &ex))) {
+                Ok(line) => line,
+                Err(e) => {
+                    eprintln!("offline: {e}");
+                    std::process::exit(1);
+                }
+            }
         }
-        println!("{line}");
-        drop(sessions);
-    }));
+        other => {
+            eprintln!("unknown scenario {other}: use idle, throughput, latency or offline");
+            std::process::exit(2);
+        }
+    };
+    println!("{line}");
 }

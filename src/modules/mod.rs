@@ -129,8 +129,6 @@ pub trait Module {
     fn initial_presence(&self, _cx: &mut Cx, _session: &Jid) {}
     /// Called about once a second by the server's timer, for work off the stanza path
     /// (archive expiry).
-    // TODO: remove the allow once server.rs's timer calls this.
-    #[allow(dead_code)]
     fn tick(&self, _cx: &mut Cx, _now: SystemTime) {}
 }
 

@@ -22,7 +22,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use futures_rustls::server::TlsStream;
 use smol::channel::{Receiver, Sender};
 use smol::future::FutureExt;
-use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use smol::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use smol::{Async, Timer};
 use std::net::{SocketAddr, TcpStream};
 use std::pin::Pin;
@@ -111,6 +111,8 @@ struct Conn {
     /// XEP-0352: the client said it is inactive.
     inactive: bool,
     held: Held,
+    /// The last read stopped early; more input may be ready.
+    more_ready: bool,
 }
 
 /// A resuming connection's socket, offered to the task that holds the session.
@@ -142,7 +144,7 @@ enum Next {
 }
 
 enum Wake {
-    Read(std::io::Result<usize>),
+    Read(std::io::Result<()>),
     Queue(Option<Outbound>),
     Handoff(Option<Handoff>),
     Timer,
@@ -173,6 +175,7 @@ pub async fn run(server: Rc<Server>, stream: Async<TcpStream>, peer: SocketAddr,
         detached_at: None,
         inactive: false,
         held: Held::default(),
+        more_ready: false,
     };
     log::debug!("connection {id} from {peer} on {}", kind.name());
     let ok = kind == Kind::C2s || conn.start_tls().await;
@@ -242,8 +245,54 @@ impl Conn {
         ack.map_or(keepalive, |a| a.min(keepalive))
     }
 
+    /// Waits until the socket has bytes, without holding a buffer meanwhile.
+    async fn readable(&self) -> std::io::Result<()> {
+        match &self.io {
+            Io::Plain(s) => s.readable().await,
+            Io::Tls(s) => s.get_ref().0.readable().await,
+            Io::Gone => std::future::pending().await,
+        }
+    }
+
+    /// Reads everything the socket (and TLS) has ready into the stream reader, through one
+    /// buffer shared by all connections, so that an idle connection holds no read buffer.
+    /// Returns false once the peer has closed the connection. Stops after a bounded amount so
+    /// that a flooding client cannot pile up events; `more_ready` then says to come back
+    /// without waiting for the socket (TLS may hold decrypted bytes the socket no longer shows).
+    fn read_ready(&mut self, events: &mut Vec<StreamEvent>) -> Result<bool, StreamError> {
+        const MAX_PER_WAKE: usize = 65536;
+        let mut total = 0;
+        self.more_ready = false;
+        thread_local! {
+            static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; 16384]);
+        }
+        // Polled without a real waker: `readable()` registers the task's waker before the
+        // next wait, so nothing is missed.
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        loop {
+            let step = SCRATCH.with_borrow_mut(|buf| {
+                match Pin::new(&mut self.io).poll_read(&mut cx, buf) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Some(Ok(false)),
+                    Poll::Ready(Ok(n)) => {
+                        total += n;
+                        Some(self.reader.feed(&buf[..n], events).map(|()| true))
+                    }
+                    Poll::Pending => None,
+                }
+            });
+            match step {
+                Some(Ok(true)) if total < MAX_PER_WAKE => continue,
+                Some(Ok(true)) => {
+                    self.more_ready = true;
+                    return Ok(true);
+                }
+                Some(result) => return result,
+                None => return Ok(true),
+            }
+        }
+    }
+
     async fn serve(&mut self) {
-        let mut buf = vec![0u8; 4096];
         let mut events = Vec::new();
         loop {
             let deadline = self.deadline();
@@ -263,27 +312,37 @@ impl Conn {
                 if self.detached_at.is_some() {
                     handoff.or(queue).or(timer).await
                 } else {
-                    let read = async { Wake::Read(self.io.read(&mut buf).await) };
+                    let more = self.more_ready;
+                    let read = async {
+                        match more {
+                            true => Wake::Read(Ok(())),
+                            false => Wake::Read(self.readable().await),
+                        }
+                    };
                     read.or(handoff).or(queue).or(timer).await
                 }
             };
             let next = match wake {
-                Wake::Read(Ok(0)) | Wake::Read(Err(_)) => Next::Lost,
-                Wake::Read(Ok(n)) => {
-                    self.last_heard = Instant::now();
-                    self.ping_sent = None;
-                    match self.reader.feed(&buf[..n], &mut events) {
-                        Ok(()) => self.handle_events(&mut events).await,
-                        Err(e) => Next::Fail(e),
+                Wake::Read(Err(_)) => Next::Lost,
+                Wake::Read(Ok(())) => match self.read_ready(&mut events) {
+                    Ok(open) => {
+                        self.last_heard = Instant::now();
+                        self.ping_sent = None;
+                        let next = self.handle_events(&mut events).await;
+                        match (next, open) {
+                            (Next::Continue, false) => Next::Lost,
+                            (next, _) => next,
+                        }
                     }
-                }
+                    Err(e) => Next::Fail(e),
+                },
                 Wake::Queue(Some(Outbound::Stanza(el))) => {
-                    self.emit(el);
+                    self.emit(*el);
                     // Drain what else is waiting into the same write.
                     let mut next = Next::Continue;
                     while self.out.len() < 65536 {
                         match self.rx.try_recv() {
-                            Ok(Outbound::Stanza(el)) => self.emit(el),
+                            Ok(Outbound::Stanza(el)) => self.emit(*el),
                             Ok(Outbound::Close(e)) => {
                                 next = Next::Fail(e);
                                 break;
@@ -315,7 +374,10 @@ impl Conn {
                 Next::Lost => {
                     if self.sm.as_ref().is_some_and(|sm| sm.id.is_some()) {
                         if self.detached_at.is_none() {
-                            log::debug!("connection {}: socket lost, waiting for resumption", self.id);
+                            log::debug!(
+                                "connection {}: socket lost, waiting for resumption",
+                                self.id
+                            );
                             self.detached_at = Some(Instant::now());
                             self.io = Io::Gone;
                             self.out.clear();
@@ -401,7 +463,12 @@ impl Conn {
             .with_attr("previd", sm.id.clone().unwrap_or_default())
             .with_attr("h", sm.handled.to_string());
         let again: Vec<Element> = sm.unacked.drain(..).collect();
-        log::debug!("connection {} resumed from {}, resending {}", self.id, self.peer, again.len());
+        log::debug!(
+            "connection {} resumed from {}, resending {}",
+            self.id,
+            self.peer,
+            again.len()
+        );
         self.write_nonza(&resumed);
         for el in again {
             self.write_stanza(el);
@@ -449,10 +516,8 @@ impl Conn {
             return true;
         }
         let ok = self.io.write_all(&self.out).await.is_ok() && self.io.flush().await.is_ok();
-        self.out.clear();
-        if self.out.capacity() > 16384 {
-            self.out = Vec::new();
-        }
+        // Idle sessions keep no output buffer.
+        self.out = Vec::new();
         ok
     }
 
@@ -971,7 +1036,7 @@ impl Conn {
         unsent.extend(self.held.take());
         while let Ok(o) = self.rx.try_recv() {
             if let Outbound::Stanza(el) = o {
-                unsent.push(el);
+                unsent.push(*el);
             }
         }
         if !unsent.is_empty() {

@@ -23,7 +23,14 @@ fn wakes(child: &Element) -> bool {
     if child.name == "body" && child.ns == ns::CLIENT {
         return true;
     }
-    if [ns::CHATSTATES, ns::RECEIPTS, ns::CHAT_MARKERS, ns::HINTS, ns::SID].contains(&child.ns.as_str())
+    if [
+        ns::CHATSTATES,
+        ns::RECEIPTS,
+        ns::CHAT_MARKERS,
+        ns::HINTS,
+        ns::SID,
+    ]
+    .contains(&child.ns.as_str())
     {
         return false;
     }

@@ -109,7 +109,7 @@ impl StreamReader {
             consumed = result?;
         }
         self.buf.drain(..consumed);
-        if self.buf.is_empty() && self.buf.capacity() > 4096 {
+        if self.buf.is_empty() {
             // An idle session should not keep the buffer of its largest stanza.
             self.buf = Vec::new();
         }

@@ -1,0 +1,116 @@
+//! Account administration from the command line (`hearth user add|passwd|remove|list`), both
+//! through the admin socket of a running server and on the store of a stopped one, and the
+//! exit status 2 with a one-sentence message for bad input.
+
+use crate::harness::{Client, TestServer, assert_sasl_failure};
+
+const ALICE: &str = "alice@localhost";
+
+/// The JIDs `hearth user list` prints.
+#[track_caller]
+fn list(server: &TestServer) -> Vec<String> {
+    let out = server.cli(&["user", "list"], "");
+    assert!(
+        out.status.success(),
+        "`user list` failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().to_owned())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+/// Asserts that alice cannot log in with `password` (SCRAM-SHA-256 over STARTTLS).
+#[track_caller]
+fn refused(server: &TestServer, password: &str) {
+    let mut c = Client::connect_starttls(server);
+    assert_sasl_failure(
+        c.try_auth_scram("alice", password, "SCRAM-SHA-256"),
+        "not-authorized",
+    );
+}
+
+#[test]
+fn add_while_running_then_list_and_log_in() {
+    let server = TestServer::start();
+    server.add_user(ALICE, "first password");
+    assert_eq!(list(&server), [ALICE]);
+    Client::login(&server, "alice", "first password", "home").sync();
+}
+
+#[test]
+fn passwd_while_running() {
+    let server = TestServer::start();
+    server.add_user(ALICE, "first password");
+    server.user_cmd("passwd", ALICE, "second password");
+    refused(&server, "first password");
+    Client::login(&server, "alice", "second password", "home").sync();
+    // Both SCRAM hashes got the new password.
+    let mut c = Client::connect_tls(&server);
+    c.auth_scram("alice", "second password", "SCRAM-SHA-1");
+}
+
+#[test]
+fn remove_while_running() {
+    let server = TestServer::start();
+    server.add_users(&["alice", "bob"]);
+    let _session = Client::user(&server, "alice", "home");
+    let out = server.cli(&["user", "remove", ALICE], "");
+    assert!(
+        out.status.success(),
+        "`user remove` failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(list(&server), ["bob@localhost"]);
+    refused(&server, crate::harness::PASSWORD);
+    // Whether the open session ends is up to the server; it must keep serving others.
+    crate::harness::assert_server_ok(&server, "bob");
+}
+
+#[test]
+fn bad_jid_exits_2_with_one_sentence() {
+    let server = TestServer::start();
+    for jid in ["a@@localhost", "@localhost", "alice@", ""] {
+        for args in [
+            vec!["user", "add", jid, "--password-stdin"],
+            vec!["user", "passwd", jid, "--password-stdin"],
+            vec!["user", "remove", jid],
+        ] {
+            let out = server.cli(&args, "a password\n");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "`{}`: {stderr}", args.join(" "));
+            let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+            assert_eq!(
+                lines.len(),
+                1,
+                "`{}`: one sentence on stderr, got {stderr:?}",
+                args.join(" ")
+            );
+        }
+    }
+    assert!(list(&server).is_empty());
+}
+
+#[test]
+fn user_commands_work_while_stopped() {
+    let mut server = TestServer::start();
+    // The exit status after SIGTERM is basics.rs's business.
+    server.stop();
+    server.add_users(&["alice", "bob"]);
+    let out = server.cli(&["user", "remove", "bob@localhost"], "");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(list(&server), [ALICE]);
+    server.restart();
+    crate::harness::assert_server_ok(&server, "alice");
+    let mut c = Client::connect_starttls(&server);
+    assert_sasl_failure(
+        c.try_auth_scram("bob", crate::harness::PASSWORD, "SCRAM-SHA-256"),
+        "not-authorized",
+    );
+}

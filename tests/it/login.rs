@@ -1,0 +1,235 @@
+//! Logging in: STARTTLS and direct TLS (RFC 6120 §5, XEP-0368), SASL SCRAM with and without
+//! channel binding and PLAIN (RFC 6120 §6, RFC 5802, RFC 9266, RFC 4616), resource binding and
+//! its conflicts (RFC 6120 §7), the legacy session iq (RFC 3921 §3), throttling of failed logins,
+//! the retry limit per stream (RFC 6120 §6.4.5), and plaintext smuggled in with STARTTLS.
+
+use crate::harness::{
+    Client, DOMAIN, Event, PASSWORD, TestServer, assert_matches, assert_sasl_failure, ns,
+};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+
+const MECHANISMS: [&str; 5] = [
+    "SCRAM-SHA-256-PLUS",
+    "SCRAM-SHA-256",
+    "SCRAM-SHA-1-PLUS",
+    "SCRAM-SHA-1",
+    "PLAIN",
+];
+
+fn server_with_alice() -> TestServer {
+    let server = TestServer::start();
+    server.add_users(&["alice"]);
+    server
+}
+
+/// Asserts the features of a TLS stream before SASL: every mechanism, and no STARTTLS again.
+#[track_caller]
+fn assert_sasl_features(c: &Client) {
+    let offered = c.mechanisms();
+    for m in MECHANISMS {
+        assert!(
+            offered.iter().any(|o| o == m),
+            "{m} not offered: {}",
+            c.features
+        );
+    }
+    assert!(
+        c.features.child("starttls", ns::TLS).is_none(),
+        "STARTTLS offered on a TLS stream: {}",
+        c.features
+    );
+}
+
+/// Binds `resource`, checks the JID, and pings.
+#[track_caller]
+fn bind_and_ping(c: &mut Client, resource: &str) {
+    assert_eq!(c.bind(Some(resource)), format!("alice@{DOMAIN}/{resource}"));
+    c.sync();
+}
+
+#[test]
+fn starttls_then_scram_sha_256() {
+    let server = server_with_alice();
+    let mut c = Client::connect_plain(&server);
+    let starttls = c.features.get("starttls", ns::TLS);
+    assert!(
+        starttls.child("required", ns::TLS).is_some(),
+        "STARTTLS must be required: {}",
+        c.features
+    );
+    c.starttls();
+    assert_sasl_features(&c);
+    c.auth_scram("alice", PASSWORD, "SCRAM-SHA-256");
+    assert!(
+        c.features.child("mechanisms", ns::SASL).is_none(),
+        "SASL offered again after authentication: {}",
+        c.features
+    );
+    c.features.get("bind", ns::BIND);
+    bind_and_ping(&mut c, "home");
+}
+
+#[test]
+fn direct_tls_then_scram_sha_1() {
+    let server = server_with_alice();
+    let mut c = Client::connect_tls(&server);
+    assert_eq!(
+        c.tls().alpn_protocol(),
+        Some(&b"xmpp-client"[..]),
+        "ALPN on the direct TLS port (XEP-0368)"
+    );
+    assert_sasl_features(&c);
+    c.auth_scram("alice", PASSWORD, "SCRAM-SHA-1");
+    bind_and_ping(&mut c, "laptop");
+}
+
+#[test]
+fn scram_plus_with_tls_exporter() {
+    let server = server_with_alice();
+    let mut c = Client::connect_starttls(&server);
+    c.auth_scram("alice", PASSWORD, "SCRAM-SHA-256-PLUS");
+    bind_and_ping(&mut c, "one");
+    let mut c = Client::connect_tls(&server);
+    c.auth_scram("alice", PASSWORD, "SCRAM-SHA-1-PLUS");
+    bind_and_ping(&mut c, "two");
+}
+
+#[test]
+fn plain() {
+    let server = server_with_alice();
+    let mut c = Client::connect_starttls(&server);
+    c.auth_plain("alice", PASSWORD);
+    bind_and_ping(&mut c, "home");
+}
+
+#[test]
+fn wrong_password_then_retry_on_the_same_stream() {
+    let server = server_with_alice();
+    let mut c = Client::connect_starttls(&server);
+    assert_sasl_failure(
+        c.try_auth_scram("alice", "wrong", "SCRAM-SHA-256"),
+        "not-authorized",
+    );
+    c.auth_scram("alice", PASSWORD, "SCRAM-SHA-256");
+    bind_and_ping(&mut c, "home");
+
+    let mut c = Client::connect_starttls(&server);
+    assert_sasl_failure(c.try_auth_plain("alice", "wrong"), "not-authorized");
+    assert_sasl_failure(
+        c.try_auth_scram("nobody", PASSWORD, "SCRAM-SHA-256"),
+        "not-authorized",
+    );
+}
+
+#[test]
+fn auth_before_starttls_is_refused() {
+    let server = server_with_alice();
+    let mut c = Client::connect_plain(&server);
+    let credentials = B64.encode(format!("\0alice\0{PASSWORD}"));
+    c.send(&format!(
+        "<auth xmlns='{}' mechanism='PLAIN'>{credentials}</auth>",
+        ns::SASL
+    ));
+    // Any refusal will do: <failure><encryption-required/>, or a stream error, or hanging up.
+    match c.next_event() {
+        Event::Stanza(el) if el.is("failure", ns::SASL) => {}
+        Event::Stanza(el) if el.is("error", ns::STREAM) => c.expect_closed(),
+        Event::Close | Event::Eof => {}
+        other => panic!("authentication before STARTTLS must not succeed; got {other:?}"),
+    }
+}
+
+#[test]
+fn bind_without_resource_gets_a_generated_one() {
+    let server = server_with_alice();
+    let mut jids = Vec::new();
+    for _ in 0..2 {
+        let mut c = Client::connect_starttls(&server);
+        c.auth_scram("alice", PASSWORD, "SCRAM-SHA-256");
+        let jid = c.bind(None);
+        let resource = jid
+            .strip_prefix(&format!("alice@{DOMAIN}/"))
+            .unwrap_or_else(|| panic!("bound {jid:?}, not a full JID of alice"));
+        assert!(!resource.is_empty(), "empty generated resource");
+        jids.push(jid);
+        c.sync();
+    }
+    assert_ne!(
+        jids[0], jids[1],
+        "two sessions got the same generated resource"
+    );
+}
+
+#[test]
+fn bind_conflict_replaces_the_first_session() {
+    let server = server_with_alice();
+    let mut first = Client::login(&server, "alice", PASSWORD, "phone");
+    let mut second = Client::login(&server, "alice", PASSWORD, "phone");
+    assert_eq!(second.jid, format!("alice@{DOMAIN}/phone"));
+    first.expect_stream_error("conflict");
+    second.sync();
+}
+
+#[test]
+fn legacy_session_iq_gets_an_empty_result() {
+    let server = server_with_alice();
+    let mut c = Client::login(&server, "alice", PASSWORD, "home");
+    let reply = c.iq("type='set'", &format!("<session xmlns='{}'/>", ns::SESSION));
+    assert_matches(&reply, "<iq type='result'/>");
+    assert!(
+        reply.children.is_empty(),
+        "session result not empty: {reply}"
+    );
+}
+
+#[test]
+fn failed_logins_are_throttled() {
+    let server = TestServer::start_with("[auth]\nmax_failures = 3\n");
+    server.add_users(&["alice"]);
+    for _ in 0..3 {
+        let mut c = Client::connect_starttls(&server);
+        assert_sasl_failure(
+            c.try_auth_scram("alice", "wrong", "SCRAM-SHA-256"),
+            "not-authorized",
+        );
+    }
+    let mut c = Client::connect_starttls(&server);
+    assert_sasl_failure(
+        c.try_auth_scram("alice", PASSWORD, "SCRAM-SHA-256"),
+        "temporary-auth-failure",
+    );
+}
+
+#[test]
+fn too_many_failures_on_one_stream_end_it() {
+    let server = TestServer::start_with("[auth]\nattempts_per_stream = 3\nmax_failures = 0\n");
+    server.add_users(&["alice"]);
+    let mut c = Client::connect_starttls(&server);
+    for _ in 0..3 {
+        assert_sasl_failure(c.try_auth_plain("alice", "wrong"), "not-authorized");
+    }
+    // RFC 6120 §6.4.5: past the retries the stream ends, with policy-violation. Whether that
+    // comes right after the third failure or at the next attempt is the server's choice; a
+    // write into a stream already closed is fine.
+    let attempt = format!("<auth xmlns='{}' mechanism='PLAIN'>AA==</auth>", ns::SASL);
+    let _ = c.try_send_raw(attempt.as_bytes());
+    c.expect_stream_error("policy-violation");
+}
+
+#[test]
+fn plaintext_sent_with_starttls_is_discarded() {
+    let server = server_with_alice();
+    let mut c = Client::connect_plain(&server);
+    // A stanza smuggled into the same packet as <starttls/> (as in CVE-2011-0411) must not be
+    // processed on the TLS stream; if it were, it would end the stream as not-authorized.
+    c.send(&format!(
+        "<starttls xmlns='{}'/><iq type='get' id='smuggled'><ping xmlns='{}'/></iq>",
+        ns::TLS,
+        ns::PING
+    ));
+    c.expect(&format!("<proceed xmlns='{}'/>", ns::TLS));
+    c.resume_tls();
+    c.auth_scram("alice", PASSWORD, "SCRAM-SHA-256");
+    bind_and_ping(&mut c, "home");
+}

@@ -1,0 +1,18 @@
+//! Integration tests: every file runs real `hearth` processes and talks XMPP to them over TCP and
+//! TLS on 127.0.0.1. One binary for all of them (as ord does), so they build and link once.
+//! Files are named by feature, like ejabberd's test suites.
+
+mod harness;
+
+mod admin;
+mod bad_input;
+mod basics;
+mod carbons;
+mod csi;
+mod login;
+mod mam;
+mod messages;
+mod offline;
+mod presence;
+mod roster;
+mod smacks;
