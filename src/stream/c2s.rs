@@ -204,6 +204,9 @@ impl Conn {
             Ok(tls) => {
                 self.io = Io::Tls(Box::new(tls));
                 self.phase = Phase::Secure;
+                // The handshake may have read the client's first bytes along with its last
+                // handshake message: look before waiting for the socket.
+                self.more_ready = true;
                 true
             }
             Err(e) => {
@@ -448,6 +451,7 @@ impl Conn {
         // A connection that lingers is simply dropped: its client has moved on.
         self.io = h.io;
         self.reader = h.reader;
+        self.more_ready = true;
         self.peer = h.peer;
         self.detached_at = None;
         self.header_sent = true;
@@ -972,6 +976,7 @@ impl Conn {
         if let Err(e) = tx.send(handoff).await {
             let h = e.into_inner();
             (self.io, self.reader) = (h.io, h.reader);
+            self.more_ready = true;
             self.write_nonza(&smacks::failed("item-not-found", None));
             return Next::Continue;
         }
@@ -979,6 +984,7 @@ impl Conn {
             Ok(Ok(())) => Next::Handed,
             Ok(Err((io, reader))) => {
                 (self.io, self.reader) = (io, reader);
+                self.more_ready = true;
                 self.write_nonza(&smacks::failed("item-not-found", None));
                 Next::Continue
             }

@@ -870,6 +870,12 @@ impl Client {
 
     /// Wraps the TCP connection in TLS and completes the handshake.
     fn upgrade(&mut self, alpn: bool) {
+        self.upgrade_with(alpn, b"");
+    }
+
+    /// TLS, with `early` queued before the handshake ends: rustls then sends it in the same
+    /// flight as its Finished message, so the server reads both at once.
+    fn upgrade_with(&mut self, alpn: bool, early: &[u8]) {
         let tcp = self.io.tcp().try_clone().expect("clone the TCP socket");
         tcp.set_read_timeout(Some(TIMEOUT))
             .expect("set a read timeout");
@@ -877,6 +883,12 @@ impl Client {
         let conn =
             ClientConnection::new(Client::tls_config(&self.cert, alpn), name).expect("start TLS");
         let mut tls = StreamOwned::new(conn, tcp);
+        if !early.is_empty() {
+            tls.conn
+                .writer()
+                .write_all(early)
+                .expect("queue bytes for after the handshake");
+        }
         while tls.conn.is_handshaking() {
             tls.conn
                 .complete_io(&mut tls.sock)
@@ -886,9 +898,21 @@ impl Client {
         self.buf.clear();
     }
 
+    /// Direct TLS where the stream header travels with the client's last handshake message.
+    pub fn connect_tls_pipelined(server: &TestServer) -> Client {
+        let mut c = Client::connect_raw(server, server.c2s_tls);
+        c.upgrade_with(true, stream_header().as_bytes());
+        c.read_stream_open();
+        c
+    }
+
     /// Sends a stream header, then reads the server's header and features.
     pub fn open_stream(&mut self) {
         self.send(&stream_header());
+        self.read_stream_open();
+    }
+
+    fn read_stream_open(&mut self) {
         match self.next_event() {
             Event::Header(h) => {
                 assert!(h.is("stream", ns::STREAM), "bad stream header {h}");

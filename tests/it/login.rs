@@ -233,3 +233,16 @@ fn plaintext_sent_with_starttls_is_discarded() {
     c.auth_scram("alice", PASSWORD, "SCRAM-SHA-256");
     bind_and_ping(&mut c, "home");
 }
+
+#[test]
+fn stream_header_in_the_same_flight_as_the_tls_handshake() {
+    // Clients that pipeline (and busy networks) deliver the first stanza bytes together with
+    // the end of the handshake; the server must not wait for more bytes to read them.
+    let server = TestServer::start();
+    server.add_users(&["alice"]);
+    let mut c = Client::connect_tls_pipelined(&server);
+    assert!(c.features.child("mechanisms", ns::SASL).is_some());
+    c.auth_scram("alice", crate::harness::PASSWORD, "SCRAM-SHA-256");
+    c.bind(Some("x"));
+    c.sync();
+}
