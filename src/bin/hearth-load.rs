@@ -158,17 +158,6 @@ fn connector() -> TlsConnector {
     TlsConnector::from(Arc::new(cfg))
 }
 
-fn connector() -> TlsConnector {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default protocol versions")
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
-        .with_no_client_auth();
-    TlsConnector::from(Arc::new(cfg))
-}
-
 /// Reads until `needle` has arrived; returns everything read. Only for the login, where the
 /// server sends nothing unasked, so nothing after the needle is lost.
 async fn read_until<S: smol::io::AsyncRead + Unpin>(
@@ -314,11 +303,30 @@ fn proc_stats(pid: u32) -> Option<(u64, f64)> {
     Some((rss, ticks as f64 / hz))
 }
 
+/// CPU seconds used by the whole machine (all cores, not idle), from /proc/stat.
+fn machine_cpu() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: u64 = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .enumerate()
+        // user nice system idle iowait irq softirq steal: all but idle and iowait.
+        .filter(|(i, _)| matches!(i, 0 | 1 | 2 | 5 | 6 | 7))
+        .filter_map(|(_, v)| v.parse::<u64>().ok())
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
 /// A snapshot of the server's and this process's resource use.
 struct Snap {
     at: Instant,
     server: Option<(u64, f64)>,
     client_cpu: f64,
+    machine_cpu: f64,
     delivered: u64,
 }
 
@@ -328,6 +336,7 @@ impl Snap {
             at: Instant::now(),
             server: args.server_pid.and_then(proc_stats),
             client_cpu: proc_stats(std::process::id()).map_or(0.0, |s| s.1),
+            machine_cpu: machine_cpu(),
             delivered: shared.delivered.load(Relaxed),
         }
     }
@@ -335,6 +344,20 @@ impl Snap {
     /// Server CPU seconds since `before`.
     fn server_cpu(&self, before: &Snap) -> Option<f64> {
         Some(self.server?.1 - before.server?.1)
+    }
+
+    /// ` client_cpu_pct=.. other_cpu_pct=..` since `before`, in percent of one core: this
+    /// process, and everything on the machine but this process and the server (noise).
+    fn noise(&self, before: &Snap) -> String {
+        let secs = self.at.duration_since(before.at).as_secs_f64().max(1e-9);
+        let client = self.client_cpu - before.client_cpu;
+        let other =
+            self.machine_cpu - before.machine_cpu - client - self.server_cpu(before).unwrap_or(0.0);
+        format!(
+            " client_cpu_pct={:.1} other_cpu_pct={:.1}",
+            client * 100.0 / secs,
+            other.max(0.0) * 100.0 / secs
+        )
     }
 }
 
@@ -593,17 +616,19 @@ fn idle(args: &Arc<Args>) -> String {
     let handles = {
         let (args, barrier) = (args.clone(), barrier.clone());
         spawn_threads(&args.clone(), move |t| {
-            let users: Vec<usize> = (1..=args.sessions).filter(|i| (i - 1) % threads == t).collect();
+            let users: Vec<usize> = (1..=args.sessions)
+                .filter(|i| (i - 1) % threads == t)
+                .collect();
             let ex = LocalExecutor::new();
             let mut sessions = smol::block_on(ex.run(open_all(&args, &ex, &users, true)));
             // Every session's presence has been processed once its ping is answered.
             smol::block_on(async {
                 for (k, s) in sessions.iter_mut().enumerate() {
-                    if let Some(st) = s {
-                        if let Err(e) = ping(st, &args.domain, "hl-idle-ping").await {
-                            eprintln!("ping of session {}: {e}", users[k]);
-                            *s = None;
-                        }
+                    if let Some(st) = s
+                        && let Err(e) = ping(st, &args.domain, "hl-idle-ping").await
+                    {
+                        eprintln!("ping of session {}: {e}", users[k]);
+                        *s = None;
                     }
                 }
             });
@@ -641,8 +666,9 @@ fn idle(args: &Arc<Args>) -> String {
     }
     let _ = write!(
         line,
-        " client_cpu_ms_per_login={:.3}",
-        (after.client_cpu - before.client_cpu) * 1000.0 / n.max(1) as f64
+        " client_cpu_ms_per_login={:.3}{}",
+        (after.client_cpu - before.client_cpu) * 1000.0 / n.max(1) as f64,
+        after.noise(&before)
     );
     line
 }
@@ -837,8 +863,7 @@ fn pairs_thread(args: &Arc<Args>, shared: &Arc<Shared>, barrier: &Barrier, t: us
             }
         }
         let deadline = Instant::now() + Duration::from_secs_f64(args.timeout);
-        while pairs.iter().any(|p| p.received.get() < p.sent.get()) && Instant::now() < deadline
-        {
+        while pairs.iter().any(|p| p.received.get() < p.sent.get()) && Instant::now() < deadline {
             smol::future::or(
                 async {
                     let _ = progress_rx.recv().await;
@@ -895,7 +920,9 @@ fn pairs(args: &Arc<Args>) -> String {
     let lat = &out.latencies;
     let mut line = format!(
         "scenario={} threads={threads} pairs={} failed_logins={}",
-        args.scenario, out.logins_ok / 2, out.logins_failed
+        args.scenario,
+        out.logins_ok / 2,
+        out.logins_failed
     );
     if args.scenario == "latency" {
         let _ = write!(line, " rate={}", args.rate);
@@ -922,8 +949,8 @@ fn pairs(args: &Arc<Args>) -> String {
     }
     let _ = write!(
         line,
-        " client_cpu_pct={:.1} sent={} received={} undelivered={} bounced={} closed={}",
-        (s1.client_cpu - s0.client_cpu) * 100.0 / secs,
+        "{} sent={} received={} undelivered={} bounced={} closed={}",
+        s1.noise(&s0),
         out.sent,
         out.received,
         out.sent.saturating_sub(out.received),
@@ -978,18 +1005,19 @@ async fn offline(args: &Arc<Args>, ex: &LocalExecutor<'_>) -> std::io::Result<St
         }
         w.write_all(buf.as_bytes()).await?;
     }
+    buf.clear();
     let _ = write!(
         buf,
         "<iq type='get' id='hl-offline-done' to='{}'><ping xmlns='urn:xmpp:ping'/></iq>",
         args.domain
     );
-    w.write_all(b"<iq type='get' id='hl-offline-done' to='")
-        .await?;
-    w.write_all(args.domain.as_bytes()).await?;
-    w.write_all(b"'><ping xmlns='urn:xmpp:ping'/></iq>").await?;
+    w.write_all(buf.as_bytes()).await?;
     w.flush().await?;
     bounded(args.timeout, "storing", async {
-        pong_rx.recv().await.map_err(|_| bad("sender stream closed"))
+        pong_rx
+            .recv()
+            .await
+            .map_err(|_| bad("sender stream closed"))
     })
     .await?;
     let s1 = Snap::take(args, &shared);
@@ -1022,7 +1050,7 @@ async fn offline(args: &Arc<Args>, ex: &LocalExecutor<'_>) -> std::io::Result<St
     })
     .await;
     let s3 = Snap::take(args, &shared);
-    if let Err(e) = delivery {
+    if let Err(e) = &delivery {
         eprintln!("offline delivery: {e}");
     }
     let deliver_secs = s3.at.duration_since(s2.at).as_secs_f64();
@@ -1041,6 +1069,8 @@ async fn offline(args: &Arc<Args>, ex: &LocalExecutor<'_>) -> std::io::Result<St
             deliver_cpu * 1000.0 / got.max(1) as f64
         );
     }
+    line += &s3.noise(&s0);
+    let _ = write!(line, " complete={}", delivery.is_ok());
     Ok(line)
 }
 
