@@ -178,11 +178,13 @@ pub async fn run(server: Rc<Server>, stream: Async<TcpStream>, peer: SocketAddr,
         more_ready: false,
     };
     log::debug!("connection {id} from {peer} on {}", kind.name());
-    let ok = kind == Kind::C2s || conn.start_tls().await;
+    // The rare, large futures (handshakes, stanza processing) are boxed so that the task of
+    // an idle session is only as large as its wait for input.
+    let ok = kind == Kind::C2s || Box::pin(conn.start_tls()).await;
     if ok {
         conn.serve().await;
     }
-    conn.finish().await;
+    Box::pin(conn.finish()).await;
     server.conns.borrow_mut().remove(&id);
 }
 
@@ -331,7 +333,7 @@ impl Conn {
                     Ok(open) => {
                         self.last_heard = Instant::now();
                         self.ping_sent = None;
-                        let next = self.handle_events(&mut events).await;
+                        let next = Box::pin(self.handle_events(&mut events)).await;
                         match (next, open) {
                             (Next::Continue, false) => Next::Lost,
                             (next, _) => next,
@@ -354,7 +356,7 @@ impl Conn {
                         }
                     }
                     match next {
-                        Next::Continue => self.flush_or_lose().await,
+                        Next::Continue => Box::pin(self.flush_or_lose()).await,
                         other => other,
                     }
                 }
@@ -363,13 +365,13 @@ impl Conn {
                     C::PolicyViolation,
                     "too many stanzas waiting for this client",
                 )),
-                Wake::Handoff(Some(h)) => self.take_over(h).await,
+                Wake::Handoff(Some(h)) => Box::pin(self.take_over(h)).await,
                 Wake::Handoff(None) => Next::Continue,
                 Wake::Timer if self.detached_at.is_some() => {
                     log::debug!("connection {}: resume window expired", self.id);
                     return;
                 }
-                Wake::Timer => self.timer().await,
+                Wake::Timer => Box::pin(self.timer()).await,
             };
             match next {
                 Next::Continue => {}
@@ -391,12 +393,15 @@ impl Conn {
                 }
                 Next::End => {
                     self.out.extend_from_slice(writer::STREAM_CLOSE);
-                    self.flush().await;
-                    let _ = self.io.close().await;
+                    Box::pin(async {
+                        self.flush().await;
+                        let _ = self.io.close().await;
+                    })
+                    .await;
                     return;
                 }
                 Next::Fail(e) => {
-                    self.stream_error(e).await;
+                    Box::pin(self.stream_error(e)).await;
                     return;
                 }
             }
