@@ -489,6 +489,11 @@ impl TestServer {
         }
     }
 
+    /// SIGKILL: the server gets no chance to flush or say goodbye (a crash, a power cut).
+    pub fn kill_hard(&mut self) {
+        self.kill();
+    }
+
     /// Sends SIGTERM and waits (with a deadline) for the process to exit.
     pub fn stop(&mut self) -> ExitStatus {
         let Some(child) = self.child.as_mut() else {

@@ -9,6 +9,7 @@ mod bad_input;
 mod basics;
 mod carbons;
 mod csi;
+mod durability;
 mod login;
 mod mam;
 mod messages;
