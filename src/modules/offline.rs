@@ -4,9 +4,11 @@
 //! messages are not stored, nor are messages with a XEP-0334 `no-store` hint or that carry only
 //! chat states.
 //!
-//! A session that queried its XEP-0313 archive before initial presence gets no offline
-//! messages: they are in the archive it catches up from, and would arrive twice. They stay
-//! stored (not deleted) for the account's next session that does not use the archive.
+//! A session that queried its XEP-0313 archive before initial presence is not sent the offline
+//! messages that are in the archive (they carry the account's stanza-id): it catches up from
+//! there, and would get them twice. They are then removed from offline storage all the same,
+//! or an account whose clients all use the archive would fill its quota and refuse messages.
+//! Messages the archive did not take (by the account's preferences) are delivered as usual.
 
 use super::{Cx, Flow, Module};
 use crate::jid::Jid;
@@ -84,9 +86,6 @@ impl Module for Offline {
             .borrow()
             .get(session)
             .is_some_and(|s| s.flags.mam_queried);
-        if uses_mam {
-            return;
-        }
         let msgs = match cx.server.store.offline_peek(user, self.max_per_user) {
             Ok(m) => m,
             Err(e) => {
@@ -98,11 +97,18 @@ impl Module for Offline {
             return;
         };
         let domain = cx.domain().to_owned();
+        let bare = session.bare().to_string();
         for m in msgs {
             let Some(mut el) = reader::parse_one(&m.xml) else {
                 log::warn!("dropping unreadable offline message {} of {user}", m.seq);
                 continue;
             };
+            let archived = el
+                .elements()
+                .any(|c| c.is("stanza-id", ns::SID) && c.attr("by") == Some(bare.as_str()));
+            if uses_mam && archived {
+                continue;
+            }
             let when = UNIX_EPOCH + Duration::from_millis(m.stamp_ms);
             el.push(
                 Element::new("delay", ns::DELAY)

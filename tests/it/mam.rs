@@ -372,25 +372,16 @@ fn stanza_id_prefs_form_and_metadata() {
 }
 
 #[test]
-fn archive_users_skip_offline_messages_plain_sessions_get_them() {
+fn archive_sessions_skip_archived_offline_messages_and_empty_the_store() {
     let server = TestServer::start();
     server.add_users(&["alice", "bob"]);
     let mut alice = Client::user(&server, "alice", "desk");
-    alice.send_message(&format!("bob@{DOMAIN}"), "chat", "while you were out");
+    alice.send_message(&format!("bob@{DOMAIN}"), "chat", "first");
     alice.sync();
 
-    // A session that queried the archive finds the message there, and not again offline.
-    let mut mam = Client::user(&server, "bob", "mam");
-    let page = query(&mut mam, &rsm("<before/>"));
-    assert_eq!(page.bodies(), vec!["while you were out"]);
-    mam.send("<presence/>");
-    mam.expect(&format!("<presence from='{}'/>", mam.jid));
-    mam.sync();
-    mam.close();
-
-    // A plain session still gets it from offline storage.
+    // A plain session gets it from offline storage, with the archive's stanza-id.
     let delayed = format!(
-        "<message from='{}' type='chat'><body>while you were out</body>\
+        "<message from='{}' type='chat'><body>first</body>\
          <delay xmlns='{}' stamp='{{any}}'/><stanza-id xmlns='{SID}' by='bob@{DOMAIN}'/>\
          </message>",
         alice.jid,
@@ -401,4 +392,22 @@ fn archive_users_skip_offline_messages_plain_sessions_get_them() {
     let own = format!("<presence from='{}'/>", plain.jid);
     plain.expect_unordered(&[own.as_str(), delayed.as_str()]);
     plain.sync();
+    plain.close();
+
+    alice.send_message(&format!("bob@{DOMAIN}"), "chat", "while you were out");
+    alice.sync();
+    // A session that queried the archive finds the message there, and not again offline.
+    let mut mam = Client::user(&server, "bob", "mam");
+    let page = query(&mut mam, &rsm("<before/>"));
+    assert_eq!(page.bodies(), vec!["first", "while you were out"]);
+    mam.send("<presence/>");
+    mam.expect(&format!("<presence from='{}'/>", mam.jid));
+    mam.sync();
+    mam.close();
+
+    // ...and offline storage was emptied, so it cannot fill up for archive users.
+    let mut later = Client::user(&server, "bob", "later");
+    later.send("<presence/>");
+    later.expect(&format!("<presence from='{}'/>", later.jid));
+    later.sync();
 }
