@@ -7,7 +7,11 @@ timeout; nothing sleeps and hopes. Prints one `PASS name` / `FAIL name: reason` 
 scenario and ends with `N passed, M failed`; the exit code is 1 if any scenario failed.
 
 The scenarios run in order and share two clients, so a failure early on (login, say)
-usually makes the later ones fail too: read the first FAIL first.
+usually makes the later ones fail too: read the first FAIL first. a uses slixmpp's own
+plugins for stream management (XEP-0198, enabled with resumption at login), client state
+indication (XEP-0352), the archive (XEP-0313 with XEP-0059 paging) and stanza-ids
+(XEP-0359); a second resource of a (a2) uses carbons (XEP-0280); a third account c only
+sends one message, for the archive's 'with' filter.
 """
 
 import argparse
@@ -31,6 +35,12 @@ NS_ROSTER = "jabber:iq:roster"
 NS_DELAY = "urn:xmpp:delay"
 NS_DISCO_INFO = "http://jabber.org/protocol/disco#info"
 NS_PING = "urn:xmpp:ping"
+NS_SM = "urn:xmpp:sm:3"
+NS_CARBONS = "urn:xmpp:carbons:2"
+NS_FORWARD = "urn:xmpp:forward:0"
+NS_MAM = "urn:xmpp:mam:2"
+NS_SID = "urn:xmpp:sid:0"
+NS_CHATSTATES = "http://jabber.org/protocol/chatstates"
 
 WAIT = 10.0  # seconds for any one expected event
 SCENARIO_TIMEOUT = 60.0  # seconds for a whole scenario
@@ -56,11 +66,21 @@ class Inbox:
 
     def __init__(self):
         self.items = []
+        # Everything ever received, in arrival order, claimed or not: for checks of order and
+        # of exactly-once delivery ("since this point, exactly these arrived").
+        self.history = []
         self._changed = asyncio.Event()
 
     def put(self, kind, stanza):
         self.items.append((kind, stanza))
+        self.history.append((kind, stanza))
         self._changed.set()
+
+    def drop(self, kind):
+        """Forgets the unclaimed stanzas of `kind`; returns them."""
+        gone = self.peek(kind)
+        self.items = [(k, st) for k, st in self.items if k != kind]
+        return gone
 
     def peek(self, kind):
         return [st for k, st in self.items if k == kind]
@@ -88,13 +108,14 @@ class Inbox:
 class Client:
     """One slixmpp connection with everything it receives recorded in an Inbox."""
 
-    def __init__(self, name, jid, password, resource, args, mode):
+    def __init__(self, name, jid, password, resource, args, mode, plugins=()):
         self.name = name
         self.mode = mode  # "starttls" or "direct"
         self.args = args
         self.inbox = Inbox()
         self.presence_sent = False
         self.messages_before_presence = []
+        self.session_starts = 0
         x = slixmpp.ClientXMPP(f"{jid}/{resource}", password, sasl_mech=MECH)
         self.x = x
         # Trust exactly the server's self-signed certificate, with host name checking.
@@ -109,7 +130,7 @@ class Client:
         x.auto_authorize = None
         x.auto_subscribe = False
         x.whitespace_keepalive = False
-        for plugin in ("xep_0030", "xep_0199", "xep_0203"):
+        for plugin in ("xep_0030", "xep_0199", "xep_0203", *plugins):
             x.register_plugin(plugin)
         x.register_handler(
             Callback(f"{name} messages", MatchXPath(f"{{{NS_CLIENT}}}message"), self._on_message)
@@ -118,11 +139,35 @@ class Client:
         x.add_event_handler("roster_update", self._on_roster)
         x.add_event_handler("stream_error", lambda e: self.inbox.put("stream_error", e))
         x.add_event_handler("disconnected", lambda reason: self.inbox.put("disconnected", reason))
+        x.add_event_handler("session_start", self._on_session_start)
+        if "xep_0198" in plugins:
+            # Stream management as slixmpp's plugin negotiates it; the server's <r/> and <a/>
+            # are also recorded (the plugin answers and processes them itself).
+            x.add_event_handler("sm_enabled", lambda st: self.inbox.put("sm", ("enabled", st)))
+            x.add_event_handler("session_resumed", lambda st: self.inbox.put("sm", ("resumed", st)))
+            x.add_event_handler("sm_failed", lambda st: self.inbox.put("sm", ("failed", st)))
+            x.register_handler(Callback(f"{name} sm r", MatchXPath(f"{{{NS_SM}}}r"),
+                                        lambda st: self.inbox.put("sm_r", st)))
+            x.register_handler(Callback(f"{name} sm a", MatchXPath(f"{{{NS_SM}}}a"),
+                                        lambda st: self.inbox.put("sm_a", st)))
+        if "xep_0280" in plugins:
+            x.add_event_handler("carbon_sent", lambda m: self.inbox.put("carbon_sent", m))
+            x.add_event_handler("carbon_received", lambda m: self.inbox.put("carbon_received", m))
+
+    def _on_session_start(self, _):
+        self.session_starts += 1
 
     def _on_message(self, msg):
         if not self.presence_sent:
             self.messages_before_presence.append(msg)
-        self.inbox.put("message", msg)
+        # Archive results and carbon copies are kept apart from ordinary messages.
+        if msg.xml.find(f"{{{NS_MAM}}}result") is not None:
+            kind = "mam"
+        elif any(msg.xml.find(f"{{{NS_CARBONS}}}{k}") is not None for k in ("sent", "received")):
+            kind = "carbon"
+        else:
+            kind = "message"
+        self.inbox.put(kind, msg)
 
     def _on_roster(self, iq):
         if iq["type"] == "set":
@@ -246,6 +291,11 @@ def body_of(msg):
     return msg["body"]
 
 
+def forwarded_body(inner):
+    """The body of a forwarded message as slixmpp's plugins unwrap it (None without a message)."""
+    return inner["body"] if isinstance(inner, slixmpp.Message) else None
+
+
 async def send_message_barrier(client):
     """Round trip to the server: stanzas the client sent before it have been handled."""
     iq = client.x.Iq()
@@ -260,14 +310,42 @@ class Run:
         self.args = args
         self.a = None
         self.b = None
+        self.a2 = None  # a second resource of a (carbons)
+        self.c = None  # a third account (the MAM 'with' filter)
         self.a_jid = f"a@{args.domain}"
         self.b_jid = f"b@{args.domain}"
+        self.c_jid = f"c@{args.domain}"
         self.notes = []
+        # Every archivable message a sent or received, in the order the server handled them:
+        # (direction "out" or "in" seen from a, the other party's bare JID, body). The mam
+        # scenario expects exactly these in a's archive.
+        self.a_exchanged = []
+        # Messages a received live, by body: their XEP-0359 stanza-ids are checked against
+        # the archive ids.
+        self.a_received = {}
+
+    # Plugins beyond disco, ping and delay: a uses stream management (with resumption), client
+    # state indication and the archive; a2 carbons; b sends chat states. Stanza-ids are read
+    # with XEP-0359's plugin.
+    PLUGINS = {
+        "a": ("xep_0198", "xep_0352", "xep_0313", "xep_0359"),
+        "a2": ("xep_0280", "xep_0359"),
+        "b": ("xep_0085", "xep_0359"),
+        "c": ("xep_0359",),
+    }
 
     def client(self, name, mode):
-        jid = self.a_jid if name == "a" else self.b_jid
-        password = self.args.password_a if name == "a" else self.args.password_b
-        return Client(name, jid, password, f"interop-{name}", self.args, mode)
+        account = name.rstrip("0123456789")
+        jid = {"a": self.a_jid, "b": self.b_jid, "c": self.c_jid}[account]
+        password = {"a": self.args.password_a, "b": self.args.password_b, "c": self.args.password_c}[account]
+        return Client(name, jid, password, f"interop-{name}", self.args, mode, self.PLUGINS[name])
+
+    def a_sent(self, to, body):
+        self.a_exchanged.append(("out", str(to), body))
+
+    def a_got(self, frm, msg):
+        self.a_exchanged.append(("in", str(frm), body_of(msg)))
+        self.a_received[body_of(msg)] = msg
 
     async def login(self):
         """a over STARTTLS, b over direct TLS (XEP-0368), both with SCRAM-SHA-256."""
@@ -345,6 +423,7 @@ class Run:
         a, b = self.a, self.b
         body = f"hello b {uuid.uuid4()}"
         a.x.send_message(mto=b.jid.full, mbody=body, mtype="chat")
+        self.a_sent(self.b_jid, body)
         msg = await b.inbox.expect("message", lambda m: body_of(m) == body, "b: chat message from a")
         check(msg["type"] == "chat", f"type {msg['type']!r}, expected chat")
         check(msg["from"].full == a.jid.full, f"from {msg['from']}, expected {a.jid.full}")
@@ -352,6 +431,7 @@ class Run:
         reply = f"hi a {uuid.uuid4()}"
         b.x.send_message(mto=self.a_jid, mbody=reply, mtype="chat")
         msg = await a.inbox.expect("message", lambda m: body_of(m) == reply, "a: reply from b")
+        self.a_got(self.b_jid, msg)
         check(msg["type"] == "chat", f"reply type {msg['type']!r}, expected chat")
         check(msg["from"].full == b.jid.full, f"reply from {msg['from']}, expected {b.jid.full}")
 
@@ -365,6 +445,7 @@ class Run:
         bodies = [f"offline {i} {uuid.uuid4()}" for i in (1, 2)]
         for body in bodies:
             a.x.send_message(mto=self.b_jid, mbody=body, mtype="chat")
+            self.a_sent(self.b_jid, body)
         await send_message_barrier(a)  # the server has handled both messages
 
         self.b = b = self.client("b", "direct")
@@ -450,6 +531,298 @@ class Run:
         check(items.get(self.a_jid, {}).get("subscription") == "none",
               f"b's roster after a removed b: {items}, expected a with subscription none")
 
+    async def stream_management(self):
+        """XEP-0198 through slixmpp's plugin: a enabled stream management with resumption at
+        login; messages flow both ways; the server asks for acknowledgements (<r/>), which
+        slixmpp answers, and counts a's stanzas exactly. Then a stops reading, b sends two
+        messages to a's full JID (the server writes them into a socket nobody reads), a's link
+        drops without a stream close (the TCP connection is aborted) and b sends two more; a
+        reconnects and resumes the same session, and gets all four exactly once, in order: the
+        first two resent as unacknowledged, the last two kept while the session was detached."""
+        a, b = self.a, self.b
+        x = a.x
+        sm = x.plugin["xep_0198"]
+        _, enabled = await a.inbox.expect("sm", lambda e: e[0] in ("enabled", "failed"),
+                                          "a: an answer to <enable resume='true'/>")
+        check(enabled.name == "enabled", f"a: stream management not enabled: {short(enabled)}")
+        check(enabled.xml.get("resume") in ("true", "1"),
+              f"a: <enabled/> does not allow resumption: {short(enabled)}")
+        sm_id = enabled.xml.get("id")
+        check(bool(sm_id), f"a: <enabled resume='true'/> without an id: {short(enabled)}")
+        check("stream_management" in x.features and sm.enabled_in and sm.enabled_out,
+              f"a: slixmpp's xep_0198 is not enabled (features {sorted(x.features)}, "
+              f"in {sm.enabled_in}, out {sm.enabled_out})")
+        check(sm.sm_id == sm_id, f"a: slixmpp's sm_id {sm.sm_id!r}, the server's id {sm_id!r}")
+        check(not a.inbox.peek("message"),
+              f"a: unclaimed messages before the exchange: {[short(m) for m in a.inbox.peek('message')]}")
+        a.inbox.drop("sm_r")
+
+        # Both ways: two from a, six from b (more than the server's ack_every, 5).
+        tag = uuid.uuid4()
+        out = [f"sm a->b {i} {tag}" for i in (1, 2)]
+        for body in out:
+            x.send_message(mto=b.jid.full, mbody=body, mtype="chat")
+            self.a_sent(self.b_jid, body)
+        for body in out:
+            await b.inbox.expect("message", lambda m, body=body: body_of(m) == body, f"b: {body!r}")
+        back = [f"sm b->a {i} {tag}" for i in range(1, 7)]
+        mark = len(a.inbox.history)
+        for body in back:
+            b.x.send_message(mto=a.jid.full, mbody=body, mtype="chat")
+        for body in back:
+            m = await a.inbox.expect("message", lambda m, body=body: body_of(m) == body, f"a: {body!r}")
+            self.a_got(self.b_jid, m)
+        arrived = [body_of(st) for k, st in a.inbox.history[mark:] if k == "message"]
+        check(arrived == back, f"a: messages from b arrived as {arrived}, sent {back}")
+        await a.inbox.expect("sm_r", lambda r: True, "a: an <r/> from the server after 6 stanzas")
+        # slixmpp answered it with <a h='...'/>; the server took that answer (no stream error,
+        # and a round trip after it works).
+        await send_message_barrier(a)
+        # The server counts every stanza a sent since <enable/>: ask it.
+        seq = sm.seq
+        sm.request_ack()
+        await a.inbox.expect("sm_a", lambda st: st.xml.get("h") == str(seq),
+                             f"a: <a h='{seq}'/> (every stanza a sent counted)")
+        check(not sm.unacked_queue, f"a: {len(sm.unacked_queue)} stanzas still unacknowledged")
+
+        # a stops reading: what the server sends now reaches a's socket but never slixmpp.
+        full = a.jid.full
+        starts = a.session_starts
+        handled = sm.handled
+        mark = len(a.inbox.history)
+        check(x.transport is not None, "a: no transport")
+        x.transport.pause_reading()
+        unread = [f"never read {i} {tag}" for i in (1, 2)]
+        for body in unread:
+            b.x.send_message(mto=full, mbody=body, mtype="chat")
+        await send_message_barrier(b)  # the server has routed both to a's session
+        # The link drops: no </stream:stream>, no TLS close_notify, just the TCP connection gone.
+        x.transport.abort()
+        await a.inbox.expect("disconnected", lambda r: True, "a: the aborted connection noticed by slixmpp")
+        check(sm.handled == handled, f"a: slixmpp handled {sm.handled - handled} stanzas while not reading")
+        check(sm.sm_id == sm_id, f"a: slixmpp forgot the resumption id ({sm.sm_id!r})")
+        away = [f"while away {i} {tag}" for i in (1, 2)]
+        for body in away:
+            b.x.send_message(mto=full, mbody=body, mtype="chat")
+        await send_message_barrier(b)  # the server has handled both
+        dropped = unread + away
+
+        x.connect(self.args.host, self.args.c2s_port)
+        _, answer = await a.inbox.expect("sm", lambda e: e[0] in ("resumed", "failed", "enabled"),
+                                         "a: an answer to <resume/>")
+        check(answer.name == "resumed", f"a: the session was not resumed: {short(answer)}")
+        check(answer.xml.get("previd") == sm_id,
+              f"a: <resumed previd={answer.xml.get('previd')!r}/>, expected {sm_id!r}")
+        check(answer.xml.get("h") == str(seq),
+              f"a: <resumed h={answer.xml.get('h')!r}/>, but a had sent {seq} stanzas, all acknowledged")
+        check(sm.handled >= handled, "a: slixmpp's handled counter went back")
+        for body in dropped:
+            m = await a.inbox.expect("message", lambda m, body=body: body_of(m) == body,
+                                     f"a: {body!r}, sent while the link was down")
+            check(m["from"].full == b.jid.full, f"a: {body!r} from {m['from']}, expected {b.jid.full}")
+            self.a_got(self.b_jid, m)
+        check(a.session_starts == starts, "a: a new session started instead of the old one resuming")
+        check(x.boundjid.full == full, f"a: bound to {x.boundjid.full} after resuming, was {full}")
+        check(not sm.unacked_queue, f"a: {len(sm.unacked_queue)} stanzas of a resent after resuming")
+        # Exactly once: after a new message from b, nothing else has arrived since the drop.
+        marker = f"after resume {tag}"
+        b.x.send_message(mto=full, mbody=marker, mtype="chat")
+        m = await a.inbox.expect("message", lambda m: body_of(m) == marker, "a: a message after resuming")
+        self.a_got(self.b_jid, m)
+        arrived = [body_of(st) for k, st in a.inbox.history[mark:] if k == "message"]
+        check(arrived == dropped + [marker],
+              f"a: since the drop received {arrived}, expected {dropped + [marker]} (each once, in order)")
+        await send_message_barrier(a)
+        self.notes.append(f"a: resumed {sm_id} (server h={seq}, client h={handled}), "
+                          f"{len(dropped)} missed messages delivered once")
+
+    async def carbons(self):
+        """XEP-0280: a second resource of a (a2) enables carbons; a message a sends to b comes
+        to a2 as a <sent/> copy, and one b sends to a's full JID as a <received/> copy. a, which
+        did not enable carbons, gets no copies; a2 gets only the copy, not the message."""
+        a, b = self.a, self.b
+        self.a2 = a2 = self.client("a2", "direct")
+        await a2.login()
+        res = await a2.x.plugin["xep_0280"].enable(timeout=WAIT)
+        check(res["type"] == "result", f"a2: enabling carbons answered {short(res)}")
+        a2.send_initial_presence()
+        await a2.inbox.expect("presence", presence_from(a2.jid.full, "available", full=True),
+                              "a2: own initial presence reflected back")
+        mark_a = len(a.inbox.history)
+
+        sent = f"carbon sent {uuid.uuid4()}"
+        a.x.send_message(mto=self.b_jid, mbody=sent, mtype="chat")
+        self.a_sent(self.b_jid, sent)
+        await b.inbox.expect("message", lambda m: body_of(m) == sent, "b: the message from a")
+        c = await a2.inbox.expect("carbon_sent", lambda m: forwarded_body(m["carbon_sent"]) == sent,
+                                  "a2: a <sent/> carbon of a's message")
+        check(c["from"].full == self.a_jid, f"a2: carbon from {c['from']}, expected {self.a_jid}")
+        inner = c["carbon_sent"]
+        check(inner["from"].full == a.jid.full, f"a2: sent carbon's message from {inner['from']}, expected {a.jid.full}")
+        check(inner["to"].bare == self.b_jid, f"a2: sent carbon's message to {inner['to']}, expected {self.b_jid}")
+
+        received = f"carbon received {uuid.uuid4()}"
+        b.x.send_message(mto=a.jid.full, mbody=received, mtype="chat")
+        m = await a.inbox.expect("message", lambda m: body_of(m) == received, "a: the message from b")
+        self.a_got(self.b_jid, m)
+        c = await a2.inbox.expect("carbon_received", lambda m: forwarded_body(m["carbon_received"]) == received,
+                                  "a2: a <received/> carbon of b's message")
+        check(c["from"].full == self.a_jid, f"a2: carbon from {c['from']}, expected {self.a_jid}")
+        inner = c["carbon_received"]
+        check(inner["from"].full == b.jid.full, f"a2: received carbon's message from {inner['from']}, expected {b.jid.full}")
+        check(inner["to"].full == a.jid.full, f"a2: received carbon's message to {inner['to']}, expected {a.jid.full}")
+        # Whatever else the server made of these two messages for a and a2 was queued before
+        # b's message reached a (and before a2's next iq result): none of it may be a copy
+        # for a, or the plain message for a2.
+        await send_message_barrier(a2)
+        for_a = [short(st) for k, st in a.inbox.history[mark_a:] if k == "carbon"]
+        check(not for_a, f"a (carbons not enabled) got carbons: {for_a}")
+        plain = [short(m) for m in a2.inbox.peek("message") if body_of(m) in (sent, received)]
+        check(not plain, f"a2 got the message itself besides the carbon: {plain}")
+        check(not a2.inbox.peek("carbon_sent") and not a2.inbox.peek("carbon_received"),
+              f"a2: extra carbons: {[short(m) for m in a2.inbox.peek('carbon_sent') + a2.inbox.peek('carbon_received')]}")
+        a2_full = a2.jid.full
+        await a2.disconnect()
+        self.a2 = None
+        await a.inbox.expect("presence", presence_from(a2_full, "unavailable", full=True),
+                             "a: a2's unavailable presence")
+
+    async def _mam_pages(self, what, **query):
+        """All of a's archive matching `query`, through slixmpp's RSM iterator with pages of 2:
+        [(result id, delay stamp, forwarded message)]. Checks page sizes and 'complete'."""
+        mam = self.a.x.plugin["xep_0313"]
+        pages = []
+
+        async def collect():
+            async for page in mam.retrieve(iterator=True, rsm={"max": 2}, **query):
+                fin = page.xml.find(f"{{{NS_MAM}}}fin")
+                check(fin is not None, f"{what}: a result page without <fin/>: {short(page)}")
+                pages.append((list(page["mam_fin"]["results"]), fin.get("complete") in ("true", "1")))
+
+        await asyncio.wait_for(collect(), SCENARIO_TIMEOUT / 3)
+        sizes = [len(r) for r, _ in pages]
+        check(all(n == 2 for n in sizes[:-1]) and (not sizes or 1 <= sizes[-1] <= 2),
+              f"{what}: page sizes {sizes}, asked for pages of 2")
+        early = [i for i, (_, complete) in enumerate(pages[:-1]) if complete]
+        check(not early, f"{what}: pages {early} of {len(pages)} say complete='true' but more followed")
+        items = []
+        for results, _ in pages:
+            for r in results:
+                res = r["mam_result"]
+                check(r["from"].full in ("", self.a_jid),
+                      f"{what}: a result from {r['from']}, not from a's own account: {short(r)}")
+                fwd = r.xml.find(f"{{{NS_MAM}}}result/{{{NS_FORWARD}}}forwarded")
+                check(fwd is not None, f"{what}: a result without <forwarded/>: {short(r)}")
+                delay = fwd.find(f"{{{NS_DELAY}}}delay")
+                check(delay is not None and delay.get("stamp"), f"{what}: a result without a delay stamp: {short(r)}")
+                inner = res["forwarded"]["stanza"]
+                check(isinstance(inner, slixmpp.Message), f"{what}: a result without a message: {short(r)}")
+                items.append((res["id"], delay.get("stamp"), inner))
+        # After the last item there is nothing more, and the server says so.
+        last = items[-1][0] if items else None
+        rsm = {"max": 2, **({"after": last} if last else {})}
+        res = await mam.retrieve(rsm=rsm, timeout=WAIT, **query)
+        rest = list(res["mam"]["results"])
+        fin = res.xml.find(f"{{{NS_MAM}}}fin")
+        check(not rest, f"{what}: after the last item the archive still has {[short(m) for m in rest]}")
+        check(fin is not None and fin.get("complete") in ("true", "1"),
+              f"{what}: the query after the last item lacks complete='true': {short(res)}")
+        return items
+
+    async def mam(self):
+        """XEP-0313 with XEP-0059 paging through slixmpp's plugin: a third account c sends a a
+        message; then a's archive, read in pages of 2, holds every message a exchanged with b
+        and c in this run, once each and in order, each with an archive id that equals the
+        XEP-0359 stanza-id a got on the live copy; with=b lists only b's, with=c only c's."""
+        a = self.a
+        self.c = c = self.client("c", "direct")
+        await c.login()
+        body = f"from c {uuid.uuid4()}"
+        c.x.send_message(mto=a.jid.full, mbody=body, mtype="chat")
+        m = await a.inbox.expect("message", lambda m: body_of(m) == body, "a: the message from c")
+        self.a_got(self.c_jid, m)
+        await c.disconnect()
+        self.c = None
+
+        def describe(items):
+            return [(("out" if inner["from"].bare == self.a_jid else "in"),
+                     (inner["to"] if inner["from"].bare == self.a_jid else inner["from"]).bare,
+                     inner["body"]) for _, _, inner in items]
+
+        expected = self.a_exchanged
+        everything = await self._mam_pages("the whole archive")
+        got = describe(everything)
+        if got != expected:
+            missing = [e for e in expected if e not in got]
+            extra = [g for g in got if g not in expected]
+            raise Fail(f"a's archive ({len(got)} items) differs from the {len(expected)} messages exchanged: "
+                       f"missing {missing}, unexpected {extra}, order {got}")
+        ids = [i for i, _, _ in everything]
+        check(all(ids) and len(set(ids)) == len(ids), f"archive ids missing or repeated: {ids}")
+        stamps = [datetime.datetime.fromisoformat(s.replace("Z", "+00:00")) for _, s, _ in everything]
+        check(stamps == sorted(stamps), f"archive delay stamps out of order: {[s for _, s, _ in everything]}")
+        now = datetime.datetime.now(datetime.timezone.utc)
+        check(all(datetime.timedelta(seconds=-5) <= now - s <= datetime.timedelta(minutes=10) for s in stamps),
+              f"archive delay stamps not about now: {[s for _, s, _ in everything]}")
+        for (archive_id, _, inner), (direction, _, body) in zip(everything, expected):
+            check(inner["type"] == "chat", f"archived {body!r} has type {inner['type']!r}, expected chat")
+            if direction != "in":
+                continue
+            live = self.a_received[body]
+            sids = [(e.get("by"), e.get("id")) for e in live.xml.findall(f"{{{NS_SID}}}stanza-id")]
+            check(sids == [(self.a_jid, archive_id)],
+                  f"live copy of {body!r} has stanza-ids {sids}, expected [({self.a_jid!r}, {archive_id!r})] "
+                  f"(one, by a's account, with the archive id)")
+            check(live["stanza_id"]["id"] == archive_id, f"slixmpp reads stanza-id {live['stanza_id']['id']!r}")
+
+        for peer in (self.b_jid, self.c_jid):
+            items = await self._mam_pages(f"with={peer}", with_jid=slixmpp.JID(peer))
+            want = [e for e in expected if e[1] == peer]
+            got = describe(items)
+            check(got == want, f"with={peer}: {len(got)} items {got}, expected {len(want)} {want}")
+            check([i for i, _, _ in items] == [i for (i, _, _), e in zip(everything, expected) if e[1] == peer],
+                  f"with={peer}: archive ids differ from the unfiltered query")
+        self.notes.append(f"a's archive: {len(everything)} messages "
+                          f"({sum(e[1] == self.b_jid for e in expected)} with b, 1 with c)")
+
+    async def csi(self):
+        """XEP-0352 through slixmpp's plugin: a says it is inactive; b sends a presence update
+        (away), a chat state (composing), another presence update (xa) and then a message with
+        a body, all to a's full JID. a gets the composing first, then only the latest presence
+        (hearth keeps one per sender while a client is inactive: the 'away' never arriving
+        shows the stanzas were held), then the message that flushed them."""
+        a, b = self.a, self.b
+        check(a.x.plugin["xep_0352"].enabled, "a: the server did not offer urn:xmpp:csi:0")
+        check(not a.inbox.peek("message"),
+              f"a: unclaimed messages before the test: {[short(m) for m in a.inbox.peek('message')]}")
+        a.x.plugin["xep_0352"].send_inactive()
+        await send_message_barrier(a)  # the server has taken <inactive/>
+        mark = len(a.inbox.history)
+        b_full = b.jid.full
+        b.x.send_presence(pto=a.jid.full, pshow="away")
+        composing = b.x.make_message(mto=a.jid.full, mtype="chat")
+        composing["chat_state"] = "composing"
+        composing.send()
+        b.x.send_presence(pto=a.jid.full, pshow="xa")
+        body = f"wake up {uuid.uuid4()}"
+        b.x.send_message(mto=a.jid.full, mbody=body, mtype="chat")
+        await a.inbox.expect("message", lambda m: body_of(m) == body, "a: the message with a body")
+
+        def describe(kind, st):
+            if kind == "presence":
+                return f"presence {st.xml.get('type', 'available')} {st['show'] or '-'}"
+            states = [e.tag.split("}")[1] for e in st.xml if e.tag.startswith(f"{{{NS_CHATSTATES}}}")]
+            return f"message body={body_of(st) == body} states={states}"
+
+        arrived = [describe(k, st) for k, st in a.inbox.history[mark:]
+                   if k in ("message", "presence") and st["from"].full == b_full]
+        want = ["message body=False states=['composing']", "presence available xa", "message body=True states=[]"]
+        check(arrived == want, f"a (inactive) received from b: {arrived}, expected {want}")
+        a.inbox.drop("message")
+        a.inbox.drop("presence")
+        a.x.plugin["xep_0352"].send_active()
+        await send_message_barrier(a)
+
     async def shutdown_notice(self):
         """SIGTERM to the server: each connected client gets the stream error
         system-shutdown (RFC 6120 4.9.3.20), then the server closes the connection."""
@@ -464,7 +837,7 @@ class Run:
             await c.inbox.expect("disconnected", lambda r: True, f"{c.name}: the connection closed by the server")
 
     async def close(self):
-        for c in (self.a, self.b):
+        for c in (self.a2, self.c, self.a, self.b):
             if c is None:
                 continue
             try:
@@ -484,6 +857,10 @@ async def main(args):
         ("disco_ping", run.disco_ping),
         ("roster_remove", run.roster_remove),
         ("roster_remove_contact", run.roster_remove_contact),
+        ("stream_management", run.stream_management),
+        ("carbons", run.carbons),
+        ("mam", run.mam),
+        ("csi", run.csi),
     ]
     if args.server_pid:
         scenarios.append(("shutdown_notice", run.shutdown_notice))
@@ -539,6 +916,7 @@ def parse_args():
         p.error("--server-pid needs --sigterm-marker")
     args.password_a = os.environ["INTEROP_PASSWORD_A"]
     args.password_b = os.environ["INTEROP_PASSWORD_B"]
+    args.password_c = os.environ["INTEROP_PASSWORD_C"]
     return args
 
 
