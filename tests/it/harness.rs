@@ -489,6 +489,24 @@ impl TestServer {
         }
     }
 
+    /// Replaces the generated certificate with a new self-signed one for the domain, sends
+    /// SIGHUP, and waits until the server says it reloaded it.
+    pub fn rotate_certificate(&self) {
+        let ck = rcgen::generate_simple_self_signed(vec![DOMAIN.to_owned()])
+            .expect("make a certificate");
+        std::fs::write(self.data_dir().join("key.pem"), ck.signing_key.serialize_pem())
+            .expect("write the key");
+        std::fs::write(self.cert_path(), ck.cert.pem()).expect("write the certificate");
+        let pid = self.child.as_ref().expect("the server runs").id();
+        let before = self.log().matches("reloaded the TLS certificate").count();
+        signal(pid, libc::SIGHUP);
+        let deadline = Instant::now() + TIMEOUT;
+        while self.log().matches("reloaded the TLS certificate").count() == before {
+            assert!(Instant::now() < deadline, "no reload within 5 s of SIGHUP");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// SIGKILL: the server gets no chance to flush or say goodbye (a crash, a power cut).
     pub fn kill_hard(&mut self) {
         self.kill();

@@ -246,3 +246,18 @@ fn stream_header_in_the_same_flight_as_the_tls_handshake() {
     c.bind(Some("x"));
     c.sync();
 }
+
+#[test]
+fn sighup_reloads_the_certificate() {
+    let server = TestServer::start();
+    server.add_users(&["alice"]);
+    let mut before = Client::user(&server, "alice", "old");
+    // New connections must present the new certificate (the client trusts only it); the
+    // connection made before keeps working.
+    server.rotate_certificate();
+    let mut after = Client::connect_tls(&server);
+    after.auth_scram("alice", crate::harness::PASSWORD, "SCRAM-SHA-256");
+    after.bind(Some("new"));
+    after.sync();
+    before.sync();
+}
