@@ -494,8 +494,11 @@ impl TestServer {
     pub fn rotate_certificate(&self) {
         let ck = rcgen::generate_simple_self_signed(vec![DOMAIN.to_owned()])
             .expect("make a certificate");
-        std::fs::write(self.data_dir().join("key.pem"), ck.signing_key.serialize_pem())
-            .expect("write the key");
+        std::fs::write(
+            self.data_dir().join("key.pem"),
+            ck.signing_key.serialize_pem(),
+        )
+        .expect("write the key");
         std::fs::write(self.cert_path(), ck.cert.pem()).expect("write the certificate");
         let pid = self.child.as_ref().expect("the server runs").id();
         let before = self.log().matches("reloaded the TLS certificate").count();
