@@ -39,10 +39,13 @@ impl Store {
 
     /// Up to `max` messages of `user` with ids in `lo..=hi` whose `with` passes `keep`, oldest
     /// first; read from the newest end when `backward` (the page is still returned in id
-    /// order). Only matching rows have their XML copied.
+    /// order). Only matching rows have their XML copied. With `contact` (a bare JID) only that
+    /// contact's messages are read, through the per-contact index.
+    #[allow(clippy::too_many_arguments)]
     pub fn archive_page(
         &self,
         user: &str,
+        contact: Option<&str>,
         lo: u64,
         hi: u64,
         backward: bool,
@@ -56,15 +59,42 @@ impl Store {
         }
         let txn = self.read()?;
         let t = txn.open_table(USER_ID_TO_ARCHIVED)?;
-        let range = t.range((user, lo)..=(user, hi))?;
-        let rows: Box<dyn Iterator<Item = _>> = match backward {
-            true => Box::new(range.rev()),
-            false => Box::new(range),
+        let index = txn.open_table(USER_WITH_ID_TO_NOTHING)?;
+        type Row = Result<(u64, (u64, String, String)), Error>;
+        let rows: Box<dyn Iterator<Item = Row>> = match contact {
+            None => {
+                let range = t.range((user, lo)..=(user, hi))?;
+                let it = range.map(|r| -> Row {
+                    let (k, v) = r?;
+                    let (stamp, with, xml) = v.value();
+                    Ok((k.value().1, (stamp, with.to_owned(), xml.to_owned())))
+                });
+                match backward {
+                    true => Box::new(it.rev()),
+                    false => Box::new(it),
+                }
+            }
+            Some(c) => {
+                let range = index.range((user, c, lo)..=(user, c, hi))?;
+                let t = &t;
+                let it = range.map(move |r| -> Row {
+                    let id = r?.0.value().2;
+                    let v = t.get((user, id))?.ok_or_else(|| {
+                        Error::Storage(format!("archive index of {user} names missing id {id}"))
+                    })?;
+                    let (stamp, with, xml) = v.value();
+                    Ok((id, (stamp, with.to_owned(), xml.to_owned())))
+                });
+                match backward {
+                    true => Box::new(it.rev()),
+                    false => Box::new(it),
+                }
+            }
         };
         page.complete = true;
         for row in rows {
-            let (k, v) = row?;
-            let (stamp_ms, with, xml) = v.value();
+            let (id, (stamp_ms, with, xml)) = row?;
+            let (with, xml) = (with.as_str(), xml.as_str());
             if !keep(with) {
                 continue;
             }
@@ -73,7 +103,7 @@ impl Store {
                 break;
             }
             page.items.push(Archived {
-                id: k.value().1,
+                id,
                 stamp_ms,
                 with: with.to_owned(),
                 xml: xml.to_owned(),
@@ -150,6 +180,8 @@ pub(super) fn append(
 ) -> Result<(), Error> {
     txn.open_table(USER_ID_TO_ARCHIVED)?
         .insert((user, id), (stamp_ms, with, xml))?;
+    txn.open_table(USER_WITH_ID_TO_NOTHING)?
+        .insert((user, bare(with), id), ())?;
     let mut meta = txn.open_table(META)?;
     let last = meta.get(LAST_ID)?.map_or(0, |v| v.value());
     if id > last {
@@ -158,12 +190,17 @@ pub(super) fn append(
     Ok(())
 }
 
+/// The bare part of a normalised JID: everything before the first '/'.
+fn bare(jid: &str) -> &str {
+    jid.split('/').next().unwrap_or(jid)
+}
+
 /// Ids are archive times in microseconds (never earlier than the real time), so "older than
 /// `before_ms`" is the id range below `before_ms * 1000` of each user.
 pub(super) fn expire(txn: &WriteTransaction, before_ms: u64, max_rows: usize) -> Result<(), Error> {
     let cut = before_ms.saturating_mul(1000);
     let mut t = txn.open_table(USER_ID_TO_ARCHIVED)?;
-    let mut doomed: Vec<(String, u64)> = Vec::new();
+    let mut doomed: Vec<(String, u64, String)> = Vec::new();
     let mut next_user = t.first()?.map(|(k, _)| k.value().0.to_owned());
     while let Some(user) = next_user.take() {
         if doomed.len() >= max_rows {
@@ -171,7 +208,8 @@ pub(super) fn expire(txn: &WriteTransaction, before_ms: u64, max_rows: usize) ->
         }
         let u = user.as_str();
         for row in t.range((u, 0)..(u, cut))?.take(max_rows - doomed.len()) {
-            doomed.push((user.clone(), row?.0.value().1));
+            let (k, v) = row?;
+            doomed.push((user.clone(), k.value().1, bare(v.value().1).to_owned()));
         }
         // The next user's first row: the first key past every key of this user.
         for row in t.range((u, u64::MAX)..)? {
@@ -183,8 +221,10 @@ pub(super) fn expire(txn: &WriteTransaction, before_ms: u64, max_rows: usize) ->
             }
         }
     }
-    for (user, id) in doomed {
+    let mut index = txn.open_table(USER_WITH_ID_TO_NOTHING)?;
+    for (user, id, with) in doomed {
         t.remove((user.as_str(), id))?;
+        index.remove((user.as_str(), with.as_str(), id))?;
     }
     Ok(())
 }
@@ -231,7 +271,7 @@ mod tests {
         let mut lo = 0;
         loop {
             let p = store
-                .archive_page("a", lo, u64::MAX, false, 50, &all)
+                .archive_page("a", None, lo, u64::MAX, false, 50, &all)
                 .unwrap();
             got.extend(ids(&p));
             if p.complete {
@@ -244,7 +284,9 @@ mod tests {
         let mut got = Vec::new();
         let mut hi = u64::MAX;
         loop {
-            let p = store.archive_page("a", 0, hi, true, 70, &all).unwrap();
+            let p = store
+                .archive_page("a", None, 0, hi, true, 70, &all)
+                .unwrap();
             let page = ids(&p);
             assert!(
                 page.windows(2).all(|w| w[0] < w[1]),
@@ -260,11 +302,11 @@ mod tests {
         assert_eq!(got[0], 1000);
         // Exactly a full last page is complete only when nothing follows.
         let p = store
-            .archive_page("a", 551_000, u64::MAX, false, 50, &all)
+            .archive_page("a", None, 551_000, u64::MAX, false, 50, &all)
             .unwrap();
         assert_eq!((p.items.len(), p.complete), (50, true));
         let p = store
-            .archive_page("a", 550_000, u64::MAX, false, 50, &all)
+            .archive_page("a", None, 550_000, u64::MAX, false, 50, &all)
             .unwrap();
         assert_eq!((p.items.len(), p.complete), (50, false));
     }
@@ -274,17 +316,32 @@ mod tests {
         let (_dir, store) = filled();
         let carol = |w: &str| w.starts_with("carol@x");
         let p = store
-            .archive_page("a", 0, u64::MAX, false, 500, &carol)
+            .archive_page("a", None, 0, u64::MAX, false, 500, &carol)
             .unwrap();
         assert_eq!(p.items.len(), 200);
         assert!(p.complete);
         assert!(p.items.iter().all(|a| a.with == "carol@x/r"));
+        // The same through the per-contact index, in both directions and in pages.
+        let all = |_: &str| true;
+        let indexed = store
+            .archive_page("a", Some("carol@x"), 0, u64::MAX, false, 500, &all)
+            .unwrap();
+        assert_eq!(ids(&indexed), ids(&p));
+        let last = store
+            .archive_page("a", Some("carol@x"), 0, u64::MAX, true, 2, &all)
+            .unwrap();
+        assert_eq!(ids(&last), vec![597_000, 600_000]);
+        assert!(!last.complete);
+        let none = store
+            .archive_page("a", Some("dave@x"), 0, u64::MAX, false, 5, &all)
+            .unwrap();
+        assert!(none.items.is_empty() && none.complete);
         let p = store
-            .archive_page("a", 10_000, 20_000, false, 500, &|_| true)
+            .archive_page("a", None, 10_000, 20_000, false, 500, &|_| true)
             .unwrap();
         assert_eq!(ids(&p), (10..=20).map(|i| i * 1000).collect::<Vec<_>>());
         let p = store
-            .archive_page("b", 0, u64::MAX, false, 10, &|_| true)
+            .archive_page("b", None, 0, u64::MAX, false, 10, &|_| true)
             .unwrap();
         assert_eq!(ids(&p), vec![5]);
         let got = store.archive_get("a", &[3000, 999, 1000, 3000]).unwrap();
@@ -311,7 +368,7 @@ mod tests {
         let store = Store::open(&dir.path().join("hearth.redb")).unwrap();
         assert_eq!(store.archive_last_id().unwrap(), 600_000);
         let p = store
-            .archive_page("a", 0, u64::MAX, true, 1, &|_| true)
+            .archive_page("a", None, 0, u64::MAX, true, 1, &|_| true)
             .unwrap();
         assert_eq!(ids(&p), vec![600_000]);
         // Older than 100 ms: a's ids below 100_000 (99 rows) and b's and aa's single rows,
@@ -324,16 +381,26 @@ mod tests {
         store.commit_blocking(vec![expire.clone()]).unwrap();
         store.commit_blocking(vec![expire]).unwrap();
         let p = store
-            .archive_page("a", 0, u64::MAX, false, 1000, &|_| true)
+            .archive_page("a", None, 0, u64::MAX, false, 1000, &|_| true)
             .unwrap();
         assert_eq!(p.items.len(), 501);
         assert_eq!(p.items[0].id, 100_000);
+        // The index lost the expired rows too (it would name missing ids otherwise).
+        let all = |_: &str| true;
+        let carol = store
+            .archive_page("a", Some("carol@x"), 0, u64::MAX, false, 1000, &all)
+            .unwrap();
+        assert_eq!(carol.items.len(), 167);
         assert_eq!(store.archive_bounds("b").unwrap(), None);
         assert_eq!(store.archive_bounds("aa").unwrap(), None);
         store
             .commit_blocking(vec![Write::AccountDelete { user: "a".into() }])
             .unwrap();
         assert_eq!(store.archive_bounds("a").unwrap(), None);
+        let gone = store
+            .archive_page("a", Some("bob@x"), 0, u64::MAX, false, 10, &all)
+            .unwrap();
+        assert!(gone.items.is_empty());
     }
 
     #[test]

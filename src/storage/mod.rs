@@ -125,6 +125,7 @@ impl Store {
             txn.open_table(USER_TO_ROSTER_VERSION)?;
             txn.open_table(USER_SEQ_TO_OFFLINE)?;
             txn.open_table(USER_ID_TO_ARCHIVED)?;
+            txn.open_table(USER_WITH_ID_TO_NOTHING)?;
             txn.open_table(USER_TO_ARCHIVE_PREFS)?;
         }
         txn.commit()?;
@@ -248,6 +249,8 @@ fn apply_one(txn: &WriteTransaction, w: &Write) -> Result<(), Error> {
                 .retain_in((u, 0)..=(u, u64::MAX), |_, _| false)?;
             txn.open_table(USER_ID_TO_ARCHIVED)?
                 .retain_in((u, 0)..=(u, u64::MAX), |_, _| false)?;
+            txn.open_table(USER_WITH_ID_TO_NOTHING)?
+                .retain_in((u, "", 0)..(u, "\u{10ffff}", 0), |_, _| false)?;
             txn.open_table(USER_TO_ARCHIVE_PREFS)?.remove(u)?;
         }
         Write::RosterPut {

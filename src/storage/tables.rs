@@ -28,6 +28,10 @@ pub const USER_SEQ_TO_OFFLINE: TableDefinition<(&str, u64), (u64, &str)> =
 /// order is time order and a time range is an id range.
 pub const USER_ID_TO_ARCHIVED: TableDefinition<(&str, u64), (u64, &str, &str)> =
     TableDefinition::new("archive");
+/// (localpart, the other party's bare JID, archive id) → nothing. The index that makes a
+/// query `with` one contact (scrolling back through one conversation) a range scan.
+pub const USER_WITH_ID_TO_NOTHING: TableDefinition<(&str, &str, u64), ()> =
+    TableDefinition::new("archive_by_contact");
 /// Localpart → XEP-0313 §6 archiving preferences (TOML of `archive::Prefs`).
 pub const USER_TO_ARCHIVE_PREFS: TableDefinition<&str, &str> =
     TableDefinition::new("archive_prefs");

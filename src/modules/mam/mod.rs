@@ -158,6 +158,7 @@ impl Mam {
         let (lo, hi) = q.id_range();
         let backward = q.before.is_some();
         let with = q.with.clone();
+        let index = with.as_ref().map(|w| w.bare().to_string());
         let keep = move |w: &str| match (&with, Jid::parse(w)) {
             (None, _) => true,
             (Some(f), Ok(w)) if f.is_bare() => w.bare() == *f,
@@ -166,7 +167,7 @@ impl Mam {
         };
         let page = match &q.ids {
             None => store
-                .archive_page(user, lo, hi, backward, q.max, &keep)
+                .archive_page(user, index.as_deref(), lo, hi, backward, q.max, &keep)
                 .map_err(internal(user))?,
             Some(ids) => {
                 let mut items: Vec<_> = store
