@@ -226,6 +226,19 @@ pub fn iq_result(iq: &Element, payload: Option<Element>) -> Element {
     reply
 }
 
+/// A message of `kind` with empty children `(name, ns)`, for modules' tables of cases.
+#[cfg(test)]
+pub fn test_message(kind: Option<&str>, children: &[(&str, &str)]) -> Element {
+    let mut m = Element::new("message", ns::CLIENT);
+    if let Some(k) = kind {
+        m.set_attr("type", k);
+    }
+    for (name, ns) in children {
+        m.push(Element::new(name, ns));
+    }
+    m
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -134,16 +134,7 @@ impl Module for Carbons {
 mod tests {
     use super::*;
 
-    fn msg(kind: Option<&str>, children: &[(&str, &str)]) -> Element {
-        let mut m = Element::new("message", ns::CLIENT);
-        if let Some(k) = kind {
-            m.set_attr("type", k);
-        }
-        for (name, ns) in children {
-            m.push(Element::new(name, ns));
-        }
-        m
-    }
+    use crate::stanza::test_message as msg;
 
     #[test]
     fn what_is_copied() {
