@@ -25,12 +25,14 @@ use crate::modules::{Cx, Effects, Flow, IqRequest, presence};
 use crate::server::Server;
 use crate::session::Outbound;
 use crate::stanza::{Condition, StanzaError, error_reply, iq_result, stanza_type};
-use crate::storage::{Store, Write};
+use crate::storage::{Store, Ticket, Write};
 use crate::xml::{Element, ns};
 use std::rc::Rc;
 
 /// Handles one stanza from the bound session `from`, whose `from` attribute is already stamped.
-pub async fn from_client(server: &Rc<Server>, from: &Jid, stanza: Element) {
+/// Returns the ticket of writes (the archive) that trail the stanza's delivery: the stanza is
+/// durable, and may be acknowledged to its sender, once the ticket resolves.
+pub async fn from_client(server: &Rc<Server>, from: &Jid, stanza: Element) -> Option<Ticket> {
     let effects = {
         let mut cx = Cx::new(server);
         let result = match stanza.name.as_str() {
@@ -45,19 +47,35 @@ pub async fn from_client(server: &Rc<Server>, from: &Jid, stanza: Element) {
         }
         cx.effects
     };
-    if let Err(e) = apply(server, effects).await {
-        log::error!("stanza from {from} not processed: {e}");
-        if stanza.name == "iq" || stanza.name == "message" {
-            let err = StanzaError::new(Condition::InternalServerError);
-            deliver(server, from, error_reply(&stanza, &err));
+    match apply_trailing(server, effects).await {
+        Ok(ticket) => ticket,
+        Err(e) => {
+            log::error!("stanza from {from} not processed: {e}");
+            if stanza.name == "iq" || stanza.name == "message" {
+                let err = StanzaError::new(Condition::InternalServerError);
+                deliver(server, from, error_reply(&stanza, &err));
+            }
+            None
         }
     }
 }
 
+/// [`apply_trailing`], then waits for the trailing writes too.
+pub async fn apply(server: &Rc<Server>, effects: Effects) -> Result<(), Error> {
+    if let Some(t) = apply_trailing(server, effects).await? {
+        Store::wait(t).await?;
+    }
+    Ok(())
+}
+
 /// Makes the writes durable, then queues the stanzas. Whatever the server promises on the
 /// strength of a write (a roster result, "stored for later") is only sent once that write has
-/// been committed. No `RefCell` borrow is held across the await.
-pub async fn apply(server: &Rc<Server>, effects: Effects) -> Result<(), Error> {
+/// been committed. Writes that only trail the stanzas (the archive) are submitted without
+/// waiting: their ticket is returned. No `RefCell` borrow is held across the await.
+pub async fn apply_trailing(
+    server: &Rc<Server>,
+    effects: Effects,
+) -> Result<Option<Ticket>, Error> {
     let Effects {
         mut writes,
         trailing,
@@ -95,10 +113,7 @@ pub async fn apply(server: &Rc<Server>, effects: Effects) -> Result<(), Error> {
     for (conn, err) in closes {
         server.close_conn(conn, err);
     }
-    if let Some(t) = ticket {
-        Store::wait(t).await?;
-    }
-    Ok(())
+    Ok(ticket)
 }
 
 /// Queues a stanza for a session. A session whose queue is full is disconnected: it cannot keep

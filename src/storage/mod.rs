@@ -75,6 +75,19 @@ type Job = (Vec<Write>, Option<Waiter>);
 /// Resolves when the writes it was issued for are durable.
 pub struct Ticket(smol::channel::Receiver<Result<(), String>>);
 
+impl Ticket {
+    /// The outcome if the commit has happened, without waiting.
+    pub fn try_result(&self) -> Option<Result<(), Error>> {
+        match self.0.try_recv() {
+            Ok(r) => Some(r.map_err(Error::Storage)),
+            Err(smol::channel::TryRecvError::Empty) => None,
+            Err(smol::channel::TryRecvError::Closed) => {
+                Some(Err(Error::Storage("the storage thread has stopped".into())))
+            }
+        }
+    }
+}
+
 pub struct Store {
     db: Arc<Database>,
     tx: RefCell<Option<mpsc::Sender<Job>>>,

@@ -12,6 +12,7 @@ use crate::router;
 use crate::server::Server;
 use crate::session::{Outbound, Session};
 use crate::stanza::{StanzaError, StreamCondition as C, StreamError, error_reply, iq_result};
+use crate::storage::{Store, Ticket};
 use crate::stream::csi::{self, Held};
 use crate::stream::sasl::{self, FailureCondition as F, Sasl, Step};
 use crate::stream::smacks::{self, Sm};
@@ -24,6 +25,7 @@ use smol::channel::{Receiver, Sender};
 use smol::future::FutureExt;
 use smol::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use smol::{Async, Timer};
+use std::collections::VecDeque;
 use std::net::{SocketAddr, TcpStream};
 use std::pin::Pin;
 use std::rc::Rc;
@@ -113,6 +115,21 @@ struct Conn {
     held: Held,
     /// The last read stopped early; more input may be ready.
     more_ready: bool,
+    /// Stanzas received from the client and processed, durable or not (wraps like `h`).
+    processed: u32,
+    /// Commits the client's stanzas still wait for, with `processed` after each stanza.
+    pending: VecDeque<(Ticket, u32)>,
+}
+
+/// Stanzas of one client whose archive writes may be waiting for the disk at once.
+const MAX_PENDING_COMMITS: usize = 256;
+
+fn commit_failed(e: &crate::error::Error) -> StreamError {
+    log::error!("a commit failed: {e}");
+    StreamError::with_text(
+        C::InternalServerError,
+        "the server could not store a stanza",
+    )
 }
 
 /// A resuming connection's socket, offered to the task that holds the session.
@@ -176,6 +193,8 @@ pub async fn run(server: Rc<Server>, stream: Async<TcpStream>, peer: SocketAddr,
         inactive: false,
         held: Held::default(),
         more_ready: false,
+        processed: 0,
+        pending: VecDeque::new(),
     };
     log::debug!("connection {id} from {peer} on {}", kind.name());
     // The rare, large futures (handshakes, stanza processing) are boxed so that the task of
@@ -465,6 +484,9 @@ impl Conn {
         self.ping_sent = None;
         self.out.clear();
         let _ = h.reply.try_send(Ok(()));
+        if let Err(e) = self.settle_all().await {
+            return Next::Fail(e);
+        }
         let Some(sm) = self.sm.as_mut() else {
             return Next::Continue;
         };
@@ -870,17 +892,65 @@ impl Conn {
 
     async fn bound(&mut self, jid: &Jid, el: Element) -> Next {
         if el.ns == ns::SM || el.ns == ns::CSI {
-            return self.nonza(&el);
+            return self.nonza(&el).await;
         }
-        let next = self.bound_stanza(jid, el).await;
+        let (next, ticket) = self.bound_stanza(jid, el).await;
+        self.processed = self.processed.wrapping_add(1);
+        if let Some(t) = ticket {
+            self.pending.push_back((t, self.processed));
+        }
+        // Bounded: a client far ahead of the disk waits for it.
+        while self.pending.len() > MAX_PENDING_COMMITS {
+            if let Err(e) = self.settle_one().await {
+                return Next::Fail(e);
+            }
+        }
+        match self.settle_ready() {
+            Ok(()) => next,
+            Err(e) => Next::Fail(e),
+        }
+    }
+
+    /// Drops the tickets that have resolved and updates the stream management `h`: every
+    /// stanza before the oldest unresolved ticket is handled (processed and durable).
+    fn settle_ready(&mut self) -> Result<(), StreamError> {
+        while let Some((t, _)) = self.pending.front() {
+            match t.try_result() {
+                None => break,
+                Some(Ok(())) => {
+                    self.pending.pop_front();
+                }
+                Some(Err(e)) => return Err(commit_failed(&e)),
+            }
+        }
+        let handled = match self.pending.front() {
+            Some((_, h)) => h.wrapping_sub(1),
+            None => self.processed,
+        };
         if let Some(sm) = &mut self.sm {
-            sm.handled = sm.handled.wrapping_add(1);
+            sm.handled = handled;
         }
-        next
+        Ok(())
+    }
+
+    /// Waits for the oldest pending commit.
+    async fn settle_one(&mut self) -> Result<(), StreamError> {
+        if let Some((t, _)) = self.pending.pop_front() {
+            Store::wait(t).await.map_err(|e| commit_failed(&e))?;
+        }
+        self.settle_ready()
+    }
+
+    /// Waits until everything received so far is durable: before telling the client its `h`.
+    async fn settle_all(&mut self) -> Result<(), StreamError> {
+        while !self.pending.is_empty() {
+            self.settle_one().await?;
+        }
+        self.settle_ready()
     }
 
     /// XEP-0198 and XEP-0352 elements of a bound stream.
-    fn nonza(&mut self, el: &Element) -> Next {
+    async fn nonza(&mut self, el: &Element) -> Next {
         match (el.name.as_str(), el.ns.as_str()) {
             ("enable", ns::SM) => {
                 if self.sm.is_some() {
@@ -911,17 +981,22 @@ impl Conn {
                 self.write_nonza(&enabled);
                 Next::Continue
             }
-            ("r", ns::SM) => match &self.sm {
-                Some(sm) => {
-                    let a = smacks::a(sm.handled);
-                    self.write_nonza(&a);
-                    Next::Continue
+            ("r", ns::SM) => {
+                if let Err(e) = self.settle_all().await {
+                    return Next::Fail(e);
                 }
-                None => Next::Fail(StreamError::with_text(
-                    C::UnsupportedStanzaType,
-                    "stream management is not enabled",
-                )),
-            },
+                match &self.sm {
+                    Some(sm) => {
+                        let a = smacks::a(sm.handled);
+                        self.write_nonza(&a);
+                        Next::Continue
+                    }
+                    None => Next::Fail(StreamError::with_text(
+                        C::UnsupportedStanzaType,
+                        "stream management is not enabled",
+                    )),
+                }
+            }
             ("a", ns::SM) => {
                 let result = match (&mut self.sm, smacks::h_of(el)) {
                     (Some(sm), Some(h)) => sm.ack(h),
@@ -997,25 +1072,25 @@ impl Conn {
         }
     }
 
-    async fn bound_stanza(&mut self, jid: &Jid, mut el: Element) -> Next {
+    async fn bound_stanza(&mut self, jid: &Jid, mut el: Element) -> (Next, Option<Ticket>) {
         if el.ns != ns::CLIENT || !matches!(el.name.as_str(), "message" | "presence" | "iq") {
-            return Next::Fail(StreamError::new(C::UnsupportedStanzaType));
+            return (Next::Fail(StreamError::new(C::UnsupportedStanzaType)), None);
         }
         if router::is_iq_for(&el, "session", ns::SESSION) {
-            return self.send(iq_result(&el, None)).await;
+            return (self.send(iq_result(&el, None)).await, None);
         }
         if router::is_iq_for(&el, "bind", ns::BIND) {
             let e = StanzaError::new(crate::stanza::Condition::NotAllowed);
-            return self.send(error_reply(&el, &e)).await;
+            return (self.send(error_reply(&el, &e)).await, None);
         }
         // RFC 6120 §8.1.2.1: the server stamps the sender's full JID, whatever the client said.
         el.set_attr("from", jid.to_string());
         // Our own output so far goes first, so replies keep their order.
         if !self.flush().await {
-            return Next::Lost;
+            return (Next::Lost, None);
         }
-        router::from_client(&self.server, jid, el).await;
-        Next::Continue
+        let ticket = router::from_client(&self.server, jid, el).await;
+        (Next::Continue, ticket)
     }
 
     /// The session ends: leave the session table, tell contacts, keep unsent messages.

@@ -67,3 +67,90 @@ fn acknowledged_messages_survive_kill_9_exactly_once() {
         got.len()
     );
 }
+
+/// Bodies in `user`'s archive, oldest first, read in pages through XEP-0313 and XEP-0059.
+fn archived_bodies(c: &mut Client) -> Vec<u32> {
+    let mut bodies = Vec::new();
+    let mut after = String::new();
+    loop {
+        let set = match after.is_empty() {
+            true => "<set xmlns='http://jabber.org/protocol/rsm'><max>200</max></set>".to_owned(),
+            false => format!(
+                "<set xmlns='http://jabber.org/protocol/rsm'><max>200</max><after>{after}</after></set>"
+            ),
+        };
+        let id = c.send_iq(
+            "type='set'",
+            &format!("<query xmlns='urn:xmpp:mam:2'>{set}</query>"),
+        );
+        loop {
+            let el = c.recv();
+            if el.is("iq", ns::CLIENT) && el.attr("id") == Some(id.as_str()) {
+                let fin = el.get("fin", "urn:xmpp:mam:2");
+                if fin.attr("complete") == Some("true") {
+                    return bodies;
+                }
+                let last = fin
+                    .get("set", "http://jabber.org/protocol/rsm")
+                    .get("last", "http://jabber.org/protocol/rsm");
+                after = last.text.clone();
+                break;
+            }
+            let fwd = el
+                .get("result", "urn:xmpp:mam:2")
+                .get("forwarded", "urn:xmpp:forward:0");
+            let body = &fwd.get("message", ns::CLIENT).get("body", ns::CLIENT).text;
+            bodies.push(body.parse().expect("a numbered body"));
+        }
+    }
+}
+
+#[test]
+fn acknowledged_messages_to_an_online_contact_are_archived_exactly_once() {
+    let mut server = TestServer::start_with("[stream_management]\nack_every = 100000\n");
+    server.add_users(&["alice", "bob"]);
+    let mut alice = Client::user(&server, "alice", "phone");
+    let mut bob = Client::online(&server, "bob", "pc");
+    alice.send(&format!("<enable xmlns='{SM}'/>"));
+    alice.expect(&format!("<enabled xmlns='{SM}'/>"));
+    let (mut sent, mut acked) = (0u32, 0u32);
+    while acked < 100 {
+        for _ in 0..25 {
+            alice.send(&format!(
+                "<message to='bob@localhost' type='chat'><body>{sent}</body></message>"
+            ));
+            sent += 1;
+        }
+        alice.send(&format!("<r xmlns='{SM}'/>"));
+        let a = alice.expect(&format!("<a xmlns='{SM}' h='{{any}}'/>"));
+        acked = a
+            .attr("h")
+            .and_then(|h| h.parse().ok())
+            .expect("a numeric h");
+    }
+    // Delivered to bob as they come, before the disk has them; then the server dies.
+    for _ in 0..50 {
+        alice.send(&format!(
+            "<message to='bob@localhost' type='chat'><body>{sent}</body></message>"
+        ));
+        sent += 1;
+    }
+    server.kill_hard();
+    drop((alice, bob));
+    server.restart();
+    for user in ["alice", "bob"] {
+        let mut c = Client::user(&server, user, "tablet");
+        let got = archived_bodies(&mut c);
+        let mut unique = got.clone();
+        unique.dedup();
+        assert_eq!(unique, got, "{user}'s archive holds no message twice");
+        assert!(
+            got.windows(2).all(|w| w[0] < w[1]),
+            "{user}'s archive is in order: {got:?}"
+        );
+        assert!(
+            (0..acked).all(|n| got.contains(&n)),
+            "{user}'s archive has every acknowledged message (0..{acked}): {got:?}"
+        );
+    }
+}
