@@ -110,7 +110,7 @@ fn acknowledged_messages_to_an_online_contact_are_archived_exactly_once() {
     let mut server = TestServer::start_with("[stream_management]\nack_every = 100000\n");
     server.add_users(&["alice", "bob"]);
     let mut alice = Client::user(&server, "alice", "phone");
-    let mut bob = Client::online(&server, "bob", "pc");
+    let bob = Client::online(&server, "bob", "pc");
     alice.send(&format!("<enable xmlns='{SM}'/>"));
     alice.expect(&format!("<enabled xmlns='{SM}'/>"));
     let (mut sent, mut acked) = (0u32, 0u32);
