@@ -100,19 +100,32 @@ fn list(store: &Store, domain: &str) -> Result<Vec<String>, String> {
 
 /// Runs a request, through the running server if there is one. Returns the output lines.
 pub fn execute(config: &Config, req: &Request) -> Result<Vec<String>, Error> {
-    match UnixStream::connect(config.admin_socket()) {
-        Ok(stream) => remote(stream, req),
-        Err(_) => {
-            std::fs::create_dir_all(&config.server.data_dir)
-                .map_err(|e| Error::io("create the data directory", &config.server.data_dir, &e))?;
-            let store = Store::open(&config.store_path())?;
-            let writes = plan(&store, req).map_err(Error::Config)?;
-            store.commit_blocking(writes)?;
-            match req {
-                Request::List => list(&store, &config.server.domain).map_err(Error::Storage),
-                _ => Ok(Vec::new()),
-            }
+    // Another `hearth user` command holds the store for a few milliseconds, and a server that
+    // is starting opens its admin socket a moment after the store: try again for a while.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if let Ok(stream) = UnixStream::connect(config.admin_socket()) {
+            return remote(stream, req);
         }
+        match direct(config, req) {
+            Err(Error::InUse(_)) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            result => return result,
+        }
+    }
+}
+
+/// Runs a request on the store itself, when no server is running.
+fn direct(config: &Config, req: &Request) -> Result<Vec<String>, Error> {
+    std::fs::create_dir_all(&config.server.data_dir)
+        .map_err(|e| Error::io("create the data directory", &config.server.data_dir, &e))?;
+    let store = Store::open(&config.store_path())?;
+    let writes = plan(&store, req).map_err(Error::Config)?;
+    store.commit_blocking(writes)?;
+    match req {
+        Request::List => list(&store, &config.server.domain).map_err(Error::Storage),
+        _ => Ok(Vec::new()),
     }
 }
 

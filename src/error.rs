@@ -11,6 +11,8 @@ pub enum Error {
     Io(String),
     Tls(String),
     Storage(String),
+    /// Another process holds the store.
+    InUse(String),
 }
 
 impl Error {
@@ -30,7 +32,9 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Config(m) | Error::Io(m) | Error::Tls(m) | Error::Storage(m) => f.write_str(m),
+            Error::Config(m) | Error::Io(m) | Error::Tls(m) | Error::Storage(m) | Error::InUse(m) => {
+                f.write_str(m)
+            }
         }
     }
 }

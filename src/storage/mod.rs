@@ -99,9 +99,9 @@ impl Store {
     pub fn open(path: &Path) -> Result<Store, Error> {
         let exists = path.exists();
         let db = Database::create(path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => Error::Storage(format!(
-                "the data store {} is in use by another hearth process; stop it first, or use \
-                 the hearth command while it runs (it talks to the running server)",
+            redb::DatabaseError::DatabaseAlreadyOpen => Error::InUse(format!(
+                "the data store {} is in use by another hearth process; if a server runs \
+                 on it, check that its admin socket admin.sock is in the data directory",
                 path.display()
             )),
             e => Error::Storage(format!(
