@@ -197,6 +197,7 @@ async fn run(server: &Rc<Server>, req: &Request) -> Result<Vec<String>, String> 
     match req {
         Request::List => list(&server.store, &server.config.server.domain),
         Request::Remove(u) => {
+            server.accounts.borrow_mut().remove(u);
             let conns: Vec<u64> = server
                 .sessions
                 .borrow()
@@ -217,6 +218,7 @@ async fn run(server: &Rc<Server>, req: &Request) -> Result<Vec<String>, String> 
             Ok(Vec::new())
         }
         Request::Add(u, _) | Request::Passwd(u, _) => {
+            server.accounts.borrow_mut().insert(u.clone());
             log::info!("set the password of {u}");
             Ok(Vec::new())
         }

@@ -32,9 +32,11 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Config(m) | Error::Io(m) | Error::Tls(m) | Error::Storage(m) | Error::InUse(m) => {
-                f.write_str(m)
-            }
+            Error::Config(m)
+            | Error::Io(m)
+            | Error::Tls(m)
+            | Error::Storage(m)
+            | Error::InUse(m) => f.write_str(m),
         }
     }
 }

@@ -160,7 +160,7 @@ fn message(cx: &mut Cx, from: &Jid, mut msg: Element) -> Result<(), StanzaError>
         return Ok(());
     };
     let kind = stanza_type(&msg).to_owned();
-    if !cx.server.store.user_exists(user).unwrap_or(false) {
+    if !cx.server.account_exists(user) {
         return Err(StanzaError::service_unavailable());
     }
     let full_target = !to.is_bare() && cx.server.sessions.borrow().get(&to).is_some();
@@ -234,7 +234,7 @@ fn iq(cx: &mut Cx, from: &Jid, iq: &Element) -> Result<(), StanzaError> {
     let own = to.local() == from.local();
     if let Some(l) = to.local()
         && !own
-        && !cx.server.store.user_exists(l).unwrap_or(false)
+        && !cx.server.account_exists(l)
     {
         return Err(StanzaError::service_unavailable());
     }

@@ -35,6 +35,8 @@ pub struct Server {
     pub tls: RefCell<Arc<rustls::ServerConfig>>,
     pub conns: RefCell<HashMap<u64, Conn>>,
     pub throttle: RefCell<Throttle>,
+    /// The accounts (localparts), kept in memory: routing asks for every stanza.
+    pub accounts: RefCell<std::collections::HashSet<String>>,
     /// XEP-0198 sessions that can be resumed, by resumption id.
     pub resumable: RefCell<HashMap<String, crate::stream::c2s::Resumable>>,
     /// Set once shutdown begins: listeners stop accepting.
@@ -92,12 +94,17 @@ impl Server {
             tls: RefCell::new(tls),
             conns: RefCell::default(),
             throttle: RefCell::default(),
+            accounts: RefCell::default(),
             resumable: RefCell::default(),
             closing: Cell::new(false),
             next_conn: Cell::new(1),
             last_version: Cell::new(0),
             staged_roster: RefCell::default(),
         }
+    }
+
+    pub fn account_exists(&self, user: &str) -> bool {
+        self.accounts.borrow().contains(user)
     }
 
     pub fn add_conn(&self, tx: Sender<Outbound>, ip: IpAddr) -> u64 {
@@ -186,7 +193,9 @@ pub fn serve(config: Config) -> Result<(), Error> {
     let tls = tls::load(&config)?;
     let bound = listener::bind_all(&config)?;
     let admin = admin::bind(&config)?;
+    let accounts = store.users()?.into_iter().collect();
     let server = Rc::new(Server::new(config, store, tls));
+    *server.accounts.borrow_mut() = accounts;
     let ex = Rc::new(LocalExecutor::new());
     // Installed before the listening lines are printed: a SIGTERM from then on must shut the
     // server down gracefully.

@@ -301,7 +301,7 @@ fn out_subscribe(cx: &mut Cx, user: &str, contact: &Jid) {
 fn in_subscribe(cx: &mut Cx, user: &str, contact: &Jid) {
     let c = local(contact);
     let user_jid = Jid::bare_from(user, cx.domain());
-    if !cx.server.store.user_exists(c).unwrap_or(false) {
+    if !cx.server.account_exists(c) {
         in_unsubscribed(cx, user, contact);
         return;
     }

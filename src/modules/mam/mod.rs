@@ -30,7 +30,8 @@ use crate::storage::Write;
 use crate::xml::{Element, ns, reader};
 use prefs::{Prefs, Verdict};
 use serde::Deserialize;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 #[derive(Debug, Deserialize)]
@@ -69,6 +70,9 @@ pub struct Mam {
     /// list is built before the store is reachable, so this is done on first use).
     last_id: Cell<u64>,
     last_expiry: Cell<Option<SystemTime>>,
+    /// Preferences read so far, by localpart: every archived message consults them. Bounded
+    /// by the number of accounts; the module writes every change through it.
+    prefs: RefCell<HashMap<String, Prefs>>,
 }
 
 impl Mam {
@@ -79,6 +83,7 @@ impl Mam {
             max_page: config.max_page,
             last_id: Cell::new(0),
             last_expiry: Cell::new(None),
+            prefs: RefCell::default(),
         }
     }
 
@@ -111,16 +116,28 @@ impl Mam {
         id
     }
 
-    /// Whether `user`'s preferences let a message with `with` into the archive.
-    fn wanted(&self, cx: &Cx, user: &str, with: &Jid) -> bool {
+    /// `user`'s preferences, from the cache or the store.
+    fn prefs_of(&self, cx: &Cx, user: &str) -> Prefs {
+        if let Some(p) = self.prefs.borrow().get(user) {
+            return p.clone();
+        }
         let prefs = match cx.server.store.archive_prefs(user) {
             Ok(p) => p.map(|p| Prefs::decode(&p)).unwrap_or_default(),
             Err(e) => {
                 log::error!("reading the archive preferences of {user}: {e}");
-                Prefs::default()
+                return Prefs::default();
             }
         };
-        match prefs.verdict(with) {
+        self.prefs
+            .borrow_mut()
+            .insert(user.to_owned(), prefs.clone());
+        prefs
+    }
+
+    /// Whether `user`'s preferences let a message with `with` into the archive.
+    fn wanted(&self, cx: &Cx, user: &str, with: &Jid) -> bool {
+        let verdict = self.prefs_of(cx, user).verdict(with);
+        match verdict {
             Verdict::Archive => true,
             Verdict::Skip => false,
             Verdict::IfInRoster => cx
@@ -228,20 +245,16 @@ impl Mam {
         user: &str,
     ) -> Result<Option<Element>, StanzaError> {
         if !iq.set {
-            let stored = cx
-                .server
-                .store
-                .archive_prefs(user)
-                .map_err(internal(user))?;
-            let prefs = stored.map(|p| Prefs::decode(&p)).unwrap_or_default();
-            return Ok(Some(prefs.to_element()));
+            return Ok(Some(self.prefs_of(cx, user).to_element()));
         }
         let prefs = Prefs::parse(iq.payload)?;
         cx.write(Write::ArchivePrefsPut {
             user: user.to_owned(),
             prefs: prefs.encode(),
         });
-        Ok(Some(prefs.to_element()))
+        let answer = prefs.to_element();
+        self.prefs.borrow_mut().insert(user.to_owned(), prefs);
+        Ok(Some(answer))
     }
 
     fn metadata(&self, cx: &Cx, user: &str) -> Result<Option<Element>, StanzaError> {
@@ -347,7 +360,7 @@ impl Module for Mam {
         let deliverable = to.domain() == domain
             && to
                 .local()
-                .is_some_and(|l| l != user && cx.server.store.user_exists(l).unwrap_or(false));
+                .is_some_and(|l| l != user && cx.server.account_exists(l));
         if deliverable && self.wanted(cx, user, &to) {
             self.archive(cx, user, &to, msg);
         }
