@@ -237,10 +237,28 @@ fn writer(db: &Database, rx: &mpsc::Receiver<Job>) {
 
 fn apply(db: &Database, jobs: &[Job]) -> Result<(), Error> {
     let txn = db.begin_write()?;
-    for (writes, _) in jobs {
-        for w in writes {
-            apply_one(&txn, w)?;
+    // Consecutive archive appends go in as one run; everything else in order.
+    let mut run: Vec<archive::Entry<'_>> = Vec::new();
+    for w in jobs.iter().flat_map(|(writes, _)| writes) {
+        match w {
+            Write::ArchiveAppend {
+                user,
+                id,
+                stamp_ms,
+                with,
+                xml,
+            } => run.push((user, *id, *stamp_ms, with, xml)),
+            other => {
+                if !run.is_empty() {
+                    archive::append(&txn, &run)?;
+                    run.clear();
+                }
+                apply_one(&txn, other)?;
+            }
         }
+    }
+    if !run.is_empty() {
+        archive::append(&txn, &run)?;
     }
     txn.commit()?;
     Ok(())
@@ -307,7 +325,7 @@ fn apply_one(txn: &WriteTransaction, w: &Write) -> Result<(), Error> {
             stamp_ms,
             with,
             xml,
-        } => archive::append(txn, user, *id, *stamp_ms, with, xml)?,
+        } => archive::append(txn, &[(user, *id, *stamp_ms, with, xml)])?,
         Write::ArchiveExpire {
             before_ms,
             max_rows,
