@@ -198,6 +198,9 @@ async fn run(server: &Rc<Server>, req: &Request) -> Result<Vec<String>, String> 
         Request::List => list(&server.store, &server.config.server.domain),
         Request::Remove(u) => {
             server.accounts.borrow_mut().remove(u);
+            for m in &server.modules {
+                m.account_removed(u);
+            }
             let conns: Vec<u64> = server
                 .sessions
                 .borrow()

@@ -129,6 +129,8 @@ pub trait Module {
     fn initial_presence(&self, _cx: &mut Cx, _session: &Jid) {}
     /// Called about once a second by the server's timer, for work off the stanza path
     /// (archive expiry).
+    /// The account was deleted (with everything stored for it): forget what is cached.
+    fn account_removed(&self, _user: &str) {}
     fn tick(&self, _cx: &mut Cx, _now: SystemTime) {}
 }
 
@@ -151,8 +153,8 @@ pub fn all(config: &Config) -> Vec<Box<dyn Module>> {
         list.push(Box::new(mam::Mam::new(&config.modules.mam)));
     }
     list.push(Box::new(carbons::Carbons));
-    list.push(Box::new(offline::Offline {
-        max_per_user: config.modules.offline.max_per_user,
-    }));
+    list.push(Box::new(offline::Offline::new(
+        config.modules.offline.max_per_user,
+    )));
     list
 }

@@ -16,6 +16,8 @@ use crate::stanza::{Condition, StanzaError, stanza_type};
 use crate::storage::Write;
 use crate::xml::{Element, ns, reader};
 use serde::Deserialize;
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 #[derive(Debug, Deserialize)]
@@ -33,6 +35,30 @@ impl Default for Config {
 
 pub struct Offline {
     pub max_per_user: usize,
+    /// Messages stored per account, counting writes not yet committed: the quota must hold
+    /// while pushes are on their way to the disk. Filled from the store on first use.
+    counts: RefCell<HashMap<String, usize>>,
+}
+
+impl Offline {
+    pub fn new(max_per_user: usize) -> Offline {
+        Offline {
+            max_per_user,
+            counts: RefCell::default(),
+        }
+    }
+
+    fn count(&self, cx: &Cx, user: &str) -> Result<usize, StanzaError> {
+        if let Some(n) = self.counts.borrow().get(user) {
+            return Ok(*n);
+        }
+        let n = cx.server.store.offline_count(user).map_err(|e| {
+            log::error!("offline count for {user}: {e}");
+            StanzaError::new(Condition::InternalServerError)
+        })?;
+        self.counts.borrow_mut().insert(user.to_owned(), n);
+        Ok(n)
+    }
 }
 
 /// Whether a message with no resource to go to is worth keeping.
@@ -45,6 +71,10 @@ pub fn storable(msg: &Element) -> bool {
 impl Module for Offline {
     fn name(&self) -> &'static str {
         "offline"
+    }
+
+    fn account_removed(&self, user: &str) {
+        self.counts.borrow_mut().remove(user);
     }
     fn features(&self) -> &'static [&'static str] {
         &[ns::OFFLINE]
@@ -60,21 +90,21 @@ impl Module for Offline {
         if !targets.is_empty() || !storable(msg) {
             return Ok(Flow::Continue);
         }
-        let count = cx.server.store.offline_count(user).map_err(|e| {
-            log::error!("offline count for {user}: {e}");
-            StanzaError::new(Condition::InternalServerError)
-        })?;
+        let count = self.count(cx, user)?;
         if count >= self.max_per_user {
             return Err(StanzaError::with_text(
                 Condition::ResourceConstraint,
                 "the recipient's offline storage is full",
             ));
         }
-        cx.write(Write::OfflinePush {
+        // The sender is told nothing on storing, so nothing waits for this write but its
+        // XEP-0198 acknowledgement, which does (see `Cx::write_trailing`).
+        cx.write_trailing(Write::OfflinePush {
             user: user.to_owned(),
             stamp_ms: now_ms(),
             xml: msg.to_xml(),
         });
+        self.counts.borrow_mut().insert(user.to_owned(), count + 1);
         Ok(Flow::Handled)
     }
 
@@ -96,6 +126,7 @@ impl Module for Offline {
         let Some(last) = msgs.last().map(|m| m.seq) else {
             return;
         };
+        let msgs_len = msgs.len();
         let domain = cx.domain().to_owned();
         let bare = session.bare().to_string();
         for m in msgs {
@@ -117,10 +148,16 @@ impl Module for Offline {
             );
             cx.send(session.clone(), el);
         }
-        cx.write(Write::OfflineDelete {
+        // After the messages are queued, not before: a crash in between delivers them again
+        // rather than losing them.
+        cx.write_trailing(Write::OfflineDelete {
             user: user.to_owned(),
             upto: last,
         });
+        let delivered = msgs_len;
+        if let Some(n) = self.counts.borrow_mut().get_mut(user) {
+            *n = n.saturating_sub(delivered);
+        }
     }
 }
 

@@ -317,6 +317,10 @@ impl Module for Mam {
     fn name(&self) -> &'static str {
         "mam"
     }
+
+    fn account_removed(&self, user: &str) {
+        self.prefs.borrow_mut().remove(user);
+    }
     fn features(&self) -> &'static [&'static str] {
         &[ns::MAM, ns::MAM_EXTENDED, ns::SID]
     }
