@@ -248,6 +248,13 @@ impl Config {
         if self.limits.max_stanza_bytes < 10_000 {
             return Err("limits.max_stanza_bytes must be at least 10000 (RFC 6120 §13.12)".into());
         }
+        if self.modules.offline.max_per_user >= self.limits.queue_len {
+            return Err(format!(
+                "modules.offline.max_per_user ({}) must be smaller than limits.queue_len ({}): \
+                 a client gets all its offline messages at once, through that queue",
+                self.modules.offline.max_per_user, self.limits.queue_len
+            ));
+        }
         if self.stream_management.ack_every == 0 || self.csi.max_held == 0 {
             return Err("stream_management.ack_every and csi.max_held must be positive".into());
         }
@@ -314,5 +321,7 @@ mod tests {
         assert!(e.contains("not a domain name"), "{e}");
         let e = Config::parse("[listen]\nc2s = ['localhost']").unwrap_err();
         assert!(e.contains("IP:port"), "{e}");
+        let e = Config::parse("[modules.offline]\nmax_per_user = 5000").unwrap_err();
+        assert!(e.contains("limits.queue_len"), "{e}");
     }
 }

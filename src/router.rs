@@ -33,6 +33,11 @@ use std::rc::Rc;
 /// Returns the ticket of writes (the archive) that trail the stanza's delivery: the stanza is
 /// durable, and may be acknowledged to its sender, once the ticket resolves.
 pub async fn from_client(server: &Rc<Server>, from: &Jid, stanza: Element) -> Option<Ticket> {
+    if needs_settled_store(server, from, &stanza)
+        && let Err(e) = server.store.barrier().await
+    {
+        log::error!("waiting for the store: {e}");
+    }
     let effects = {
         let mut cx = Cx::new(server);
         let result = match stanza.name.as_str() {
@@ -57,6 +62,29 @@ pub async fn from_client(server: &Rc<Server>, from: &Jid, stanza: Element) -> Op
             }
             None
         }
+    }
+}
+
+/// Stanzas whose handling reads what earlier stanzas wrote without waiting for the disk:
+/// initial presence (offline messages stored a moment ago must be delivered now, not at the
+/// next login) and iq queries of modules that ask for it (the archive).
+fn needs_settled_store(server: &Server, from: &Jid, stanza: &Element) -> bool {
+    match stanza.name.as_str() {
+        "presence" => {
+            stanza.attr("type").is_none()
+                && stanza.attr("to").is_none()
+                && server
+                    .sessions
+                    .borrow()
+                    .get(from)
+                    .is_some_and(|s| !s.available)
+        }
+        "iq" => stanza.elements().next().is_some_and(|payload| {
+            server.modules.iter().any(|m| {
+                m.reads_trailing_writes() && m.iq_routes().iter().any(|r| r.ns == payload.ns)
+            })
+        }),
+        _ => false,
     }
 }
 

@@ -101,6 +101,11 @@ pub trait Module {
     fn iq_routes(&self) -> &'static [IqRoute] {
         &[]
     }
+    /// Its iq handlers read what earlier stanzas wrote (an archive query must list the message
+    /// just delivered): the router lets every submitted write commit before calling them.
+    fn reads_trailing_writes(&self) -> bool {
+        false
+    }
     /// Returns the payload of the result (or none), or the error; the router replies.
     fn handle_iq(&self, _cx: &mut Cx, _iq: &IqRequest) -> Result<Option<Element>, StanzaError> {
         Err(StanzaError::service_unavailable())

@@ -180,6 +180,11 @@ impl Store {
         }
     }
 
+    /// Resolves once every write submitted before it is durable (writes commit in order).
+    pub async fn barrier(&self) -> Result<(), Error> {
+        Store::wait(self.submit(Vec::new())?).await
+    }
+
     /// Makes `writes` durable; resolves after the group commit that contains them.
     pub async fn commit(&self, writes: Vec<Write>) -> Result<(), Error> {
         if writes.is_empty() {
@@ -223,7 +228,9 @@ fn writer(db: &Database, rx: &mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        let result = apply(db, &jobs).map_err(|e| {
+        // Barriers alone need no transaction: everything before them is committed already.
+        let empty = jobs.iter().all(|(w, _)| w.is_empty());
+        let result = if empty { Ok(()) } else { apply(db, &jobs) }.map_err(|e| {
             log::error!("storage commit failed: {e}");
             e.to_string()
         });

@@ -8,7 +8,7 @@ const SM: &str = "urn:xmpp:sm:3";
 #[test]
 fn acknowledged_messages_survive_kill_9_exactly_once() {
     let mut server = TestServer::start_with(
-        "[modules.offline]\nmax_per_user = 5000\n[stream_management]\nack_every = 100000\n",
+        "[modules.offline]\nmax_per_user = 5000\n[limits]\nqueue_len = 6000\n[stream_management]\nack_every = 100000\n",
     );
     server.add_users(&["alice", "bob"]);
     let mut alice = Client::user(&server, "alice", "phone");

@@ -158,7 +158,9 @@ fn fill(server: &TestServer) -> Client {
 
 #[test]
 fn paging_and_filters_over_520_messages() {
-    let server = TestServer::start_with("[modules.offline]\nmax_per_user = 2000\n");
+    let server = TestServer::start_with(
+        "[modules.offline]\nmax_per_user = 2000\n[limits]\nqueue_len = 3000\n",
+    );
     server.add_users(&["alice", "bob", "carol"]);
     let mut alice = fill(&server);
     let all_bodies: Vec<String> = (0..TOTAL).map(|i| format!("m{i}")).collect();

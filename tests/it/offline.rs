@@ -91,3 +91,37 @@ fn headlines_are_not_stored() {
     alice.sync();
     bob_comes_online(&server, "home", &[]);
 }
+
+#[test]
+fn messages_stored_a_moment_before_initial_presence_are_all_delivered() {
+    // Storing does not wait for the disk; initial presence must still see every message
+    // stored before it, not leave the newest ones for the next login.
+    let server = server_with("");
+    let mut alice = Client::user(&server, "alice", "home");
+    let mut bob = Client::user(&server, "bob", "phone");
+    bob.sync();
+    let bodies: Vec<String> = (0..300).map(|i| i.to_string()).collect();
+    for b in &bodies {
+        alice.send_message("bob@localhost", "chat", b);
+    }
+    alice.sync();
+    bob.send("<presence/>");
+    let ping = bob.send_iq(
+        "type='get' to='localhost'",
+        &format!("<ping xmlns='{}'/>", ns::PING),
+    );
+    let mut got = Vec::new();
+    loop {
+        let el = bob.recv();
+        if el.is("iq", ns::CLIENT) && el.attr("id") == Some(ping.as_str()) {
+            break;
+        }
+        if el.name == "message" {
+            got.push(el.get("body", ns::CLIENT).text.clone());
+        }
+    }
+    assert_eq!(
+        got, bodies,
+        "every stored message, in order, at this initial presence"
+    );
+}

@@ -318,6 +318,10 @@ impl Module for Mam {
         "mam"
     }
 
+    fn reads_trailing_writes(&self) -> bool {
+        true
+    }
+
     fn account_removed(&self, user: &str) {
         self.prefs.borrow_mut().remove(user);
     }
