@@ -207,9 +207,14 @@ impl Config {
 
     pub fn parse(text: &str) -> Result<Config, String> {
         let cfg: Config = toml::from_str(text).map_err(|e| {
+            // toml's own rendering spans several lines; an operator gets one sentence.
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            let at = line.map(|l| format!(" at line {l}")).unwrap_or_default();
             format!(
-                "the config is not valid: {}; fix it and start again",
-                e.to_string().trim()
+                "the config is not valid{at}: {}; fix it and start again",
+                e.message().trim()
             )
         })?;
         cfg.validate()?;

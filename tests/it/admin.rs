@@ -114,3 +114,37 @@ fn user_commands_work_while_stopped() {
         "not-authorized",
     );
 }
+
+#[test]
+fn check_reports_the_certificate_and_listeners() {
+    let server = TestServer::start();
+    let out = server.cli(&["check"], "");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "check failed: {text}");
+    assert!(
+        text.contains("would listen c2s 127.0.0.1:0 (STARTTLS)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("would listen c2s_tls 127.0.0.1:0 (direct TLS)"),
+        "{text}"
+    );
+    assert!(text.contains("config ok"), "{text}");
+}
+
+#[test]
+fn config_errors_are_one_sentence_and_exit_2() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let config = dir.path().join("bad.toml");
+    std::fs::write(&config, "[server]\ndomian = 'x'\n").expect("write the config");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hearth"))
+        .arg("--config")
+        .arg(&config)
+        .arg("check")
+        .output()
+        .expect("run hearth");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(err.contains("domian"), "names the unknown key: {err}");
+}
