@@ -14,6 +14,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, WriteTransaction};
 use std::cell::RefCell;
 use std::path::Path;
 use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
 use tables::*;
 
 /// One durable change. The writer applies a batch of these in one transaction.
@@ -220,12 +221,22 @@ impl Drop for Store {
 fn writer(db: &Database, rx: &mpsc::Receiver<Job>) {
     // Bounded so that one commit's latency stays bounded under a flood.
     const MAX_BATCH: usize = 4096;
+    // Commits are at least this far apart: a commit costs the same CPU and fsync whether it
+    // holds one message or a hundred, and at a steady trickle one per message would take a
+    // core from the event loop. Nothing waits for a commit but acknowledgements and replies.
+    const MIN_INTERVAL: Duration = Duration::from_millis(2);
+    let mut last_commit = Instant::now() - MIN_INTERVAL;
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
+        let gather_until = last_commit + MIN_INTERVAL;
         while jobs.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(j) => jobs.push(j),
-                Err(_) => break,
+            let next = match gather_until.checked_duration_since(Instant::now()) {
+                Some(wait) if !wait.is_zero() => rx.recv_timeout(wait).ok(),
+                _ => rx.try_recv().ok(),
+            };
+            match next {
+                Some(j) => jobs.push(j),
+                None => break,
             }
         }
         // Barriers alone need no transaction: everything before them is committed already.
@@ -234,6 +245,9 @@ fn writer(db: &Database, rx: &mpsc::Receiver<Job>) {
             log::error!("storage commit failed: {e}");
             e.to_string()
         });
+        if !empty {
+            last_commit = Instant::now();
+        }
         for (_, waiter) in jobs {
             if let Some(w) = waiter {
                 let _ = w.try_send(result.clone());
