@@ -385,7 +385,11 @@ impl Conn {
                     "too many stanzas waiting for this client",
                 )),
                 Wake::Handoff(Some(h)) => Box::pin(self.take_over(h)).await,
-                Wake::Handoff(None) => Next::Continue,
+                Wake::Handoff(None) => {
+                    // Nobody can resume this session any more; stop listening for it.
+                    self.handoffs = None;
+                    Next::Continue
+                }
                 Wake::Timer if self.detached_at.is_some() => {
                     log::debug!("connection {}: resume window expired", self.id);
                     return;
