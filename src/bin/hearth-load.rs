@@ -14,6 +14,15 @@
 //! - `offline`: `--messages` messages from user1 to user2, who is not logged in; a ping after the
 //!   last one times the storing (its result comes after every earlier stanza was processed).
 //!   Then user2 logs in and sends initial presence, timed until all messages have arrived.
+//! - `mam`: fills user1's archive (XEP-0313) with `--messages` messages to user2 (both online,
+//!   `--window` in flight), waits until a first archive query has seen them all, then times
+//!   `--repeats` queries each, on user1's session: the newest page of 50, a page of 50 that lies
+//!   `--back` messages before the newest (reached once by paging back 250 at a time, which is
+//!   timed too), and the newest page of 50 filtered `with` user2.
+//!
+//! `--sm` (throughput only) enables XEP-0198 on every session after bind: each session answers
+//! the server's `<r/>` with `<a h='N'/>` (N counts the message, presence and iq stanzas it has
+//! received since), and senders also send their own `<r/>` after every 100 messages.
 //!
 //! It parses just enough XML to drive a login (waiting for known closing tags), and afterwards
 //! only counts `</message>` end tags in the byte stream (across read boundaries) and reads the
@@ -58,7 +67,7 @@ struct Args {
     /// password of every account
     #[argh(option, default = "String::from(\"password\")")]
     password: String,
-    /// scenario: idle, throughput, latency or offline
+    /// scenario: idle, throughput, latency, offline or mam
     #[argh(option, default = "String::from(\"idle\")")]
     scenario: String,
     /// idle: number of sessions (and accounts)
@@ -85,9 +94,19 @@ struct Args {
     /// throughput and latency: seconds of traffic before the measurement window
     #[argh(option, default = "2.0")]
     warmup: f64,
-    /// offline: messages sent to the offline account
-    #[argh(option, default = "5000")]
-    messages: u64,
+    /// offline: messages sent to the offline account (default 5000); mam: messages archived
+    /// (default 1000000)
+    #[argh(option)]
+    messages: Option<u64>,
+    /// mam: how many messages before the newest the deep page starts
+    #[argh(option, default = "100000")]
+    back: u64,
+    /// mam: timed repetitions of each query
+    #[argh(option, default = "50")]
+    repeats: usize,
+    /// throughput: enable XEP-0198 stream management and acknowledge
+    #[argh(switch)]
+    sm: bool,
     /// independent executor threads, each with its share of the sessions
     #[argh(option, default = "1")]
     threads: usize,
@@ -272,6 +291,13 @@ async fn login(
     )
     .await?;
     read_until(&mut s, "</iq>").await?;
+    if args.sm {
+        s.write_all(b"<enable xmlns='urn:xmpp:sm:3'/>").await?;
+        let r = read_until(&mut s, "urn:xmpp:sm:3").await?;
+        if !r.contains("<enabled") {
+            return Err(bad("stream management refused"));
+        }
+    }
     if presence {
         s.write_all(b"<presence/>").await?;
     }
@@ -425,6 +451,45 @@ fn count_all(mut hay: &[u8], needle: &[u8]) -> u64 {
 
 const MESSAGE_END: &[u8] = b"</message>";
 
+/// XEP-0198 bookkeeping of a client session: counts the stanzas and the `<r/>`s and `<a/>`s
+/// the server sent (top-level elements only appear as such here: the scenarios that use it
+/// receive no nested stanzas).
+struct SmCount {
+    stanzas: [Needle; 3],
+    requests: Needle,
+    acks: Needle,
+    /// Stanzas received since stream management was enabled (`h`).
+    h: u64,
+}
+
+impl SmCount {
+    fn new() -> SmCount {
+        SmCount {
+            stanzas: [
+                Needle::new(b"<message"),
+                Needle::new(b"<presence"),
+                Needle::new(b"<iq "),
+            ],
+            requests: Needle::new(b"<r xmlns"),
+            acks: Needle::new(b"<a xmlns"),
+            h: 0,
+        }
+    }
+
+    /// Feeds received bytes; returns (`<r/>`s, `<a/>`s) in them.
+    fn feed(&mut self, data: &[u8]) -> (u64, u64) {
+        for n in &mut self.stanzas {
+            self.h += n.count(data);
+        }
+        (self.requests.count(data), self.acks.count(data))
+    }
+
+    /// The answer to a request: `<a/>` with `h` modulo 2^32.
+    fn answer(&self) -> String {
+        format!("<a xmlns='urn:xmpp:sm:3' h='{}'/>", self.h as u32)
+    }
+}
+
 /// Splits a byte stream fed in pieces into complete `...</message>` segments.
 #[derive(Default)]
 struct Scanner {
@@ -552,6 +617,10 @@ struct Shared {
     bounced: AtomicU64,
     /// Sessions the server closed.
     closed: AtomicU64,
+    /// Stream management: `<a/>`s sent, `<a/>`s received, `<r/>`s sent by the clients.
+    acks_sent: AtomicU64,
+    acks_received: AtomicU64,
+    requests_sent: AtomicU64,
     /// When traffic starts, set by the main thread.
     start: OnceLock<Instant>,
 }
@@ -679,6 +748,19 @@ struct Pair {
     received: Cell<u64>,
     /// Wakes the sender when messages arrived (capacity 1: a pending wake-up is enough).
     wake: (smol::channel::Sender<()>, smol::channel::Receiver<()>),
+    /// An `<a/>` the sender's session owes the server (stream management).
+    ack_due: RefCell<Option<String>>,
+}
+
+impl Default for Pair {
+    fn default() -> Pair {
+        Pair {
+            sent: Cell::new(0),
+            received: Cell::new(0),
+            wake: smol::channel::bounded(1),
+            ack_due: RefCell::new(None),
+        }
+    }
 }
 
 /// Reads a receiver's stream: counts messages, records latencies of messages sent within
@@ -690,8 +772,10 @@ async fn receive(
     latencies: Rc<RefCell<Vec<u32>>>,
     window: (u64, u64),
     progress: smol::channel::Sender<()>,
+    sm: bool,
 ) {
     let mut scanner = Scanner::default();
+    let mut sm = sm.then(SmCount::new);
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = match s.read(&mut buf).await {
@@ -703,6 +787,16 @@ async fn receive(
             Ok(n) => n,
         };
         let now = now_us();
+        if let Some(sm) = &mut sm
+            && sm.feed(&buf[..n]).0 > 0
+        {
+            shared.acks_sent.fetch_add(1, Relaxed);
+            let a = sm.answer();
+            if s.write_all(a.as_bytes()).await.is_err() || s.flush().await.is_err() {
+                shared.closed.fetch_add(1, Relaxed);
+                return;
+            }
+        }
         let mut lat = latencies.borrow_mut();
         let got = scanner.feed(&buf[..n], |m| {
             if let Some((_, ts)) = body_numbers(m)
@@ -721,9 +815,16 @@ async fn receive(
     }
 }
 
-/// Reads a sender's stream: messages coming back are errors.
-async fn drain_sender(mut r: smol::io::ReadHalf<Tls>, shared: Arc<Shared>) {
+/// Reads a sender's stream: messages coming back are errors. With stream management, counts
+/// the server's `<a/>`s and hands the answer to its `<r/>`s to the sender, which writes it.
+async fn drain_sender(
+    mut r: smol::io::ReadHalf<Tls>,
+    shared: Arc<Shared>,
+    pair: Rc<Pair>,
+    sm: bool,
+) {
     let mut ends = Needle::new(MESSAGE_END);
+    let mut sm = sm.then(SmCount::new);
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         match r.read(&mut buf).await {
@@ -733,18 +834,28 @@ async fn drain_sender(mut r: smol::io::ReadHalf<Tls>, shared: Arc<Shared>) {
             }
             Ok(n) => {
                 shared.bounced.fetch_add(ends.count(&buf[..n]), Relaxed);
+                if let Some(sm) = &mut sm {
+                    let (requests, acks) = sm.feed(&buf[..n]);
+                    shared.acks_received.fetch_add(acks, Relaxed);
+                    if requests > 0 {
+                        *pair.ack_due.borrow_mut() = Some(sm.answer());
+                        let _ = pair.wake.0.try_send(());
+                    }
+                }
             }
         }
     }
 }
 
-/// Keeps at most `window` messages in flight until `end`.
+/// Keeps at most `window` messages in flight until `end`. With stream management, writes the
+/// `<a/>`s its reader asks for and a `<r/>` after every 100 messages.
 async fn send_window(
     mut w: smol::io::WriteHalf<Tls>,
     pair: Rc<Pair>,
     to: String,
     window: u64,
     end: Instant,
+    sm: Option<Arc<Shared>>,
 ) -> std::io::Result<()> {
     let mut buf = String::new();
     let mut seq = 0;
@@ -753,7 +864,18 @@ async fn send_window(
             return Ok(());
         }
         let in_flight = pair.sent.get() - pair.received.get();
+        buf.clear();
+        if let Some(a) = pair.ack_due.take() {
+            buf.push_str(&a);
+            if let Some(shared) = &sm {
+                shared.acks_sent.fetch_add(1, Relaxed);
+            }
+        }
         if in_flight >= window {
+            if !buf.is_empty() {
+                w.write_all(buf.as_bytes()).await?;
+                w.flush().await?;
+            }
             smol::future::or(
                 async {
                     let _ = pair.wake.1.recv().await;
@@ -767,10 +889,15 @@ async fn send_window(
         }
         let k = window - in_flight;
         let ts = now_us();
-        buf.clear();
         for _ in 0..k {
             seq += 1;
             message(&mut buf, &to, seq, ts);
+            if let Some(shared) = &sm
+                && seq % 100 == 0
+            {
+                buf.push_str("<r xmlns='urn:xmpp:sm:3'/>");
+                shared.requests_sent.fetch_add(1, Relaxed);
+            }
         }
         // Counted before writing: the receiver may see them before the write returns.
         pair.sent.set(pair.sent.get() + k);
@@ -832,13 +959,9 @@ fn pairs_thread(args: &Arc<Args>, shared: &Arc<Shared>, barrier: &Barrier, t: us
             let (Some(a), Some(b)) = (it.next().flatten(), it.next().flatten()) else {
                 continue;
             };
-            let pair = Rc::new(Pair {
-                sent: Cell::new(0),
-                received: Cell::new(0),
-                wake: smol::channel::bounded(1),
-            });
+            let pair = Rc::new(Pair::default());
             let (ar, aw) = smol::io::split(a);
-            readers.push(ex.spawn(drain_sender(ar, shared.clone())));
+            readers.push(ex.spawn(drain_sender(ar, shared.clone(), pair.clone(), args.sm)));
             readers.push(ex.spawn(receive(
                 b,
                 pair.clone(),
@@ -846,6 +969,7 @@ fn pairs_thread(args: &Arc<Args>, shared: &Arc<Shared>, barrier: &Barrier, t: us
                 latencies.clone(),
                 window,
                 progress_tx.clone(),
+                args.sm,
             )));
             let to = format!("{}{}@{}", args.prefix, 2 * g + 2, args.domain);
             senders.push(if args.scenario == "latency" {
@@ -853,7 +977,8 @@ fn pairs_thread(args: &Arc<Args>, shared: &Arc<Shared>, barrier: &Barrier, t: us
                 let first = start + Duration::from_secs_f64(g as f64 / args.rate);
                 ex.spawn(send_rate(aw, pair.clone(), to, first, interval, end))
             } else {
-                ex.spawn(send_window(aw, pair.clone(), to, args.window, end))
+                let sm = args.sm.then(|| shared.clone());
+                ex.spawn(send_window(aw, pair.clone(), to, args.window, end, sm))
             });
             pairs.push(pair);
         }
@@ -947,6 +1072,15 @@ fn pairs(args: &Arc<Args>) -> String {
             cpu * 100.0 / secs
         );
     }
+    if args.sm {
+        let _ = write!(
+            line,
+            " sm=true acks_sent={} acks_received={} requests_sent={}",
+            shared.acks_sent.load(Relaxed),
+            shared.acks_received.load(Relaxed),
+            shared.requests_sent.load(Relaxed)
+        );
+    }
     let _ = write!(
         line,
         "{} sent={} received={} undelivered={} bounced={} closed={}",
@@ -963,7 +1097,7 @@ fn pairs(args: &Arc<Args>) -> String {
 /// user1 sends `messages` messages to user2, who is offline; then user2 logs in.
 async fn offline(args: &Arc<Args>, ex: &LocalExecutor<'_>) -> std::io::Result<String> {
     let shared = Shared::default();
-    let m = args.messages;
+    let m = args.messages.unwrap_or(5000);
     let to = format!("{}2@{}", args.prefix, args.domain);
     let tls = connector();
     let sender = bounded(
@@ -1074,12 +1208,271 @@ async fn offline(args: &Arc<Args>, ex: &LocalExecutor<'_>) -> std::io::Result<St
     Ok(line)
 }
 
+const RSM: &str = "http://jabber.org/protocol/rsm";
+
+/// One archive query's answer, as seen by the client.
+struct Answer {
+    secs: f64,
+    /// `<result/>`s (archived messages) before the iq result.
+    results: u64,
+    /// RSM `first` of the page.
+    first: Option<String>,
+    complete: bool,
+}
+
+/// Sends an archive query with `inner` as its content on a session nobody else reads, and reads
+/// until its iq result (after the result messages): the time from writing to the `</iq>`.
+async fn mam_query(
+    s: &mut Tls,
+    acc: &mut Vec<u8>,
+    id: &str,
+    inner: &str,
+) -> std::io::Result<Answer> {
+    let iq = format!("<iq type='set' id='{id}'><query xmlns='urn:xmpp:mam:2'>{inner}</query></iq>");
+    acc.clear();
+    let t0 = Instant::now();
+    s.write_all(iq.as_bytes()).await?;
+    s.flush().await?;
+    let needle = format!("id='{id}'");
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut scanned = 0usize;
+    loop {
+        let n = s.read(&mut buf).await?;
+        if n == 0 {
+            return Err(bad("stream closed before the archive result"));
+        }
+        acc.extend_from_slice(&buf[..n]);
+        let from = scanned.saturating_sub(needle.len() + 8);
+        scanned = acc.len();
+        let Some(at) = find(&acc[from..], needle.as_bytes()).map(|i| i + from) else {
+            continue;
+        };
+        // The iq with our id is the last thing the server sends for the query.
+        let Some(start) = acc[..at].iter().rposition(|&b| b == b'<') else {
+            continue;
+        };
+        let tail = &acc[start..];
+        if find(tail, b"</iq>").is_none() {
+            continue;
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        let text = String::from_utf8_lossy(tail);
+        if text.contains("type='error'") || text.contains("type=\"error\"") {
+            return Err(bad(&format!("archive query failed: {text}")));
+        }
+        return Ok(Answer {
+            secs,
+            results: count_all(&acc[..start], b"<result "),
+            first: content(&text, "first").map(str::to_owned),
+            complete: text.contains("complete='true'") || text.contains("complete=\"true\""),
+        });
+    }
+}
+
+/// RSM `<set/>` with `max` and `before` (empty: the last page).
+fn rsm(max: usize, before: &str) -> String {
+    format!("<set xmlns='{RSM}'><max>{max}</max><before>{before}</before></set>")
+}
+
+/// p50, p99 and max in milliseconds of `secs`, as `name_p50_ms=.. name_p99_ms=.. name_max_ms=..`.
+fn summary(name: &str, secs: &[f64]) -> String {
+    let mut us: Vec<u32> = secs.iter().map(|s| (s * 1e6) as u32).collect();
+    us.sort_unstable();
+    format!(
+        " {name}_p50_ms={:.3} {name}_p99_ms={:.3} {name}_max_ms={:.3}",
+        percentile_ms(&us, 50.0),
+        percentile_ms(&us, 99.0),
+        percentile_ms(&us, 100.0)
+    )
+}
+
+/// Fills user1's archive with messages to user2, then times archive queries on user1's session.
+async fn mam(args: &Arc<Args>, ex: &LocalExecutor<'_>) -> std::io::Result<String> {
+    let shared = Arc::new(Shared::default());
+    let m = args.messages.unwrap_or(1_000_000);
+    let tls = connector();
+    let user = |k: u32| format!("{}{k}@{}", args.prefix, args.domain);
+    let mut a = bounded(
+        args.timeout,
+        "login",
+        login(args, &tls, &format!("{}1", args.prefix), true),
+    )
+    .await?;
+    let b = bounded(
+        args.timeout,
+        "login",
+        login(args, &tls, &format!("{}2", args.prefix), true),
+    )
+    .await?;
+    let pair = Rc::new(Pair::default());
+    let (progress_tx, _progress_rx) = smol::channel::bounded::<()>(1);
+    let reader = ex.spawn(receive(
+        b,
+        pair.clone(),
+        shared.clone(),
+        Rc::new(RefCell::new(Vec::new())),
+        (0, 0),
+        progress_tx,
+        false,
+    ));
+    // Fill: at most `window` messages in flight. user1's stream gets nothing but its own
+    // presence meanwhile, so it is not read until the queries.
+    let to = user(2);
+    let s0 = Snap::take(args, &shared);
+    let mut buf = String::new();
+    let mut seq = 0;
+    while pair.received.get() < m {
+        let in_flight = pair.sent.get() - pair.received.get();
+        if in_flight < args.window && seq < m {
+            buf.clear();
+            let ts = now_us();
+            for _ in 0..(args.window - in_flight).min(m - seq) {
+                seq += 1;
+                message(&mut buf, &to, seq, ts);
+            }
+            pair.sent.set(seq);
+            a.write_all(buf.as_bytes()).await?;
+            a.flush().await?;
+            continue;
+        }
+        bounded(args.timeout, "delivery", async {
+            pair.wake.1.recv().await.map_err(|_| bad("wake-up"))
+        })
+        .await?;
+        if shared.closed.load(Relaxed) > 0 {
+            return Err(bad("the receiver's stream closed"));
+        }
+    }
+    let s1 = Snap::take(args, &shared);
+    drop(reader);
+    // The server answers an archive query only after every earlier archive write is durable:
+    // the first query is the barrier.
+    let mut acc = Vec::new();
+    let barrier = bounded(
+        args.timeout,
+        "barrier",
+        mam_query(&mut a, &mut acc, "hl-mam-barrier", &rsm(1, "")),
+    )
+    .await?;
+    let s2 = Snap::take(args, &shared);
+    let fill_secs = s1.at.duration_since(s0.at).as_secs_f64();
+    let mut line = format!(
+        "scenario=mam messages={m} window={} fill_secs={fill_secs:.3} fill_msgs_per_sec={:.0} \
+         barrier_ms={:.3}",
+        args.window,
+        m as f64 / fill_secs,
+        barrier.secs * 1000.0
+    );
+    if let Some(cpu) = s2.server_cpu(&s0) {
+        let _ = write!(
+            line,
+            " fill_server_cpu_s_per_1k={:.4}",
+            cpu * 1000.0 / m.max(1) as f64
+        );
+    }
+    line += &s2.noise(&s0);
+
+    let q0 = Snap::take(args, &shared);
+    let mut k = 0u64;
+    let mut next_id = || {
+        k += 1;
+        format!("hl-mam-{k}")
+    };
+    // (a) the newest page.
+    let mut newest = Vec::new();
+    let mut newest_results = 0;
+    for _ in 0..args.repeats {
+        let (id, inner) = (next_id(), rsm(50, ""));
+        let r = bounded(
+            args.timeout,
+            "query",
+            mam_query(&mut a, &mut acc, &id, &inner),
+        )
+        .await?;
+        newest_results = r.results;
+        newest.push(r.secs);
+    }
+    // (b) a page `back` messages before the newest: walk back 250 at a time once.
+    let walk_t0 = Instant::now();
+    let (mut covered, mut pages, mut before) = (0u64, 0u64, String::new());
+    while covered < args.back.min(m) {
+        let (id, inner) = (next_id(), rsm(250, &before));
+        let r = bounded(
+            args.timeout,
+            "query",
+            mam_query(&mut a, &mut acc, &id, &inner),
+        )
+        .await?;
+        pages += 1;
+        covered += r.results;
+        match r.first {
+            Some(f) if !r.complete => before = f,
+            _ => break,
+        }
+    }
+    let walk_secs = walk_t0.elapsed().as_secs_f64();
+    let mut deep = Vec::new();
+    let mut deep_results = 0;
+    for _ in 0..args.repeats {
+        let (id, inner) = (next_id(), rsm(50, &before));
+        let r = bounded(
+            args.timeout,
+            "query",
+            mam_query(&mut a, &mut acc, &id, &inner),
+        )
+        .await?;
+        deep_results = r.results;
+        deep.push(r.secs);
+    }
+    // (c) the newest page with user2.
+    let form = format!(
+        "<x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'>\
+         <value>urn:xmpp:mam:2</value></field><field var='with'><value>{to}</value></field></x>"
+    );
+    let mut with = Vec::new();
+    let mut with_results = 0;
+    for _ in 0..args.repeats {
+        let (id, inner) = (next_id(), format!("{form}{}", rsm(50, "")));
+        let r = bounded(
+            args.timeout,
+            "query",
+            mam_query(&mut a, &mut acc, &id, &inner),
+        )
+        .await?;
+        with_results = r.results;
+        with.push(r.secs);
+    }
+    let q1 = Snap::take(args, &shared);
+    let _ = write!(
+        line,
+        " repeats={} newest_results={newest_results}{} newest_first_ms={:.3} walk_pages={pages} \
+         walk_covered={covered} walk_secs={walk_secs:.3} back_results={deep_results}{} \
+         back_first_ms={:.3} with_results={with_results}{} with_first_ms={:.3}",
+        args.repeats,
+        summary("newest", &newest),
+        newest.first().copied().unwrap_or(f64::NAN) * 1000.0,
+        summary("back", &deep),
+        deep.first().copied().unwrap_or(f64::NAN) * 1000.0,
+        summary("with", &with),
+        with.first().copied().unwrap_or(f64::NAN) * 1000.0,
+    );
+    line += &q1.noise(&q0).replace(' ', " query_");
+    if let Some((rss, _)) = q1.server {
+        let _ = write!(line, " server_rss_kib={rss}");
+    }
+    Ok(line)
+}
+
 fn main() {
     EPOCH.get_or_init(Instant::now);
     let args: Arc<Args> = Arc::new(argh::from_env());
     let host = args.addr.rsplit_once(':').map_or("", |(h, _)| h);
     if !(host.starts_with("127.") || host == "[::1]" || host == "localhost") {
         eprintln!("hearth-load only sends traffic to loopback addresses");
+        std::process::exit(2);
+    }
+    if args.sm && args.scenario != "throughput" {
+        eprintln!("--sm is only for the throughput scenario");
         std::process::exit(2);
     }
     let line = match args.scenario.as_str() {
@@ -1095,8 +1488,18 @@ fn main() {
                 }
             }
         }
+        "mam" => {
+            let ex = LocalExecutor::new();
+            match smol::block_on(ex.run(mam(&args, &ex))) {
+                Ok(line) => line,
+                Err(e) => {
+                    eprintln!("mam: {e}");
+                    std::process::exit(1);
+                }
+            }
+        }
         other => {
-            eprintln!("unknown scenario {other}: use idle, throughput, latency or offline");
+            eprintln!("unknown scenario {other}: use idle, throughput, latency, offline or mam");
             std::process::exit(2);
         }
     };
