@@ -120,7 +120,7 @@ pub fn execute(config: &Config, req: &Request) -> Result<Vec<String>, Error> {
 fn direct(config: &Config, req: &Request) -> Result<Vec<String>, Error> {
     std::fs::create_dir_all(&config.server.data_dir)
         .map_err(|e| Error::io("create the data directory", &config.server.data_dir, &e))?;
-    let store = Store::open(&config.store_path())?;
+    let store = Store::open_with_cache(&config.store_path(), config.store_cache_bytes())?;
     let writes = plan(&store, req).map_err(Error::Config)?;
     store.commit_blocking(writes)?;
     match req {

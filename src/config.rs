@@ -29,6 +29,8 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// error, warn, info, debug or trace.
     pub log_level: String,
+    /// MiB of the store's page cache; more makes large archives faster to query.
+    pub store_cache_mib: usize,
 }
 
 impl Default for ServerConfig {
@@ -37,6 +39,7 @@ impl Default for ServerConfig {
             domain: "localhost".into(),
             data_dir: "data".into(),
             log_level: "info".into(),
+            store_cache_mib: 32,
         }
     }
 }
@@ -288,6 +291,10 @@ impl Config {
 
     pub fn store_path(&self) -> PathBuf {
         self.server.data_dir.join("hearth.redb")
+    }
+
+    pub fn store_cache_bytes(&self) -> usize {
+        self.server.store_cache_mib.saturating_mul(1 << 20)
     }
 
     pub fn admin_socket(&self) -> PathBuf {

@@ -189,7 +189,7 @@ pub fn serve(config: Config) -> Result<(), Error> {
     let data_dir = config.server.data_dir.clone();
     std::fs::create_dir_all(&data_dir)
         .map_err(|e| Error::io("create the data directory", &data_dir, &e))?;
-    let store = Store::open(&config.store_path())?;
+    let store = Store::open_with_cache(&config.store_path(), config.store_cache_bytes())?;
     let tls = tls::load(&config)?;
     let bound = listener::bind_all(&config)?;
     let admin = admin::bind(&config)?;

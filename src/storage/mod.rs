@@ -97,19 +97,29 @@ pub struct Store {
 
 impl Store {
     /// Opens the store at `path`, creating it (and writing the schema version) if absent.
+    #[cfg(test)]
     pub fn open(path: &Path) -> Result<Store, Error> {
+        Store::open_with_cache(path, 16 << 20)
+    }
+
+    /// Opens the store with a page cache of `cache_bytes` (redb's default, 1 GiB, would let a
+    /// large archive take the memory of a small device).
+    pub fn open_with_cache(path: &Path, cache_bytes: usize) -> Result<Store, Error> {
         let exists = path.exists();
-        let db = Database::create(path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => Error::InUse(format!(
-                "the data store {} is in use by another hearth process; if a server runs \
+        let db = Database::builder()
+            .set_cache_size(cache_bytes)
+            .create(path)
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => Error::InUse(format!(
+                    "the data store {} is in use by another hearth process; if a server runs \
                  on it, check that its admin socket admin.sock is in the data directory",
-                path.display()
-            )),
-            e => Error::Storage(format!(
-                "cannot open the data store {}: {e}; check the path and its permissions",
-                path.display()
-            )),
-        })?;
+                    path.display()
+                )),
+                e => Error::Storage(format!(
+                    "cannot open the data store {}: {e}; check the path and its permissions",
+                    path.display()
+                )),
+            })?;
         let txn = db.begin_write()?;
         {
             let mut meta = txn.open_table(META)?;
