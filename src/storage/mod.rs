@@ -229,6 +229,13 @@ impl Drop for Store {
 }
 
 fn writer(db: &Database, rx: &mpsc::Receiver<Job>) {
+    // On a small machine the writer's CPU bursts compete with the event loop for a core; the
+    // event loop's work is what users wait for, the writer's only acknowledgements. On Linux
+    // a thread has its own nice value, which `setpriority` with 0 sets for the calling thread.
+    // SAFETY: setpriority takes plain integers and has no memory effects.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, 10);
+    }
     // Bounded so that one commit's latency stays bounded under a flood.
     const MAX_BATCH: usize = 4096;
     // Commits are at least this far apart: a commit costs the same CPU and fsync whether it
