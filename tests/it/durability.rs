@@ -5,13 +5,10 @@ use crate::harness::{Client, TestServer, ns};
 
 const SM: &str = "urn:xmpp:sm:3";
 
-#[test]
-fn acknowledged_messages_survive_kill_9_exactly_once() {
-    let mut server = TestServer::start_with(
-        "[modules.offline]\nmax_per_user = 5000\n[limits]\nqueue_len = 6000\n[stream_management]\nack_every = 100000\n",
-    );
-    server.add_users(&["alice", "bob"]);
-    let mut alice = Client::user(&server, "alice", "phone");
+/// alice enables stream management, sends numbered chat messages to bob in bursts with an
+/// ack request after each until at least 100 are acknowledged, then 50 more that the server
+/// has not acknowledged. Returns (sent, acknowledged).
+fn send_until_acked(alice: &mut Client) -> (u32, u32) {
     alice.send(&format!("<enable xmlns='{SM}'/>"));
     alice.expect(&format!("<enabled xmlns='{SM}'/>"));
     let send = |alice: &mut Client, n: u32| {
@@ -19,11 +16,10 @@ fn acknowledged_messages_survive_kill_9_exactly_once() {
             "<message to='bob@localhost' type='chat' id='m{n}'><body>{n}</body></message>"
         ));
     };
-    // Bursts with an ack request after each, until at least 100 are acknowledged.
     let (mut sent, mut acked) = (0u32, 0u32);
     while acked < 100 {
         for _ in 0..25 {
-            send(&mut alice, sent);
+            send(alice, sent);
             sent += 1;
         }
         alice.send(&format!("<r xmlns='{SM}'/>"));
@@ -33,29 +29,38 @@ fn acknowledged_messages_survive_kill_9_exactly_once() {
             .and_then(|h| h.parse().ok())
             .expect("a numeric h");
     }
-    // More in flight, unacknowledged, when the server dies.
     for _ in 0..50 {
-        send(&mut alice, sent);
+        send(alice, sent);
         sent += 1;
     }
+    (sent, acked)
+}
+
+#[test]
+fn acknowledged_messages_survive_kill_9_exactly_once() {
+    let mut server = TestServer::start_with(
+        "[modules.offline]\nmax_per_user = 5000\n[limits]\nqueue_len = 6000\n[stream_management]\nack_every = 100000\n",
+    );
+    server.add_users(&["alice", "bob"]);
+    let mut alice = Client::user(&server, "alice", "phone");
+    // The last 50 are in flight, unacknowledged, when the server dies.
+    let (sent, acked) = send_until_acked(&mut alice);
     server.kill_hard();
     drop(alice);
     server.restart();
 
     let mut bob = Client::user(&server, "bob", "pc");
     bob.send("<presence/>");
-    let ping = bob.send_iq("type='get' to='localhost'", "<ping xmlns='urn:xmpp:ping'/>");
-    let mut got = Vec::new();
-    loop {
-        let el = bob.recv();
-        if el.is("iq", ns::CLIENT) && el.attr("id") == Some(ping.as_str()) {
-            break;
-        }
-        if el.name == "message" {
-            let body = el.get("body", ns::CLIENT).text.clone();
-            got.push(body.parse::<u32>().expect("a numbered body"));
-        }
-    }
+    let got: Vec<u32> = bob
+        .messages_until_sync()
+        .iter()
+        .map(|m| {
+            m.get("body", ns::CLIENT)
+                .text
+                .parse()
+                .expect("a numbered body")
+        })
+        .collect();
     let mut sorted = got.clone();
     sorted.sort_unstable();
     sorted.dedup();
@@ -111,30 +116,8 @@ fn acknowledged_messages_to_an_online_contact_are_archived_exactly_once() {
     server.add_users(&["alice", "bob"]);
     let mut alice = Client::user(&server, "alice", "phone");
     let bob = Client::online(&server, "bob", "pc");
-    alice.send(&format!("<enable xmlns='{SM}'/>"));
-    alice.expect(&format!("<enabled xmlns='{SM}'/>"));
-    let (mut sent, mut acked) = (0u32, 0u32);
-    while acked < 100 {
-        for _ in 0..25 {
-            alice.send(&format!(
-                "<message to='bob@localhost' type='chat'><body>{sent}</body></message>"
-            ));
-            sent += 1;
-        }
-        alice.send(&format!("<r xmlns='{SM}'/>"));
-        let a = alice.expect(&format!("<a xmlns='{SM}' h='{{any}}'/>"));
-        acked = a
-            .attr("h")
-            .and_then(|h| h.parse().ok())
-            .expect("a numeric h");
-    }
     // Delivered to bob as they come, before the disk has them; then the server dies.
-    for _ in 0..50 {
-        alice.send(&format!(
-            "<message to='bob@localhost' type='chat'><body>{sent}</body></message>"
-        ));
-        sent += 1;
-    }
+    let (sent, acked) = send_until_acked(&mut alice);
     server.kill_hard();
     drop((alice, bob));
     server.restart();
@@ -150,7 +133,7 @@ fn acknowledged_messages_to_an_online_contact_are_archived_exactly_once() {
         );
         assert!(
             (0..acked).all(|n| got.contains(&n)),
-            "{user}'s archive has every acknowledged message (0..{acked}): {got:?}"
+            "{user}'s archive has every acknowledged message (0..{acked} of {sent}): {got:?}"
         );
     }
 }

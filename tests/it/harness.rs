@@ -1450,6 +1450,26 @@ fn framing_waits_for_whole_stanzas() {
 }
 
 impl Client {
+    /// Pings the server and returns the messages that arrive before the reply (presence is
+    /// skipped): everything the server queued for this client before the ping.
+    #[track_caller]
+    pub fn messages_until_sync(&mut self) -> Vec<Element> {
+        let ping = self.send_iq(
+            &format!("type='get' to='{DOMAIN}'"),
+            &format!("<ping xmlns='{}'/>", ns::PING),
+        );
+        let mut got = Vec::new();
+        loop {
+            let el = self.recv();
+            if el.is("iq", ns::CLIENT) && el.attr("id") == Some(ping.as_str()) {
+                return got;
+            }
+            if el.name == "message" {
+                got.push(el);
+            }
+        }
+    }
+
     /// The next stanza that is not presence, waiting up to ten seconds: for events that
     /// follow a server-side timer.
     #[track_caller]

@@ -106,20 +106,11 @@ fn messages_stored_a_moment_before_initial_presence_are_all_delivered() {
     }
     alice.sync();
     bob.send("<presence/>");
-    let ping = bob.send_iq(
-        "type='get' to='localhost'",
-        &format!("<ping xmlns='{}'/>", ns::PING),
-    );
-    let mut got = Vec::new();
-    loop {
-        let el = bob.recv();
-        if el.is("iq", ns::CLIENT) && el.attr("id") == Some(ping.as_str()) {
-            break;
-        }
-        if el.name == "message" {
-            got.push(el.get("body", ns::CLIENT).text.clone());
-        }
-    }
+    let got: Vec<String> = bob
+        .messages_until_sync()
+        .iter()
+        .map(|m| m.get("body", ns::CLIENT).text.clone())
+        .collect();
     assert_eq!(
         got, bodies,
         "every stored message, in order, at this initial presence"
