@@ -261,3 +261,27 @@ fn sighup_reloads_the_certificate() {
     after.sync();
     before.sync();
 }
+
+#[test]
+fn configured_pem_certificate_is_served() {
+    let pems = tempfile::tempdir().expect("a temporary directory");
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+        .expect("make a certificate");
+    let (cert, key) = (
+        pems.path().join("fullchain.pem"),
+        pems.path().join("privkey.pem"),
+    );
+    std::fs::write(&cert, ck.cert.pem()).expect("write the certificate");
+    std::fs::write(&key, ck.signing_key.serialize_pem()).expect("write the key");
+    let server = TestServer::start_with(&format!("[tls]\ncert = {cert:?}\nkey = {key:?}\n"));
+    let generated = server.data_dir().join("cert.pem");
+    assert!(
+        !generated.exists(),
+        "no certificate is generated when one is configured"
+    );
+    server.add_users(&["alice"]);
+    // The test client trusts the file in the data directory: make it the configured one.
+    std::fs::copy(&cert, &generated).expect("copy the certificate");
+    let mut c = Client::user(&server, "alice", "pem");
+    c.sync();
+}
