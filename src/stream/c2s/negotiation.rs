@@ -1,0 +1,289 @@
+//! Stream negotiation (RFC 6120 §4-7): the stream header and features, STARTTLS, SASL with
+//! throttling, and resource binding.
+
+use super::*;
+
+impl Conn {
+    pub(super) async fn start_tls(&mut self) -> bool {
+        let Io::Plain(tcp) = std::mem::replace(&mut self.io, Io::Gone) else {
+            return false;
+        };
+        let acceptor = futures_rustls::TlsAcceptor::from(self.server.tls.borrow().clone());
+        let handshake = acceptor.accept(tcp);
+        let timeout = async {
+            Timer::after(Duration::from_secs(
+                self.server.config.limits.login_timeout_secs,
+            ))
+            .await;
+            Err(std::io::ErrorKind::TimedOut.into())
+        };
+        match handshake.or(timeout).await {
+            Ok(tls) => {
+                self.io = Io::Tls(Box::new(tls));
+                self.phase = Phase::Secure;
+                // The handshake may have read the client's first bytes along with its last
+                // handshake message: look before waiting for the socket.
+                self.more_ready = true;
+                true
+            }
+            Err(e) => {
+                log::debug!("TLS handshake with {} failed: {e}", self.peer);
+                false
+            }
+        }
+    }
+
+    /// tls-exporter channel binding data (RFC 9266); only defined for TLS 1.3 here.
+    pub(super) fn channel_binding(&self) -> Option<Vec<u8>> {
+        let Io::Tls(s) = &self.io else { return None };
+        let conn = s.get_ref().1;
+        if conn.protocol_version() != Some(rustls::ProtocolVersion::TLSv1_3) {
+            return None;
+        }
+        conn.export_keying_material(vec![0u8; 32], b"EXPORTER-Channel-Binding", None)
+            .ok()
+    }
+
+    pub(super) fn open(&mut self, h: StreamHeader) -> Next {
+        let domain = self.server.config.server.domain.clone();
+        self.open_header(h.from.as_deref());
+        if h.stream_ns != ns::STREAM || h.content_ns != ns::CLIENT {
+            return Next::Fail(StreamError::new(C::InvalidNamespace));
+        }
+        if h.version.as_deref() != Some("1.0") {
+            return Next::Fail(StreamError::new(C::UnsupportedVersion));
+        }
+        if h.to.as_deref().is_some_and(|t| t != domain) {
+            return Next::Fail(StreamError::with_text(
+                C::HostUnknown,
+                format!("this server serves {domain}"),
+            ));
+        }
+        let mut features = Element::new("features", ns::STREAM);
+        match &self.phase {
+            Phase::Plain => features.push(
+                Element::new("starttls", ns::TLS).with_child(Element::new("required", ns::TLS)),
+            ),
+            Phase::Secure => {
+                let mut mechs = Element::new("mechanisms", ns::SASL);
+                for m in sasl::mechanisms(self.channel_binding().is_some()) {
+                    mechs.push(Element::new("mechanism", ns::SASL).with_text(*m));
+                }
+                features.push(mechs);
+            }
+            Phase::Authenticated(_) | Phase::Bound(_) => {
+                features.push(Element::new("bind", ns::BIND));
+                features.push(
+                    Element::new("session", ns::SESSION)
+                        .with_child(Element::new("optional", ns::SESSION)),
+                );
+                features.push(Element::new("ver", ns::ROSTER_VER));
+                features.push(Element::new("sub", ns::PRE_APPROVAL));
+                features.push(Element::new("sm", ns::SM));
+                features.push(Element::new("csi", ns::CSI));
+            }
+        }
+        writer::write_element(&features, ns::CLIENT, &mut self.out);
+        Next::Continue
+    }
+
+    pub(super) fn sasl_failure(&mut self, condition: F) {
+        let f = Element::new("failure", ns::SASL)
+            .with_child(Element::new(condition.as_str(), ns::SASL));
+        writer::write_element(&f, ns::CLIENT, &mut self.out);
+    }
+
+    pub(super) fn sasl(&mut self, el: Element) -> Next {
+        if el.ns != ns::SASL {
+            return Next::Fail(StreamError::with_text(
+                C::NotAuthorized,
+                "authenticate first",
+            ));
+        }
+        let data = match el.text().trim() {
+            "" | "=" => Some(Vec::new()),
+            t => B64.decode(t).ok(),
+        };
+        let Some(data) = data else {
+            self.sasl = None;
+            self.sasl_failure(F::IncorrectEncoding);
+            return Next::Continue;
+        };
+        let step = match el.name.as_str() {
+            "auth" => {
+                let mech = el.attr("mechanism").unwrap_or_default();
+                let domain = self.server.config.server.domain.clone();
+                let Some(s) = Sasl::start(mech, self.channel_binding(), &domain) else {
+                    self.sasl_failure(F::InvalidMechanism);
+                    return Next::Continue;
+                };
+                let auth = &self.server.config.auth;
+                let window = Duration::from_secs(auth.throttle_window_secs);
+                let ip_key = format!("ip {}", self.peer.ip());
+                if self
+                    .server
+                    .throttle
+                    .borrow_mut()
+                    .blocked(&ip_key, auth.max_failures, window)
+                {
+                    self.sasl_failure(F::TemporaryAuthFailure);
+                    return Next::Continue;
+                }
+                let sasl = self.sasl.insert(s);
+                if el.text().trim().is_empty() && mech != "PLAIN" {
+                    // No initial response: ask for it with an empty challenge.
+                    Step::Challenge(Vec::new())
+                } else {
+                    let store = &self.server.store;
+                    sasl.step(&data, &|u| store.credentials(u).ok().flatten())
+                }
+            }
+            "response" => match self.sasl.as_mut() {
+                Some(s) => {
+                    let store = &self.server.store;
+                    s.step(&data, &|u| store.credentials(u).ok().flatten())
+                }
+                None => {
+                    self.sasl_failure(F::MalformedRequest);
+                    return Next::Continue;
+                }
+            },
+            "abort" => {
+                self.sasl = None;
+                self.sasl_failure(F::Aborted);
+                return Next::Continue;
+            }
+            _ => {
+                return Next::Fail(StreamError::with_text(
+                    C::NotAuthorized,
+                    "authenticate first",
+                ));
+            }
+        };
+        match step {
+            Step::Challenge(c) => {
+                let mut ch = Element::new("challenge", ns::SASL);
+                if !c.is_empty() {
+                    ch = ch.with_text(B64.encode(c));
+                }
+                writer::write_element(&ch, ns::CLIENT, &mut self.out);
+                Next::Continue
+            }
+            Step::Success { user, data } => {
+                self.sasl = None;
+                let auth = &self.server.config.auth;
+                let window = Duration::from_secs(auth.throttle_window_secs);
+                let user_key = format!("user {user}");
+                if self
+                    .server
+                    .throttle
+                    .borrow_mut()
+                    .blocked(&user_key, auth.max_failures, window)
+                {
+                    self.sasl_failure(F::TemporaryAuthFailure);
+                    return Next::Continue;
+                }
+                let mut ok = Element::new("success", ns::SASL);
+                if !data.is_empty() {
+                    ok = ok.with_text(B64.encode(data));
+                }
+                writer::write_element(&ok, ns::CLIENT, &mut self.out);
+                log::info!(
+                    "{user}@{} authenticated from {}",
+                    self.server.config.server.domain,
+                    self.peer
+                );
+                self.phase = Phase::Authenticated(user);
+                self.reader.restart();
+                self.header_sent = false;
+                Next::Continue
+            }
+            Step::Failure(f, user) => {
+                self.sasl = None;
+                self.sasl_failure(f);
+                let window = Duration::from_secs(self.server.config.auth.throttle_window_secs);
+                {
+                    let mut t = self.server.throttle.borrow_mut();
+                    t.fail(format!("ip {}", self.peer.ip()), window);
+                    if let Some(u) = &user {
+                        t.fail(format!("user {u}"), window);
+                    }
+                }
+                log::info!("failed login from {} ({})", self.peer, f.as_str());
+                self.auth_failures += 1;
+                if self.auth_failures >= self.server.config.auth.attempts_per_stream {
+                    return Next::Fail(StreamError::with_text(
+                        C::PolicyViolation,
+                        "too many failed authentication attempts",
+                    ));
+                }
+                Next::Continue
+            }
+        }
+    }
+
+    pub(super) fn pre_bind(&mut self, user: &str, el: Element) -> Next {
+        if el.is("iq", ns::CLIENT)
+            && el.attr("type") == Some("set")
+            && let Some(bind) = el.child("bind", ns::BIND)
+        {
+            let requested = bind
+                .child("resource", ns::BIND)
+                .map(|r| r.text())
+                .filter(|r| !r.trim().is_empty());
+            let resource = match requested {
+                Some(r) => match jid::resourcepart(&r) {
+                    Ok(r) => r,
+                    Err(_) => {
+                        let e = StanzaError::bad_request("the resource is not valid");
+                        writer::write_element(&error_reply(&el, &e), ns::CLIENT, &mut self.out);
+                        return Next::Continue;
+                    }
+                },
+                None => format!("hearth-{}", hex(&sasl::random_bytes::<6>())),
+            };
+            let domain = self.server.config.server.domain.clone();
+            let Ok(full) = Jid::bare_from(user, &domain).with_resource(&resource) else {
+                return Next::Fail(StreamError::new(C::InternalServerError));
+            };
+            let tx = match self.server.conns.borrow().get(&self.id) {
+                Some(c) => c.tx.clone(),
+                None => return Next::Fail(StreamError::new(C::InternalServerError)),
+            };
+            let old = self.server.sessions.borrow_mut().insert(Session {
+                conn: self.id,
+                jid: full.clone(),
+                tx,
+                available: false,
+                priority: 0,
+                presence: None,
+                interested: false,
+                directed: Vec::new(),
+                flags: Default::default(),
+            });
+            if let Some(old) = old {
+                // RFC 6120 §7.7.2.2: the new session wins; the old one gets `conflict`.
+                self.server.close_conn(
+                    old.conn,
+                    StreamError::with_text(C::Conflict, "replaced by a new connection"),
+                );
+            }
+            let reply = iq_result(&el, None).with_child(
+                Element::new("bind", ns::BIND)
+                    .with_child(Element::new("jid", ns::BIND).with_text(full.to_string())),
+            );
+            writer::write_element(&reply, ns::CLIENT, &mut self.out);
+            log::debug!("bound {full}");
+            self.phase = Phase::Bound(full);
+            return Next::Continue;
+        }
+        if el.is("iq", ns::CLIENT) && el.child("session", ns::SESSION).is_some() {
+            writer::write_element(&iq_result(&el, None), ns::CLIENT, &mut self.out);
+            return Next::Continue;
+        }
+        Next::Fail(StreamError::with_text(
+            C::NotAuthorized,
+            "bind a resource first",
+        ))
+    }
+}
