@@ -273,25 +273,35 @@ fn writer(db: &Database, rx: &mpsc::Receiver<Job>) {
     }
 }
 
-fn apply(db: &Database, jobs: &[Job]) -> Result<(), Error> {
-    let txn = db.begin_write()?;
-    // Consecutive archive appends go in as one run; everything else in order.
-    let mut run: Vec<archive::Entry<'_>> = Vec::new();
-    for w in jobs.iter().flat_map(|(writes, _)| writes) {
-        match w {
+impl Write {
+    /// The archive row of an `ArchiveAppend`, borrowed, for appending in runs.
+    fn archive_entry(&self) -> Option<archive::Entry<'_>> {
+        match self {
             Write::ArchiveAppend {
                 user,
                 id,
                 stamp_ms,
                 with,
                 xml,
-            } => run.push((user, *id, *stamp_ms, with, xml)),
-            other => {
+            } => Some((user, *id, *stamp_ms, with, xml)),
+            _ => None,
+        }
+    }
+}
+
+fn apply(db: &Database, jobs: &[Job]) -> Result<(), Error> {
+    let txn = db.begin_write()?;
+    // Consecutive archive appends go in as one run; everything else in order.
+    let mut run: Vec<archive::Entry<'_>> = Vec::new();
+    for w in jobs.iter().flat_map(|(writes, _)| writes) {
+        match w.archive_entry() {
+            Some(entry) => run.push(entry),
+            None => {
                 if !run.is_empty() {
                     archive::append(&txn, &run)?;
                     run.clear();
                 }
-                apply_one(&txn, other)?;
+                apply_one(&txn, w)?;
             }
         }
     }
@@ -357,13 +367,7 @@ fn apply_one(txn: &WriteTransaction, w: &Write) -> Result<(), Error> {
             txn.open_table(USER_SEQ_TO_OFFLINE)?
                 .retain_in((u, 0)..=(u, *upto), |_, _| false)?;
         }
-        Write::ArchiveAppend {
-            user,
-            id,
-            stamp_ms,
-            with,
-            xml,
-        } => archive::append(txn, &[(user, *id, *stamp_ms, with, xml)])?,
+        Write::ArchiveAppend { .. } => archive::append(txn, w.archive_entry().as_slice())?,
         Write::ArchiveExpire {
             before_ms,
             max_rows,
