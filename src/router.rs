@@ -318,7 +318,7 @@ pub async fn reroute_unsent(server: &Rc<Server>, owner: &Jid, stanzas: Vec<Eleme
     }
 }
 
-/// Answers an iq that c2s handles itself (bind, session) with a result.
+/// Whether `el` is an iq carrying `payload_name` in `payload_ns` (c2s answers bind and session itself).
 pub fn is_iq_for(el: &Element, payload_name: &str, payload_ns: &str) -> bool {
     el.is("iq", ns::CLIENT) && el.elements().any(|c| c.is(payload_name, payload_ns))
 }
