@@ -11,7 +11,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::server::Server;
 use crate::stanza::{StreamCondition, StreamError};
-use crate::storage::accounts::Credentials;
+use crate::storage::accounts::{self, Credentials};
 use crate::storage::{Store, Write};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -67,10 +67,7 @@ fn plan(store: &Store, req: &Request) -> Result<Vec<Write>, String> {
                     "the account {u} exists already; use `user passwd` to change its password"
                 ));
             }
-            Ok(vec![Write::CredentialsPut {
-                user: u.clone(),
-                record: c.encode(),
-            }])
+            Ok(vec![accounts::put(u, c)])
         }
         Request::Passwd(u, c) => {
             if !exists(u)? {
@@ -78,16 +75,13 @@ fn plan(store: &Store, req: &Request) -> Result<Vec<Write>, String> {
                     "there is no account {u}; use `user add` to create it"
                 ));
             }
-            Ok(vec![Write::CredentialsPut {
-                user: u.clone(),
-                record: c.encode(),
-            }])
+            Ok(vec![accounts::put(u, c)])
         }
         Request::Remove(u) => {
             if !exists(u)? {
                 return Err(format!("there is no account {u}"));
             }
-            Ok(vec![Write::AccountDelete { user: u.clone() }])
+            Ok(vec![accounts::delete(u)])
         }
         Request::List => Ok(Vec::new()),
     }
@@ -120,7 +114,11 @@ pub fn execute(config: &Config, req: &Request) -> Result<Vec<String>, Error> {
 fn direct(config: &Config, req: &Request) -> Result<Vec<String>, Error> {
     std::fs::create_dir_all(&config.server.data_dir)
         .map_err(|e| Error::io("create the data directory", &config.server.data_dir, &e))?;
-    let store = Store::open_with_cache(&config.store_path(), config.store_cache_bytes())?;
+    let store = Store::open_with_cache(
+        &config.store_path(),
+        config.store_cache_bytes(),
+        crate::modules::schema(),
+    )?;
     let writes = plan(&store, req).map_err(Error::Config)?;
     store.commit_blocking(writes)?;
     match req {
@@ -197,17 +195,8 @@ async fn run(server: &Rc<Server>, req: &Request) -> Result<Vec<String>, String> 
     match req {
         Request::List => list(&server.store, &server.config.server.domain),
         Request::Remove(u) => {
-            server.accounts.borrow_mut().remove(u);
-            for m in &server.modules {
-                m.account_removed(u);
-            }
-            let conns: Vec<u64> = server
-                .sessions
-                .borrow()
-                .of(u)
-                .iter()
-                .map(|s| s.conn)
-                .collect();
+            server.account_removed(u);
+            let conns: Vec<u64> = server.sessions().of(u).iter().map(|s| s.conn).collect();
             for c in conns {
                 server.close_conn(
                     c,
@@ -221,7 +210,7 @@ async fn run(server: &Rc<Server>, req: &Request) -> Result<Vec<String>, String> 
             Ok(Vec::new())
         }
         Request::Add(u, _) | Request::Passwd(u, _) => {
-            server.accounts.borrow_mut().insert(u.clone());
+            server.account_added(u);
             log::info!("set the password of {u}");
             Ok(Vec::new())
         }

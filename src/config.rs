@@ -184,6 +184,7 @@ pub struct ModulesConfig {
     pub version: crate::modules::version::Config,
     pub offline: crate::modules::offline::Config,
     pub mam: crate::modules::mam::Config,
+    pub blocking: crate::modules::blocking::Config,
 }
 
 impl Config {

@@ -1,31 +1,41 @@
 //! Listening sockets and accept loops: one task per connection on the local executor, with
-//! limits on connections in total and per IP address.
+//! limits on connections per listener in total and per IP address. Client streams register
+//! their listeners (`stream::c2s::listeners`), and so can modules (`Module::listeners`).
 
-use crate::config::Config;
 use crate::error::Error;
 use crate::server::Server;
-use crate::stream::c2s;
+use crate::session::Outbound;
+use smol::channel::Receiver;
 use smol::{Async, LocalExecutor};
 use socket2::{Domain, Socket, Type};
-use std::net::{SocketAddr, TcpListener};
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::pin::Pin;
 use std::rc::Rc;
 use std::time::Duration;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    /// RFC 6120 STARTTLS.
-    C2s,
-    /// XEP-0368 direct TLS.
-    C2sTls,
+/// A connection a listener accepted, for its handler.
+pub struct Accepted {
+    pub stream: Async<TcpStream>,
+    pub peer: SocketAddr,
+    /// The connection's id in `Server::conns`.
+    pub id: u64,
+    /// The connection's queue: stanzas for it, or the order to close (at shutdown, say).
+    pub rx: Receiver<Outbound>,
 }
 
-impl Kind {
-    pub fn name(self) -> &'static str {
-        match self {
-            Kind::C2s => "c2s",
-            Kind::C2sTls => "c2s_tls",
-        }
-    }
+pub type Handler = Rc<dyn Fn(Rc<Server>, Accepted) -> Pin<Box<dyn Future<Output = ()>>>>;
+
+/// A kind of connection the server accepts, on some addresses, with its own limits.
+pub struct Listener {
+    /// Named in logs and in the `listening NAME ADDRESS` lines the server prints.
+    pub name: &'static str,
+    /// What `hearth check` says of it.
+    pub description: &'static str,
+    pub addrs: Vec<SocketAddr>,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    pub handler: Handler,
 }
 
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -40,43 +50,36 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     Ok(socket.into())
 }
 
-pub fn bind_all(config: &Config) -> Result<Vec<(Kind, Async<TcpListener>)>, Error> {
+/// Binds every address of every listener; returns each socket with its listener's index.
+pub fn bind_all(listeners: &[Listener]) -> Result<Vec<(usize, Async<TcpListener>)>, Error> {
     let mut out = Vec::new();
-    let all = config
-        .listen
-        .c2s
-        .iter()
-        .map(|a| (Kind::C2s, a))
-        .chain(config.listen.c2s_tls.iter().map(|a| (Kind::C2sTls, a)));
-    for (kind, a) in all {
-        // Validated when the config was loaded.
-        let addr: SocketAddr = a
-            .parse()
-            .map_err(|_| Error::Config(format!("bad address {a}")))?;
-        match bind(addr) {
-            Ok(l) => {
-                let l = Async::new(l)
-                    .map_err(|e| Error::Io(format!("cannot use the socket {addr}: {e}")))?;
-                out.push((kind, l));
-            }
-            // A machine without IPv6 still serves IPv4.
-            Err(e) if addr.is_ipv6() && addr.ip().is_unspecified() => {
-                log::warn!("not listening on {addr}: {e}");
-            }
-            Err(e) => {
-                let advice = match e.kind() {
-                    std::io::ErrorKind::AddrInUse => {
-                        "; another program (or another hearth) uses that port"
-                    }
-                    std::io::ErrorKind::PermissionDenied => {
-                        "; ports below 1024 need CAP_NET_BIND_SERVICE"
-                    }
-                    _ => "",
-                };
-                return Err(Error::Io(format!(
-                    "cannot listen on {addr} for {}: {e}{advice}",
-                    kind.name()
-                )));
+    for (i, l) in listeners.iter().enumerate() {
+        for &addr in &l.addrs {
+            match bind(addr) {
+                Ok(s) => {
+                    let s = Async::new(s)
+                        .map_err(|e| Error::Io(format!("cannot use the socket {addr}: {e}")))?;
+                    out.push((i, s));
+                }
+                // A machine without IPv6 still serves IPv4.
+                Err(e) if addr.is_ipv6() && addr.ip().is_unspecified() => {
+                    log::warn!("not listening on {addr}: {e}");
+                }
+                Err(e) => {
+                    let advice = match e.kind() {
+                        std::io::ErrorKind::AddrInUse => {
+                            "; another program (or another hearth) uses that port"
+                        }
+                        std::io::ErrorKind::PermissionDenied => {
+                            "; ports below 1024 need CAP_NET_BIND_SERVICE"
+                        }
+                        _ => "",
+                    };
+                    return Err(Error::Io(format!(
+                        "cannot listen on {addr} for {}: {e}{advice}",
+                        l.name
+                    )));
+                }
             }
         }
     }
@@ -89,11 +92,11 @@ pub fn bind_all(config: &Config) -> Result<Vec<(Kind, Async<TcpListener>)>, Erro
 pub async fn accept_loop(
     server: Rc<Server>,
     ex: Rc<LocalExecutor<'static>>,
-    listener: Async<TcpListener>,
-    kind: Kind,
+    socket: Async<TcpListener>,
+    listener: usize,
 ) {
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let (stream, peer) = match socket.accept().await {
             Ok(s) => s,
             Err(e) => {
                 // Usually EMFILE: back off instead of spinning.
@@ -105,18 +108,29 @@ pub async fn accept_loop(
         if server.closing.get() {
             return;
         }
-        let (total, from_ip) = {
-            let conns = server.conns.borrow();
-            let ip = peer.ip();
-            (conns.len(), conns.values().filter(|c| c.ip == ip).count())
-        };
-        let limits = &server.config.limits;
-        if total >= limits.max_connections || from_ip >= limits.max_connections_per_ip {
-            log::warn!("refusing a connection from {peer}: connection limit reached");
+        let spec = &server.listeners[listener];
+        let (total, from_ip) = server.conn_counts(listener, peer.ip());
+        if total >= spec.max_connections || from_ip >= spec.max_connections_per_ip {
+            log::warn!(
+                "refusing a {} connection from {peer}: connection limit reached",
+                spec.name
+            );
             continue;
         }
         let _ = stream.get_ref().set_nodelay(true);
-        ex.spawn(c2s::run(server.clone(), stream, peer, kind))
-            .detach();
+        let (id, rx) = server.add_conn(listener, peer.ip());
+        let handler = spec.handler.clone();
+        let s = server.clone();
+        ex.spawn(async move {
+            let accepted = Accepted {
+                stream,
+                peer,
+                id,
+                rx,
+            };
+            handler(s.clone(), accepted).await;
+            s.conns.borrow_mut().remove(&id);
+        })
+        .detach();
     }
 }

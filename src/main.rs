@@ -137,12 +137,12 @@ fn init_logging(cfg: &Config) {
 fn account(cfg: &Config, jid: &str) -> Result<String, Error> {
     let domain = &cfg.server.domain;
     match jid::Jid::parse(jid) {
-        Ok(j) if j.is_bare() && j.domain() == domain && j.local().is_some() => {
-            Ok(j.local().unwrap_or_default().to_owned())
-        }
-        Ok(_) => Err(Error::Config(format!(
-            "{jid} is not an account address of this server; write it as name@{domain}"
-        ))),
+        Ok(j) => match router::account_of(domain, &j) {
+            Some(user) => Ok(user.to_owned()),
+            None => Err(Error::Config(format!(
+                "{jid} is not an account address of this server; write it as name@{domain}"
+            ))),
+        },
         Err(e) => Err(Error::Config(format!("{jid} is not a valid address: {e}"))),
     }
 }
@@ -187,11 +187,10 @@ fn check(cfg: &Config) -> Result<(), Error> {
             cfg.server.data_dir.join("cert.pem").display()
         ),
     }
-    for a in &cfg.listen.c2s {
-        println!("would listen c2s {a} (STARTTLS)");
-    }
-    for a in &cfg.listen.c2s_tls {
-        println!("would listen c2s_tls {a} (direct TLS)");
+    for l in server::listeners(cfg, &modules::all(cfg)) {
+        for a in &l.addrs {
+            println!("would listen {} {a} ({})", l.name, l.description);
+        }
     }
     println!("config ok");
     Ok(())

@@ -1,7 +1,16 @@
-//! Routing of stanzas from bound clients (RFC 6120 §8, RFC 6121 §8), and `apply`, the one
-//! place where a stanza's consequences leave memory.
+//! The router: the one place that decides where a stanza goes (RFC 6120 §8, RFC 6121 §8), the
+//! state that decision reads (accounts, sessions, hosted services, modules), iq requests the
+//! server sends and their answers, module timers, and `apply`, the one place where a stanza's
+//! consequences leave memory.
 //!
-//! Delivery table for a local domain (RFC 6121 §8.5), by addressee and stanza kind:
+//! A stanza's way: if a local account sent it (its client, or the server on its behalf), the
+//! modules' outbound hooks (`message_out`, `presence_out`, `iq_out`); then the destination of
+//! its addressee ([`Router::destination`], the only comparison of a JID with the served
+//! domains in the code); for a local account, the inbound hooks (`message_in`, `presence_in`,
+//! `iq_in`) and then the delivery rules below. Any hook may end the way with `Handled`, or
+//! with an error, which goes back to the sender (never for an error or an iq result).
+//!
+//! Delivery for a local domain (RFC 6121 §8.5), by addressee and stanza kind:
 //!
 //! | to                     | message                                  | iq (get/set)            |
 //! |------------------------|------------------------------------------|-------------------------|
@@ -15,50 +24,319 @@
 //! | full JID, connected    | that resource                            | that resource           |
 //! | full JID, gone         | chat/normal as to the bare JID; headline | service-unavailable     |
 //! |                        | dropped; groupchat: service-unavailable  |                         |
+//! | hosted service         | the service's module                     | the service's module    |
 //! | another domain         | remote-server-not-found                  | remote-server-not-found |
 //!
-//! iq results and errors go to a connected full JID or nowhere. Presence is `presence.rs`.
+//! Presence to a bare JID goes to its available sessions, to a full JID to that session, once
+//! the presence module has taken what is its own (subscriptions, probes). iq results and
+//! errors go to a connected full JID, or to the module that sent the request.
 
+use crate::config::Config;
 use crate::error::Error;
 use crate::jid::Jid;
-use crate::modules::{Cx, Effects, Flow, IqRequest, presence};
-use crate::server::Server;
-use crate::session::Outbound;
-use crate::stanza::{Condition, StanzaError, error_reply, iq_result, stanza_type};
-use crate::storage::{Store, Ticket, Write};
+use crate::modules::{self, Cx, Effects, Flow, IqOut, IqRequest, Module, Target};
+use crate::session::{Outbound, Sessions};
+use crate::stanza::{Condition, Kind, Origin, Stanza, StanzaError, Type, iq_result};
+use crate::storage::{Store, Ticket};
 use crate::xml::{Element, ns};
-use std::rc::Rc;
+use smol::Timer;
+use smol::future::FutureExt;
+use std::cell::{Cell, Ref, RefCell, RefMut};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::time::{Duration, Instant, SystemTime};
+
+/// Where a JID points.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dest<'j> {
+    /// The server's domain (with or without a resource).
+    Server,
+    /// A local account's bare JID (the account may not exist).
+    Account(&'j str),
+    /// A full JID at the server's domain: the session of this account's localpart.
+    Session(&'j str),
+    /// A hosted service's domain or an address at it: the module at this index.
+    Service(usize),
+    /// Another domain.
+    Remote,
+}
+
+/// Most stanzas one routing step may produce (a presence broadcast to a large roster, and the
+/// answers it draws): beyond it the rest is dropped and logged rather than keep the one thread.
+const MAX_ROUTED: usize = 100_000;
+/// Most iq requests waiting for an answer at once.
+const MAX_PENDING_IQS: usize = 10_000;
+
+pub struct Router {
+    pub config: Config,
+    pub store: Store,
+    sessions: RefCell<Sessions>,
+    /// The accounts (localparts), kept in memory: routing asks for every stanza.
+    accounts: RefCell<HashSet<String>>,
+    modules: Vec<Box<dyn Module>>,
+    /// Hosted services' domains, to the index of their module.
+    services: HashMap<String, usize>,
+    pending: RefCell<HashMap<String, PendingIq>>,
+    timers: RefCell<BinaryHeap<Reverse<TimerEntry>>>,
+    /// Wakes the timer task when a timer earlier than all others is set.
+    timer_wake: (smol::channel::Sender<()>, smol::channel::Receiver<()>),
+    next_id: Cell<u64>,
+    /// A fixed clock for tests; the system clock otherwise.
+    #[cfg(test)]
+    pub clock: Cell<Option<SystemTime>>,
+}
+
+struct PendingIq {
+    module: usize,
+    token: u64,
+    /// Who the request went to: only an answer from there counts.
+    to: Jid,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct TimerEntry {
+    at: Instant,
+    seq: u64,
+    what: TimerWhat,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum TimerWhat {
+    Module { module: usize, token: u64 },
+    IqTimeout(String),
+}
+
+impl Router {
+    /// The router with the modules the config enables.
+    pub fn new(config: Config, store: Store) -> Result<Router, Error> {
+        let modules = modules::all(&config);
+        Router::with_modules(config, store, modules)
+    }
+
+    pub fn with_modules(
+        config: Config,
+        store: Store,
+        modules: Vec<Box<dyn Module>>,
+    ) -> Result<Router, Error> {
+        let mut services = HashMap::new();
+        for (i, m) in modules.iter().enumerate() {
+            if let Some(d) = m.service_domain() {
+                if d == config.server.domain || services.insert(d.to_owned(), i).is_some() {
+                    return Err(Error::Config(format!(
+                        "the domain {d} of the {} service is already served; give it a \
+                         domain of its own",
+                        m.name()
+                    )));
+                }
+            }
+        }
+        let accounts = store.users()?.into_iter().collect();
+        Ok(Router {
+            config,
+            store,
+            sessions: RefCell::default(),
+            accounts: RefCell::new(accounts),
+            modules,
+            services,
+            pending: RefCell::default(),
+            timers: RefCell::default(),
+            timer_wake: smol::channel::bounded(1),
+            next_id: Cell::new(1),
+            #[cfg(test)]
+            clock: Cell::new(None),
+        })
+    }
+
+    pub fn modules(&self) -> &[Box<dyn Module>] {
+        &self.modules
+    }
+
+    pub fn sessions(&self) -> Ref<'_, Sessions> {
+        self.sessions.borrow()
+    }
+
+    pub fn sessions_mut(&self) -> RefMut<'_, Sessions> {
+        self.sessions.borrow_mut()
+    }
+
+    pub fn now(&self) -> SystemTime {
+        #[cfg(test)]
+        if let Some(t) = self.clock.get() {
+            return t;
+        }
+        SystemTime::now()
+    }
+
+    pub fn account_exists(&self, user: &str) -> bool {
+        self.accounts.borrow().contains(user)
+    }
+
+    pub fn account_added(&self, user: &str) {
+        self.accounts.borrow_mut().insert(user.to_owned());
+    }
+
+    /// The account was deleted from the store: forget it here and in every module.
+    pub fn account_removed(&self, user: &str) {
+        self.accounts.borrow_mut().remove(user);
+        for m in &self.modules {
+            m.account_removed(user);
+        }
+    }
+
+    /// Where a stanza addressed to `jid` goes.
+    pub fn destination<'j>(&self, jid: &'j Jid) -> Dest<'j> {
+        if let Some(d) = local_destination(&self.config.server.domain, jid) {
+            return d;
+        }
+        match self.services.get(jid.domain()) {
+            Some(&i) => Dest::Service(i),
+            None => Dest::Remote,
+        }
+    }
+
+    /// Whether a stream may be opened to `domain` for client accounts.
+    pub fn serves_accounts(&self, domain: &str) -> bool {
+        domain == self.config.server.domain
+    }
+
+    fn fresh_id(&self) -> String {
+        let n = self.next_id.get();
+        self.next_id.set(n + 1);
+        format!("hearth-{n}")
+    }
+
+    /// Records an iq request and returns the stanza to route, or answers it at once with
+    /// `resource-constraint` when too many are waiting.
+    pub(crate) fn register_iq(
+        &self,
+        module: &'static str,
+        req: IqOut,
+        _now: SystemTime,
+    ) -> Option<Stanza> {
+        let Some(index) = self.modules.iter().position(|m| m.name() == module) else {
+            log::error!("an iq request from the unknown module {module}");
+            return None;
+        };
+        let id = self.fresh_id();
+        let el = Element::new("iq", ns::CLIENT)
+            .with_attr("type", if req.set { "set" } else { "get" })
+            .with_attr("id", id.as_str())
+            .with_child(req.payload);
+        let typ = if req.set { Type::Set } else { Type::Get };
+        let st = Stanza::new(Kind::Iq, typ, req.from, req.to.clone(), Origin::Server, el);
+        if self.pending.borrow().len() >= MAX_PENDING_IQS {
+            log::warn!("too many iq requests waiting; refusing one of {module}");
+            // Answered through the router like any error, so the module hears of it.
+            let err = StanzaError::new(Condition::ResourceConstraint);
+            self.pending.borrow_mut().insert(
+                id.clone(),
+                PendingIq {
+                    module: index,
+                    token: req.token,
+                    to: req.to,
+                },
+            );
+            return Some(st.error(&err));
+        }
+        self.pending.borrow_mut().insert(
+            id.clone(),
+            PendingIq {
+                module: index,
+                token: req.token,
+                to: req.to,
+            },
+        );
+        self.push_timer(Instant::now() + req.timeout, TimerWhat::IqTimeout(id));
+        Some(st)
+    }
+
+    pub(crate) fn set_timer(&self, module: &'static str, after: Duration, token: u64) {
+        match self.modules.iter().position(|m| m.name() == module) {
+            Some(index) => self.push_timer(
+                Instant::now() + after,
+                TimerWhat::Module {
+                    module: index,
+                    token,
+                },
+            ),
+            None => log::error!("a timer for the unknown module {module}"),
+        }
+    }
+
+    fn push_timer(&self, at: Instant, what: TimerWhat) {
+        let seq = self.next_id.get();
+        self.next_id.set(seq + 1);
+        let mut timers = self.timers.borrow_mut();
+        let earliest = timers.peek().is_none_or(|Reverse(t)| at < t.at);
+        timers.push(Reverse(TimerEntry { at, seq, what }));
+        if earliest {
+            let _ = self.timer_wake.0.try_send(());
+        }
+    }
+
+    /// Takes the answer to a request this server sent, if `st` is one.
+    fn take_response(&self, st: &Stanza) -> Option<PendingIq> {
+        let id = st.id()?;
+        let mut pending = self.pending.borrow_mut();
+        if pending.get(id).is_some_and(|p| p.to == st.from) {
+            return pending.remove(id);
+        }
+        None
+    }
+}
+
+/// Where `jid` points if it is at the accounts' domain `domain`.
+fn local_destination<'j>(domain: &str, jid: &'j Jid) -> Option<Dest<'j>> {
+    (jid.domain() == domain).then(|| match jid.local() {
+        None => Dest::Server,
+        Some(u) if jid.is_bare() => Dest::Account(u),
+        Some(u) => Dest::Session(u),
+    })
+}
+
+/// The localpart of `jid` if it is the bare JID of an account (existing or not) at `domain`,
+/// for the command line, which has no router.
+pub fn account_of<'j>(domain: &str, jid: &'j Jid) -> Option<&'j str> {
+    match local_destination(domain, jid) {
+        Some(Dest::Account(u)) => Some(u),
+        _ => None,
+    }
+}
 
 /// Handles one stanza from the bound session `from`, whose `from` attribute is already stamped.
 /// Returns the ticket of writes (the archive) that trail the stanza's delivery: the stanza is
 /// durable, and may be acknowledged to its sender, once the ticket resolves.
-pub async fn from_client(server: &Rc<Server>, from: &Jid, stanza: Element) -> Option<Ticket> {
-    if needs_settled_store(server, from, &stanza)
-        && let Err(e) = server.store.barrier().await
+pub async fn from_client(router: &Router, from: &Jid, el: Element) -> Option<Ticket> {
+    let st = match Stanza::parse(el, from.clone(), Origin::Client) {
+        Ok(st) => st,
+        Err((el, err)) => {
+            if let Some(e) = err
+                && el.attr("type") != Some("error")
+            {
+                deliver(router, from, crate::stanza::error_reply(&el, &e));
+            }
+            return None;
+        }
+    };
+    if needs_settled_store(router, &st)
+        && let Err(e) = router.store.barrier().await
     {
         log::error!("waiting for the store: {e}");
     }
+    // What an error reply needs, should the commit fail: not the whole stanza.
+    let bounce = (st.kind != Kind::Presence && st.typ != Type::Error).then(|| st.el.shallow());
     let effects = {
-        let mut cx = Cx::new(server);
-        let result = match stanza.name.as_str() {
-            "message" => message_out(&mut cx, from, stanza.clone()),
-            "iq" => iq(&mut cx, from, &stanza),
-            _ => presence::from_client(&mut cx, from, stanza.clone()),
-        };
-        if let Err(e) = result
-            && stanza_type(&stanza) != "error"
-        {
-            cx.send(from.clone(), error_reply(&stanza, &e));
-        }
-        cx.effects
+        let mut cx = Cx::new(router);
+        cx.route(st);
+        finish(cx)
     };
-    match apply_trailing(server, effects).await {
+    match apply_trailing(router, effects).await {
         Ok(ticket) => ticket,
         Err(e) => {
             log::error!("stanza from {from} not processed: {e}");
-            if stanza.name == "iq" || stanza.name == "message" {
+            if let Some(el) = bounce {
                 let err = StanzaError::new(Condition::InternalServerError);
-                deliver(server, from, error_reply(&stanza, &err));
+                deliver(router, from, crate::stanza::error_reply(&el, &err));
             }
             None
         }
@@ -68,19 +346,17 @@ pub async fn from_client(server: &Rc<Server>, from: &Jid, stanza: Element) -> Op
 /// Stanzas whose handling reads what earlier stanzas wrote without waiting for the disk:
 /// initial presence (offline messages stored a moment ago must be delivered now, not at the
 /// next login) and iq queries of modules that ask for it (the archive).
-fn needs_settled_store(server: &Server, from: &Jid, stanza: &Element) -> bool {
-    match stanza.name.as_str() {
-        "presence" => {
-            stanza.attr("type").is_none()
-                && stanza.attr("to").is_none()
-                && server
-                    .sessions
-                    .borrow()
-                    .get(from)
+fn needs_settled_store(router: &Router, st: &Stanza) -> bool {
+    match (st.kind, st.typ) {
+        (Kind::Presence, Type::Available) => {
+            st.to.is_none()
+                && router
+                    .sessions()
+                    .get(&st.from)
                     .is_some_and(|s| !s.available)
         }
-        "iq" => stanza.elements().next().is_some_and(|payload| {
-            server.modules.iter().any(|m| {
+        (Kind::Iq, Type::Get | Type::Set) => st.payload().is_some_and(|payload| {
+            router.modules.iter().any(|m| {
                 m.reads_trailing_writes() && m.iq_routes().iter().any(|r| r.ns == payload.ns)
             })
         }),
@@ -88,9 +364,441 @@ fn needs_settled_store(server: &Server, from: &Jid, stanza: &Element) -> bool {
     }
 }
 
+/// Routes what the hooks handed to the router, in order, then returns what is left to do.
+pub fn finish(mut cx: Cx) -> Effects {
+    let mut n = 0;
+    while let Some(st) = cx.queue.pop_front() {
+        n += 1;
+        if n > MAX_ROUTED {
+            log::warn!(
+                "dropping {} stanzas: one step routed more than {MAX_ROUTED}",
+                cx.queue.len() + 1
+            );
+            cx.queue.clear();
+            break;
+        }
+        route(&mut cx, st);
+    }
+    cx.effects
+}
+
+/// Runs `f` in a fresh context, routes what it produced and applies the effects.
+pub async fn run(router: &Router, what: &str, f: impl FnOnce(&mut Cx)) {
+    let effects = {
+        let mut cx = Cx::new(router);
+        f(&mut cx);
+        finish(cx)
+    };
+    if let Err(e) = apply(router, effects).await {
+        log::error!("{what}: {e}");
+    }
+}
+
+/// A session's life-cycle event through every module's hook (see `modules::SessionEvent`).
+pub async fn session_event(router: &Router, jid: &Jid, event: modules::SessionEvent) {
+    run(router, "a session event", |cx| cx.raise(jid, event)).await;
+}
+
+/// One stanza's way through the hooks and to its destination; an error goes back to the
+/// sender.
+fn route(cx: &mut Cx, mut st: Stanza) {
+    if let Err(e) = try_route(cx, &mut st) {
+        bounce(cx, &st, &e);
+    }
+}
+
+fn bounce(cx: &mut Cx, st: &Stanza, e: &StanzaError) {
+    if st.typ == Type::Error || st.typ == Type::Result {
+        return;
+    }
+    let reply = st.error(e);
+    match st.origin {
+        Origin::Client => cx.send(st.from.clone(), reply.el),
+        _ => cx.route(reply),
+    }
+}
+
+fn try_route(cx: &mut Cx, st: &mut Stanza) -> Result<(), StanzaError> {
+    let router = cx.router();
+    let from_account = st.origin != Origin::Server
+        && matches!(router.destination(&st.from), Dest::Account(u) | Dest::Session(u) if router.account_exists(u));
+    if from_account {
+        for m in router.modules() {
+            let flow = match st.kind {
+                Kind::Message => m.message_out(cx, st)?,
+                Kind::Presence => m.presence_out(cx, st)?,
+                Kind::Iq => m.iq_out(cx, st)?,
+            };
+            if flow == Flow::Handled {
+                return Ok(());
+            }
+        }
+    }
+    let to = st.target();
+    match router.destination(&to) {
+        Dest::Remote => remote(st),
+        Dest::Service(i) => {
+            if let Some(p) = response(router, st) {
+                return Ok(answer(cx, p, st));
+            }
+            if st.is_request()
+                && to.local().is_none()
+                && to.is_bare()
+                && let Some(m) = iq_module(router, st, &Target::Service(to.domain()), Some(i))
+            {
+                return handle_iq(cx, m, st, &to, Target::Service(to.domain()));
+            }
+            let owned = std::mem::replace(st, placeholder(st));
+            router.modules()[i].service_stanza(cx, owned)
+        }
+        Dest::Server => to_server(cx, st, &to),
+        Dest::Account(user) | Dest::Session(user) => to_account(cx, st, user, &to),
+    }
+}
+
+/// A stanza emptied into its envelope, for the moment its element has moved on.
+fn placeholder(st: &Stanza) -> Stanza {
+    Stanza {
+        kind: st.kind,
+        typ: st.typ,
+        from: st.from.clone(),
+        to: st.to.clone(),
+        origin: st.origin,
+        el: Element::new(&st.el.name, ns::CLIENT),
+    }
+}
+
+/// Another domain: there is no server-to-server connection (yet), so what expects an answer
+/// gets `remote-server-not-found`.
+fn remote(st: &Stanza) -> Result<(), StanzaError> {
+    let answered = match st.kind {
+        Kind::Presence => st.typ == Type::Available || st.typ.is_subscription(),
+        _ => true,
+    };
+    match answered {
+        true => Err(StanzaError::new(Condition::RemoteServerNotFound)),
+        false => Ok(()),
+    }
+}
+
+fn response(router: &Router, st: &Stanza) -> Option<PendingIq> {
+    match (st.kind, st.typ) {
+        (Kind::Iq, Type::Result | Type::Error) => router.take_response(st),
+        _ => None,
+    }
+}
+
+/// Delivers an answer to the module that asked.
+fn answer(cx: &mut Cx, p: PendingIq, st: &Stanza) {
+    let outcome = match st.typ {
+        Type::Result => Ok(st.payload()),
+        _ => Err(StanzaError::from_reply(&st.el)),
+    };
+    let m = &cx.router().modules()[p.module];
+    m.iq_response(cx, p.token, outcome);
+}
+
+fn to_server(cx: &mut Cx, st: &mut Stanza, to: &Jid) -> Result<(), StanzaError> {
+    let router = cx.router();
+    match st.kind {
+        Kind::Iq if st.is_request() => {
+            if !to.is_bare() {
+                return Err(StanzaError::service_unavailable());
+            }
+            match iq_module(router, st, &Target::Server, None) {
+                Some(m) => handle_iq(cx, m, st, to, Target::Server),
+                None => Err(StanzaError::service_unavailable()),
+            }
+        }
+        Kind::Iq => {
+            if let Some(p) = response(router, st) {
+                answer(cx, p, st);
+            }
+            Ok(())
+        }
+        // Nothing is addressed to the server itself by messages or presence.
+        _ => Ok(()),
+    }
+}
+
+fn to_account(cx: &mut Cx, st: &mut Stanza, user: &str, to: &Jid) -> Result<(), StanzaError> {
+    let router = cx.router();
+    if !router.account_exists(user) {
+        return match (st.kind, st.typ) {
+            (_, Type::Error) | (Kind::Iq, Type::Result) => Ok(()),
+            // RFC 6121 §3.1.3: a request to an account that does not exist is refused.
+            (Kind::Presence, Type::Subscribe) => {
+                cx.route(modules::presence_stanza(
+                    Type::Unsubscribed,
+                    &to.bare(),
+                    &st.from.bare(),
+                    Origin::Server,
+                ));
+                Ok(())
+            }
+            (Kind::Presence, _) => Ok(()),
+            _ => Err(StanzaError::service_unavailable()),
+        };
+    }
+    match st.kind {
+        Kind::Message => message_to_account(cx, st, user, to),
+        Kind::Presence => {
+            for m in router.modules() {
+                if m.presence_in(cx, user, st)? == Flow::Handled {
+                    return Ok(());
+                }
+            }
+            if to.is_bare() {
+                let targets: Vec<Jid> = router
+                    .sessions()
+                    .available(user)
+                    .map(|s| s.jid.clone())
+                    .collect();
+                send_all(cx, st, targets);
+            } else if router.sessions().get(to).is_some() {
+                send_all(cx, st, vec![to.clone()]);
+            }
+            Ok(())
+        }
+        Kind::Iq => iq_to_account(cx, st, user, to),
+    }
+}
+
+/// Queues the stanza for every target, moving it into the last one.
+fn send_all(cx: &mut Cx, st: &mut Stanza, targets: Vec<Jid>) {
+    if let Some((last, rest)) = targets.split_last() {
+        for t in rest {
+            cx.send(t.clone(), st.el.clone());
+        }
+        let el = std::mem::replace(&mut st.el, Element::new("", ""));
+        cx.send(last.clone(), el);
+    }
+}
+
+fn message_to_account(
+    cx: &mut Cx,
+    st: &mut Stanza,
+    user: &str,
+    to: &Jid,
+) -> Result<(), StanzaError> {
+    let router = cx.router();
+    let full_target = !to.is_bare() && router.sessions().get(to).is_some();
+    let targets = match st.typ {
+        _ if full_target => vec![to.clone()],
+        Type::Error => return Ok(()),
+        Type::Groupchat => return Err(StanzaError::service_unavailable()),
+        Type::Headline if !to.is_bare() => return Ok(()),
+        Type::Headline => router
+            .sessions()
+            .available(user)
+            .filter(|s| s.priority >= 0)
+            .map(|s| s.jid.clone())
+            .collect(),
+        _ => router.sessions().message_targets(user),
+    };
+    for m in router.modules() {
+        if m.message_in(cx, user, st, &targets)? == Flow::Handled {
+            return Ok(());
+        }
+    }
+    send_all(cx, st, targets);
+    Ok(())
+}
+
+fn iq_to_account(cx: &mut Cx, st: &mut Stanza, user: &str, to: &Jid) -> Result<(), StanzaError> {
+    let router = cx.router();
+    if !to.is_bare() {
+        if router.sessions().get(to).is_none() {
+            return match st.is_request() {
+                true => Err(StanzaError::service_unavailable()),
+                false => Ok(()),
+            };
+        }
+        for m in router.modules() {
+            if m.iq_in(cx, user, st)? == Flow::Handled {
+                return Ok(());
+            }
+        }
+        send_all(cx, st, vec![to.clone()]);
+        return Ok(());
+    }
+    if !st.is_request() {
+        if let Some(p) = response(router, st) {
+            answer(cx, p, st);
+        }
+        return Ok(());
+    }
+    for m in router.modules() {
+        if m.iq_in(cx, user, st)? == Flow::Handled {
+            return Ok(());
+        }
+    }
+    let target = Target::Account {
+        user,
+        own: st.from.bare() == *to,
+    };
+    match iq_module(router, st, &target, None) {
+        Some(m) => handle_iq(cx, m, st, to, target),
+        None => Err(StanzaError::service_unavailable()),
+    }
+}
+
+/// The module that answers `st`'s payload namespace for `target`. For a hosted service, its
+/// own module first, then modules that serve every service and own none (disco).
+fn iq_module<'r>(
+    router: &'r Router,
+    st: &Stanza,
+    target: &Target,
+    owner: Option<usize>,
+) -> Option<&'r dyn Module> {
+    let payload = st.payload()?;
+    let answers = |m: &dyn Module| {
+        m.iq_routes()
+            .iter()
+            .any(|r| r.ns == payload.ns && r.to.covers(target))
+    };
+    if let Some(i) = owner {
+        let m = &*router.modules()[i];
+        if answers(m) {
+            return Some(m);
+        }
+    }
+    router
+        .modules()
+        .iter()
+        .map(|m| &**m)
+        .filter(|m| owner.is_none() || m.service_domain().is_none())
+        .find(|m| answers(*m))
+}
+
+fn handle_iq(
+    cx: &mut Cx,
+    module: &dyn Module,
+    st: &Stanza,
+    to: &Jid,
+    target: Target,
+) -> Result<(), StanzaError> {
+    let Some(payload) = st.payload() else {
+        return Err(StanzaError::bad_request(
+            "an iq get or set has exactly one child",
+        ));
+    };
+    let req = IqRequest {
+        from: &st.from,
+        target,
+        set: st.typ == Type::Set,
+        payload,
+    };
+    let answer = module.handle_iq(cx, &req)?;
+    let mut reply = iq_result(&st.el, answer);
+    if st.to.is_none() {
+        reply.remove_attr("from");
+    }
+    match st.origin {
+        Origin::Client => cx.send(st.from.clone(), reply),
+        _ => cx.route(Stanza {
+            kind: Kind::Iq,
+            typ: Type::Result,
+            from: to.clone(),
+            to: Some(st.from.clone()),
+            origin: Origin::Server,
+            el: reply,
+        }),
+    }
+    Ok(())
+}
+
+/// Messages left in a closed session's queue: chat and normal ones are routed again as if sent
+/// to the bare JID, so they reach another resource or offline storage instead of vanishing.
+pub async fn reroute_unsent(router: &Router, owner: &Jid, stanzas: Vec<Element>) {
+    run(router, "keeping the unsent messages", |cx| {
+        for el in stanzas {
+            if el.name != "message" {
+                continue;
+            }
+            let Some(sender) = el.attr("from").and_then(|f| Jid::parse(f).ok()) else {
+                continue;
+            };
+            let Ok(mut st) = Stanza::parse(el, sender, Origin::Server) else {
+                continue;
+            };
+            if !matches!(st.typ, Type::Chat | Type::Normal) {
+                continue;
+            }
+            st.set_to(owner.bare());
+            cx.route(st);
+        }
+    })
+    .await;
+}
+
+/// Calls each module's `start` hook once, when the server starts.
+pub async fn start(router: &Router) {
+    run(router, "starting the modules", |cx| {
+        let router = cx.router();
+        for m in router.modules() {
+            m.start(cx);
+        }
+    })
+    .await;
+}
+
+/// Fires timers when they are due: modules' own, and the timeouts of iq requests.
+pub async fn run_timers(router: &Router) {
+    loop {
+        let next = router.timers.borrow().peek().map(|Reverse(t)| t.at);
+        let wake = async {
+            let _ = router.timer_wake.1.recv().await;
+        };
+        match next {
+            Some(at) => {
+                async {
+                    Timer::at(at).await;
+                }
+                .or(wake)
+                .await
+            }
+            None => wake.await,
+        }
+        let now = Instant::now();
+        let mut due = Vec::new();
+        {
+            let mut timers = router.timers.borrow_mut();
+            while timers.peek().is_some_and(|Reverse(t)| t.at <= now) {
+                if let Some(Reverse(t)) = timers.pop() {
+                    due.push(t.what);
+                }
+            }
+        }
+        if due.is_empty() {
+            continue;
+        }
+        run(router, "a timer", |cx| {
+            for what in due {
+                fire(cx, what);
+            }
+        })
+        .await;
+    }
+}
+
+fn fire(cx: &mut Cx, what: TimerWhat) {
+    let router = cx.router();
+    match what {
+        TimerWhat::Module { module, token } => router.modules()[module].timer(cx, token),
+        TimerWhat::IqTimeout(id) => {
+            let p = router.pending.borrow_mut().remove(&id);
+            if let Some(p) = p {
+                let err = StanzaError::new(Condition::RemoteServerTimeout);
+                router.modules()[p.module].iq_response(cx, p.token, Err(err));
+            }
+        }
+    }
+}
+
 /// [`apply_trailing`], then waits for the trailing writes too.
-pub async fn apply(server: &Rc<Server>, effects: Effects) -> Result<(), Error> {
-    if let Some(t) = apply_trailing(server, effects).await? {
+pub async fn apply(router: &Router, effects: Effects) -> Result<(), Error> {
+    if let Some(t) = apply_trailing(router, effects).await? {
         Store::wait(t).await?;
     }
     Ok(())
@@ -100,57 +808,32 @@ pub async fn apply(server: &Rc<Server>, effects: Effects) -> Result<(), Error> {
 /// strength of a write (a roster result, "stored for later") is only sent once that write has
 /// been committed. Writes that only trail the stanzas (the archive) are submitted without
 /// waiting: their ticket is returned. No `RefCell` borrow is held across the await.
-pub async fn apply_trailing(
-    server: &Rc<Server>,
-    effects: Effects,
-) -> Result<Option<Ticket>, Error> {
+pub async fn apply_trailing(router: &Router, effects: Effects) -> Result<Option<Ticket>, Error> {
     let Effects {
         mut writes,
         trailing,
         sends,
-        closes,
     } = effects;
     let mut ticket = None;
     if writes.is_empty() && !trailing.is_empty() {
-        ticket = Some(server.store.submit(trailing)?);
+        ticket = Some(router.store.submit(trailing)?);
     } else {
         writes.extend(trailing);
     }
-    if !writes.is_empty() {
-        let staged: Vec<(String, String, u64)> = writes
-            .iter()
-            .filter_map(|w| match w {
-                Write::RosterPut {
-                    user, contact, ver, ..
-                }
-                | Write::RosterDelete { user, contact, ver } => {
-                    Some((user.clone(), contact.clone(), *ver))
-                }
-                _ => None,
-            })
-            .collect();
-        let result = server.store.commit(writes).await;
-        for (user, contact, ver) in staged {
-            server.unstage_roster(&user, &contact, ver);
-        }
-        result?;
-    }
+    router.store.commit(writes).await?;
     for (to, el) in sends {
-        deliver(server, &to, el);
-    }
-    for (conn, err) in closes {
-        server.close_conn(conn, err);
+        deliver(router, &to, el);
     }
     Ok(ticket)
 }
 
 /// Queues a stanza for a session. A session whose queue is full is disconnected: it cannot keep
 /// up, and its unread stanzas go the way of any dropped connection's.
-pub fn deliver(server: &Server, to: &Jid, el: Element) {
-    let tx = server.sessions.borrow().get(to).map(|s| s.tx.clone());
+pub fn deliver(router: &Router, to: &Jid, el: Element) {
+    let tx = router.sessions().get(to).map(|s| s.tx.clone());
     match tx {
         Some(tx) => {
-            if tx.len() >= server.config.limits.queue_len
+            if tx.len() >= router.config.limits.queue_len
                 || tx.try_send(Outbound::Stanza(Box::new(el))).is_err()
             {
                 log::warn!("{to} is not reading; disconnecting it");
@@ -158,163 +841,6 @@ pub fn deliver(server: &Server, to: &Jid, el: Element) {
             }
         }
         None => log::debug!("dropping a stanza for {to}, which is gone"),
-    }
-}
-
-fn parse_to(stanza: &Element) -> Result<Option<Jid>, StanzaError> {
-    stanza
-        .attr("to")
-        .map(|t| Jid::parse(t).map_err(|_| StanzaError::new(Condition::JidMalformed)))
-        .transpose()
-}
-
-/// A message from a local session: the modules' outbound hooks, then routing.
-fn message_out(cx: &mut Cx, from: &Jid, mut msg: Element) -> Result<(), StanzaError> {
-    let modules = &cx.server.modules;
-    for m in modules.iter() {
-        if m.message_out(cx, from, &mut msg)? == Flow::Handled {
-            return Ok(());
-        }
-    }
-    message(cx, from, msg)
-}
-
-fn message(cx: &mut Cx, from: &Jid, mut msg: Element) -> Result<(), StanzaError> {
-    let to = parse_to(&msg)?.unwrap_or_else(|| from.bare());
-    if to.domain() != cx.domain() {
-        return Err(StanzaError::new(Condition::RemoteServerNotFound));
-    }
-    let Some(user) = to.local() else {
-        return Ok(());
-    };
-    let kind = stanza_type(&msg).to_owned();
-    if !cx.server.account_exists(user) {
-        return Err(StanzaError::service_unavailable());
-    }
-    let full_target = !to.is_bare() && cx.server.sessions.borrow().get(&to).is_some();
-    let targets = match kind.as_str() {
-        _ if full_target => vec![to.clone()],
-        "error" => return Ok(()),
-        "groupchat" => return Err(StanzaError::service_unavailable()),
-        "headline" if !to.is_bare() => return Ok(()),
-        "headline" => cx
-            .server
-            .sessions
-            .borrow()
-            .available(user)
-            .filter(|s| s.priority >= 0)
-            .map(|s| s.jid.clone())
-            .collect(),
-        _ => cx.server.sessions.borrow().message_targets(user),
-    };
-    let modules = &cx.server.modules;
-    for m in modules.iter() {
-        if m.message_in(cx, user, &mut msg, &targets)? == Flow::Handled {
-            return Ok(());
-        }
-    }
-    if let Some((last, rest)) = targets.split_last() {
-        for t in rest {
-            cx.send(t.clone(), msg.clone());
-        }
-        cx.send(last.clone(), msg);
-    }
-    Ok(())
-}
-
-fn iq(cx: &mut Cx, from: &Jid, iq: &Element) -> Result<(), StanzaError> {
-    let kind = stanza_type(iq);
-    let request = matches!(kind, "get" | "set");
-    if !request && kind != "result" && kind != "error" {
-        return Err(StanzaError::bad_request(
-            "iq type must be get, set, result or error",
-        ));
-    }
-    if iq.attr("id").is_none() {
-        return match request {
-            true => Err(StanzaError::bad_request("iq without id")),
-            false => Ok(()),
-        };
-    }
-    let to = parse_to(iq)?.unwrap_or_else(|| from.bare());
-    if to.domain() != cx.domain() {
-        return Err(StanzaError::new(Condition::RemoteServerNotFound));
-    }
-    if !to.is_bare() {
-        if to.local().is_some() && cx.server.sessions.borrow().get(&to).is_some() {
-            cx.send(to, iq.clone());
-            return Ok(());
-        }
-        return match request {
-            true => Err(StanzaError::service_unavailable()),
-            false => Ok(()),
-        };
-    }
-    if !request {
-        return Ok(());
-    }
-    let mut children = iq.elements();
-    let (Some(payload), None) = (children.next(), children.next()) else {
-        return Err(StanzaError::bad_request(
-            "an iq get or set has exactly one child",
-        ));
-    };
-    let own = to.local() == from.local();
-    if let Some(l) = to.local()
-        && !own
-        && !cx.server.account_exists(l)
-    {
-        return Err(StanzaError::service_unavailable());
-    }
-    let server = cx.server;
-    let module = server.modules.iter().find(|m| {
-        m.iq_routes().iter().any(|r| {
-            r.ns == payload.ns
-                && match to.local() {
-                    None => r.server,
-                    Some(_) if own => r.account,
-                    Some(_) => r.others,
-                }
-        })
-    });
-    let Some(module) = module else {
-        return Err(StanzaError::service_unavailable());
-    };
-    let req = IqRequest {
-        from,
-        to: &to,
-        set: kind == "set",
-        payload,
-    };
-    let answer = module.handle_iq(cx, &req)?;
-    let mut reply = iq_result(iq, answer);
-    if iq.attr("to").is_none() {
-        reply.remove_attr("from");
-    }
-    cx.send(from.clone(), reply);
-    Ok(())
-}
-
-/// Messages left in a closed session's queue: chat and normal ones are routed again as if sent
-/// to the bare JID, so they reach another resource or offline storage instead of vanishing.
-pub async fn reroute_unsent(server: &Rc<Server>, owner: &Jid, stanzas: Vec<Element>) {
-    let effects = {
-        let mut cx = Cx::new(server);
-        for mut msg in stanzas {
-            if msg.name != "message" || !matches!(stanza_type(&msg), "chat" | "normal") {
-                continue;
-            }
-            msg.set_attr("to", owner.bare().to_string());
-            let sender = msg.attr("from").and_then(|f| Jid::parse(f).ok());
-            let bounce = msg.clone();
-            if let (Err(e), Some(sender)) = (message(&mut cx, owner, msg), sender) {
-                cx.send(sender, error_reply(&bounce, &e));
-            }
-        }
-        cx.effects
-    };
-    if let Err(e) = apply(server, effects).await {
-        log::error!("could not keep the unsent messages of {owner}: {e}");
     }
 }
 

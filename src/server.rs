@@ -3,14 +3,15 @@
 
 use crate::config::Config;
 use crate::error::Error;
-use crate::modules::{self, Module};
-use crate::session::{Outbound, Sessions};
+use crate::listener::{self, Listener};
+use crate::router::{self, Router};
+use crate::session::Outbound;
 use crate::stanza::{StreamCondition, StreamError};
 use crate::storage::Store;
-use crate::storage::roster::RosterItem;
-use crate::{admin, listener, tls};
+use crate::stream::c2s;
+use crate::{admin, modules, tls};
 use async_signal::{Signal, Signals};
-use smol::channel::Sender;
+use smol::channel::{Receiver, Sender};
 use smol::{LocalExecutor, Timer};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -18,34 +19,36 @@ use std::io::Write as _;
 use std::net::IpAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
+/// An open connection, of any listener.
 pub struct Conn {
     pub tx: Sender<Outbound>,
     pub ip: IpAddr,
+    pub listener: usize,
 }
 
-type StagedRoster = HashMap<(String, String), (Option<RosterItem>, u64)>;
-
+/// The running server: the router (and through it the store, sessions and modules), and what
+/// belongs to connections: TLS, listeners, open connections, login throttling, sessions
+/// waiting to be resumed. Derefs to the router.
 pub struct Server {
-    pub config: Config,
-    pub store: Store,
-    pub sessions: RefCell<Sessions>,
-    pub modules: Vec<Box<dyn Module>>,
+    pub router: Router,
     pub tls: RefCell<Arc<rustls::ServerConfig>>,
+    pub listeners: Vec<Listener>,
     pub conns: RefCell<HashMap<u64, Conn>>,
     pub throttle: RefCell<Throttle>,
-    /// The accounts (localparts), kept in memory: routing asks for every stanza.
-    pub accounts: RefCell<std::collections::HashSet<String>>,
     /// XEP-0198 sessions that can be resumed, by resumption id.
     pub resumable: RefCell<HashMap<String, crate::stream::c2s::Resumable>>,
     /// Set once shutdown begins: listeners stop accepting.
     pub closing: Cell<bool>,
     next_conn: Cell<u64>,
-    last_version: Cell<u64>,
-    /// Roster changes handed to the writer but not yet committed, with their version, so that
-    /// handlers running meanwhile see them.
-    staged_roster: RefCell<StagedRoster>,
+}
+
+impl std::ops::Deref for Server {
+    type Target = Router;
+    fn deref(&self) -> &Router {
+        &self.router
+    }
 }
 
 /// Failed logins per IP address and per account within a window (RFC 6120 §6.4.5 asks for
@@ -84,34 +87,43 @@ impl Throttle {
 }
 
 impl Server {
-    pub fn new(config: Config, store: Store, tls: Arc<rustls::ServerConfig>) -> Server {
-        let modules = modules::all(&config);
+    pub fn new(router: Router, tls: Arc<rustls::ServerConfig>, listeners: Vec<Listener>) -> Server {
         Server {
-            config,
-            store,
-            sessions: RefCell::default(),
-            modules,
+            router,
             tls: RefCell::new(tls),
+            listeners,
             conns: RefCell::default(),
             throttle: RefCell::default(),
-            accounts: RefCell::default(),
             resumable: RefCell::default(),
             closing: Cell::new(false),
             next_conn: Cell::new(1),
-            last_version: Cell::new(0),
-            staged_roster: RefCell::default(),
         }
     }
 
-    pub fn account_exists(&self, user: &str) -> bool {
-        self.accounts.borrow().contains(user)
-    }
-
-    pub fn add_conn(&self, tx: Sender<Outbound>, ip: IpAddr) -> u64 {
+    /// Registers a new connection of `listener`; returns its id and its queue.
+    pub fn add_conn(&self, listener: usize, ip: IpAddr) -> (u64, Receiver<Outbound>) {
+        // Unbounded because a bounded channel allocates all its slots up front, which would
+        // cost every idle session the memory of a full queue; `router::deliver` enforces the
+        // bound.
+        let (tx, rx) = smol::channel::unbounded();
         let id = self.next_conn.get();
         self.next_conn.set(id + 1);
-        self.conns.borrow_mut().insert(id, Conn { tx, ip });
-        id
+        self.conns
+            .borrow_mut()
+            .insert(id, Conn { tx, ip, listener });
+        (id, rx)
+    }
+
+    /// Connections of `listener` in total and from `ip`.
+    pub fn conn_counts(&self, listener: usize, ip: IpAddr) -> (usize, usize) {
+        let conns = self.conns.borrow();
+        let mine = conns.values().filter(|c| c.listener == listener);
+        let (mut total, mut from_ip) = (0, 0);
+        for c in mine {
+            total += 1;
+            from_ip += usize::from(c.ip == ip);
+        }
+        (total, from_ip)
     }
 
     pub fn close_conn(&self, id: u64, err: StreamError) {
@@ -123,65 +135,13 @@ impl Server {
             }
         }
     }
+}
 
-    /// A roster version greater than any handed out before, here or in an earlier run.
-    pub fn next_version(&self) -> u64 {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros() as u64);
-        let v = now.max(self.last_version.get() + 1);
-        self.last_version.set(v);
-        v
-    }
-
-    pub fn stage_roster(&self, user: &str, contact: &str, item: Option<RosterItem>, ver: u64) {
-        self.staged_roster
-            .borrow_mut()
-            .insert((user.to_owned(), contact.to_owned()), (item, ver));
-    }
-
-    pub fn unstage_roster(&self, user: &str, contact: &str, ver: u64) {
-        let mut staged = self.staged_roster.borrow_mut();
-        let key = (user.to_owned(), contact.to_owned());
-        if staged.get(&key).is_some_and(|(_, v)| *v == ver) {
-            staged.remove(&key);
-        }
-    }
-
-    pub fn roster_item(&self, user: &str, contact: &str) -> Result<Option<RosterItem>, Error> {
-        let key = (user.to_owned(), contact.to_owned());
-        if let Some((item, _)) = self.staged_roster.borrow().get(&key) {
-            return Ok(item.clone());
-        }
-        self.store.roster_item(user, contact)
-    }
-
-    pub fn roster(&self, user: &str) -> Result<Vec<(String, RosterItem)>, Error> {
-        let mut items: HashMap<String, RosterItem> = self.store.roster(user)?.into_iter().collect();
-        for ((u, contact), (item, _)) in self.staged_roster.borrow().iter() {
-            if u == user {
-                match item {
-                    Some(i) => items.insert(contact.clone(), i.clone()),
-                    None => items.remove(contact),
-                };
-            }
-        }
-        let mut out: Vec<_> = items.into_iter().collect();
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(out)
-    }
-
-    pub fn roster_version(&self, user: &str) -> Result<u64, Error> {
-        let staged = self
-            .staged_roster
-            .borrow()
-            .iter()
-            .filter(|((u, _), _)| u == user)
-            .map(|(_, (_, v))| *v)
-            .max()
-            .unwrap_or(0);
-        Ok(self.store.roster_version(user)?.max(staged))
-    }
+/// Every listener: client streams' and the modules'.
+pub fn listeners(config: &Config, modules: &[Box<dyn modules::Module>]) -> Vec<Listener> {
+    let mut all = c2s::listeners(config);
+    all.extend(modules.iter().flat_map(|m| m.listeners()));
+    all
 }
 
 /// Runs the server until SIGTERM or SIGINT.
@@ -189,42 +149,50 @@ pub fn serve(config: Config) -> Result<(), Error> {
     let data_dir = config.server.data_dir.clone();
     std::fs::create_dir_all(&data_dir)
         .map_err(|e| Error::io("create the data directory", &data_dir, &e))?;
-    let store = Store::open_with_cache(&config.store_path(), config.store_cache_bytes())?;
+    let store = Store::open_with_cache(
+        &config.store_path(),
+        config.store_cache_bytes(),
+        modules::schema(),
+    )?;
     let tls = tls::load(&config)?;
-    let bound = listener::bind_all(&config)?;
-    let admin = admin::bind(&config)?;
-    let accounts = store.users()?.into_iter().collect();
-    let server = Rc::new(Server::new(config, store, tls));
-    *server.accounts.borrow_mut() = accounts;
+    let router = Router::new(config, store)?;
+    let specs = listeners(&router.config, router.modules());
+    let bound = listener::bind_all(&specs)?;
+    let admin = admin::bind(&router.config)?;
+    let server = Rc::new(Server::new(router, tls, specs));
     let ex = Rc::new(LocalExecutor::new());
     // Installed before the listening lines are printed: a SIGTERM from then on must shut the
     // server down gracefully.
     let signals = Signals::new([Signal::Term, Signal::Int, Signal::Hup])
         .map_err(|e| Error::Io(format!("cannot install signal handlers: {e}")))?;
-    let names: Vec<&str> = server.modules.iter().map(|m| m.name()).collect();
+    let names: Vec<&str> = server.modules().iter().map(|m| m.name()).collect();
     log::info!(
         "serving {} with modules {}",
         server.config.server.domain,
         names.join(", ")
     );
     let mut stdout = std::io::stdout();
-    for (kind, l) in &bound {
+    for (i, l) in &bound {
         if let Ok(addr) = l.get_ref().local_addr() {
-            let _ = writeln!(stdout, "listening {} {addr}", kind.name());
-            log::info!("listening for {} on {addr}", kind.name());
+            let name = server.listeners[*i].name;
+            let _ = writeln!(stdout, "listening {name} {addr}");
+            log::info!("listening for {name} on {addr}");
         }
     }
     let _ = stdout.flush();
     let result = smol::block_on(ex.run(async {
-        for (kind, l) in bound {
-            ex.spawn(listener::accept_loop(server.clone(), ex.clone(), l, kind))
+        for (i, l) in bound {
+            ex.spawn(listener::accept_loop(server.clone(), ex.clone(), l, i))
                 .detach();
         }
         if let Some(a) = admin {
             ex.spawn(admin::serve(server.clone(), ex.clone(), a))
                 .detach();
         }
-        ex.spawn(tick(server.clone())).detach();
+        let timers = server.clone();
+        ex.spawn(async move { router::run_timers(&timers).await })
+            .detach();
+        router::start(&server).await;
         wait_for_shutdown(&server, signals).await
     }));
     shutdown(&server, &ex);
@@ -232,23 +200,6 @@ pub fn serve(config: Config) -> Result<(), Error> {
     server.store.close();
     log::info!("stopped");
     result
-}
-
-/// Once a second, each module's `tick` (housekeeping such as archive expiry).
-async fn tick(server: Rc<Server>) {
-    loop {
-        Timer::after(Duration::from_secs(1)).await;
-        let effects = {
-            let mut cx = modules::Cx::new(&server);
-            for m in server.modules.iter() {
-                m.tick(&mut cx, SystemTime::now());
-            }
-            cx.effects
-        };
-        if let Err(e) = crate::router::apply(&server, effects).await {
-            log::error!("housekeeping failed: {e}");
-        }
-    }
 }
 
 async fn wait_for_shutdown(server: &Rc<Server>, mut signals: Signals) -> Result<(), Error> {

@@ -31,6 +31,23 @@ pub struct Session {
     pub flags: Flags,
 }
 
+impl Session {
+    /// A session just bound: not available, with no module state yet.
+    pub fn new(conn: u64, jid: Jid, tx: Sender<Outbound>) -> Session {
+        Session {
+            conn,
+            jid,
+            tx,
+            available: false,
+            priority: 0,
+            presence: None,
+            interested: false,
+            directed: Vec::new(),
+            flags: Flags::default(),
+        }
+    }
+}
+
 /// Per-session state that belongs to one module each.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Flags {

@@ -1,5 +1,7 @@
-//! RFC 6120 §4.9 stream errors and §8.3 stanza errors, as closed enums, and error replies.
+//! The typed stanza envelope (RFC 6120 §8: kind, type, from, to), RFC 6120 §4.9 stream errors
+//! and §8.3 stanza errors as closed enums, and error replies.
 
+use crate::jid::Jid;
 use crate::xml::{Element, ns};
 
 macro_rules! conditions {
@@ -141,6 +143,9 @@ impl Condition {
 pub struct StanzaError {
     pub condition: Condition,
     pub text: Option<String>,
+    /// An application-specific condition beside the defined one (RFC 6120 §8.3.2), such as
+    /// XEP-0191's `<blocked/>`.
+    pub app: Option<Element>,
 }
 
 impl StanzaError {
@@ -148,6 +153,7 @@ impl StanzaError {
         StanzaError {
             condition,
             text: None,
+            app: None,
         }
     }
 
@@ -155,7 +161,31 @@ impl StanzaError {
         StanzaError {
             condition,
             text: Some(text.into()),
+            app: None,
         }
+    }
+
+    /// The error an error reply carries (RFC 6120 §8.3.2); `undefined-condition` when it
+    /// names none this server knows.
+    pub fn from_reply(reply: &Element) -> StanzaError {
+        let error = reply.child("error", ns::CLIENT);
+        let condition = error
+            .and_then(|e| {
+                e.elements()
+                    .find(|c| c.ns == ns::STANZAS && c.name != "text")
+            })
+            .and_then(|c| Condition::parse(&c.name))
+            .unwrap_or(Condition::UndefinedCondition);
+        let mut err = StanzaError::new(condition);
+        err.text = error
+            .and_then(|e| e.child("text", ns::STANZAS))
+            .map(|t| t.text());
+        err
+    }
+
+    pub fn with_app(mut self, app: Element) -> StanzaError {
+        self.app = Some(app);
+        self
     }
 
     pub fn bad_request(text: &str) -> StanzaError {
@@ -176,6 +206,9 @@ impl StanzaError {
                     .with_attr("xml:lang", "en")
                     .with_text(t.clone()),
             );
+        }
+        if let Some(app) = &self.app {
+            el.push(app.clone());
         }
         el
     }
@@ -224,6 +257,205 @@ pub fn iq_result(iq: &Element, payload: Option<Element>) -> Element {
         reply.push(p);
     }
     reply
+}
+
+/// What a stanza is (RFC 6120 §8): the three kinds of the `jabber:client` namespace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Message,
+    Presence,
+    Iq,
+}
+
+/// The `type` attribute, read once (RFC 6120 §8.2.3, RFC 6121 §4.7.1, §5.2.2). A message of a
+/// type nobody knows is `normal`, as RFC 6121 §5.2.2 says; presence and iq types are closed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Type {
+    Chat,
+    Normal,
+    Groupchat,
+    Headline,
+    Available,
+    Unavailable,
+    Subscribe,
+    Subscribed,
+    Unsubscribe,
+    Unsubscribed,
+    Probe,
+    Get,
+    Set,
+    Result,
+    Error,
+}
+
+impl Type {
+    fn parse(kind: Kind, t: Option<&str>) -> Option<Type> {
+        use Type::*;
+        Some(match (kind, t) {
+            (_, Some("error")) => Error,
+            (Kind::Message, Some("chat")) => Chat,
+            (Kind::Message, Some("groupchat")) => Groupchat,
+            (Kind::Message, Some("headline")) => Headline,
+            (Kind::Message, _) => Normal,
+            (Kind::Presence, None) => Available,
+            (Kind::Presence, Some("unavailable")) => Unavailable,
+            (Kind::Presence, Some("subscribe")) => Subscribe,
+            (Kind::Presence, Some("subscribed")) => Subscribed,
+            (Kind::Presence, Some("unsubscribe")) => Unsubscribe,
+            (Kind::Presence, Some("unsubscribed")) => Unsubscribed,
+            (Kind::Presence, Some("probe")) => Probe,
+            (Kind::Iq, Some("get")) => Get,
+            (Kind::Iq, Some("set")) => Set,
+            (Kind::Iq, Some("result")) => Result,
+            _ => return None,
+        })
+    }
+
+    /// Presence that changes a subscription (RFC 6121 §3).
+    pub fn is_subscription(self) -> bool {
+        matches!(
+            self,
+            Type::Subscribe | Type::Subscribed | Type::Unsubscribe | Type::Unsubscribed
+        )
+    }
+}
+
+/// Who made a stanza, which decides the hooks it passes (see `router.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Sent by the client session named in `from`.
+    Client,
+    /// Made by the server on behalf of the account in `from` (a presence broadcast, a probe,
+    /// the answer to a probe): it passes the account's outbound hooks, as if the client sent it.
+    Account,
+    /// The server's own answer (an error bounce, an iq the server or a module sends).
+    Server,
+}
+
+/// A stanza with its envelope read: what routing and hooks decide on, beside the element that
+/// is delivered. `from` is where the stanza comes from even when the element leaves the
+/// attribute out (a reply to a request that had no `to`).
+#[derive(Clone, Debug)]
+pub struct Stanza {
+    pub kind: Kind,
+    pub typ: Type,
+    pub from: Jid,
+    /// None: addressed to the sender's own account (RFC 6120 §10.3), or a presence broadcast.
+    pub to: Option<Jid>,
+    pub origin: Origin,
+    pub el: Element,
+}
+
+impl Stanza {
+    /// Reads the envelope of `el`, with `from` (already stamped on it) as its sender. An
+    /// envelope RFC 6120 forbids gets the error to answer with (RFC 6120 §8.3.1); an iq result
+    /// or error without an id gets none, since nothing can match it (the caller drops it).
+    pub fn parse(
+        el: Element,
+        from: Jid,
+        origin: Origin,
+    ) -> Result<Stanza, (Element, Option<StanzaError>)> {
+        match Stanza::envelope(&el) {
+            Ok((kind, typ, to)) => Ok(Stanza {
+                kind,
+                typ,
+                from,
+                to,
+                origin,
+                el,
+            }),
+            Err(e) => Err((el, e)),
+        }
+    }
+
+    fn envelope(el: &Element) -> Result<(Kind, Type, Option<Jid>), Option<StanzaError>> {
+        let kind = match (el.name.as_str(), el.ns.as_str()) {
+            ("message", ns::CLIENT) => Kind::Message,
+            ("presence", ns::CLIENT) => Kind::Presence,
+            ("iq", ns::CLIENT) => Kind::Iq,
+            _ => return Err(Some(StanzaError::bad_request("not a stanza"))),
+        };
+        let typ = Type::parse(kind, el.attr("type")).ok_or_else(|| {
+            Some(StanzaError::bad_request(match kind {
+                Kind::Iq => "iq type must be get, set, result or error",
+                _ => "unknown presence type",
+            }))
+        })?;
+        let to = match el.attr("to") {
+            Some(t) => {
+                Some(Jid::parse(t).map_err(|_| Some(StanzaError::new(Condition::JidMalformed)))?)
+            }
+            None => None,
+        };
+        if kind == Kind::Iq {
+            let request = matches!(typ, Type::Get | Type::Set);
+            if el.attr("id").is_none() {
+                return Err(request.then(|| StanzaError::bad_request("iq without id")));
+            }
+            if request && el.elements().count() != 1 {
+                return Err(Some(StanzaError::bad_request(
+                    "an iq get or set has exactly one child",
+                )));
+            }
+        }
+        Ok((kind, typ, to))
+    }
+
+    /// A stanza the server makes: `el` carries the same `from` and `to` as the fields.
+    pub fn new(
+        kind: Kind,
+        typ: Type,
+        from: Jid,
+        to: Jid,
+        origin: Origin,
+        mut el: Element,
+    ) -> Stanza {
+        el.set_attr("from", from.to_string());
+        el.set_attr("to", to.to_string());
+        Stanza {
+            kind,
+            typ,
+            from,
+            to: Some(to),
+            origin,
+            el,
+        }
+    }
+
+    pub fn id(&self) -> Option<&str> {
+        self.el.attr("id")
+    }
+
+    /// The addressee, with an absent `to` meaning the sender's own bare JID.
+    pub fn target(&self) -> Jid {
+        self.to.clone().unwrap_or_else(|| self.from.bare())
+    }
+
+    pub fn set_to(&mut self, to: Jid) {
+        self.el.set_attr("to", to.to_string());
+        self.to = Some(to);
+    }
+
+    /// The only child of an iq get or set (checked by `parse`).
+    pub fn payload(&self) -> Option<&Element> {
+        self.el.elements().next()
+    }
+
+    pub fn is_request(&self) -> bool {
+        matches!(self.typ, Type::Get | Type::Set)
+    }
+
+    /// The error reply, from the addressee back to the sender, made by the server.
+    pub fn error(&self, err: &StanzaError) -> Stanza {
+        Stanza {
+            kind: self.kind,
+            typ: Type::Error,
+            from: self.target(),
+            to: Some(self.from.clone()),
+            origin: Origin::Server,
+            el: error_reply(&self.el, err),
+        }
+    }
 }
 
 /// A message of `kind` with empty children `(name, ns)`, for modules' tables of cases.

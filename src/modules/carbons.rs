@@ -5,10 +5,15 @@
 //! `urn:xmpp:carbons:rules:0` disco feature. The `<private/>` element stays on the delivered
 //! message, as §7 says it SHOULD.
 
-use super::{Cx, Flow, IqRequest, IqRoute, Module};
+use super::{Cx, DiscoInfo, Entry, Flow, IqRequest, IqRoute, Module, Target, To};
 use crate::jid::Jid;
-use crate::stanza::{StanzaError, stanza_type};
+use crate::stanza::{Origin, Stanza, StanzaError, stanza_type};
 use crate::xml::{Element, ns};
+
+pub const ENTRY: Entry = Entry {
+    tables: &[],
+    new: |_| Some(Box::new(Carbons)),
+};
 
 pub struct Carbons;
 
@@ -49,9 +54,7 @@ fn wrap(kind: &str, bare: &Jid, to: &Jid, msg: &Element) -> Element {
 
 /// The sessions of `user` with carbons on, leaving out `skip`.
 fn enabled(cx: &Cx, user: &str, skip: &[Jid]) -> Vec<Jid> {
-    cx.server
-        .sessions
-        .borrow()
+    cx.sessions()
         .of(user)
         .iter()
         .filter(|s| s.flags.carbons && !skip.contains(&s.jid))
@@ -63,17 +66,14 @@ impl Module for Carbons {
     fn name(&self) -> &'static str {
         "carbons"
     }
-    fn features(&self) -> &'static [&'static str] {
-        &[ns::CARBONS]
+    fn disco(&self, _cx: &Cx, target: &Target, info: &mut DiscoInfo) {
+        if *target == Target::Server {
+            info.features.push(ns::CARBONS);
+        }
     }
     fn iq_routes(&self) -> &'static [IqRoute] {
         // Clients send these without 'to' (their own account); some address the server.
-        &[IqRoute {
-            ns: ns::CARBONS,
-            server: true,
-            account: true,
-            others: false,
-        }]
+        const { &[IqRoute::new(ns::CARBONS, To::SERVER.and(To::OWN))] }
     }
     fn handle_iq(&self, cx: &mut Cx, iq: &IqRequest) -> Result<Option<Element>, StanzaError> {
         let on = match iq.payload.name.as_str() {
@@ -86,22 +86,20 @@ impl Module for Carbons {
                 "carbons are enabled with an iq set",
             ));
         }
-        if let Some(s) = cx.server.sessions.borrow_mut().get_mut(iq.from) {
-            s.flags.carbons = on;
-        }
+        cx.with_session(iq.from, |s| s.flags.carbons = on);
         Ok(None)
     }
 
-    fn message_out(&self, cx: &mut Cx, from: &Jid, msg: &mut Element) -> Result<Flow, StanzaError> {
-        let Some(user) = from.local() else {
+    fn message_out(&self, cx: &mut Cx, st: &mut Stanza) -> Result<Flow, StanzaError> {
+        let (Some(user), Origin::Client) = (st.from.local(), st.origin) else {
             return Ok(Flow::Continue);
         };
-        if !should_copy(msg) {
+        if !should_copy(&st.el) {
             return Ok(Flow::Continue);
         }
-        let bare = from.bare();
-        for to in enabled(cx, user, std::slice::from_ref(from)) {
-            let copy = wrap("sent", &bare, &to, msg);
+        let bare = st.from.bare();
+        for to in enabled(cx, user, std::slice::from_ref(&st.from)) {
+            let copy = wrap("sent", &bare, &to, &st.el);
             cx.send(to, copy);
         }
         Ok(Flow::Continue)
@@ -111,9 +109,10 @@ impl Module for Carbons {
         &self,
         cx: &mut Cx,
         user: &str,
-        msg: &mut Element,
+        st: &mut Stanza,
         targets: &[Jid],
     ) -> Result<Flow, StanzaError> {
+        let msg = &st.el;
         if !should_copy(msg) {
             return Ok(Flow::Continue);
         }

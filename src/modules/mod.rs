@@ -1,9 +1,16 @@
-//! Feature modules: the trait, the context handlers work in, and THE list of modules.
+//! Feature modules: the trait with every hook, the context handlers work in, and THE registry.
 //!
-//! Handlers are synchronous. They read state and storage and record what should happen in
-//! `Cx`; `router::apply` then makes the writes durable and queues the stanzas. A module never
-//! touches a socket, spawns nothing, and never sends directly.
+//! Handlers are synchronous. They read state through [`Cx`] and record what should happen in
+//! it: stanzas for sessions (`send`), stanzas for the router (`route`), writes, iq requests,
+//! timers. The router then routes what was recorded, and `router::apply` makes the writes
+//! durable and queues the stanzas. A module never touches a socket, spawns nothing, and holds
+//! no `RefCell` borrow of its own while it calls into `Cx`.
+//!
+//! Hook order is the order of [`REGISTRY`]: a hook that returns [`Flow::Handled`] ends the
+//! stanza's way through the modules that come after it.
 
+pub mod auth;
+pub mod blocking;
 pub mod carbons;
 pub mod disco;
 pub mod mam;
@@ -11,18 +18,64 @@ pub mod offline;
 pub mod ping;
 pub mod presence;
 pub mod roster;
+#[cfg(test)]
+pub mod testing;
 pub mod time;
 pub mod version;
 
 use crate::config::Config;
 use crate::jid::Jid;
-use crate::server::Server;
-use crate::stanza::{StanzaError, StreamError};
-use crate::storage::Write;
-use crate::xml::Element;
-use std::time::SystemTime;
+use crate::listener::Listener;
+use crate::router::{Dest, Router};
+use crate::session::{Session, Sessions};
+use crate::stanza::{Kind, Origin, Stanza, StanzaError, Type};
+use crate::storage::{Schema, Store, Table, Write};
+use crate::xml::{Element, ns};
+use std::any::Any;
+use std::cell::Ref;
+use std::collections::VecDeque;
+use std::time::{Duration, SystemTime};
 
-/// What a handler wants done once it returns.
+/// One entry of the registry: the tables a module stores in (declared even when the module is
+/// disabled, so that deleting an account also clears what it stored before), and its
+/// constructor, which returns None when the config disables it.
+pub struct Entry {
+    pub tables: &'static [&'static dyn Table],
+    pub new: fn(&Config) -> Option<Box<dyn Module>>,
+}
+
+/// Every module, in hook order. Adding a module is one line here (and its config section in
+/// `config.rs`); see `docs/modules.md`.
+pub static REGISTRY: &[Entry] = &[
+    auth::ENTRY,
+    roster::ENTRY,
+    // Before every module that acts on stanzas: what a block stops, nothing else sees.
+    blocking::ENTRY,
+    presence::ENTRY,
+    disco::ENTRY,
+    ping::ENTRY,
+    time::ENTRY,
+    version::ENTRY,
+    // Before carbons, so that a <received/> copy carries the stanza-id and a forged one is
+    // gone from a <sent/> copy; before offline, which ends the hooks for what it stores.
+    mam::ENTRY,
+    carbons::ENTRY,
+    offline::ENTRY,
+];
+
+/// The enabled modules, in hook order.
+pub fn all(config: &Config) -> Vec<Box<dyn Module>> {
+    REGISTRY.iter().filter_map(|e| (e.new)(config)).collect()
+}
+
+/// Every table of the store: the accounts' own, then every module's.
+pub fn schema() -> Schema {
+    let mut tables: Schema = vec![&crate::storage::accounts::USER_TO_CREDENTIALS];
+    tables.extend(REGISTRY.iter().flat_map(|e| e.tables.iter().copied()));
+    tables
+}
+
+/// What a handler wants done once the stanza's routing is over.
 #[derive(Default)]
 pub struct Effects {
     /// Writes committed before any stanza is sent: what the sends promise depends on them.
@@ -32,25 +85,79 @@ pub struct Effects {
     pub trailing: Vec<Write>,
     /// Stanzas for one session each, by full JID.
     pub sends: Vec<(Jid, Element)>,
-    /// Connections to close with a stream error.
-    pub closes: Vec<(u64, StreamError)>,
 }
 
+/// The context every hook works in: reads of the server's state, and the record of what the
+/// hook wants done.
 pub struct Cx<'a> {
-    pub server: &'a Server,
+    router: &'a Router,
     pub effects: Effects,
+    /// Stanzas handed to the router, routed in order once the hook returns.
+    pub(crate) queue: VecDeque<Stanza>,
 }
 
 impl<'a> Cx<'a> {
-    pub fn new(server: &'a Server) -> Cx<'a> {
+    pub fn new(router: &'a Router) -> Cx<'a> {
         Cx {
-            server,
+            router,
             effects: Effects::default(),
+            queue: VecDeque::new(),
         }
     }
 
+    pub(crate) fn router(&self) -> &'a Router {
+        self.router
+    }
+
+    /// The server's domain, for the addresses the server speaks from.
+    pub fn domain(&self) -> &'a str {
+        &self.router.config.server.domain
+    }
+
+    pub fn now(&self) -> SystemTime {
+        self.router.now()
+    }
+
+    pub fn store(&self) -> &'a Store {
+        &self.router.store
+    }
+
+    pub fn sessions(&self) -> Ref<'a, Sessions> {
+        self.router.sessions()
+    }
+
+    /// Changes one session (its module flags, its presence) if it is still bound.
+    pub fn with_session<R>(&self, jid: &Jid, f: impl FnOnce(&mut Session) -> R) -> Option<R> {
+        self.router.sessions_mut().get_mut(jid).map(f)
+    }
+
+    pub fn account_exists(&self, user: &str) -> bool {
+        self.router.account_exists(user)
+    }
+
+    /// Where the router would take a stanza addressed to `jid`.
+    pub fn destination<'j>(&self, jid: &'j Jid) -> Dest<'j> {
+        self.router.destination(jid)
+    }
+
+    /// The running module of type `T`, for modules that build on another (presence on the
+    /// roster).
+    pub fn module<T: Module>(&self) -> Option<&'a T> {
+        self.router
+            .modules()
+            .iter()
+            .find_map(|m| (&**m as &dyn Any).downcast_ref::<T>())
+    }
+
+    /// Queues a stanza for one session, bypassing every hook: a reply, a push.
     pub fn send(&mut self, to: Jid, stanza: Element) {
         self.effects.sends.push((to, stanza));
+    }
+
+    /// Hands a stanza to the router, as if its `from` had sent it: it gets the hooks of its
+    /// origin and its addressee, and the delivery rules.
+    pub fn route(&mut self, stanza: Stanza) {
+        self.queue.push_back(stanza);
     }
 
     pub fn write(&mut self, w: Write) {
@@ -61,29 +168,101 @@ impl<'a> Cx<'a> {
         self.effects.trailing.push(w);
     }
 
-    pub fn domain(&self) -> &str {
-        &self.server.config.server.domain
+    /// Sends an iq request from `from` (the server, an account, a service) to `to`; its result
+    /// or error, or `remote-server-timeout` after `timeout`, reaches `module`'s
+    /// [`Module::iq_response`] with `token`.
+    pub fn send_iq(&mut self, module: &'static str, req: IqOut) {
+        if let Some(st) = self.router.register_iq(module, req, self.now()) {
+            self.route(st);
+        }
+    }
+
+    /// Calls `module`'s [`Module::timer`] with `token` once `after` has passed.
+    pub fn set_timer(&mut self, module: &'static str, after: Duration, token: u64) {
+        self.router.set_timer(module, after, token);
+    }
+
+    /// Runs every module's session hook for `event` now.
+    pub fn raise(&mut self, session: &Jid, event: SessionEvent) {
+        let router = self.router;
+        for m in router.modules() {
+            m.session_event(self, session, event);
+        }
     }
 }
 
-/// An iq addressed to the server or to an account, after the router has checked its envelope.
+/// An iq request a module sends (see [`Cx::send_iq`]).
+pub struct IqOut {
+    pub from: Jid,
+    pub to: Jid,
+    pub set: bool,
+    pub payload: Element,
+    pub token: u64,
+    pub timeout: Duration,
+}
+
+/// An iq get or set addressed to the server, to an account or to a hosted service, after the
+/// router has checked its envelope.
 pub struct IqRequest<'a> {
-    /// The sender's full JID.
+    /// The sender (a full JID for a local client).
     pub from: &'a Jid,
-    /// The addressee: the server's domain or an account's bare JID.
-    pub to: &'a Jid,
+    pub target: Target<'a>,
     pub set: bool,
     pub payload: &'a Element,
 }
 
+/// What an iq, a disco query or a feature is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target<'a> {
+    /// The server's domain.
+    Server,
+    /// A local account's bare JID; `own` when the sender is that account.
+    Account { user: &'a str, own: bool },
+    /// A hosted service's domain.
+    Service(&'a str),
+}
+
+/// Which addressees an iq namespace is answered for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct To(u8);
+
+impl To {
+    pub const SERVER: To = To(1);
+    /// The sender's own account.
+    pub const OWN: To = To(2);
+    /// Other accounts than the sender's.
+    pub const OTHERS: To = To(4);
+    /// A hosted service: the module's own, or every service for a module that owns none.
+    pub const SERVICES: To = To(8);
+    pub const ACCOUNTS: To = To(2 | 4);
+    pub const ANYONE: To = To(15);
+
+    pub const fn and(self, other: To) -> To {
+        To(self.0 | other.0)
+    }
+
+    pub fn covers(self, target: &Target) -> bool {
+        let bit = match target {
+            Target::Server => To::SERVER,
+            Target::Account { own: true, .. } => To::OWN,
+            Target::Account { own: false, .. } => To::OTHERS,
+            Target::Service(_) => To::SERVICES,
+        };
+        self.0 & bit.0 != 0
+    }
+}
+
+/// An iq payload namespace a module answers, and for whom.
 #[derive(Clone, Copy)]
 pub struct IqRoute {
     pub ns: &'static str,
-    /// Answered when addressed to the server's domain.
-    pub server: bool,
-    /// Answered when addressed to an account (the sender's own or, if `others`, anyone's).
-    pub account: bool,
-    pub others: bool,
+    pub to: To,
+}
+
+impl IqRoute {
+    pub const fn new(ns: &'static str, to: To) -> IqRoute {
+        IqRoute { ns, to }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,12 +271,63 @@ pub enum Flow {
     Handled,
 }
 
-pub trait Module {
+/// A moment in a client session's life (RFC 6120 §7, XEP-0198, XEP-0352).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionEvent {
+    /// A resource was bound.
+    Bound,
+    /// The session sent its initial presence (RFC 6121 §4.2).
+    InitialPresence,
+    /// XEP-0352: the client went to the background...
+    Inactive,
+    /// ...and came back.
+    Active,
+    /// XEP-0198: the socket is gone; the session waits to be resumed.
+    Detached,
+    /// XEP-0198: a new connection took the session over.
+    Resumed,
+    /// The session is over (its stanzas still queued are routed again after this).
+    Closed,
+}
+
+/// The stream negotiation step a stream feature is offered at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// Encrypted, before authentication.
+    Authenticate,
+    /// Authenticated, before a resource is bound.
+    Bind,
+}
+
+/// What a disco#info or disco#items query answers, gathered from every module.
+#[derive(Default)]
+pub struct DiscoInfo {
+    /// (category, type, name)
+    pub identities: Vec<(&'static str, &'static str, Option<&'static str>)>,
+    pub features: Vec<&'static str>,
+    /// (jid, name)
+    pub items: Vec<(String, Option<&'static str>)>,
+}
+
+/// A SASL mechanism's server side, one per authentication attempt.
+pub trait Mechanism {
+    /// Takes the client's next message (base64-decoded).
+    fn step(&mut self, cx: &Cx, input: &[u8]) -> crate::stream::sasl::Step;
+}
+
+/// A feature module. Every method has a default, so a module fills in what it uses.
+pub trait Module: Any {
     fn name(&self) -> &'static str;
-    /// Disco features this module implements.
-    fn features(&self) -> &'static [&'static str] {
-        &[]
+
+    /// The domain of the hosted service this module runs, if it runs one: the router gives
+    /// it every stanza addressed to that domain and to any JID at it.
+    fn service_domain(&self) -> Option<&str> {
+        None
     }
+
+    /// What the module adds to disco#info and disco#items of `target`.
+    fn disco(&self, _cx: &Cx, _target: &Target, _info: &mut DiscoInfo) {}
+
     fn iq_routes(&self) -> &'static [IqRoute] {
         &[]
     }
@@ -110,56 +340,145 @@ pub trait Module {
     fn handle_iq(&self, _cx: &mut Cx, _iq: &IqRequest) -> Result<Option<Element>, StanzaError> {
         Err(StanzaError::service_unavailable())
     }
-    /// A message a local session sends, before it is routed (`from` is stamped on it).
-    fn message_out(
+    /// The answer to an iq this module sent with [`Cx::send_iq`]: the result's payload (if
+    /// any) or the error.
+    fn iq_response(
         &self,
         _cx: &mut Cx,
-        _from: &Jid,
-        _msg: &mut Element,
-    ) -> Result<Flow, StanzaError> {
+        _token: u64,
+        _response: Result<Option<&Element>, StanzaError>,
+    ) {
+    }
+
+    /// Stanzas a local account sends (the client itself, or the server on its behalf), before
+    /// they are routed. `Handled` means the module took care of it; an error goes back to the
+    /// sender instead.
+    fn message_out(&self, _cx: &mut Cx, _st: &mut Stanza) -> Result<Flow, StanzaError> {
         Ok(Flow::Continue)
     }
-    /// A message for local account `user`; `targets` are the sessions it will be delivered to.
-    /// Changes to `msg` (a stanza-id, say) reach the recipient.
+    fn presence_out(&self, _cx: &mut Cx, _st: &mut Stanza) -> Result<Flow, StanzaError> {
+        Ok(Flow::Continue)
+    }
+    fn iq_out(&self, _cx: &mut Cx, _st: &mut Stanza) -> Result<Flow, StanzaError> {
+        Ok(Flow::Continue)
+    }
+
+    /// A message for local account `user`, from anyone; `targets` are the sessions it will
+    /// be delivered to. Changes to the stanza (a stanza-id, say) reach the recipient.
     fn message_in(
         &self,
         _cx: &mut Cx,
         _user: &str,
-        _msg: &mut Element,
+        _st: &mut Stanza,
         _targets: &[Jid],
     ) -> Result<Flow, StanzaError> {
         Ok(Flow::Continue)
     }
-    /// A session just sent its initial presence.
-    fn initial_presence(&self, _cx: &mut Cx, _session: &Jid) {}
-    /// Called about once a second by the server's timer, for work off the stanza path
-    /// (archive expiry).
+    /// Presence for local account `user` (its bare JID or one of its sessions).
+    fn presence_in(
+        &self,
+        _cx: &mut Cx,
+        _user: &str,
+        _st: &mut Stanza,
+    ) -> Result<Flow, StanzaError> {
+        Ok(Flow::Continue)
+    }
+    /// An iq for local account `user`: a request to its bare JID before the server answers
+    /// it, or any iq to one of its sessions before it is delivered.
+    fn iq_in(&self, _cx: &mut Cx, _user: &str, _st: &mut Stanza) -> Result<Flow, StanzaError> {
+        Ok(Flow::Continue)
+    }
+
+    /// Every stanza addressed to this module's hosted service (see [`Module::service_domain`])
+    /// that is not an iq request to the service's domain answered by an [`IqRoute`].
+    fn service_stanza(&self, _cx: &mut Cx, _st: Stanza) -> Result<(), StanzaError> {
+        Err(StanzaError::service_unavailable())
+    }
+
+    fn session_event(&self, _cx: &mut Cx, _session: &Jid, _event: SessionEvent) {}
+
+    /// Stream features this module offers at `stage` of a client stream.
+    fn stream_features(&self, _cx: &Cx, _stage: Stage, _out: &mut Vec<Element>) {}
+    /// SASL mechanisms this module offers, in order of preference; `channel_binding` says
+    /// whether the TLS layer can give channel binding data.
+    fn sasl_mechanisms(&self, _channel_binding: bool) -> &'static [&'static str] {
+        &[]
+    }
+    /// Starts one of this module's mechanisms; `cb` is the tls-exporter channel binding data.
+    fn sasl_start(&self, _mechanism: &str, _cb: Option<Vec<u8>>) -> Option<Box<dyn Mechanism>> {
+        None
+    }
+
+    /// Listening sockets this module serves (an HTTP listener, say).
+    fn listeners(&self) -> Vec<Listener> {
+        Vec::new()
+    }
+
+    /// Called once when the server starts (to set a first timer, say).
+    fn start(&self, _cx: &mut Cx) {}
+    /// A timer set with [`Cx::set_timer`] is due.
+    fn timer(&self, _cx: &mut Cx, _token: u64) {}
     /// The account was deleted (with everything stored for it): forget what is cached.
     fn account_removed(&self, _user: &str) {}
-    fn tick(&self, _cx: &mut Cx, _now: SystemTime) {}
 }
 
-/// The modules, in hook order. A module whose config says `enabled = false` is left out, so
-/// disco advertises exactly what runs.
-pub fn all(config: &Config) -> Vec<Box<dyn Module>> {
-    let mut list: Vec<Box<dyn Module>> = vec![
-        Box::new(roster::Roster),
-        Box::new(presence::Presence),
-        Box::new(disco::Disco),
-        Box::new(ping::Ping),
-        Box::new(time::Time),
-    ];
-    if config.modules.version.enabled {
-        list.push(Box::new(version::Version));
+/// A presence stanza of `typ` from `from` to `to`, made by the server for `origin`.
+pub fn presence_stanza(typ: Type, from: &Jid, to: &Jid, origin: Origin) -> Stanza {
+    let mut el = Element::new("presence", ns::CLIENT);
+    let t = match typ {
+        Type::Available => None,
+        Type::Unavailable => Some("unavailable"),
+        Type::Subscribe => Some("subscribe"),
+        Type::Subscribed => Some("subscribed"),
+        Type::Unsubscribe => Some("unsubscribe"),
+        Type::Unsubscribed => Some("unsubscribed"),
+        Type::Probe => Some("probe"),
+        _ => Some("error"),
+    };
+    if let Some(t) = t {
+        el.set_attr("type", t);
     }
-    // Before carbons, so that a <received/> copy carries the stanza-id and a forged one is
-    // gone from a <sent/> copy; before offline, which ends the hooks for what it stores.
-    if config.modules.mam.enabled {
-        list.push(Box::new(mam::Mam::new(&config.modules.mam)));
+    Stanza::new(Kind::Presence, typ, from.clone(), to.clone(), origin, el)
+}
+
+/// An iq push (`type='set'`) from the server to one session of an account.
+pub fn push_iq(to: &Jid, id: String, payload: Element) -> Element {
+    Element::new("iq", ns::CLIENT)
+        .with_attr("type", "set")
+        .with_attr("id", id)
+        .with_attr("to", to.to_string())
+        .with_child(payload)
+}
+
+/// Internal storage failures as a stanza error, with one log line saying where.
+pub fn internal(what: &str) -> impl Fn(crate::error::Error) -> StanzaError + '_ {
+    move |e| {
+        log::error!("{what}: {e}");
+        StanzaError::new(crate::stanza::Condition::InternalServerError)
     }
-    list.push(Box::new(carbons::Carbons));
-    list.push(Box::new(offline::Offline::new(
-        config.modules.offline.max_per_user,
-    )));
-    list
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_names_are_unique() {
+        let mut names: Vec<&str> = schema().iter().map(|t| t.name()).collect();
+        let n = names.len();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), n, "two tables share a name");
+    }
+
+    #[test]
+    fn every_module_runs_by_default_under_its_own_name() {
+        let modules = all(&Config::default());
+        assert_eq!(modules.len(), REGISTRY.len());
+        let mut names: Vec<&str> = modules.iter().map(|m| m.name()).collect();
+        let n = names.len();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), n);
+    }
 }

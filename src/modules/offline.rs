@@ -10,15 +10,24 @@
 //! or an account whose clients all use the archive would fill its quota and refuse messages.
 //! Messages the archive did not take (by the account's preferences) are delivered as usual.
 
-use super::{Cx, Flow, Module};
+use super::{Cx, DiscoInfo, Entry, Flow, Module, SessionEvent, Target, internal};
 use crate::jid::Jid;
-use crate::stanza::{Condition, StanzaError, stanza_type};
-use crate::storage::Write;
+use crate::stanza::{Condition, Stanza, StanzaError, stanza_type};
+use crate::storage::shapes::{Queue, Stamped};
 use crate::xml::{Element, ns, reader};
+use redb::TableDefinition;
 use serde::Deserialize;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// (localpart, sequence) → (milliseconds since the epoch when stored, message XML).
+pub static USER_SEQ_TO_OFFLINE: Queue<Stamped> = Queue(TableDefinition::new("offline"));
+
+pub const ENTRY: Entry = Entry {
+    tables: &[&USER_SEQ_TO_OFFLINE],
+    new: |config| Some(Box::new(Offline::new(config.modules.offline.max_per_user))),
+};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -52,10 +61,9 @@ impl Offline {
         if let Some(n) = self.counts.borrow().get(user) {
             return Ok(*n);
         }
-        let n = cx.server.store.offline_count(user).map_err(|e| {
-            log::error!("offline count for {user}: {e}");
-            StanzaError::new(Condition::InternalServerError)
-        })?;
+        let n = USER_SEQ_TO_OFFLINE
+            .count(cx.store(), user)
+            .map_err(internal("counting offline messages"))?;
         self.counts.borrow_mut().insert(user.to_owned(), n);
         Ok(n)
     }
@@ -76,17 +84,20 @@ impl Module for Offline {
     fn account_removed(&self, user: &str) {
         self.counts.borrow_mut().remove(user);
     }
-    fn features(&self) -> &'static [&'static str] {
-        &[ns::OFFLINE]
+    fn disco(&self, _cx: &Cx, target: &Target, info: &mut DiscoInfo) {
+        if *target == Target::Server {
+            info.features.push(ns::OFFLINE);
+        }
     }
 
     fn message_in(
         &self,
         cx: &mut Cx,
         user: &str,
-        msg: &mut Element,
+        st: &mut Stanza,
         targets: &[Jid],
     ) -> Result<Flow, StanzaError> {
+        let msg = &st.el;
         if !targets.is_empty() || !storable(msg) {
             return Ok(Flow::Continue);
         }
@@ -99,24 +110,22 @@ impl Module for Offline {
         }
         // The sender is told nothing on storing, so nothing waits for this write but its
         // XEP-0198 acknowledgement, which does (see `Cx::write_trailing`).
-        cx.write_trailing(Write::OfflinePush {
-            user: user.to_owned(),
-            stamp_ms: now_ms(),
-            xml: msg.to_xml(),
-        });
+        let stamp = millis(cx.now());
+        cx.write_trailing(USER_SEQ_TO_OFFLINE.push(user, stamp, msg.to_xml()));
         self.counts.borrow_mut().insert(user.to_owned(), count + 1);
         Ok(Flow::Handled)
     }
 
-    fn initial_presence(&self, cx: &mut Cx, session: &Jid) {
+    fn session_event(&self, cx: &mut Cx, session: &Jid, event: SessionEvent) {
+        if event != SessionEvent::InitialPresence {
+            return;
+        }
         let Some(user) = session.local() else { return };
         let uses_mam = cx
-            .server
-            .sessions
-            .borrow()
+            .sessions()
             .get(session)
             .is_some_and(|s| s.flags.mam_queried);
-        let msgs = match cx.server.store.offline_peek(user, self.max_per_user) {
+        let msgs = match USER_SEQ_TO_OFFLINE.peek(cx.store(), user, self.max_per_user) {
             Ok(m) => m,
             Err(e) => {
                 log::error!("reading offline messages of {user}: {e}");
@@ -130,7 +139,7 @@ impl Module for Offline {
         let domain = cx.domain().to_owned();
         let bare = session.bare().to_string();
         for m in msgs {
-            let Some(mut el) = reader::parse_one(&m.xml) else {
+            let Some(mut el) = reader::parse_one(&m.text) else {
                 log::warn!("dropping unreadable offline message {} of {user}", m.seq);
                 continue;
             };
@@ -150,10 +159,7 @@ impl Module for Offline {
         }
         // After the messages are queued, not before: a crash in between delivers them again
         // rather than losing them.
-        cx.write_trailing(Write::OfflineDelete {
-            user: user.to_owned(),
-            upto: last,
-        });
+        cx.write_trailing(USER_SEQ_TO_OFFLINE.delete_upto(user, last));
         let delivered = msgs_len;
         if let Some(n) = self.counts.borrow_mut().get_mut(user) {
             *n = n.saturating_sub(delivered);
@@ -161,9 +167,9 @@ impl Module for Offline {
     }
 }
 
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
+/// Milliseconds since the epoch.
+pub fn millis(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
 

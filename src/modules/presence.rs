@@ -2,16 +2,24 @@
 //! and presence broadcast: initial presence with probes of the user's contacts, updates,
 //! directed presence, and unavailable presence when a session ends.
 //!
-//! Every account is local, so the contact's side of a subscription change is processed in the
-//! same step as the user's ("outbound" then "inbound" in the RFC's words). Contacts on other
-//! domains get `remote-server-not-found`: there is no server-to-server link.
+//! Both sides of the RFC's exchanges are here, as hooks: what a user's client sends is
+//! processed for the user in `presence_out` (the RFC's "outbound" rules), then routed to the
+//! contact, whose server processes it in `presence_in` ("inbound"). What the server sends on a
+//! user's behalf (a broadcast, probes, their answers, auto-replies) is routed as the account's
+//! own presence, so it passes every module's hooks (blocking, for one) like a client's would.
+//! Rosters are read and written through the roster module.
 
-use super::roster::{self, put};
-use super::{Cx, Module};
+use super::roster::{Roster, RosterItem, Subscription};
+use super::{Cx, Entry, Flow, Module, SessionEvent, Stage, presence_stanza};
 use crate::jid::Jid;
-use crate::stanza::{Condition, StanzaError, error_reply};
-use crate::storage::roster::{RosterItem, Subscription};
+use crate::router::Dest;
+use crate::stanza::{Condition, Origin, Stanza, StanzaError, Type};
 use crate::xml::{Element, ns};
+
+pub const ENTRY: Entry = Entry {
+    tables: &[],
+    new: |_| Some(Box::new(Presence)),
+};
 
 pub struct Presence;
 
@@ -19,24 +27,101 @@ impl Module for Presence {
     fn name(&self) -> &'static str {
         "presence"
     }
-}
 
-fn presence(kind: Option<&str>, from: &Jid, to: &Jid) -> Element {
-    let mut p = Element::new("presence", ns::CLIENT)
-        .with_attr("from", from.to_string())
-        .with_attr("to", to.to_string());
-    if let Some(k) = kind {
-        p.set_attr("type", k);
+    fn stream_features(&self, _cx: &Cx, stage: Stage, out: &mut Vec<Element>) {
+        if stage == Stage::Bind {
+            out.push(Element::new("sub", ns::PRE_APPROVAL));
+        }
     }
-    p
+
+    fn presence_out(&self, cx: &mut Cx, st: &mut Stanza) -> Result<Flow, StanzaError> {
+        // What the server sends on the account's behalf was made here already.
+        if st.origin != Origin::Client {
+            return Ok(Flow::Continue);
+        }
+        let Some(roster) = cx.module::<Roster>() else {
+            return Ok(Flow::Continue);
+        };
+        match (st.typ, st.to.clone()) {
+            (Type::Available | Type::Unavailable, None) => {
+                broadcast(cx, roster, st);
+                Ok(Flow::Handled)
+            }
+            (t, Some(to)) if t.is_subscription() => {
+                let contact = to.bare();
+                if matches!(cx.destination(&contact), Dest::Remote | Dest::Server) {
+                    return Err(StanzaError::new(Condition::RemoteServerNotFound));
+                }
+                let user = local(&st.from).to_owned();
+                outbound(cx, roster, t, &user, &contact);
+                Ok(Flow::Handled)
+            }
+            (Type::Available | Type::Unavailable, Some(to)) => {
+                directed(cx, roster, &st.from, &to, st.typ == Type::Available);
+                Ok(Flow::Continue)
+            }
+            (Type::Probe | Type::Error, Some(_)) => Ok(Flow::Continue),
+            (Type::Error, None) => Ok(Flow::Handled),
+            _ => Err(StanzaError::bad_request(
+                "unknown presence type or missing 'to'",
+            )),
+        }
+    }
+
+    fn presence_in(&self, cx: &mut Cx, user: &str, st: &mut Stanza) -> Result<Flow, StanzaError> {
+        let Some(roster) = cx.module::<Roster>() else {
+            return Ok(Flow::Continue);
+        };
+        let contact = st.from.bare();
+        match st.typ {
+            Type::Subscribe => in_subscribe(cx, roster, user, &contact),
+            Type::Subscribed => in_subscribed(cx, roster, user, &contact),
+            Type::Unsubscribe => in_unsubscribe(cx, roster, user, &contact),
+            Type::Unsubscribed => in_unsubscribed(cx, roster, user, &contact),
+            Type::Probe => {
+                let allowed = roster
+                    .item(cx, user, &contact)
+                    .is_some_and(|i| i.subscription.from());
+                if allowed {
+                    current_presence(cx, user, &st.from);
+                }
+            }
+            _ => return Ok(Flow::Continue),
+        }
+        Ok(Flow::Handled)
+    }
+
+    fn session_event(&self, cx: &mut Cx, session: &Jid, event: SessionEvent) {
+        if event != SessionEvent::Closed {
+            return;
+        }
+        let Some(roster) = cx.module::<Roster>() else {
+            return;
+        };
+        // A session that ends without having said unavailable says it now (RFC 6121 §4.5.2).
+        let el = Element::new("presence", ns::CLIENT)
+            .with_attr("type", "unavailable")
+            .with_attr("from", session.to_string());
+        let mut st = Stanza {
+            kind: crate::stanza::Kind::Presence,
+            typ: Type::Unavailable,
+            from: session.clone(),
+            to: None,
+            origin: Origin::Account,
+            el,
+        };
+        broadcast(cx, roster, &mut st);
+    }
 }
 
-/// Sends `stanza` to every available session of local account `user`.
+fn local(j: &Jid) -> &str {
+    j.local().unwrap_or_default()
+}
+
+/// Delivers `stanza` to every available session of local account `user`.
 fn to_available(cx: &mut Cx, user: &str, stanza: &Element) {
     let targets: Vec<Jid> = cx
-        .server
-        .sessions
-        .borrow()
+        .sessions()
         .available(user)
         .map(|s| s.jid.clone())
         .collect();
@@ -45,175 +130,94 @@ fn to_available(cx: &mut Cx, user: &str, stanza: &Element) {
     }
 }
 
-/// The current presence of each available session of `user`, addressed to `to`.
-fn current_presences(cx: &Cx, user: &str, to: &Jid) -> Vec<Element> {
-    cx.server
-        .sessions
-        .borrow()
+/// Routes the presence of each available session of `user` to `to`, as the account's own.
+fn current_presence(cx: &mut Cx, user: &str, to: &Jid) {
+    let presences: Vec<(Jid, Element)> = cx
+        .sessions()
         .available(user)
-        .filter_map(|s| s.presence.clone())
-        .map(|mut p| {
-            p.set_attr("to", to.to_string());
-            p
-        })
-        .collect()
-}
-
-/// Delivers every available presence of `from_user` to every available session of `to_user`.
-fn share_presence(cx: &mut Cx, from_user: &str, to_user: &str, to_bare: &Jid) {
-    for p in current_presences(cx, from_user, to_bare) {
-        to_available(cx, to_user, &p);
+        .filter_map(|s| s.presence.clone().map(|p| (s.jid.clone(), p)))
+        .collect();
+    for (from, el) in presences {
+        let mut st = Stanza::new(
+            crate::stanza::Kind::Presence,
+            Type::Available,
+            from,
+            to.clone(),
+            Origin::Account,
+            el,
+        );
+        st.set_to(to.clone());
+        cx.route(st);
     }
 }
 
-/// Unavailable presence from each available session of `from_user` to `to_user`'s sessions.
-fn withdraw_presence(cx: &mut Cx, from_user: &str, to_user: &str, to_bare: &Jid) {
+/// Routes unavailable presence from each available session of `user` to `to`.
+fn withdraw_presence(cx: &mut Cx, user: &str, to: &Jid) {
     let froms: Vec<Jid> = cx
-        .server
-        .sessions
-        .borrow()
-        .available(from_user)
+        .sessions()
+        .available(user)
         .map(|s| s.jid.clone())
         .collect();
     for f in froms {
-        let p = presence(Some("unavailable"), &f, to_bare);
-        to_available(cx, to_user, &p);
+        cx.route(presence_stanza(Type::Unavailable, &f, to, Origin::Account));
     }
 }
 
-/// A presence stanza from a bound session, `from` already stamped on it.
-pub fn from_client(cx: &mut Cx, from: &Jid, mut stanza: Element) -> Result<(), StanzaError> {
-    let kind = stanza.attr("type").map(str::to_owned);
-    let to = match stanza.attr("to") {
-        Some(t) => Some(Jid::parse(t).map_err(|_| StanzaError::new(Condition::JidMalformed))?),
-        None => None,
-    };
-    let user = from.local().unwrap_or_default().to_owned();
-    match (kind.as_deref(), to) {
-        (None | Some("unavailable"), None) => {
-            broadcast(cx, from, &mut stanza, kind.is_none());
-            Ok(())
-        }
-        (Some(k @ ("subscribe" | "subscribed" | "unsubscribe" | "unsubscribed")), Some(to)) => {
-            let contact = to.bare();
-            if contact.domain() != cx.domain() || contact.local().is_none() {
-                return Err(StanzaError::new(Condition::RemoteServerNotFound));
-            }
-            match k {
-                "subscribe" => out_subscribe(cx, &user, &contact),
-                "subscribed" => out_subscribed(cx, &user, &contact),
-                "unsubscribe" => out_unsubscribe(cx, &user, &contact),
-                _ => out_unsubscribed(cx, &user, &contact),
-            }
-            Ok(())
-        }
-        (Some("probe"), Some(to)) => {
-            let contact = to.bare();
-            let allowed = roster::item(cx, &user, &contact).is_some_and(|i| i.subscription.to());
-            if let (true, Some(c)) = (allowed, contact.local()) {
-                for p in current_presences(cx, c, from) {
-                    cx.send(from.clone(), p);
-                }
-            }
-            Ok(())
-        }
-        (None | Some("unavailable"), Some(to)) => {
-            directed(cx, from, to, stanza, kind.is_none());
-            Ok(())
-        }
-        // Errors bounce between clients without a server-side effect.
-        (Some("error"), Some(to)) => {
-            if let Some(l) = to.local()
-                && to.domain() == cx.domain()
-            {
-                match to.is_bare() {
-                    true => to_available(cx, l, &stanza),
-                    false => cx.send(to, stanza),
-                }
-            }
-            Ok(())
-        }
-        (Some("error"), None) => Ok(()),
-        _ => Err(StanzaError::bad_request(
-            "unknown presence type or missing 'to'",
-        )),
-    }
-}
-
-fn directed(cx: &mut Cx, from: &Jid, to: Jid, stanza: Element, available: bool) {
-    let Some(target) = to.local().map(str::to_owned) else {
-        return;
-    };
-    if to.domain() != cx.domain() {
-        if available {
-            let err = StanzaError::new(Condition::RemoteServerNotFound);
-            cx.send(from.clone(), error_reply(&stanza, &err));
-        }
-        return;
-    }
-    let user = from.local().unwrap_or_default();
-    let subscribed = roster::item(cx, user, &to.bare()).is_some_and(|i| i.subscription.from());
-    if !subscribed && let Some(s) = cx.server.sessions.borrow_mut().get_mut(from) {
-        s.directed.retain(|j| *j != to);
-        if available {
-            s.directed.push(to.clone());
-        }
-    }
-    if to.is_bare() {
-        to_available(cx, &target, &stanza);
-    } else if cx.server.sessions.borrow().get(&to).is_some() {
-        cx.send(to, stanza);
-    }
-}
-
-/// Available or unavailable presence without `to`: RFC 6121 §4.2, §4.4, §4.5.
-fn broadcast(cx: &mut Cx, from: &Jid, stanza: &mut Element, available: bool) {
-    let user = from.local().unwrap_or_default().to_owned();
-    let priority = stanza
+/// Available or unavailable presence without `to` from session `st.from`: RFC 6121 §4.2,
+/// §4.4, §4.5.
+fn broadcast(cx: &mut Cx, roster: &Roster, st: &mut Stanza) {
+    let from = st.from.clone();
+    let user = local(&from).to_owned();
+    let available = st.typ == Type::Available;
+    let priority = st
+        .el
         .child("priority", ns::CLIENT)
         .and_then(|p| p.text().trim().parse::<i8>().ok())
         .unwrap_or(0);
-    stanza.remove_attr("to");
-    let (was_available, directed) = {
-        let mut sessions = cx.server.sessions.borrow_mut();
-        let Some(s) = sessions.get_mut(from) else {
-            return;
-        };
+    st.el.remove_attr("to");
+    let stanza = st.el.clone();
+    let state = cx.with_session(&from, |s| {
         let was = s.available;
         s.available = available;
         s.priority = priority;
         s.presence = available.then(|| stanza.clone());
-        let directed = if available {
-            Vec::new()
-        } else {
-            std::mem::take(&mut s.directed)
+        let directed = match available {
+            true => Vec::new(),
+            false => std::mem::take(&mut s.directed),
         };
         (was, directed)
+    });
+    let Some((was_available, directed)) = state else {
+        return;
     };
     if !available && !was_available {
         return;
     }
-    let roster = cx.server.roster(&user).unwrap_or_else(|e| {
-        log::error!("reading the roster of {user}: {e}");
-        Vec::new()
+    let contacts: Vec<Jid> = roster.with(cx, &user, |r| {
+        r.items
+            .iter()
+            .filter(|(_, i)| i.subscription.from())
+            .filter_map(|(c, _)| Jid::parse(c).ok())
+            .collect()
     });
-    for (contact, item) in &roster {
-        if let (true, Ok(c)) = (item.subscription.from(), Jid::parse(contact))
-            && let Some(l) = c.local()
-        {
-            let mut p = stanza.clone();
-            p.set_attr("to", contact.as_str());
-            to_available(cx, l, &p);
-        }
+    for contact in contacts {
+        let mut copy = Stanza::new(
+            crate::stanza::Kind::Presence,
+            st.typ,
+            from.clone(),
+            contact.clone(),
+            Origin::Account,
+            stanza.clone(),
+        );
+        copy.set_to(contact);
+        cx.route(copy);
     }
     // The user's own sessions, this one included (RFC 6121 §4.2.2).
     let own: Vec<Jid> = cx
-        .server
-        .sessions
-        .borrow()
+        .sessions()
         .of(&user)
         .iter()
-        .filter(|s| s.available || s.jid == *from)
+        .filter(|s| s.available || s.jid == from)
         .map(|s| s.jid.clone())
         .collect();
     for o in own {
@@ -222,37 +226,51 @@ fn broadcast(cx: &mut Cx, from: &Jid, stanza: &mut Element, available: bool) {
         cx.send(o, p);
     }
     for d in directed {
-        let mut p = stanza.clone();
-        p.set_attr("to", d.to_string());
-        if let Some(l) = d.local() {
-            if d.is_bare() {
-                to_available(cx, l, &p);
-            } else {
-                cx.send(d, p);
-            }
-        }
+        let mut copy = Stanza::new(
+            crate::stanza::Kind::Presence,
+            st.typ,
+            from.clone(),
+            d.clone(),
+            Origin::Account,
+            stanza.clone(),
+        );
+        copy.set_to(d);
+        cx.route(copy);
     }
     if available && !was_available {
-        initial(cx, from, &user, &roster);
+        initial(cx, roster, &from, &user);
     }
 }
 
-/// What a session gets on its initial presence: its contacts' and its other sessions'
-/// presence (the probe answers), pending subscription requests, then the modules' hooks.
-fn initial(cx: &mut Cx, from: &Jid, user: &str, roster: &[(String, RosterItem)]) {
-    for (contact, item) in roster {
-        if let (true, Ok(c)) = (item.subscription.to(), Jid::parse(contact))
-            && let Some(l) = c.local()
-        {
-            for p in current_presences(cx, l, from) {
-                cx.send(from.clone(), p);
-            }
-        }
+/// What a session gets on its initial presence: its contacts' presence (probes, answered by
+/// their side), its other sessions' presence, pending subscription requests, then the modules'
+/// hooks.
+fn initial(cx: &mut Cx, roster: &Roster, from: &Jid, user: &str) {
+    let (to, pending): (Vec<Jid>, Vec<Jid>) = roster.with(cx, user, |r| {
+        let parse = |c: &String| Jid::parse(c).ok();
+        (
+            r.items
+                .iter()
+                .filter(|(_, i)| i.subscription.to())
+                .filter_map(|(c, _)| parse(c))
+                .collect(),
+            r.items
+                .iter()
+                .filter(|(_, i)| i.pending_in)
+                .filter_map(|(c, _)| parse(c))
+                .collect(),
+        )
+    });
+    for contact in to {
+        cx.route(presence_stanza(
+            Type::Probe,
+            from,
+            &contact,
+            Origin::Account,
+        ));
     }
     let others: Vec<Element> = cx
-        .server
-        .sessions
-        .borrow()
+        .sessions()
         .available(user)
         .filter(|s| s.jid != *from)
         .filter_map(|s| s.presence.clone())
@@ -262,85 +280,125 @@ fn initial(cx: &mut Cx, from: &Jid, user: &str, roster: &[(String, RosterItem)])
         cx.send(from.clone(), p);
     }
     let bare = from.bare();
-    for (contact, item) in roster {
-        if item.pending_in
-            && let Ok(c) = Jid::parse(contact)
-        {
-            cx.send(from.clone(), presence(Some("subscribe"), &c, &bare));
+    for c in pending {
+        cx.send(
+            from.clone(),
+            presence_stanza(Type::Subscribe, &c, &bare, Origin::Server).el,
+        );
+    }
+    cx.raise(from, SessionEvent::InitialPresence);
+}
+
+/// Directed presence (RFC 6121 §4.6): remembered, when the contact has no subscription to the
+/// user, so that the contact hears of the session's end.
+fn directed(cx: &mut Cx, roster: &Roster, from: &Jid, to: &Jid, available: bool) {
+    let subscribed = roster
+        .item(cx, local(from), &to.bare())
+        .is_some_and(|i| i.subscription.from());
+    if !subscribed {
+        cx.with_session(from, |s| {
+            s.directed.retain(|j| j != to);
+            if available {
+                s.directed.push(to.clone());
+            }
+        });
+    }
+}
+
+/// A subscription stanza from `user`'s client to `contact`: the RFC's outbound rules for the
+/// user (§3.1.2, §3.1.5, §3.2.2, §3.3.2), then the stanza goes on to the contact.
+fn outbound(cx: &mut Cx, roster: &Roster, typ: Type, user: &str, contact: &Jid) {
+    let user_jid = Jid::bare_from(user, cx.domain());
+    let known = roster.item(cx, user, contact);
+    let mut it = known.clone().unwrap_or_default();
+    let route = |cx: &mut Cx| cx.route(presence_stanza(typ, &user_jid, contact, Origin::Account));
+    match typ {
+        Type::Subscribe => {
+            if !it.subscription.to() && (!it.ask || !it.visible) {
+                it.ask = true;
+                it.visible = true;
+                roster.put(cx, user, contact, it);
+            }
+            route(cx);
+        }
+        Type::Subscribed if it.pending_in => {
+            it.subscription = Subscription::with(it.subscription.to(), true);
+            it.pending_in = false;
+            it.visible = true;
+            roster.put(cx, user, contact, it);
+            route(cx);
+            // RFC 6121 §3.1.5: the contact now sees the user.
+            current_presence(cx, user, contact);
+        }
+        Type::Subscribed => {
+            // RFC 6121 §3.4: approval before any request is a pre-approval, kept, not sent.
+            if !it.subscription.from() && !it.approved {
+                it.approved = true;
+                it.visible = true;
+                roster.put(cx, user, contact, it);
+            }
+        }
+        Type::Unsubscribe => {
+            if known.is_some() && (it.subscription.to() || it.ask) {
+                it.subscription = Subscription::with(false, it.subscription.from());
+                it.ask = false;
+                roster.put(cx, user, contact, it);
+            }
+            route(cx);
+        }
+        _ => {
+            let had_from = it.subscription.from();
+            if known.is_some() && (had_from || it.pending_in || it.approved) {
+                it.subscription = Subscription::with(it.subscription.to(), false);
+                it.pending_in = false;
+                it.approved = false;
+                store_or_forget(cx, roster, user, contact, it);
+            }
+            route(cx);
+            // RFC 6121 §3.2.2: the contact no longer sees the user.
+            if had_from {
+                withdraw_presence(cx, user, contact);
+            }
         }
     }
-    let modules = &cx.server.modules;
-    for m in modules.iter() {
-        m.initial_presence(cx, from);
-    }
 }
 
-/// Presence-related cleanup when a session ends without having said unavailable.
-pub fn session_closed(cx: &mut Cx, from: &Jid) {
-    let mut p = Element::new("presence", ns::CLIENT)
-        .with_attr("type", "unavailable")
-        .with_attr("from", from.to_string());
-    broadcast(cx, from, &mut p, false);
-}
-
-fn local(j: &Jid) -> &str {
-    j.local().unwrap_or_default()
-}
-
-fn out_subscribe(cx: &mut Cx, user: &str, contact: &Jid) {
-    let mut it = roster::item(cx, user, contact).unwrap_or_default();
-    if !it.subscription.to() && (!it.ask || !it.visible) {
-        it.ask = true;
-        it.visible = true;
-        put(cx, user, contact, it);
-    }
-    in_subscribe(cx, user, contact);
-}
-
-/// `user` asked to see `contact`'s presence: RFC 6121 §3.1.3, processed for the contact.
-fn in_subscribe(cx: &mut Cx, user: &str, contact: &Jid) {
-    let c = local(contact);
+/// Approves `contact`'s request on `user`'s behalf: `subscribed` back, then the presence.
+fn auto_approve(cx: &mut Cx, user: &str, contact: &Jid) {
     let user_jid = Jid::bare_from(user, cx.domain());
-    if !cx.server.account_exists(c) {
-        in_unsubscribed(cx, user, contact);
-        return;
-    }
-    let mut it = roster::item(cx, c, &user_jid).unwrap_or_default();
+    cx.route(presence_stanza(
+        Type::Subscribed,
+        &user_jid,
+        contact,
+        Origin::Account,
+    ));
+    current_presence(cx, user, contact);
+}
+
+/// `contact` asked to see `user`'s presence: RFC 6121 §3.1.3.
+fn in_subscribe(cx: &mut Cx, roster: &Roster, user: &str, contact: &Jid) {
+    let mut it = roster.item(cx, user, contact).unwrap_or_default();
     if it.subscription.from() {
-        in_subscribed(cx, user, contact);
+        auto_approve(cx, user, contact);
     } else if it.approved {
         it.subscription = Subscription::with(it.subscription.to(), true);
         it.approved = false;
-        put(cx, c, &user_jid, it);
-        in_subscribed(cx, user, contact);
+        roster.put(cx, user, contact, it);
+        auto_approve(cx, user, contact);
     } else {
         if !it.pending_in {
             it.pending_in = true;
-            put(cx, c, &user_jid, it);
+            roster.put(cx, user, contact, it);
         }
-        to_available(cx, c, &presence(Some("subscribe"), &user_jid, contact));
+        let user_jid = Jid::bare_from(user, cx.domain());
+        let p = presence_stanza(Type::Subscribe, contact, &user_jid, Origin::Server);
+        to_available(cx, user, &p.el);
     }
 }
 
-fn out_subscribed(cx: &mut Cx, user: &str, contact: &Jid) {
-    let mut it = roster::item(cx, user, contact).unwrap_or_default();
-    if it.pending_in {
-        it.subscription = Subscription::with(it.subscription.to(), true);
-        it.pending_in = false;
-        it.visible = true;
-        put(cx, user, contact, it);
-        in_subscribed(cx, local(contact), &Jid::bare_from(user, cx.domain()));
-    } else if !it.subscription.from() && !it.approved {
-        // RFC 6121 §3.4: pre-approval.
-        it.approved = true;
-        it.visible = true;
-        put(cx, user, contact, it);
-    }
-}
-
-/// `contact` approved `user`'s request: RFC 6121 §3.1.5, processed for the user.
-fn in_subscribed(cx: &mut Cx, user: &str, contact: &Jid) {
-    let Some(mut it) = roster::item(cx, user, contact) else {
+/// `contact` approved `user`'s request: RFC 6121 §3.1.6.
+fn in_subscribed(cx: &mut Cx, roster: &Roster, user: &str, contact: &Jid) {
+    let Some(mut it) = roster.item(cx, user, contact) else {
         return;
     };
     if !it.ask {
@@ -348,28 +406,15 @@ fn in_subscribed(cx: &mut Cx, user: &str, contact: &Jid) {
     }
     it.subscription = Subscription::with(true, it.subscription.from());
     it.ask = false;
-    put(cx, user, contact, it);
+    roster.put(cx, user, contact, it);
     let user_jid = Jid::bare_from(user, cx.domain());
-    to_available(cx, user, &presence(Some("subscribed"), contact, &user_jid));
-    share_presence(cx, local(contact), user, &user_jid);
+    let p = presence_stanza(Type::Subscribed, contact, &user_jid, Origin::Server);
+    to_available(cx, user, &p.el);
 }
 
-fn out_unsubscribe(cx: &mut Cx, user: &str, contact: &Jid) {
-    if let Some(mut it) = roster::item(cx, user, contact)
-        && (it.subscription.to() || it.ask)
-    {
-        it.subscription = Subscription::with(false, it.subscription.from());
-        it.ask = false;
-        put(cx, user, contact, it);
-    }
-    in_unsubscribe(cx, user, contact);
-}
-
-/// `user` no longer wants `contact`'s presence: RFC 6121 §3.3.3, processed for the contact.
-fn in_unsubscribe(cx: &mut Cx, user: &str, contact: &Jid) {
-    let c = local(contact);
-    let user_jid = Jid::bare_from(user, cx.domain());
-    let Some(mut it) = roster::item(cx, c, &user_jid) else {
+/// `contact` no longer wants `user`'s presence: RFC 6121 §3.3.3.
+fn in_unsubscribe(cx: &mut Cx, roster: &Roster, user: &str, contact: &Jid) {
+    let Some(mut it) = roster.item(cx, user, contact) else {
         return;
     };
     if !(it.subscription.from() || it.pending_in || it.approved) {
@@ -379,69 +424,215 @@ fn in_unsubscribe(cx: &mut Cx, user: &str, contact: &Jid) {
     it.subscription = Subscription::with(it.subscription.to(), false);
     it.pending_in = false;
     it.approved = false;
-    store_or_forget(cx, c, &user_jid, it);
-    to_available(cx, c, &presence(Some("unsubscribe"), &user_jid, contact));
+    store_or_forget(cx, roster, user, contact, it);
+    let user_jid = Jid::bare_from(user, cx.domain());
+    let p = presence_stanza(Type::Unsubscribe, contact, &user_jid, Origin::Server);
+    to_available(cx, user, &p.el);
     if had_from {
-        withdraw_presence(cx, c, user, &user_jid);
+        withdraw_presence(cx, user, contact);
     }
 }
 
-fn out_unsubscribed(cx: &mut Cx, user: &str, contact: &Jid) {
-    let Some(mut it) = roster::item(cx, user, contact) else {
-        in_unsubscribed(cx, local(contact), &Jid::bare_from(user, cx.domain()));
-        return;
-    };
-    if it.subscription.from() || it.pending_in || it.approved {
-        it.subscription = Subscription::with(it.subscription.to(), false);
-        it.pending_in = false;
-        it.approved = false;
-        store_or_forget(cx, user, contact, it);
-    }
-    // The contact's side sends the unavailable presence (once) in `in_unsubscribed`.
-    in_unsubscribed(cx, local(contact), &Jid::bare_from(user, cx.domain()));
-}
-
-/// `contact` cancelled or refused `user`'s subscription: RFC 6121 §3.2.3, for the user.
-fn in_unsubscribed(cx: &mut Cx, user: &str, contact: &Jid) {
-    let Some(mut it) = roster::item(cx, user, contact) else {
+/// `contact` cancelled or refused `user`'s subscription: RFC 6121 §3.2.3.
+fn in_unsubscribed(cx: &mut Cx, roster: &Roster, user: &str, contact: &Jid) {
+    let Some(mut it) = roster.item(cx, user, contact) else {
         return;
     };
     if !(it.subscription.to() || it.ask) {
         return;
     }
-    let had_to = it.subscription.to();
     it.subscription = Subscription::with(false, it.subscription.from());
     it.ask = false;
-    put(cx, user, contact, it);
+    roster.put(cx, user, contact, it);
     let user_jid = Jid::bare_from(user, cx.domain());
-    to_available(
-        cx,
-        user,
-        &presence(Some("unsubscribed"), contact, &user_jid),
-    );
-    if had_to {
-        withdraw_presence(cx, local(contact), user, &user_jid);
-    }
+    let p = presence_stanza(Type::Unsubscribed, contact, &user_jid, Origin::Server);
+    to_available(cx, user, &p.el);
 }
 
 /// An item that is no longer in the roster and carries no state is deleted, not stored.
-fn store_or_forget(cx: &mut Cx, user: &str, contact: &Jid, it: RosterItem) {
+fn store_or_forget(cx: &mut Cx, roster: &Roster, user: &str, contact: &Jid, it: RosterItem) {
     if !it.visible && it == RosterItem::default() {
-        roster::delete(cx, user, contact, false);
+        roster.delete(cx, user, contact, false);
     } else {
-        put(cx, user, contact, it);
+        roster.put(cx, user, contact, it);
     }
 }
 
 /// RFC 6121 §2.5.2: removing an item cancels both directions of subscription first.
 pub fn cancel_all(cx: &mut Cx, user: &str, contact: &Jid, it: &RosterItem) {
-    if contact.domain() != cx.domain() || contact.local().is_none() {
+    if matches!(cx.destination(contact), Dest::Remote) {
         return;
     }
+    let user_jid = Jid::bare_from(user, cx.domain());
     if it.subscription.to() || it.ask {
-        in_unsubscribe(cx, user, contact);
+        cx.route(presence_stanza(
+            Type::Unsubscribe,
+            &user_jid,
+            contact,
+            Origin::Account,
+        ));
     }
     if it.subscription.from() || it.pending_in {
-        in_unsubscribed(cx, local(contact), &Jid::bare_from(user, cx.domain()));
+        cx.route(presence_stanza(
+            Type::Unsubscribed,
+            &user_jid,
+            contact,
+            Origin::Account,
+        ));
+        if it.subscription.from() {
+            withdraw_presence(cx, user, contact);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::TestRouter;
+    use super::*;
+
+    fn roster_get(t: &TestRouter, j: &Jid) {
+        t.client(
+            j,
+            "<iq type='get' id='r'><query xmlns='jabber:iq:roster'/></iq>",
+        );
+    }
+
+    fn item(t: &TestRouter, user: &str, contact: &str) -> RosterItem {
+        let s = super::super::roster::USER_CONTACT_TO_ROSTER_ITEM
+            .get(&t.router.store, user, contact)
+            .unwrap()
+            .unwrap_or_default();
+        RosterItem::decode(&s)
+    }
+
+    #[test]
+    fn a_mutual_subscription_shares_presence() {
+        let t = TestRouter::new();
+        let a = t.online("alice", "phone");
+        let b = t.online("bob", "laptop");
+        roster_get(&t, &a);
+        roster_get(&t, &b);
+        let out = t.client(&a, "<presence type='subscribe' to='bob@localhost'/>");
+        out.assert_sent(&a, "<iq type='set'><query xmlns='jabber:iq:roster'><item jid='bob@localhost' ask='subscribe' subscription='none'/></query></iq>");
+        out.assert_sent(
+            &b,
+            "<presence type='subscribe' from='alice@localhost' to='bob@localhost'/>",
+        );
+        // Bob's pending request is not in his roster.
+        out.assert_nothing_to(&a.bare());
+        assert!(item(&t, "bob", "alice@localhost").pending_in);
+        let out = t.client(&b, "<presence type='subscribed' to='alice@localhost'/>");
+        out.assert_sent(&b, "<iq type='set'><query xmlns='jabber:iq:roster'><item jid='alice@localhost' subscription='from'/></query></iq>");
+        out.assert_sent(&a, "<iq type='set'><query xmlns='jabber:iq:roster'><item jid='bob@localhost' subscription='to'/></query></iq>");
+        out.assert_sent(&a, "<presence type='subscribed' from='bob@localhost'/>");
+        // Alice now sees Bob.
+        out.assert_sent(&a, "<presence from='bob@localhost/laptop'/>");
+        assert_eq!(
+            item(&t, "alice", "bob@localhost").subscription,
+            Subscription::To
+        );
+        assert_eq!(
+            item(&t, "bob", "alice@localhost").subscription,
+            Subscription::From
+        );
+        // Bob's broadcasts reach Alice; hers do not reach Bob, who did not ask.
+        let out = t.client(&b, "<presence><show>away</show></presence>");
+        out.assert_sent(
+            &a,
+            "<presence from='bob@localhost/laptop'><show>away</show></presence>",
+        );
+        let out = t.client(&a, "<presence><show>away</show></presence>");
+        out.assert_nothing_to(&b);
+    }
+
+    #[test]
+    fn initial_presence_probes_contacts_and_ending_a_session_tells_them() {
+        let t = TestRouter::new();
+        let b = t.online("bob", "laptop");
+        let a = t.bind("alice", "phone");
+        // A mutual subscription, made before Alice is available.
+        t.client(&a, "<presence type='subscribe' to='bob@localhost'/>");
+        t.client(&b, "<presence type='subscribed' to='alice@localhost'/>");
+        t.client(&b, "<presence type='subscribe' to='alice@localhost'/>");
+        let out = t.client(&a, "<presence/>");
+        // Bob's presence (the answer to the probe) and his pending request.
+        out.assert_sent(
+            &a,
+            "<presence from='bob@localhost/laptop' to='alice@localhost/phone'/>",
+        );
+        out.assert_sent(&a, "<presence type='subscribe' from='bob@localhost'/>");
+        t.client(&a, "<presence type='subscribed' to='bob@localhost'/>");
+        let out = t.close(&a);
+        out.assert_sent(
+            &b,
+            "<presence type='unavailable' from='alice@localhost/phone'/>",
+        );
+    }
+
+    #[test]
+    fn pre_approval_and_cancellation() {
+        let t = TestRouter::new();
+        let a = t.online("alice", "phone");
+        let b = t.online("bob", "laptop");
+        roster_get(&t, &b);
+        // Bob pre-approves Alice; her request is then approved at once.
+        let out = t.client(&b, "<presence type='subscribed' to='alice@localhost'/>");
+        out.assert_nothing_to(&a);
+        assert!(item(&t, "bob", "alice@localhost").approved);
+        let out = t.client(&a, "<presence type='subscribe' to='bob@localhost'/>");
+        out.assert_sent(&a, "<presence type='subscribed' from='bob@localhost'/>");
+        out.assert_not_sent(&b, "<presence type='subscribe'/>");
+        // Bob cancels: Alice hears it and that Bob went away.
+        let out = t.client(&b, "<presence type='unsubscribed' to='alice@localhost'/>");
+        out.assert_sent(&a, "<presence type='unsubscribed' from='bob@localhost'/>");
+        out.assert_sent(
+            &a,
+            "<presence type='unavailable' from='bob@localhost/laptop'/>",
+        );
+        assert_eq!(
+            item(&t, "alice", "bob@localhost").subscription,
+            Subscription::None
+        );
+    }
+
+    #[test]
+    fn directed_presence_is_withdrawn_when_the_session_ends() {
+        let t = TestRouter::new();
+        let a = t.online("alice", "phone");
+        let b = t.online("bob", "laptop");
+        let out = t.client(
+            &a,
+            "<presence to='bob@localhost/laptop'><status>hi</status></presence>",
+        );
+        out.assert_sent(
+            &b,
+            "<presence from='alice@localhost/phone'><status>hi</status></presence>",
+        );
+        let out = t.close(&a);
+        out.assert_sent(
+            &b,
+            "<presence type='unavailable' from='alice@localhost/phone'/>",
+        );
+    }
+
+    #[test]
+    fn requests_to_other_domains_and_missing_accounts() {
+        let t = TestRouter::new();
+        let a = t.online("alice", "phone");
+        roster_get(&t, &a);
+        let out = t.client(
+            &a,
+            "<presence type='subscribe' to='x@elsewhere.example' id='s1'/>",
+        );
+        out.assert_error(&a, "s1", Condition::RemoteServerNotFound);
+        // The roster is untouched by a refused request.
+        out.assert_not_sent(&a, "<iq type='set'/>");
+        // An account that does not exist refuses at once.
+        let out = t.client(&a, "<presence type='subscribe' to='nobody@localhost'/>");
+        out.assert_sent(
+            &a,
+            "<presence type='unsubscribed' from='nobody@localhost'/>",
+        );
+        assert_eq!(item(&t, "alice", "nobody@localhost").ask, false);
     }
 }

@@ -1,6 +1,6 @@
 //! XEP-0092 Software Version, v1.1: name and version of the server; the OS is not disclosed.
 
-use super::{Cx, IqRequest, IqRoute, Module};
+use super::{Cx, DiscoInfo, Entry, IqRequest, IqRoute, Module, Target, To};
 use crate::stanza::StanzaError;
 use crate::xml::{Element, ns};
 use serde::Deserialize;
@@ -18,22 +18,30 @@ impl Default for Config {
     }
 }
 
+pub const ENTRY: Entry = Entry {
+    tables: &[],
+    new: |config| {
+        config
+            .modules
+            .version
+            .enabled
+            .then(|| Box::new(Version) as Box<dyn Module>)
+    },
+};
+
 pub struct Version;
 
 impl Module for Version {
     fn name(&self) -> &'static str {
         "version"
     }
-    fn features(&self) -> &'static [&'static str] {
-        &[ns::VERSION]
+    fn disco(&self, _cx: &Cx, target: &Target, info: &mut DiscoInfo) {
+        if *target == Target::Server {
+            info.features.push(ns::VERSION);
+        }
     }
     fn iq_routes(&self) -> &'static [IqRoute] {
-        &[IqRoute {
-            ns: ns::VERSION,
-            server: true,
-            account: false,
-            others: false,
-        }]
+        const { &[IqRoute::new(ns::VERSION, To::SERVER)] }
     }
     fn handle_iq(&self, _cx: &mut Cx, iq: &IqRequest) -> Result<Option<Element>, StanzaError> {
         if iq.set {

@@ -1,9 +1,14 @@
-//! Accounts: SCRAM credentials per localpart. Passwords are never stored (RFC 5802 §5).
+//! Accounts: SCRAM credentials per localpart. Passwords are never stored (RFC 5802 §5). The
+//! credentials table is the store's own: an account exists exactly when it has a row here.
 
-use super::{Store, tables::*};
+use super::shapes::KeyVal;
+use super::{DeleteAccount, Store, Write};
 use crate::error::Error;
-use redb::ReadableTable;
+use redb::TableDefinition;
 use serde::{Deserialize, Serialize};
+
+/// Normalised localpart → SCRAM credentials (TOML of [`Credentials`]).
+pub static USER_TO_CREDENTIALS: KeyVal<&str> = KeyVal(TableDefinition::new("credentials"));
 
 /// What SCRAM needs to verify a client, for both SHA-1 and SHA-256, base64 encoded.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,30 +34,33 @@ impl Credentials {
 
 impl Store {
     pub fn credentials(&self, user: &str) -> Result<Option<Credentials>, Error> {
-        let txn = self.read()?;
-        let t = txn.open_table(USER_TO_CREDENTIALS)?;
-        Ok(t.get(user)?.and_then(|v| Credentials::decode(v.value())))
+        Ok(USER_TO_CREDENTIALS
+            .get(self, user)?
+            .and_then(|v| Credentials::decode(&v)))
     }
 
     pub fn user_exists(&self, user: &str) -> Result<bool, Error> {
-        let txn = self.read()?;
-        Ok(txn.open_table(USER_TO_CREDENTIALS)?.get(user)?.is_some())
+        Ok(USER_TO_CREDENTIALS.get(self, user)?.is_some())
     }
 
     pub fn users(&self) -> Result<Vec<String>, Error> {
-        let txn = self.read()?;
-        let t = txn.open_table(USER_TO_CREDENTIALS)?;
-        let mut out = Vec::new();
-        for row in t.iter()? {
-            out.push(row?.0.value().to_owned());
-        }
-        Ok(out)
+        USER_TO_CREDENTIALS.users(self)
     }
+}
+
+/// Sets the credentials of `user`, creating the account if it is new.
+pub fn put(user: &str, c: &Credentials) -> Write {
+    USER_TO_CREDENTIALS.put(user, c.encode())
+}
+
+/// Deletes the account and everything stored for it, in every module's tables.
+pub fn delete(user: &str) -> Write {
+    Box::new(DeleteAccount(user.to_owned()))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Write, temp_store};
+    use super::super::temp_store;
     use super::*;
 
     #[test]
@@ -66,19 +74,10 @@ mod tests {
             sha256_stored_key: "c".into(),
             sha256_server_key: "d".into(),
         };
-        store
-            .commit_blocking(vec![Write::CredentialsPut {
-                user: "alice".into(),
-                record: c.encode(),
-            }])
-            .unwrap();
+        store.commit_blocking(vec![put("alice", &c)]).unwrap();
         assert_eq!(store.credentials("alice").unwrap(), Some(c));
         assert_eq!(store.users().unwrap(), vec!["alice".to_string()]);
-        store
-            .commit_blocking(vec![Write::AccountDelete {
-                user: "alice".into(),
-            }])
-            .unwrap();
+        store.commit_blocking(vec![delete("alice")]).unwrap();
         assert!(!store.user_exists("alice").unwrap());
     }
 }

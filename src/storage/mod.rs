@@ -2,72 +2,68 @@
 //! are values sent to one writer thread, which group-commits whatever is waiting in a single
 //! durable transaction and then answers every waiter. One fsync serves everyone, and a slow
 //! disk never stalls the event loop.
+//!
+//! The store knows no feature. A module declares its tables (mostly in one of the shapes of
+//! `shapes.rs`) and its writes (values implementing [`Op`]) in its own files, and lists its
+//! tables in the module registry (`modules::REGISTRY`). The store creates every listed table
+//! when it opens, and deleting an account asks each of them to forget the account.
 
 pub mod accounts;
-pub mod archive;
-pub mod offline;
-pub mod roster;
+pub mod shapes;
 pub mod tables;
 
 use crate::error::Error;
 use redb::{Database, ReadableDatabase, ReadableTable, WriteTransaction};
+use std::any::Any;
 use std::cell::RefCell;
 use std::path::Path;
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 use tables::*;
 
-/// One durable change. The writer applies a batch of these in one transaction.
-#[derive(Clone, Debug)]
-pub enum Write {
-    CredentialsPut {
-        user: String,
-        record: String,
-    },
-    /// Removes the account and everything stored for it.
-    AccountDelete {
-        user: String,
-    },
-    RosterPut {
-        user: String,
-        contact: String,
-        item: String,
-        ver: u64,
-    },
-    RosterDelete {
-        user: String,
-        contact: String,
-        ver: u64,
-    },
-    OfflinePush {
-        user: String,
-        stamp_ms: u64,
-        xml: String,
-    },
-    /// Deletes the user's offline messages with a sequence number up to `upto`, inclusive.
-    OfflineDelete {
-        user: String,
-        upto: u64,
-    },
-    /// One message in `user`'s XEP-0313 archive; `id` is new and larger than any stored.
-    ArchiveAppend {
-        user: String,
-        id: u64,
-        stamp_ms: u64,
-        with: String,
-        xml: String,
-    },
-    /// Deletes archived messages older than `before_ms`, at most `max_rows` of them, so that
-    /// one expiry never holds the writer (and everyone's commits) for long.
-    ArchiveExpire {
-        before_ms: u64,
-        max_rows: usize,
-    },
-    /// Replaces `user`'s archiving preferences (TOML of `archive::Prefs`).
-    ArchivePrefsPut {
-        user: String,
-        prefs: String,
-    },
+/// A table some module stores in: what the store needs to create it and to delete an account.
+pub trait Table: Sync {
+    fn name(&self) -> &str;
+    fn create(&self, txn: &WriteTransaction) -> Result<(), Error>;
+    /// Removes every row of `user`.
+    fn delete_user(&self, txn: &WriteTransaction, user: &str) -> Result<(), Error>;
+    /// How many rows `user` has (for tests that check a deletion left nothing).
+    #[cfg(test)]
+    fn count_user(&self, txn: &redb::ReadTransaction, user: &str) -> Result<usize, Error>;
+}
+
+/// Every table, core and modules', as the store was opened with it.
+pub type Schema = Vec<&'static dyn Table>;
+
+/// One durable change, made by the module that owns the tables it touches. The writer applies
+/// a batch of them in one transaction, in the order they were submitted.
+pub trait Op: Send + std::fmt::Debug + Any {
+    fn apply(&self, txn: &Txn) -> Result<(), Error>;
+    /// Applies `run`, consecutive ops of this same type that include `self`. Ops that are
+    /// frequent and touch the same tables (archive appends) open them once for the run.
+    fn apply_run(&self, txn: &Txn, run: &[&dyn Op]) -> Result<(), Error> {
+        run.iter().try_for_each(|op| op.apply(txn))
+    }
+}
+
+pub type Write = Box<dyn Op>;
+
+/// The write transaction an [`Op`] works in, with the schema (for account deletion).
+pub struct Txn<'a> {
+    pub txn: &'a WriteTransaction,
+    pub schema: &'a [&'static dyn Table],
+}
+
+/// Removes an account and everything every table holds for it.
+#[derive(Debug)]
+pub struct DeleteAccount(pub String);
+
+impl Op for DeleteAccount {
+    fn apply(&self, txn: &Txn) -> Result<(), Error> {
+        txn.schema
+            .iter()
+            .try_for_each(|t| t.delete_user(txn.txn, &self.0))
+    }
 }
 
 type Waiter = smol::channel::Sender<Result<(), String>>;
@@ -93,18 +89,25 @@ pub struct Store {
     db: Arc<Database>,
     tx: RefCell<Option<mpsc::Sender<Job>>>,
     thread: RefCell<Option<std::thread::JoinHandle<()>>>,
+    #[cfg(test)]
+    tables: Schema,
 }
 
 impl Store {
-    /// Opens the store at `path`, creating it (and writing the schema version) if absent.
+    /// Opens the store at `path` with every table of `crate::modules`, creating it (and
+    /// writing the schema version) if absent.
     #[cfg(test)]
     pub fn open(path: &Path) -> Result<Store, Error> {
-        Store::open_with_cache(path, 16 << 20)
+        Store::open_with_cache(path, 16 << 20, crate::modules::schema())
     }
 
     /// Opens the store with a page cache of `cache_bytes` (redb's default, 1 GiB, would let a
-    /// large archive take the memory of a small device).
-    pub fn open_with_cache(path: &Path, cache_bytes: usize) -> Result<Store, Error> {
+    /// large archive take the memory of a small device) and the tables of `schema`.
+    pub fn open_with_cache(
+        path: &Path,
+        cache_bytes: usize,
+        schema: Schema,
+    ) -> Result<Store, Error> {
         let exists = path.exists();
         let db = Database::builder()
             .set_cache_size(cache_bytes)
@@ -143,27 +146,29 @@ impl Store {
                 }
                 Some(_) => {}
             }
-            // Create every table so that read transactions never meet a missing one.
-            txn.open_table(USER_TO_CREDENTIALS)?;
-            txn.open_table(USER_CONTACT_TO_ROSTER_ITEM)?;
-            txn.open_table(USER_TO_ROSTER_VERSION)?;
-            txn.open_table(USER_SEQ_TO_OFFLINE)?;
-            txn.open_table(USER_ID_TO_ARCHIVED)?;
-            txn.open_table(USER_WITH_ID_TO_NOTHING)?;
-            txn.open_table(USER_TO_ARCHIVE_PREFS)?;
+        }
+        // Create every table so that read transactions never meet a missing one.
+        for t in &schema {
+            t.create(&txn).map_err(|e| {
+                Error::Storage(format!("cannot create the table {}: {e}", t.name()))
+            })?;
         }
         txn.commit()?;
         let db = Arc::new(db);
         let (tx, rx) = mpsc::channel::<Job>();
         let writer_db = db.clone();
+        #[cfg(test)]
+        let tables = schema.clone();
         let thread = std::thread::Builder::new()
             .name("hearth-store".into())
-            .spawn(move || writer(&writer_db, &rx))
+            .spawn(move || writer(&writer_db, &schema, &rx))
             .map_err(|e| Error::Storage(format!("cannot start the storage thread: {e}")))?;
         Ok(Store {
             db,
             tx: RefCell::new(Some(tx)),
             thread: RefCell::new(Some(thread)),
+            #[cfg(test)]
+            tables,
         })
     }
 
@@ -220,6 +225,17 @@ impl Store {
     pub(crate) fn read(&self) -> Result<redb::ReadTransaction, Error> {
         Ok(self.db.begin_read()?)
     }
+
+    /// Rows of `user` in every table, by table name, leaving out empty tables.
+    #[cfg(test)]
+    pub fn rows_of(&self, user: &str) -> Vec<(String, usize)> {
+        let txn = self.read().unwrap();
+        self.tables
+            .iter()
+            .map(|t| (t.name().to_owned(), t.count_user(&txn, user).unwrap()))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
 }
 
 impl Drop for Store {
@@ -228,7 +244,7 @@ impl Drop for Store {
     }
 }
 
-fn writer(db: &Database, rx: &mpsc::Receiver<Job>) {
+fn writer(db: &Database, schema: &[&'static dyn Table], rx: &mpsc::Receiver<Job>) {
     // On a small machine the writer's CPU bursts compete with the event loop for a core; the
     // event loop's work is what users wait for, the writer's only acknowledgements. On Linux
     // a thread has its own nice value, which `setpriority` with 0 sets for the calling thread.
@@ -258,7 +274,12 @@ fn writer(db: &Database, rx: &mpsc::Receiver<Job>) {
         }
         // Barriers alone need no transaction: everything before them is committed already.
         let empty = jobs.iter().all(|(w, _)| w.is_empty());
-        let result = if empty { Ok(()) } else { apply(db, &jobs) }.map_err(|e| {
+        let result = if empty {
+            Ok(())
+        } else {
+            apply(db, schema, &jobs)
+        }
+        .map_err(|e| {
             log::error!("storage commit failed: {e}");
             e.to_string()
         });
@@ -273,110 +294,17 @@ fn writer(db: &Database, rx: &mpsc::Receiver<Job>) {
     }
 }
 
-impl Write {
-    /// The archive row of an `ArchiveAppend`, borrowed, for appending in runs.
-    fn archive_entry(&self) -> Option<archive::Entry<'_>> {
-        match self {
-            Write::ArchiveAppend {
-                user,
-                id,
-                stamp_ms,
-                with,
-                xml,
-            } => Some((user, *id, *stamp_ms, with, xml)),
-            _ => None,
-        }
-    }
-}
-
-fn apply(db: &Database, jobs: &[Job]) -> Result<(), Error> {
+fn apply(db: &Database, schema: &[&'static dyn Table], jobs: &[Job]) -> Result<(), Error> {
     let txn = db.begin_write()?;
-    // Consecutive archive appends go in as one run; everything else in order.
-    let mut run: Vec<archive::Entry<'_>> = Vec::new();
-    for w in jobs.iter().flat_map(|(writes, _)| writes) {
-        match w.archive_entry() {
-            Some(entry) => run.push(entry),
-            None => {
-                if !run.is_empty() {
-                    archive::append(&txn, &run)?;
-                    run.clear();
-                }
-                apply_one(&txn, w)?;
-            }
+    {
+        let t = Txn { txn: &txn, schema };
+        let ops: Vec<&dyn Op> = jobs.iter().flat_map(|(w, _)| w).map(|w| &**w).collect();
+        // Consecutive ops of one type go in as one run (see `Op::apply_run`).
+        for run in ops.chunk_by(|a, b| (*a as &dyn Any).type_id() == (*b as &dyn Any).type_id()) {
+            run[0].apply_run(&t, run)?;
         }
-    }
-    if !run.is_empty() {
-        archive::append(&txn, &run)?;
     }
     txn.commit()?;
-    Ok(())
-}
-
-fn apply_one(txn: &WriteTransaction, w: &Write) -> Result<(), Error> {
-    match w {
-        Write::CredentialsPut { user, record } => {
-            txn.open_table(USER_TO_CREDENTIALS)?
-                .insert(user.as_str(), record.as_str())?;
-        }
-        Write::AccountDelete { user } => {
-            let u = user.as_str();
-            txn.open_table(USER_TO_CREDENTIALS)?.remove(u)?;
-            txn.open_table(USER_TO_ROSTER_VERSION)?.remove(u)?;
-            txn.open_table(USER_CONTACT_TO_ROSTER_ITEM)?
-                .retain_in((u, "")..(u, "\u{10ffff}"), |_, _| false)?;
-            txn.open_table(USER_SEQ_TO_OFFLINE)?
-                .retain_in((u, 0)..=(u, u64::MAX), |_, _| false)?;
-            txn.open_table(USER_ID_TO_ARCHIVED)?
-                .retain_in((u, 0)..=(u, u64::MAX), |_, _| false)?;
-            txn.open_table(USER_WITH_ID_TO_NOTHING)?
-                .retain_in((u, "", 0)..(u, "\u{10ffff}", 0), |_, _| false)?;
-            txn.open_table(USER_TO_ARCHIVE_PREFS)?.remove(u)?;
-        }
-        Write::RosterPut {
-            user,
-            contact,
-            item,
-            ver,
-        } => {
-            txn.open_table(USER_CONTACT_TO_ROSTER_ITEM)?
-                .insert((user.as_str(), contact.as_str()), item.as_str())?;
-            txn.open_table(USER_TO_ROSTER_VERSION)?
-                .insert(user.as_str(), ver)?;
-        }
-        Write::RosterDelete { user, contact, ver } => {
-            txn.open_table(USER_CONTACT_TO_ROSTER_ITEM)?
-                .remove((user.as_str(), contact.as_str()))?;
-            txn.open_table(USER_TO_ROSTER_VERSION)?
-                .insert(user.as_str(), ver)?;
-        }
-        Write::OfflinePush {
-            user,
-            stamp_ms,
-            xml,
-        } => {
-            let u = user.as_str();
-            let mut t = txn.open_table(USER_SEQ_TO_OFFLINE)?;
-            let next = match t.range((u, 0)..=(u, u64::MAX))?.next_back() {
-                Some(r) => r?.0.value().1 + 1,
-                None => 1,
-            };
-            t.insert((u, next), (*stamp_ms, xml.as_str()))?;
-        }
-        Write::OfflineDelete { user, upto } => {
-            let u = user.as_str();
-            txn.open_table(USER_SEQ_TO_OFFLINE)?
-                .retain_in((u, 0)..=(u, *upto), |_, _| false)?;
-        }
-        Write::ArchiveAppend { .. } => archive::append(txn, w.archive_entry().as_slice())?,
-        Write::ArchiveExpire {
-            before_ms,
-            max_rows,
-        } => archive::expire(txn, *before_ms, *max_rows)?,
-        Write::ArchivePrefsPut { user, prefs } => {
-            txn.open_table(USER_TO_ARCHIVE_PREFS)?
-                .insert(user.as_str(), prefs.as_str())?;
-        }
-    }
     Ok(())
 }
 
@@ -384,6 +312,14 @@ fn apply_one(txn: &WriteTransaction, w: &Write) -> Result<(), Error> {
 pub(crate) fn temp_store() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("hearth.redb")).unwrap();
+    (dir, store)
+}
+
+/// A store in a temporary directory with only the tables of `schema`.
+#[cfg(test)]
+pub(crate) fn temp_store_with(schema: Schema) -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_with_cache(&dir.path().join("hearth.redb"), 1 << 20, schema).unwrap();
     (dir, store)
 }
 

@@ -253,11 +253,10 @@ impl Sasl {
     }
 }
 
+/// An authorization identity may only name the authenticated account itself.
 fn check_authzid(authzid: &str, user: &str, domain: &str) -> bool {
     authzid.is_empty()
-        || jid::Jid::parse(authzid)
-            .map(|j| j.is_bare() && j.local() == Some(user) && j.domain() == domain)
-            .unwrap_or(false)
+        || jid::Jid::parse(authzid).is_ok_and(|j| j == jid::Jid::bare_from(user, domain))
 }
 
 fn plain(input: &[u8], domain: &str, lookup: &dyn Fn(&str) -> Option<Credentials>) -> Step {

@@ -74,6 +74,16 @@ impl Element {
         self.children.push(Node::Element(child));
     }
 
+    /// The element without its children: its name, namespace and attributes.
+    pub fn shallow(&self) -> Element {
+        Element {
+            name: self.name.clone(),
+            ns: self.ns.clone(),
+            attrs: self.attrs.clone(),
+            children: Vec::new(),
+        }
+    }
+
     /// Child elements, skipping text.
     pub fn elements(&self) -> impl Iterator<Item = &Element> {
         self.children.iter().filter_map(|n| match n {

@@ -68,3 +68,7 @@ pub const RECEIPTS: &str = "urn:xmpp:receipts";
 pub const CHAT_MARKERS: &str = "urn:xmpp:chat-markers:0";
 /// XEP-0384 OMEMO Encryption, the 0.3 namespace that deployed clients use.
 pub const OMEMO_LEGACY: &str = "eu.siacs.conversations.axolotl";
+/// XEP-0191 Blocking Command.
+pub const BLOCKING: &str = "urn:xmpp:blocking";
+/// XEP-0191 §3.3: the application-specific error for a stanza to a blocked entity.
+pub const BLOCKING_ERRORS: &str = "urn:xmpp:blocking:errors";

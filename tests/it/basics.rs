@@ -67,6 +67,7 @@ fn disco_info_lists_the_identity_and_features() {
         "urn:xmpp:mam:2",
         "urn:xmpp:mam:2#extended",
         "urn:xmpp:sid:0",
+        "urn:xmpp:blocking",
     ];
     want.sort_unstable();
     assert_eq!(features, want);
@@ -75,6 +76,57 @@ fn disco_info_lists_the_identity_and_features() {
         "roster versioning is a stream feature, not a disco feature: {features:?}"
     );
     c.features.get("ver", ns::ROSTER_VER);
+}
+
+/// The identities and feature `var`s of a disco#info result from `to`.
+#[track_caller]
+fn disco_of(c: &mut Client, to: &str) -> (Vec<(String, String)>, Vec<String>) {
+    let id = c.send_iq(
+        &format!("type='get' to='{to}'"),
+        &format!("<query xmlns='{}'/>", ns::DISCO_INFO),
+    );
+    let reply = c.expect(&format!("<iq type='result' id='{id}' from='{to}'/>"));
+    let q = reply.get("query", ns::DISCO_INFO);
+    let of = |name: &str, attr: &str| -> Vec<String> {
+        q.children
+            .iter()
+            .filter(|c| c.name == name)
+            .filter_map(|c| c.attr(attr).map(str::to_owned))
+            .collect()
+    };
+    let identities = of("identity", "category")
+        .into_iter()
+        .zip(of("identity", "type"))
+        .collect();
+    (identities, of("feature", "var"))
+}
+
+#[test]
+fn an_account_shows_its_owner_the_archive() {
+    // XEP-0313 §6.4: clients (Dino, Conversations) look for the archive on the account.
+    let server = server_with("");
+    let mut c = alice(&server);
+    let (ids, mut features) = disco_of(&mut c, "alice@localhost");
+    features.sort();
+    assert_eq!(ids, vec![("account".to_owned(), "registered".to_owned())]);
+    assert_eq!(
+        features,
+        vec![
+            ns::DISCO_INFO,
+            "urn:xmpp:mam:2",
+            "urn:xmpp:mam:2#extended",
+            "urn:xmpp:sid:0"
+        ]
+    );
+    // Another account shows what it is, and nothing of what it holds.
+    let (ids, features) = disco_of(&mut c, "bob@localhost");
+    assert_eq!(ids, vec![("account".to_owned(), "registered".to_owned())]);
+    assert_eq!(features, vec![ns::DISCO_INFO]);
+    // With the archive off, the account lists no archive.
+    let server = server_with("[modules.mam]\nenabled = false\n");
+    let mut c = alice(&server);
+    let (_, features) = disco_of(&mut c, "alice@localhost");
+    assert_eq!(features, vec![ns::DISCO_INFO]);
 }
 
 #[test]

@@ -22,17 +22,32 @@
 
 mod prefs;
 pub mod query;
+pub mod store;
 
-use super::{Cx, Flow, IqRequest, IqRoute, Module};
+use super::roster::Roster;
+use super::{Cx, DiscoInfo, Entry, Flow, IqRequest, IqRoute, Module, Target, To};
 use crate::jid::Jid;
-use crate::stanza::{Condition, StanzaError, stanza_type};
-use crate::storage::Write;
+use crate::router::Dest;
+use crate::stanza::{Condition, Origin, Stanza, StanzaError, stanza_type};
 use crate::xml::{Element, ns, reader};
 use prefs::{Prefs, Verdict};
 use serde::Deserialize;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
+use store::{Append, Expire};
+
+pub const ENTRY: Entry = Entry {
+    tables: &[
+        &store::USER_ID_TO_ARCHIVED,
+        &store::USER_WITH_ID_TO_NOTHING,
+        &store::USER_TO_ARCHIVE_PREFS,
+    ],
+    new: |config| {
+        let c = &config.modules.mam;
+        c.enabled.then(|| Box::new(Mam::new(c)) as Box<dyn Module>)
+    },
+};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -69,7 +84,6 @@ pub struct Mam {
     /// The last id handed out; 0 until the store's high-water mark has been read (the module
     /// list is built before the store is reachable, so this is done on first use).
     last_id: Cell<u64>,
-    last_expiry: Cell<Option<SystemTime>>,
     /// Preferences read so far, by localpart: every archived message consults them. Bounded
     /// by the number of accounts; the module writes every change through it.
     prefs: RefCell<HashMap<String, Prefs>>,
@@ -82,7 +96,6 @@ impl Mam {
             default_page: config.default_page,
             max_page: config.max_page,
             last_id: Cell::new(0),
-            last_expiry: Cell::new(None),
             prefs: RefCell::default(),
         }
     }
@@ -90,12 +103,13 @@ impl Mam {
     fn next_id(&self, cx: &Cx) -> u64 {
         let mut last = self.last_id.get();
         if last == 0 {
-            last = cx.server.store.archive_last_id().unwrap_or_else(|e| {
+            last = cx.store().archive_last_id().unwrap_or_else(|e| {
                 log::error!("reading the last archive id: {e}; continuing from the clock");
                 0
             });
         }
-        let now = SystemTime::now()
+        let now = cx
+            .now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_micros() as u64);
         let id = now.max(last + 1);
@@ -106,13 +120,13 @@ impl Mam {
     /// Queues `msg` for `user`'s archive; the write trails the delivery (see `Cx`).
     fn archive(&self, cx: &mut Cx, user: &str, with: &Jid, msg: &Element) -> u64 {
         let id = self.next_id(cx);
-        cx.write_trailing(Write::ArchiveAppend {
+        cx.write_trailing(Box::new(Append {
             user: user.to_owned(),
             id,
             stamp_ms: id / 1000,
             with: with.to_string(),
             xml: msg.to_xml(),
-        });
+        }));
         id
     }
 
@@ -121,7 +135,7 @@ impl Mam {
         if let Some(p) = self.prefs.borrow().get(user) {
             return p.clone();
         }
-        let prefs = match cx.server.store.archive_prefs(user) {
+        let prefs = match cx.store().archive_prefs(user) {
             Ok(p) => p.map(|p| Prefs::decode(&p)).unwrap_or_default(),
             Err(e) => {
                 log::error!("reading the archive preferences of {user}: {e}");
@@ -141,11 +155,8 @@ impl Mam {
             Verdict::Archive => true,
             Verdict::Skip => false,
             Verdict::IfInRoster => cx
-                .server
-                .roster_item(user, &with.bare().to_string())
-                .ok()
-                .flatten()
-                .is_some_and(|i| i.visible),
+                .module::<Roster>()
+                .is_some_and(|r| r.item(cx, user, &with.bare()).is_some_and(|i| i.visible)),
         }
     }
 
@@ -156,10 +167,8 @@ impl Mam {
         user: &str,
     ) -> Result<Option<Element>, StanzaError> {
         let q = query::parse(iq.payload, self.default_page, self.max_page)?;
-        if let Some(s) = cx.server.sessions.borrow_mut().get_mut(iq.from) {
-            s.flags.mam_queried = true;
-        }
-        let store = &cx.server.store;
+        cx.with_session(iq.from, |s| s.flags.mam_queried = true);
+        let store = cx.store();
         // An id handed out whose write has not committed yet (the stanza that carries it went
         // out first) is known: paging from it must not fail. It is not listed until then.
         let committed = store.archive_last_id().map_err(internal(user))?;
@@ -198,7 +207,7 @@ impl Mam {
                     true => drop(items.drain(..items.len().saturating_sub(q.max))),
                     false => items.truncate(q.max),
                 }
-                crate::storage::archive::Page { items, complete }
+                store::Page { items, complete }
             }
         };
         let bare = iq.from.bare().to_string();
@@ -248,10 +257,7 @@ impl Mam {
             return Ok(Some(self.prefs_of(cx, user).to_element()));
         }
         let prefs = Prefs::parse(iq.payload)?;
-        cx.write(Write::ArchivePrefsPut {
-            user: user.to_owned(),
-            prefs: prefs.encode(),
-        });
+        cx.write(store::put_prefs(user, prefs.encode()));
         let answer = prefs.to_element();
         self.prefs.borrow_mut().insert(user.to_owned(), prefs);
         Ok(Some(answer))
@@ -259,11 +265,7 @@ impl Mam {
 
     fn metadata(&self, cx: &Cx, user: &str) -> Result<Option<Element>, StanzaError> {
         let mut el = Element::new("metadata", ns::MAM);
-        let bounds = cx
-            .server
-            .store
-            .archive_bounds(user)
-            .map_err(internal(user))?;
+        let bounds = cx.store().archive_bounds(user).map_err(internal(user))?;
         if let Some((first, last)) = bounds {
             for (name, (id, stamp_ms)) in [("start", first), ("end", last)] {
                 let when = UNIX_EPOCH + Duration::from_millis(stamp_ms);
@@ -301,14 +303,14 @@ pub fn archivable(msg: &Element) -> bool {
             .any(|c| c.ns == ns::CHAT_MARKERS || c.ns == ns::OMEMO_LEGACY)
 }
 
-/// Removes stanza-ids claiming to come from this server (XEP-0359 §3.1): only we say which
-/// of our archives holds a message.
-fn strip_our_stanza_ids(msg: &mut Element, domain: &str) {
+/// Removes stanza-ids claiming to come from an archive of this server (XEP-0359 §3.1): only
+/// we say which of our archives holds a message.
+fn strip_our_stanza_ids(cx: &Cx, msg: &mut Element) {
     msg.children.retain(|n| match n {
         crate::xml::Node::Element(e) if e.is("stanza-id", ns::SID) => e
             .attr("by")
             .and_then(|b| Jid::parse(b).ok())
-            .is_none_or(|b| b.domain() != domain),
+            .is_none_or(|b| cx.destination(&b) == Dest::Remote),
         _ => true,
     });
 }
@@ -325,16 +327,15 @@ impl Module for Mam {
     fn account_removed(&self, user: &str) {
         self.prefs.borrow_mut().remove(user);
     }
-    fn features(&self) -> &'static [&'static str] {
-        &[ns::MAM, ns::MAM_EXTENDED, ns::SID]
+    /// XEP-0313 §6.4: archives are discovered on the account; the server lists them too for
+    /// clients that look there.
+    fn disco(&self, _cx: &Cx, target: &Target, info: &mut DiscoInfo) {
+        if matches!(target, Target::Server | Target::Account { own: true, .. }) {
+            info.features.extend([ns::MAM, ns::MAM_EXTENDED, ns::SID]);
+        }
     }
     fn iq_routes(&self) -> &'static [IqRoute] {
-        &[IqRoute {
-            ns: ns::MAM,
-            server: false,
-            account: true,
-            others: false,
-        }]
+        const { &[IqRoute::new(ns::MAM, To::OWN)] }
     }
     fn handle_iq(&self, cx: &mut Cx, iq: &IqRequest) -> Result<Option<Element>, StanzaError> {
         let user = iq.from.local().unwrap_or_default().to_owned();
@@ -349,28 +350,25 @@ impl Module for Mam {
         }
     }
 
-    fn message_out(&self, cx: &mut Cx, from: &Jid, msg: &mut Element) -> Result<Flow, StanzaError> {
-        let domain = cx.domain().to_owned();
-        strip_our_stanza_ids(msg, &domain);
-        let Some(user) = from.local() else {
+    fn message_out(&self, cx: &mut Cx, st: &mut Stanza) -> Result<Flow, StanzaError> {
+        if st.origin != Origin::Client {
+            return Ok(Flow::Continue);
+        }
+        strip_our_stanza_ids(cx, &mut st.el);
+        let (Some(user), Some(to)) = (st.from.local(), st.to.as_ref()) else {
             return Ok(Flow::Continue);
         };
-        if !archivable(msg) {
+        if !archivable(&st.el) {
             return Ok(Flow::Continue);
         }
         // Only what the router will deliver: not to other domains or unknown accounts, and
         // not to the user's own account, whose inbound copy is archived in `message_in`.
-        let to = match msg.attr("to").map(Jid::parse) {
-            None => return Ok(Flow::Continue),
-            Some(Ok(to)) => to,
-            Some(Err(_)) => return Ok(Flow::Continue),
+        let deliverable = match cx.destination(to) {
+            Dest::Account(l) | Dest::Session(l) => l != user && cx.account_exists(l),
+            _ => false,
         };
-        let deliverable = to.domain() == domain
-            && to
-                .local()
-                .is_some_and(|l| l != user && cx.server.account_exists(l));
-        if deliverable && self.wanted(cx, user, &to) {
-            self.archive(cx, user, &to, msg);
+        if deliverable && self.wanted(cx, user, to) {
+            self.archive(cx, user, to, &st.el);
         }
         Ok(Flow::Continue)
     }
@@ -379,26 +377,27 @@ impl Module for Mam {
         &self,
         cx: &mut Cx,
         user: &str,
-        msg: &mut Element,
+        st: &mut Stanza,
         _targets: &[Jid],
     ) -> Result<Flow, StanzaError> {
-        if !archivable(msg) {
+        if !archivable(&st.el) {
             return Ok(Flow::Continue);
         }
         let bare = Jid::bare_from(user, cx.domain()).to_string();
         // A message routed again (its session went away) was archived the first time.
-        let ours = msg
+        let ours = st
+            .el
             .elements()
             .any(|e| e.is("stanza-id", ns::SID) && e.attr("by") == Some(bare.as_str()));
-        let from = msg.attr("from").and_then(|f| Jid::parse(f).ok());
-        let Some(from) = from.filter(|_| !ours) else {
+        if ours {
             return Ok(Flow::Continue);
-        };
+        }
+        let from = st.from.clone();
         if !self.wanted(cx, user, &from) {
             return Ok(Flow::Continue);
         }
-        let id = self.archive(cx, user, &from, msg);
-        msg.push(
+        let id = self.archive(cx, user, &from, &st.el);
+        st.el.push(
             Element::new("stanza-id", ns::SID)
                 .with_attr("by", bare)
                 .with_attr("id", id.to_string()),
@@ -406,26 +405,21 @@ impl Module for Mam {
         Ok(Flow::Continue)
     }
 
-    fn tick(&self, cx: &mut Cx, now: SystemTime) {
-        if self.retention_days == 0 {
-            return;
+    fn start(&self, cx: &mut Cx) {
+        if self.retention_days > 0 {
+            // Soon after the start, then every EXPIRE_EVERY.
+            cx.set_timer("mam", Duration::from_secs(1), 0);
         }
-        let due = self
-            .last_expiry
-            .get()
-            .is_none_or(|last| now.duration_since(last).map_or(true, |d| d >= EXPIRE_EVERY));
-        if !due {
-            return;
-        }
-        self.last_expiry.set(Some(now));
-        let now_ms = now
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+    }
+
+    fn timer(&self, cx: &mut Cx, _token: u64) {
+        let now_ms = super::offline::millis(cx.now());
         let keep_ms = u64::from(self.retention_days) * 86_400_000;
-        cx.write(Write::ArchiveExpire {
+        cx.write(Box::new(Expire {
             before_ms: now_ms.saturating_sub(keep_ms),
             max_rows: EXPIRE_BATCH,
-        });
+        }));
+        cx.set_timer("mam", EXPIRE_EVERY, 0);
     }
 }
 
@@ -495,7 +489,8 @@ mod tests {
             .with_child(sid("bob@localhost"))
             .with_child(sid("localhost"))
             .with_child(sid("room@muc.example.org"));
-        strip_our_stanza_ids(&mut m, "localhost");
+        let t = crate::modules::testing::TestRouter::new();
+        strip_our_stanza_ids(&Cx::new(&t.router), &mut m);
         let left: Vec<_> = m
             .elements()
             .filter(|e| e.is("stanza-id", ns::SID))

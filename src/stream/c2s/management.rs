@@ -23,6 +23,7 @@ impl Conn {
         self.ping_sent = None;
         self.out.clear();
         let _ = h.reply.try_send(Ok(()));
+        self.event(SessionEvent::Resumed).await;
         if let Err(e) = self.settle_all().await {
             return Next::Fail(e);
         }
@@ -148,10 +149,12 @@ impl Conn {
                 for el in self.held.take() {
                     self.write_stanza(el);
                 }
+                self.event(SessionEvent::Active).await;
                 Next::Continue
             }
             ("inactive", ns::CSI) => {
                 self.inactive = true;
+                self.event(SessionEvent::Inactive).await;
                 Next::Continue
             }
             _ => Next::Fail(StreamError::new(C::UnsupportedStanzaType)),

@@ -12,15 +12,17 @@ mod negotiation;
 
 use io::Io;
 
+use crate::config::Config;
 use crate::jid::{self, Jid};
-use crate::listener::Kind;
+use crate::listener::{Accepted, Listener};
+use crate::modules::{Mechanism, SessionEvent};
 use crate::router;
 use crate::server::Server;
 use crate::session::{Outbound, Session};
 use crate::stanza::{StanzaError, StreamCondition as C, StreamError, error_reply, iq_result};
 use crate::storage::{Store, Ticket};
 use crate::stream::csi::{self, Held};
-use crate::stream::sasl::{self, FailureCondition as F, Sasl, Step};
+use crate::stream::sasl::{self, FailureCondition as F, Step};
 use crate::stream::smacks::{self, Sm};
 use crate::xml::reader::{StreamEvent, StreamHeader, StreamReader};
 use crate::xml::{Element, ns, writer};
@@ -58,7 +60,7 @@ struct Conn {
     rx: Receiver<Outbound>,
     phase: Phase,
     header_sent: bool,
-    sasl: Option<Sasl>,
+    sasl: Option<Box<dyn Mechanism>>,
     auth_failures: u32,
     out: Vec<u8>,
     last_heard: Instant,
@@ -125,11 +127,35 @@ enum Wake {
     Timer,
 }
 
-pub async fn run(server: Rc<Server>, stream: Async<TcpStream>, peer: SocketAddr, kind: Kind) {
-    // Unbounded because a bounded channel allocates all its slots up front, which would cost
-    // every idle session the memory of a full queue; `router::deliver` enforces the bound.
-    let (tx, rx) = smol::channel::unbounded();
-    let id = server.add_conn(tx, peer.ip());
+/// The client listeners: STARTTLS (RFC 6120) and direct TLS (XEP-0368), each with the
+/// connection limits of `[limits]`.
+pub fn listeners(config: &Config) -> Vec<Listener> {
+    let parse = |addrs: &[String]| {
+        // Validated when the config was loaded.
+        addrs.iter().filter_map(|a| a.parse().ok()).collect()
+    };
+    let limits = &config.limits;
+    let listener = |name, description, addrs, direct_tls: bool| Listener {
+        name,
+        description,
+        addrs,
+        max_connections: limits.max_connections,
+        max_connections_per_ip: limits.max_connections_per_ip,
+        handler: Rc::new(move |server, accepted| Box::pin(run(server, accepted, direct_tls))),
+    };
+    vec![
+        listener("c2s", "STARTTLS", parse(&config.listen.c2s), false),
+        listener("c2s_tls", "direct TLS", parse(&config.listen.c2s_tls), true),
+    ]
+}
+
+async fn run(server: Rc<Server>, accepted: Accepted, direct_tls: bool) {
+    let Accepted {
+        stream,
+        peer,
+        id,
+        rx,
+    } = accepted;
     let mut conn = Conn {
         reader: StreamReader::new(server.config.xml_limits()),
         server: server.clone(),
@@ -154,15 +180,14 @@ pub async fn run(server: Rc<Server>, stream: Async<TcpStream>, peer: SocketAddr,
         processed: 0,
         pending: VecDeque::new(),
     };
-    log::debug!("connection {id} from {peer} on {}", kind.name());
+    log::debug!("connection {id} from {peer}, direct TLS: {direct_tls}");
     // The rare, large futures (handshakes, stanza processing) are boxed so that the task of
     // an idle session is only as large as its wait for input.
-    let ok = kind == Kind::C2s || Box::pin(conn.start_tls()).await;
+    let ok = !direct_tls || Box::pin(conn.start_tls()).await;
     if ok {
         conn.serve().await;
     }
     Box::pin(conn.finish()).await;
-    server.conns.borrow_mut().remove(&id);
 }
 
 impl Conn {
@@ -281,6 +306,7 @@ impl Conn {
                             self.detached_at = Some(Instant::now());
                             self.io = Io::Gone;
                             self.out.clear();
+                            self.event(SessionEvent::Detached).await;
                         }
                     } else {
                         return;
@@ -410,9 +436,9 @@ impl Conn {
         }
         self.header_sent = true;
         let id = B64.encode(sasl::random_bytes::<12>());
-        let domain = self.server.config.server.domain.clone();
+        let domain = &self.server.config.server.domain;
         self.out
-            .extend_from_slice(&writer::stream_header(&domain, to, &id));
+            .extend_from_slice(&writer::stream_header(domain, to, &id));
     }
 
     async fn handle_events(&mut self, events: &mut Vec<StreamEvent>) -> Next {
@@ -470,7 +496,11 @@ impl Conn {
                     self.write_nonza(&smacks::failed("unexpected-request", None));
                     return Next::Continue;
                 }
-                self.pre_bind(&user, el)
+                let next = self.pre_bind(&user, el);
+                if matches!(self.phase, Phase::Bound(_)) {
+                    self.event(SessionEvent::Bound).await;
+                }
+                next
             }
             Phase::Bound(jid) => {
                 let jid = jid.clone();
@@ -523,7 +553,14 @@ impl Conn {
         (Next::Continue, ticket)
     }
 
-    /// The session ends: leave the session table, tell contacts, keep unsent messages.
+    /// A life-cycle event of this connection's bound session, through every module.
+    async fn event(&self, event: SessionEvent) {
+        if let Phase::Bound(jid) = &self.phase {
+            router::session_event(&self.server, jid, event).await;
+        }
+    }
+
+    /// The session ends: leave the session table, tell the modules, keep unsent messages.
     async fn finish(&mut self) {
         if let Some(id) = self.sm.as_ref().and_then(|sm| sm.id.as_ref()) {
             self.server.resumable.borrow_mut().remove(id);
@@ -532,17 +569,10 @@ impl Conn {
             return;
         };
         let jid = jid.clone();
-        let removed = self.server.sessions.borrow().get(&jid).map(|s| s.conn) == Some(self.id);
-        if removed {
-            let effects = {
-                let mut cx = crate::modules::Cx::new(&self.server);
-                crate::modules::presence::session_closed(&mut cx, &jid);
-                cx.effects
-            };
-            if let Err(e) = router::apply(&self.server, effects).await {
-                log::error!("presence for {jid} leaving: {e}");
-            }
-            self.server.sessions.borrow_mut().remove(&jid, self.id);
+        let current = self.server.sessions().get(&jid).map(|s| s.conn) == Some(self.id);
+        if current {
+            self.event(SessionEvent::Closed).await;
+            self.server.sessions_mut().remove(&jid, self.id);
         }
         // Sent but never acknowledged, held back, or still queued: routed again, once.
         let mut unsent: Vec<Element> = match self.sm.take() {

@@ -2,6 +2,7 @@
 //! throttling, and resource binding.
 
 use super::*;
+use crate::modules::{Cx, Stage};
 
 impl Conn {
     pub(super) async fn start_tls(&mut self) -> bool {
@@ -45,7 +46,6 @@ impl Conn {
     }
 
     pub(super) fn open(&mut self, h: StreamHeader) -> Next {
-        let domain = self.server.config.server.domain.clone();
         self.open_header(h.from.as_deref());
         if h.stream_ns != ns::STREAM || h.content_ns != ns::CLIENT {
             return Next::Fail(StreamError::new(C::InvalidNamespace));
@@ -53,23 +53,36 @@ impl Conn {
         if h.version.as_deref() != Some("1.0") {
             return Next::Fail(StreamError::new(C::UnsupportedVersion));
         }
-        if h.to.as_deref().is_some_and(|t| t != domain) {
+        if h.to
+            .as_deref()
+            .is_some_and(|t| !self.server.serves_accounts(t))
+        {
             return Next::Fail(StreamError::with_text(
                 C::HostUnknown,
-                format!("this server serves {domain}"),
+                format!("this server serves {}", self.server.config.server.domain),
             ));
         }
         let mut features = Element::new("features", ns::STREAM);
-        match &self.phase {
-            Phase::Plain => features.push(
-                Element::new("starttls", ns::TLS).with_child(Element::new("required", ns::TLS)),
-            ),
+        let stage = match &self.phase {
+            Phase::Plain => {
+                features.push(
+                    Element::new("starttls", ns::TLS).with_child(Element::new("required", ns::TLS)),
+                );
+                None
+            }
             Phase::Secure => {
                 let mut mechs = Element::new("mechanisms", ns::SASL);
-                for m in sasl::mechanisms(self.channel_binding().is_some()) {
+                let cb = self.channel_binding().is_some();
+                for m in self
+                    .server
+                    .modules()
+                    .iter()
+                    .flat_map(|m| m.sasl_mechanisms(cb))
+                {
                     mechs.push(Element::new("mechanism", ns::SASL).with_text(*m));
                 }
                 features.push(mechs);
+                Some(Stage::Authenticate)
             }
             Phase::Authenticated(_) | Phase::Bound(_) => {
                 features.push(Element::new("bind", ns::BIND));
@@ -77,14 +90,34 @@ impl Conn {
                     Element::new("session", ns::SESSION)
                         .with_child(Element::new("optional", ns::SESSION)),
                 );
-                features.push(Element::new("ver", ns::ROSTER_VER));
-                features.push(Element::new("sub", ns::PRE_APPROVAL));
                 features.push(Element::new("sm", ns::SM));
                 features.push(Element::new("csi", ns::CSI));
+                Some(Stage::Bind)
+            }
+        };
+        if let Some(stage) = stage {
+            let mut extra = Vec::new();
+            let cx = Cx::new(&self.server);
+            for m in self.server.modules() {
+                m.stream_features(&cx, stage, &mut extra);
+            }
+            for f in extra {
+                features.push(f);
             }
         }
         writer::write_element(&features, ns::CLIENT, &mut self.out);
         Next::Continue
+    }
+
+    /// Starts `mechanism` with the module that offers it.
+    fn start_mechanism(&self, mechanism: &str) -> Option<Box<dyn Mechanism>> {
+        let cb = self.channel_binding();
+        let module = self
+            .server
+            .modules()
+            .iter()
+            .find(|m| m.sasl_mechanisms(cb.is_some()).contains(&mechanism))?;
+        module.sasl_start(mechanism, cb)
     }
 
     pub(super) fn sasl_failure(&mut self, condition: F) {
@@ -112,8 +145,7 @@ impl Conn {
         let step = match el.name.as_str() {
             "auth" => {
                 let mech = el.attr("mechanism").unwrap_or_default();
-                let domain = self.server.config.server.domain.clone();
-                let Some(s) = Sasl::start(mech, self.channel_binding(), &domain) else {
+                let Some(s) = self.start_mechanism(mech) else {
                     self.sasl_failure(F::InvalidMechanism);
                     return Next::Continue;
                 };
@@ -134,15 +166,11 @@ impl Conn {
                     // No initial response: ask for it with an empty challenge.
                     Step::Challenge(Vec::new())
                 } else {
-                    let store = &self.server.store;
-                    sasl.step(&data, &|u| store.credentials(u).ok().flatten())
+                    sasl.step(&Cx::new(&self.server), &data)
                 }
             }
             "response" => match self.sasl.as_mut() {
-                Some(s) => {
-                    let store = &self.server.store;
-                    s.step(&data, &|u| store.credentials(u).ok().flatten())
-                }
+                Some(s) => s.step(&Cx::new(&self.server), &data),
                 None => {
                     self.sasl_failure(F::MalformedRequest);
                     return Next::Continue;
@@ -242,25 +270,18 @@ impl Conn {
                 },
                 None => format!("hearth-{}", hex(&sasl::random_bytes::<6>())),
             };
-            let domain = self.server.config.server.domain.clone();
-            let Ok(full) = Jid::bare_from(user, &domain).with_resource(&resource) else {
+            let domain = &self.server.config.server.domain;
+            let Ok(full) = Jid::bare_from(user, domain).with_resource(&resource) else {
                 return Next::Fail(StreamError::new(C::InternalServerError));
             };
             let tx = match self.server.conns.borrow().get(&self.id) {
                 Some(c) => c.tx.clone(),
                 None => return Next::Fail(StreamError::new(C::InternalServerError)),
             };
-            let old = self.server.sessions.borrow_mut().insert(Session {
-                conn: self.id,
-                jid: full.clone(),
-                tx,
-                available: false,
-                priority: 0,
-                presence: None,
-                interested: false,
-                directed: Vec::new(),
-                flags: Default::default(),
-            });
+            let old = self
+                .server
+                .sessions_mut()
+                .insert(Session::new(self.id, full.clone(), tx));
             if let Some(old) = old {
                 // RFC 6120 §7.7.2.2: the new session wins; the old one gets `conflict`.
                 self.server.close_conn(

@@ -1,10 +1,74 @@
-//! XEP-0313 user archives: an archive-shaped table per user, keyed by a time-ordered id, and a
-//! keyval table of archiving preferences. Every read is a range scan over ids, so the newest
-//! page and one a hundred thousand messages back cost the same B-tree seek.
+//! The XEP-0313 archive's storage: an archive-shaped table per user, keyed by a time-ordered
+//! id, an index of it by contact, and a keyval table of archiving preferences. Every read is a
+//! range scan over ids, so the newest page and one a hundred thousand messages back cost the
+//! same B-tree seek.
 
-use super::{Store, tables::*};
 use crate::error::Error;
-use redb::{ReadableTable, WriteTransaction};
+use crate::storage::shapes::KeyVal;
+use crate::storage::tables::META;
+use crate::storage::{Op, Store, Table, Txn, Write};
+use redb::{ReadableTable, TableDefinition, TableHandle, WriteTransaction};
+
+/// (localpart, archive id) → (milliseconds since the epoch, the other party's JID as
+/// addressed, message XML). The id is the microsecond the message was archived, bumped to stay
+/// strictly increasing server-wide (see `mam/mod.rs`), so id order is time order and a time
+/// range is an id range.
+pub static USER_ID_TO_ARCHIVED: Archive = Archive(TableDefinition::new("archive"));
+/// (localpart, the other party's bare JID, archive id) → nothing. The index that makes a
+/// query `with` one contact (scrolling back through one conversation) a range scan.
+pub static USER_WITH_ID_TO_NOTHING: ByContact =
+    ByContact(TableDefinition::new("archive_by_contact"));
+/// Localpart → XEP-0313 §6 archiving preferences (TOML of `prefs::Prefs`).
+pub static USER_TO_ARCHIVE_PREFS: KeyVal<&str> = KeyVal(TableDefinition::new("archive_prefs"));
+
+pub struct Archive(
+    TableDefinition<'static, (&'static str, u64), (u64, &'static str, &'static str)>,
+);
+pub struct ByContact(TableDefinition<'static, (&'static str, &'static str, u64), ()>);
+
+impl Table for Archive {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+    fn create(&self, txn: &WriteTransaction) -> Result<(), Error> {
+        txn.open_table(self.0)?;
+        Ok(())
+    }
+    fn delete_user(&self, txn: &WriteTransaction, user: &str) -> Result<(), Error> {
+        txn.open_table(self.0)?
+            .retain_in((user, 0)..=(user, u64::MAX), |_, _| false)?;
+        Ok(())
+    }
+    #[cfg(test)]
+    fn count_user(&self, txn: &redb::ReadTransaction, user: &str) -> Result<usize, Error> {
+        Ok(txn
+            .open_table(self.0)?
+            .range((user, 0)..=(user, u64::MAX))?
+            .count())
+    }
+}
+
+impl Table for ByContact {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+    fn create(&self, txn: &WriteTransaction) -> Result<(), Error> {
+        txn.open_table(self.0)?;
+        Ok(())
+    }
+    fn delete_user(&self, txn: &WriteTransaction, user: &str) -> Result<(), Error> {
+        txn.open_table(self.0)?
+            .retain_in((user, "", 0)..(user, "\u{10ffff}", 0), |_, _| false)?;
+        Ok(())
+    }
+    #[cfg(test)]
+    fn count_user(&self, txn: &redb::ReadTransaction, user: &str) -> Result<usize, Error> {
+        Ok(txn
+            .open_table(self.0)?
+            .range((user, "", 0)..(user, "\u{10ffff}", 0))?
+            .count())
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Archived {
@@ -58,8 +122,8 @@ impl Store {
             return Ok(page);
         }
         let txn = self.read()?;
-        let t = txn.open_table(USER_ID_TO_ARCHIVED)?;
-        let index = txn.open_table(USER_WITH_ID_TO_NOTHING)?;
+        let t = txn.open_table(USER_ID_TO_ARCHIVED.0)?;
+        let index = txn.open_table(USER_WITH_ID_TO_NOTHING.0)?;
         type Row = Result<(u64, (u64, String, String)), Error>;
         let rows: Box<dyn Iterator<Item = Row>> = match contact {
             None => {
@@ -118,7 +182,7 @@ impl Store {
     /// The messages with these ids that exist, in id order.
     pub fn archive_get(&self, user: &str, ids: &[u64]) -> Result<Vec<Archived>, Error> {
         let txn = self.read()?;
-        let t = txn.open_table(USER_ID_TO_ARCHIVED)?;
+        let t = txn.open_table(USER_ID_TO_ARCHIVED.0)?;
         let mut ids = ids.to_vec();
         ids.sort_unstable();
         ids.dedup();
@@ -139,14 +203,14 @@ impl Store {
 
     pub fn archive_contains(&self, user: &str, id: u64) -> Result<bool, Error> {
         let txn = self.read()?;
-        let t = txn.open_table(USER_ID_TO_ARCHIVED)?;
+        let t = txn.open_table(USER_ID_TO_ARCHIVED.0)?;
         Ok(t.get((user, id))?.is_some())
     }
 
     /// (id, stamp) of the oldest and the newest message of `user`, if any.
     pub fn archive_bounds(&self, user: &str) -> Result<Option<(Bound, Bound)>, Error> {
         let txn = self.read()?;
-        let t = txn.open_table(USER_ID_TO_ARCHIVED)?;
+        let t = txn.open_table(USER_ID_TO_ARCHIVED.0)?;
         let mut range = t.range((user, 0)..=(user, u64::MAX))?;
         let first = match range.next() {
             Some(r) => r?,
@@ -164,32 +228,68 @@ impl Store {
     }
 
     pub fn archive_prefs(&self, user: &str) -> Result<Option<String>, Error> {
-        let txn = self.read()?;
-        let t = txn.open_table(USER_TO_ARCHIVE_PREFS)?;
-        Ok(t.get(user)?.map(|v| v.value().to_owned()))
+        USER_TO_ARCHIVE_PREFS.get(self, user)
     }
 }
 
-/// One message for an archive: (user, id, stamp_ms, with, xml).
-pub(super) type Entry<'a> = (&'a str, u64, u64, &'a str, &'a str);
+/// One message for `user`'s archive; `id` is new and larger than any stored.
+#[derive(Debug)]
+pub struct Append {
+    pub user: String,
+    pub id: u64,
+    pub stamp_ms: u64,
+    pub with: String,
+    pub xml: String,
+}
 
-/// Appends a run of messages, opening each table once for the run: a group commit carries
-/// many of them, and the per-message cost is what bounds throughput with the archive on.
-pub(super) fn append(txn: &WriteTransaction, entries: &[Entry<'_>]) -> Result<(), Error> {
-    let mut rows = txn.open_table(USER_ID_TO_ARCHIVED)?;
-    let mut index = txn.open_table(USER_WITH_ID_TO_NOTHING)?;
-    let mut highest = 0;
-    for &(user, id, stamp_ms, with, xml) in entries {
-        rows.insert((user, id), (stamp_ms, with, xml))?;
-        index.insert((user, bare(with), id), ())?;
-        highest = highest.max(id);
+impl Op for Append {
+    fn apply(&self, txn: &Txn) -> Result<(), Error> {
+        self.apply_run(txn, &[self])
     }
-    let mut meta = txn.open_table(META)?;
-    let last = meta.get(LAST_ID)?.map_or(0, |v| v.value());
-    if highest > last {
-        meta.insert(LAST_ID, highest)?;
+
+    /// Opens each table once for the run: a group commit carries many appends, and the
+    /// per-message cost is what bounds throughput with the archive on.
+    fn apply_run(&self, txn: &Txn, run: &[&dyn Op]) -> Result<(), Error> {
+        let txn = txn.txn;
+        let mut rows = txn.open_table(USER_ID_TO_ARCHIVED.0)?;
+        let mut index = txn.open_table(USER_WITH_ID_TO_NOTHING.0)?;
+        let mut highest = 0;
+        for op in run {
+            // A run holds ops of one type only (see `storage::Op::apply_run`).
+            let Some(a) = (*op as &dyn std::any::Any).downcast_ref::<Append>() else {
+                continue;
+            };
+            let (user, with) = (a.user.as_str(), a.with.as_str());
+            rows.insert((user, a.id), (a.stamp_ms, with, a.xml.as_str()))?;
+            index.insert((user, bare(with), a.id), ())?;
+            highest = highest.max(a.id);
+        }
+        let mut meta = txn.open_table(META)?;
+        let last = meta.get(LAST_ID)?.map_or(0, |v| v.value());
+        if highest > last {
+            meta.insert(LAST_ID, highest)?;
+        }
+        Ok(())
     }
-    Ok(())
+}
+
+/// Deletes archived messages older than `before_ms`, at most `max_rows` of them, so that one
+/// expiry never holds the writer (and everyone's commits) for long.
+#[derive(Clone, Debug)]
+pub struct Expire {
+    pub before_ms: u64,
+    pub max_rows: usize,
+}
+
+impl Op for Expire {
+    fn apply(&self, txn: &Txn) -> Result<(), Error> {
+        expire(txn.txn, self.before_ms, self.max_rows)
+    }
+}
+
+/// Replaces `user`'s archiving preferences (TOML of `prefs::Prefs`).
+pub fn put_prefs(user: &str, prefs: String) -> Write {
+    USER_TO_ARCHIVE_PREFS.put(user, prefs)
 }
 
 /// The bare part of a normalised JID: everything before the first '/'.
@@ -199,9 +299,9 @@ fn bare(jid: &str) -> &str {
 
 /// Ids are archive times in microseconds (never earlier than the real time), so "older than
 /// `before_ms`" is the id range below `before_ms * 1000` of each user.
-pub(super) fn expire(txn: &WriteTransaction, before_ms: u64, max_rows: usize) -> Result<(), Error> {
+fn expire(txn: &WriteTransaction, before_ms: u64, max_rows: usize) -> Result<(), Error> {
     let cut = before_ms.saturating_mul(1000);
-    let mut t = txn.open_table(USER_ID_TO_ARCHIVED)?;
+    let mut t = txn.open_table(USER_ID_TO_ARCHIVED.0)?;
     let mut doomed: Vec<(String, u64, String)> = Vec::new();
     let mut next_user = t.first()?.map(|(k, _)| k.value().0.to_owned());
     while let Some(user) = next_user.take() {
@@ -223,7 +323,7 @@ pub(super) fn expire(txn: &WriteTransaction, before_ms: u64, max_rows: usize) ->
             }
         }
     }
-    let mut index = txn.open_table(USER_WITH_ID_TO_NOTHING)?;
+    let mut index = txn.open_table(USER_WITH_ID_TO_NOTHING.0)?;
     for (user, id, with) in doomed {
         t.remove((user.as_str(), id))?;
         index.remove((user.as_str(), with.as_str(), id))?;
@@ -233,16 +333,17 @@ pub(super) fn expire(txn: &WriteTransaction, before_ms: u64, max_rows: usize) ->
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Store, Write, temp_store};
+    use super::{Append, Expire};
+    use crate::storage::{Store, Write, accounts, temp_store};
 
     fn put(user: &str, id: u64, with: &str) -> Write {
-        Write::ArchiveAppend {
+        Box::new(Append {
             user: user.into(),
             id,
             stamp_ms: id / 1000,
             with: with.into(),
             xml: format!("<message>{id}</message>"),
-        }
+        })
     }
 
     fn ids(p: &super::Page) -> Vec<u64> {
@@ -375,13 +476,15 @@ mod tests {
         assert_eq!(ids(&p), vec![600_000]);
         // Older than 100 ms: a's ids below 100_000 (99 rows) and b's and aa's single rows,
         // in batches of 60 so that the limit is exercised.
-        let expire = Write::ArchiveExpire {
+        let expire = Expire {
             before_ms: 100,
             max_rows: 60,
         };
-        store.commit_blocking(vec![expire.clone()]).unwrap();
-        store.commit_blocking(vec![expire.clone()]).unwrap();
-        store.commit_blocking(vec![expire]).unwrap();
+        for _ in 0..3 {
+            store
+                .commit_blocking(vec![Box::new(expire.clone())])
+                .unwrap();
+        }
         let p = store
             .archive_page("a", None, 0, u64::MAX, false, 1000, &|_| true)
             .unwrap();
@@ -395,9 +498,7 @@ mod tests {
         assert_eq!(carol.items.len(), 167);
         assert_eq!(store.archive_bounds("b").unwrap(), None);
         assert_eq!(store.archive_bounds("aa").unwrap(), None);
-        store
-            .commit_blocking(vec![Write::AccountDelete { user: "a".into() }])
-            .unwrap();
+        store.commit_blocking(vec![accounts::delete("a")]).unwrap();
         assert_eq!(store.archive_bounds("a").unwrap(), None);
         let gone = store
             .archive_page("a", Some("bob@x"), 0, u64::MAX, false, 10, &all)
@@ -410,10 +511,7 @@ mod tests {
         let (_dir, store) = temp_store();
         assert_eq!(store.archive_prefs("a").unwrap(), None);
         store
-            .commit_blocking(vec![Write::ArchivePrefsPut {
-                user: "a".into(),
-                prefs: "default = \"never\"".into(),
-            }])
+            .commit_blocking(vec![super::put_prefs("a", "default = \"never\"".into())])
             .unwrap();
         assert_eq!(
             store.archive_prefs("a").unwrap().as_deref(),

@@ -1,0 +1,215 @@
+//! Unit tests of modules without a socket: a [`TestRouter`] is the real router and the real
+//! modules over a store in a temporary directory, with sessions that are only queues. A test
+//! feeds it what a client sends and session events, and asserts on what comes out (the
+//! stanzas for each session) and on the store, which every step commits to before returning.
+
+use super::{Cx, Effects, SessionEvent};
+use crate::config::Config;
+use crate::jid::Jid;
+use crate::router::{self, Router};
+use crate::session::Session;
+use crate::stanza::{Condition, Origin, Stanza};
+use crate::storage::{Store, accounts};
+use crate::xml::{Element, Node, reader};
+use std::time::SystemTime;
+
+pub struct TestRouter {
+    pub router: Router,
+    _dir: tempfile::TempDir,
+    next_conn: std::cell::Cell<u64>,
+}
+
+/// What one step produced.
+pub struct Out {
+    pub sends: Vec<(Jid, Element)>,
+}
+
+impl TestRouter {
+    /// Accounts alice and bob, every module with its default config.
+    pub fn new() -> TestRouter {
+        TestRouter::with_users(&["alice", "bob"])
+    }
+
+    pub fn with_users(users: &[&str]) -> TestRouter {
+        TestRouter::with_config(Config::default(), users)
+    }
+
+    pub fn with_config(config: Config, users: &[&str]) -> TestRouter {
+        let (dir, store) = crate::storage::temp_store();
+        add_users(&store, users);
+        let router = Router::new(config, store).unwrap();
+        router.clock.set(Some(
+            SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000),
+        ));
+        TestRouter {
+            router,
+            _dir: dir,
+            next_conn: std::cell::Cell::new(1),
+        }
+    }
+
+    /// A bound session `user@localhost/resource`, not yet available.
+    pub fn bind(&self, user: &str, resource: &str) -> Jid {
+        let jid = Jid::parse(&format!("{user}@localhost/{resource}")).unwrap();
+        let (tx, _rx) = smol::channel::unbounded();
+        let conn = self.next_conn.get();
+        self.next_conn.set(conn + 1);
+        self.router
+            .sessions_mut()
+            .insert(Session::new(conn, jid.clone(), tx));
+        self.event(&jid, SessionEvent::Bound);
+        jid
+    }
+
+    /// Binds a session and sends initial presence from it.
+    pub fn online(&self, user: &str, resource: &str) -> Jid {
+        let jid = self.bind(user, resource);
+        self.client(&jid, "<presence/>");
+        jid
+    }
+
+    /// The session ends as c2s ends it: the event, then it leaves the session table.
+    pub fn close(&self, jid: &Jid) -> Out {
+        let out = self.event(jid, SessionEvent::Closed);
+        let conn = self.router.sessions().get(jid).map(|s| s.conn);
+        if let Some(c) = conn {
+            self.router.sessions_mut().remove(jid, c);
+        }
+        out
+    }
+
+    /// Runs `f` in a context, routes what it produced and commits its writes.
+    pub fn step(&self, f: impl FnOnce(&mut Cx)) -> Out {
+        let mut cx = Cx::new(&self.router);
+        f(&mut cx);
+        let Effects {
+            mut writes,
+            trailing,
+            sends,
+        } = router::finish(cx);
+        writes.extend(trailing);
+        self.router.store.commit_blocking(writes).unwrap();
+        Out { sends }
+    }
+
+    /// `xml` sent by the client of session `from`, which stamps it as c2s does.
+    pub fn client(&self, from: &Jid, xml: &str) -> Out {
+        let mut el = parse(xml);
+        el.set_attr("from", from.to_string());
+        self.step(|cx| match Stanza::parse(el, from.clone(), Origin::Client) {
+            Ok(st) => cx.route(st),
+            Err((el, Some(e))) => cx.send(from.clone(), crate::stanza::error_reply(&el, &e)),
+            Err(_) => {}
+        })
+    }
+
+    pub fn event(&self, jid: &Jid, event: SessionEvent) -> Out {
+        self.step(|cx| cx.raise(jid, event))
+    }
+}
+
+fn add_users(store: &Store, users: &[&str]) {
+    let creds = crate::stream::sasl::derive_credentials("pw", 4096).unwrap();
+    let writes = users.iter().map(|u| accounts::put(u, &creds)).collect();
+    store.commit_blocking(writes).unwrap();
+}
+
+/// Parses a stanza written in a test, in the `jabber:client` namespace.
+#[track_caller]
+pub fn parse(xml: &str) -> Element {
+    reader::parse_one(xml).unwrap_or_else(|| panic!("not a stanza: {xml}"))
+}
+
+/// `got` has the name, namespace and every attribute of `pattern` (`{any}` takes any value),
+/// each of its child elements matched by some child of `got`, and its text if it has some.
+pub fn matches(got: &Element, pattern: &Element) -> bool {
+    let attrs = pattern.attrs.iter().all(|(k, v)| match got.attr(k) {
+        Some(g) => v == "{any}" || g == v,
+        None => false,
+    });
+    let text = pattern.text();
+    let text_ok = text.trim().is_empty() || got.text().trim() == text.trim();
+    got.is(&pattern.name, &pattern.ns)
+        && attrs
+        && text_ok
+        && pattern.children.iter().all(|c| match c {
+            Node::Element(p) => got.elements().any(|g| matches(g, p)),
+            Node::Text(_) => true,
+        })
+}
+
+impl Out {
+    /// What went to `jid`, in order.
+    pub fn to(&self, jid: &Jid) -> Vec<&Element> {
+        self.sends
+            .iter()
+            .filter(|(to, _)| to == jid)
+            .map(|(_, el)| el)
+            .collect()
+    }
+
+    /// The one stanza that went to `jid`.
+    #[track_caller]
+    pub fn only_to(&self, jid: &Jid) -> &Element {
+        let got = self.to(jid);
+        assert_eq!(
+            got.len(),
+            1,
+            "expected one stanza for {jid}, got {}",
+            self.show()
+        );
+        got[0]
+    }
+
+    /// Some stanza to `jid` matches `pattern`.
+    #[track_caller]
+    pub fn assert_sent(&self, jid: &Jid, pattern: &str) {
+        let p = parse(pattern);
+        assert!(
+            self.to(jid).iter().any(|el| matches(el, &p)),
+            "nothing for {jid} matches {pattern}; sent: {}",
+            self.show()
+        );
+    }
+
+    /// No stanza to `jid` matches `pattern`.
+    #[track_caller]
+    pub fn assert_not_sent(&self, jid: &Jid, pattern: &str) {
+        let p = parse(pattern);
+        assert!(
+            !self.to(jid).iter().any(|el| matches(el, &p)),
+            "{jid} got {pattern}; sent: {}",
+            self.show()
+        );
+    }
+
+    #[track_caller]
+    pub fn assert_nothing_to(&self, jid: &Jid) {
+        assert!(self.to(jid).is_empty(), "{jid} got {}", self.show());
+    }
+
+    /// `jid` got an error reply with `id` and `condition`.
+    #[track_caller]
+    pub fn assert_error(&self, jid: &Jid, id: &str, condition: Condition) {
+        let found = self.to(jid).iter().any(|el| {
+            el.attr("type") == Some("error")
+                && el.attr("id") == Some(id)
+                && el.elements().any(|e| {
+                    e.name == "error" && e.elements().any(|c| c.name == condition.as_str())
+                })
+        });
+        assert!(
+            found,
+            "no {} error {id} for {jid}; sent: {}",
+            condition.as_str(),
+            self.show()
+        );
+    }
+
+    pub fn show(&self) -> String {
+        self.sends
+            .iter()
+            .map(|(to, el)| format!("\n  {to}: {}", el.to_xml()))
+            .collect()
+    }
+}
