@@ -235,7 +235,8 @@ impl Config {
                     self.server.domain
                 )
             })?;
-        if domain.domain() != self.server.domain {
+        // The normalised form of the name, as every JID at it will be written.
+        if domain.to_string() != self.server.domain {
             return Err(format!(
                 "server.domain must be written in normalised form: {:?}",
                 domain.domain()

@@ -134,3 +134,98 @@ pub async fn accept_loop(
         .detach();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::modules::Module;
+    use crate::router::Router;
+    use std::io::{Read, Write};
+
+    /// A module with a listener of its own, at most one connection per address: it greets
+    /// and then holds the connection until the server closes it.
+    struct Greeter(SocketAddr);
+
+    impl Module for Greeter {
+        fn name(&self) -> &'static str {
+            "greeter"
+        }
+        fn listeners(&self) -> Vec<Listener> {
+            vec![Listener {
+                name: "greeter",
+                description: "test",
+                addrs: vec![self.0],
+                max_connections: 10,
+                max_connections_per_ip: 1,
+                handler: Rc::new(|_server, a: Accepted| {
+                    Box::pin(async move {
+                        let mut s = a.stream;
+                        let _ = smol::io::AsyncWriteExt::write_all(&mut s, b"hello\n").await;
+                        let _ = a.rx.recv().await;
+                    })
+                }),
+            }]
+        }
+    }
+
+    #[test]
+    fn a_module_listens_with_its_own_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.server.data_dir = dir.path().to_owned();
+        let tls = crate::tls::load(&config).unwrap();
+        let (_sdir, store) = crate::storage::temp_store();
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let router = Router::with_modules(config, store, vec![Box::new(Greeter(any))]).unwrap();
+        let mine: Vec<Listener> = router
+            .modules()
+            .iter()
+            .flat_map(|m| m.listeners())
+            .collect();
+        let bound = bind_all(&mine).unwrap();
+        let addr = bound[0].1.get_ref().local_addr().unwrap();
+        let server = Rc::new(Server::new(router, tls, mine));
+        let ex = Rc::new(LocalExecutor::new());
+        for (i, s) in bound {
+            ex.spawn(accept_loop(server.clone(), ex.clone(), s, i))
+                .detach();
+        }
+        let read_all = |mut c: std::net::TcpStream| {
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 16];
+            while !got.ends_with(b"\n") {
+                match c.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+            (c, got)
+        };
+        smol::block_on(ex.run(async {
+            let connect = move || std::net::TcpStream::connect(addr).unwrap();
+            let first = smol::unblock(connect).await;
+            let (mut first, greeting) = smol::unblock(move || read_all(first)).await;
+            assert_eq!(greeting, b"hello\n");
+            // The second connection from the same address is over the listener's limit.
+            let second = smol::unblock(connect).await;
+            let (_, got) = smol::unblock(move || read_all(second)).await;
+            assert!(got.is_empty(), "{got:?}");
+            // Once the first is closed by the server, a new one is greeted again.
+            let ids: Vec<u64> = server.conns.borrow().keys().copied().collect();
+            for id in ids {
+                server.close_conn(
+                    id,
+                    crate::stanza::StreamError::new(crate::stanza::StreamCondition::SystemShutdown),
+                );
+            }
+            let _ = first.write_all(b"x");
+            let (_, got) = smol::unblock(move || read_all(first)).await;
+            assert!(got.is_empty());
+            let third = smol::unblock(connect).await;
+            let (_, greeting) = smol::unblock(move || read_all(third)).await;
+            assert_eq!(greeting, b"hello\n");
+        }));
+    }
+}

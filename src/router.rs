@@ -120,14 +120,14 @@ impl Router {
     ) -> Result<Router, Error> {
         let mut services = HashMap::new();
         for (i, m) in modules.iter().enumerate() {
-            if let Some(d) = m.service_domain() {
-                if d == config.server.domain || services.insert(d.to_owned(), i).is_some() {
-                    return Err(Error::Config(format!(
-                        "the domain {d} of the {} service is already served; give it a \
-                         domain of its own",
-                        m.name()
-                    )));
-                }
+            if let Some(d) = m.service_domain()
+                && (d == config.server.domain || services.insert(d.to_owned(), i).is_some())
+            {
+                return Err(Error::Config(format!(
+                    "the domain {d} of the {} service is already served; give it a domain \
+                     of its own",
+                    m.name()
+                )));
             }
         }
         let accounts = store.users()?.into_iter().collect();
@@ -199,53 +199,34 @@ impl Router {
         domain == self.config.server.domain
     }
 
-    fn fresh_id(&self) -> String {
-        let n = self.next_id.get();
-        self.next_id.set(n + 1);
-        format!("hearth-{n}")
-    }
-
-    /// Records an iq request and returns the stanza to route, or answers it at once with
-    /// `resource-constraint` when too many are waiting.
-    pub(crate) fn register_iq(
-        &self,
-        module: &'static str,
-        req: IqOut,
-        _now: SystemTime,
-    ) -> Option<Stanza> {
+    /// Records an iq request and returns the stanza to route; when too many are waiting,
+    /// the request's error instead (`resource-constraint`), which reaches the module as any
+    /// answer does.
+    pub(crate) fn register_iq(&self, module: &'static str, req: IqOut) -> Option<Stanza> {
         let Some(index) = self.modules.iter().position(|m| m.name() == module) else {
             log::error!("an iq request from the unknown module {module}");
             return None;
         };
-        let id = self.fresh_id();
+        let n = self.next_id.get();
+        self.next_id.set(n + 1);
+        let id = format!("hearth-{n}");
         let el = Element::new("iq", ns::CLIENT)
             .with_attr("type", if req.set { "set" } else { "get" })
             .with_attr("id", id.as_str())
             .with_child(req.payload);
         let typ = if req.set { Type::Set } else { Type::Get };
         let st = Stanza::new(Kind::Iq, typ, req.from, req.to.clone(), Origin::Server, el);
-        if self.pending.borrow().len() >= MAX_PENDING_IQS {
+        let full = self.pending.borrow().len() >= MAX_PENDING_IQS;
+        let pending = PendingIq {
+            module: index,
+            token: req.token,
+            to: req.to,
+        };
+        self.pending.borrow_mut().insert(id.clone(), pending);
+        if full {
             log::warn!("too many iq requests waiting; refusing one of {module}");
-            // Answered through the router like any error, so the module hears of it.
-            let err = StanzaError::new(Condition::ResourceConstraint);
-            self.pending.borrow_mut().insert(
-                id.clone(),
-                PendingIq {
-                    module: index,
-                    token: req.token,
-                    to: req.to,
-                },
-            );
-            return Some(st.error(&err));
+            return Some(st.error(&StanzaError::new(Condition::ResourceConstraint)));
         }
-        self.pending.borrow_mut().insert(
-            id.clone(),
-            PendingIq {
-                module: index,
-                token: req.token,
-                to: req.to,
-            },
-        );
         self.push_timer(Instant::now() + req.timeout, TimerWhat::IqTimeout(id));
         Some(st)
     }
@@ -272,6 +253,18 @@ impl Router {
         if earliest {
             let _ = self.timer_wake.0.try_send(());
         }
+    }
+
+    /// Removes and returns the timers due at `now`, earliest first.
+    fn take_due(&self, now: Instant) -> Vec<TimerWhat> {
+        let mut timers = self.timers.borrow_mut();
+        let mut due = Vec::new();
+        while timers.peek().is_some_and(|Reverse(t)| t.at <= now) {
+            if let Some(Reverse(t)) = timers.pop() {
+                due.push(t.what);
+            }
+        }
+        due
     }
 
     /// Takes the answer to a request this server sent, if `st` is one.
@@ -309,11 +302,11 @@ pub fn account_of<'j>(domain: &str, jid: &'j Jid) -> Option<&'j str> {
 pub async fn from_client(router: &Router, from: &Jid, el: Element) -> Option<Ticket> {
     let st = match Stanza::parse(el, from.clone(), Origin::Client) {
         Ok(st) => st,
-        Err((el, err)) => {
-            if let Some(e) = err
-                && el.attr("type") != Some("error")
+        Err(rejected) => {
+            if let Some(e) = &rejected.error
+                && rejected.el.attr("type") != Some("error")
             {
-                deliver(router, from, crate::stanza::error_reply(&el, &e));
+                deliver(router, from, crate::stanza::error_reply(&rejected.el, e));
             }
             return None;
         }
@@ -439,7 +432,8 @@ fn try_route(cx: &mut Cx, st: &mut Stanza) -> Result<(), StanzaError> {
         Dest::Remote => remote(st),
         Dest::Service(i) => {
             if let Some(p) = response(router, st) {
-                return Ok(answer(cx, p, st));
+                answer(cx, p, st);
+                return Ok(());
             }
             if st.is_request()
                 && to.local().is_none()
@@ -456,7 +450,8 @@ fn try_route(cx: &mut Cx, st: &mut Stanza) -> Result<(), StanzaError> {
     }
 }
 
-/// A stanza emptied into its envelope, for the moment its element has moved on.
+/// A stanza without its payload, for the moment its element has moved on: enough to answer
+/// it with an error.
 fn placeholder(st: &Stanza) -> Stanza {
     Stanza {
         kind: st.kind,
@@ -464,7 +459,7 @@ fn placeholder(st: &Stanza) -> Stanza {
         from: st.from.clone(),
         to: st.to.clone(),
         origin: st.origin,
-        el: Element::new(&st.el.name, ns::CLIENT),
+        el: st.el.shallow(),
     }
 }
 
@@ -734,13 +729,14 @@ pub async fn reroute_unsent(router: &Router, owner: &Jid, stanzas: Vec<Element>)
 
 /// Calls each module's `start` hook once, when the server starts.
 pub async fn start(router: &Router) {
-    run(router, "starting the modules", |cx| {
-        let router = cx.router();
-        for m in router.modules() {
-            m.start(cx);
-        }
-    })
-    .await;
+    run(router, "starting the modules", start_modules).await;
+}
+
+pub fn start_modules(cx: &mut Cx) {
+    let router = cx.router();
+    for m in router.modules() {
+        m.start(cx);
+    }
 }
 
 /// Fires timers when they are due: modules' own, and the timeouts of iq requests.
@@ -760,29 +756,27 @@ pub async fn run_timers(router: &Router) {
             }
             None => wake.await,
         }
-        let now = Instant::now();
-        let mut due = Vec::new();
-        {
-            let mut timers = router.timers.borrow_mut();
-            while timers.peek().is_some_and(|Reverse(t)| t.at <= now) {
-                if let Some(Reverse(t)) = timers.pop() {
-                    due.push(t.what);
-                }
-            }
+        let due = router.take_due(Instant::now());
+        if !due.is_empty() {
+            run(router, "a timer", |cx| fire(cx, due)).await;
         }
-        if due.is_empty() {
-            continue;
-        }
-        run(router, "a timer", |cx| {
-            for what in due {
-                fire(cx, what);
-            }
-        })
-        .await;
     }
 }
 
-fn fire(cx: &mut Cx, what: TimerWhat) {
+/// Fires every timer due at `now`.
+#[cfg(test)]
+pub fn fire_due(cx: &mut Cx, now: Instant) {
+    let due = cx.router().take_due(now);
+    fire(cx, due);
+}
+
+fn fire(cx: &mut Cx, due: Vec<TimerWhat>) {
+    for what in due {
+        fire_one(cx, what);
+    }
+}
+
+fn fire_one(cx: &mut Cx, what: TimerWhat) {
     let router = cx.router();
     match what {
         TimerWhat::Module { module, token } => router.modules()[module].timer(cx, token),
@@ -847,4 +841,257 @@ pub fn deliver(router: &Router, to: &Jid, el: Element) {
 /// Whether `el` is an iq carrying `payload_name` in `payload_ns` (c2s answers bind and session itself).
 pub fn is_iq_for(el: &Element, payload_name: &str, payload_ns: &str) -> bool {
     el.is("iq", ns::CLIENT) && el.elements().any(|c| c.is(payload_name, payload_ns))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::modules::testing::TestRouter;
+    use crate::modules::{DiscoInfo, IqRoute, To};
+    use std::cell::RefCell;
+
+    /// A hosted service at svc.localhost: it echoes messages and answers `urn:test` iqs.
+    struct Echo;
+
+    impl Module for Echo {
+        fn name(&self) -> &'static str {
+            "echo"
+        }
+        fn service_domain(&self) -> Option<&str> {
+            Some("svc.localhost")
+        }
+        fn disco(&self, _cx: &Cx, target: &Target, info: &mut DiscoInfo) {
+            match target {
+                Target::Server => info.items.push(("svc.localhost".into(), Some("Echo"))),
+                Target::Service(_) => {
+                    info.identities.push(("conference", "text", Some("Echo")));
+                    info.features.push("urn:test");
+                }
+                Target::Account { .. } => {}
+            }
+        }
+        fn iq_routes(&self) -> &'static [IqRoute] {
+            const { &[IqRoute::new("urn:test", To::SERVICES)] }
+        }
+        fn handle_iq(&self, _cx: &mut Cx, _iq: &IqRequest) -> Result<Option<Element>, StanzaError> {
+            Ok(Some(Element::new("ok", "urn:test")))
+        }
+        fn service_stanza(&self, cx: &mut Cx, st: Stanza) -> Result<(), StanzaError> {
+            if st.kind != Kind::Message {
+                return Err(StanzaError::service_unavailable());
+            }
+            let to = st.target();
+            let mut echo = st.el.clone();
+            echo.remove_attr("id");
+            cx.route(Stanza::new(
+                Kind::Message,
+                st.typ,
+                to,
+                st.from,
+                Origin::Server,
+                echo,
+            ));
+            Ok(())
+        }
+    }
+
+    /// Sends iq requests when told to, and keeps what comes back and which timers fired.
+    #[derive(Default)]
+    struct Asker {
+        answers: RefCell<Vec<(u64, Result<String, Condition>)>>,
+        fired: RefCell<Vec<u64>>,
+    }
+
+    impl Module for Asker {
+        fn name(&self) -> &'static str {
+            "asker"
+        }
+        fn iq_response(
+            &self,
+            _cx: &mut Cx,
+            token: u64,
+            response: Result<Option<&Element>, StanzaError>,
+        ) {
+            let r = response
+                .map(|p| p.map(|p| p.name.clone()).unwrap_or_default())
+                .map_err(|e| e.condition);
+            self.answers.borrow_mut().push((token, r));
+        }
+        fn timer(&self, _cx: &mut Cx, token: u64) {
+            self.fired.borrow_mut().push(token);
+        }
+    }
+
+    fn ask(t: &TestRouter, to: &Jid, token: u64) -> Out {
+        t.step(|cx| {
+            cx.send_iq(
+                "asker",
+                IqOut {
+                    from: Jid::parse("localhost").unwrap(),
+                    to: to.clone(),
+                    set: false,
+                    payload: Element::new("query", ns::DISCO_INFO),
+                    token,
+                    timeout: Duration::from_secs(30),
+                },
+            )
+        })
+    }
+
+    use crate::modules::testing::Out;
+
+    #[test]
+    fn a_hosted_service_gets_what_is_addressed_to_it() {
+        let t = TestRouter::with_extra(Config::default(), &["alice"], vec![Box::new(Echo)]);
+        let a = t.online("alice", "phone");
+        let out = t.client(
+            &a,
+            "<message to='room@svc.localhost/nick' type='groupchat'><body>hi</body></message>",
+        );
+        out.assert_sent(
+            &a,
+            "<message from='room@svc.localhost/nick' type='groupchat'><body>hi</body></message>",
+        );
+        let out = t.client(
+            &a,
+            "<iq type='get' id='1' to='svc.localhost'><q xmlns='urn:test'/></iq>",
+        );
+        out.assert_sent(
+            &a,
+            "<iq type='result' id='1' from='svc.localhost'><ok xmlns='urn:test'/></iq>",
+        );
+        // Disco of the service comes from its module; the server lists it as an item.
+        let out = t.client(&a, "<iq type='get' id='2' to='svc.localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>");
+        out.assert_sent(&a, "<iq type='result' id='2'><query xmlns='http://jabber.org/protocol/disco#info'><identity category='conference' type='text'/><feature var='urn:test'/><feature var='http://jabber.org/protocol/disco#info'/></query></iq>");
+        let out = t.client(&a, "<iq type='get' id='3' to='localhost'><query xmlns='http://jabber.org/protocol/disco#items'/></iq>");
+        out.assert_sent(&a, "<iq type='result' id='3'><query xmlns='http://jabber.org/protocol/disco#items'><item jid='svc.localhost' name='Echo'/></query></iq>");
+        // What the service does not take is refused by it; the server's own iqs stay its own.
+        let out = t.client(
+            &a,
+            "<iq type='get' id='4' to='room@svc.localhost'><q xmlns='urn:test'/></iq>",
+        );
+        out.assert_error(&a, "4", Condition::ServiceUnavailable);
+        let out = t.client(
+            &a,
+            "<iq type='get' id='5' to='svc.localhost'><ping xmlns='urn:xmpp:ping'/></iq>",
+        );
+        out.assert_error(&a, "5", Condition::ServiceUnavailable);
+        let out = t.client(
+            &a,
+            "<message id='6' to='x@elsewhere.example'><body>hi</body></message>",
+        );
+        out.assert_error(&a, "6", Condition::RemoteServerNotFound);
+    }
+
+    #[test]
+    fn a_service_cannot_take_a_served_domain() {
+        struct Thief;
+        impl Module for Thief {
+            fn name(&self) -> &'static str {
+                "thief"
+            }
+            fn service_domain(&self) -> Option<&str> {
+                Some("localhost")
+            }
+        }
+        let (_dir, store) = crate::storage::temp_store();
+        let err = Router::with_modules(Config::default(), store, vec![Box::new(Thief)])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("already served"), "{err}");
+    }
+
+    #[test]
+    fn iq_requests_get_their_answers_errors_and_timeouts() {
+        let t = TestRouter::with_extra(
+            Config::default(),
+            &["alice", "bob"],
+            vec![Box::new(Asker::default())],
+        );
+        let a = t.online("alice", "phone");
+        let b = t.online("bob", "laptop");
+        let out = ask(&t, &a, 1);
+        let req = out.only_to(&a).clone();
+        assert_eq!(req.attr("type"), Some("get"));
+        let id = req.attr("id").unwrap().to_owned();
+        // An answer from someone else is not the answer.
+        t.client(&b, &format!("<iq type='result' id='{id}' to='localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>"));
+        assert!(t.module::<Asker>().answers.borrow().is_empty());
+        t.client(&a, &format!("<iq type='result' id='{id}' to='localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>"));
+        assert_eq!(
+            *t.module::<Asker>().answers.borrow(),
+            vec![(1, Ok("query".into()))]
+        );
+        // An error reply is an error; a session that is gone answers at once.
+        let out = ask(&t, &a, 2);
+        let id = out.only_to(&a).attr("id").unwrap().to_owned();
+        t.client(&a, &format!("<iq type='error' id='{id}' to='localhost'><error type='cancel'><feature-not-implemented xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>"));
+        let gone = Jid::parse("alice@localhost/gone").unwrap();
+        ask(&t, &gone, 3);
+        // Nobody answers: a timeout, and a late answer changes nothing.
+        let out = ask(&t, &b, 4);
+        let late = out.only_to(&b).attr("id").unwrap().to_owned();
+        t.advance(Duration::from_secs(29));
+        assert_eq!(t.module::<Asker>().answers.borrow().len(), 3);
+        t.advance(Duration::from_secs(31));
+        t.client(
+            &b,
+            &format!("<iq type='result' id='{late}' to='localhost'/>"),
+        );
+        assert_eq!(
+            *t.module::<Asker>().answers.borrow(),
+            vec![
+                (1, Ok("query".into())),
+                (2, Err(Condition::FeatureNotImplemented)),
+                (3, Err(Condition::ServiceUnavailable)),
+                (4, Err(Condition::RemoteServerTimeout)),
+            ]
+        );
+    }
+
+    #[test]
+    fn module_timers_fire_once_in_order() {
+        let t = TestRouter::with_extra(Config::default(), &[], vec![Box::new(Asker::default())]);
+        t.step(|cx| {
+            cx.set_timer("asker", Duration::from_secs(20), 2);
+            cx.set_timer("asker", Duration::from_secs(10), 1);
+        });
+        t.advance(Duration::from_secs(15));
+        assert_eq!(*t.module::<Asker>().fired.borrow(), vec![1]);
+        t.advance(Duration::from_secs(25));
+        t.advance(Duration::from_secs(25));
+        assert_eq!(*t.module::<Asker>().fired.borrow(), vec![1, 2]);
+    }
+
+    #[test]
+    fn only_the_router_compares_addresses_with_the_domain() {
+        // The routing decision is the one place that knows which domains are served: no
+        // other source file compares a JID's domain with anything.
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut offenders = Vec::new();
+        let mut dirs = vec![src];
+        while let Some(d) = dirs.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    dirs.push(p);
+                } else if p.file_name().is_some_and(|n| n != "router.rs") {
+                    let text = std::fs::read_to_string(&p).unwrap();
+                    for (i, line) in text.lines().enumerate() {
+                        let compares = [
+                            ".domain() ==",
+                            ".domain() !=",
+                            "== cx.domain()",
+                            "!= cx.domain()",
+                        ];
+                        if compares.iter().any(|c| line.contains(c)) {
+                            offenders.push(format!("{}:{}: {line}", p.display(), i + 1));
+                        }
+                    }
+                }
+            }
+        }
+        assert!(offenders.is_empty(), "{offenders:#?}");
+    }
 }

@@ -145,7 +145,7 @@ pub struct StanzaError {
     pub text: Option<String>,
     /// An application-specific condition beside the defined one (RFC 6120 §8.3.2), such as
     /// XEP-0191's `<blocked/>`.
-    pub app: Option<Element>,
+    pub app: Option<Box<Element>>,
 }
 
 impl StanzaError {
@@ -184,7 +184,7 @@ impl StanzaError {
     }
 
     pub fn with_app(mut self, app: Element) -> StanzaError {
-        self.app = Some(app);
+        self.app = Some(Box::new(app));
         self
     }
 
@@ -208,7 +208,7 @@ impl StanzaError {
             );
         }
         if let Some(app) = &self.app {
-            el.push(app.clone());
+            el.push((**app).clone());
         }
         el
     }
@@ -332,6 +332,12 @@ pub enum Origin {
     Server,
 }
 
+/// An element whose envelope RFC 6120 forbids, with the error to answer it with, if any.
+pub struct Rejected {
+    pub el: Element,
+    pub error: Option<StanzaError>,
+}
+
 /// A stanza with its envelope read: what routing and hooks decide on, beside the element that
 /// is delivered. `from` is where the stanza comes from even when the element leaves the
 /// attribute out (a reply to a request that had no `to`).
@@ -350,11 +356,7 @@ impl Stanza {
     /// Reads the envelope of `el`, with `from` (already stamped on it) as its sender. An
     /// envelope RFC 6120 forbids gets the error to answer with (RFC 6120 §8.3.1); an iq result
     /// or error without an id gets none, since nothing can match it (the caller drops it).
-    pub fn parse(
-        el: Element,
-        from: Jid,
-        origin: Origin,
-    ) -> Result<Stanza, (Element, Option<StanzaError>)> {
+    pub fn parse(el: Element, from: Jid, origin: Origin) -> Result<Stanza, Box<Rejected>> {
         match Stanza::envelope(&el) {
             Ok((kind, typ, to)) => Ok(Stanza {
                 kind,
@@ -364,7 +366,7 @@ impl Stanza {
                 origin,
                 el,
             }),
-            Err(e) => Err((el, e)),
+            Err(error) => Err(Box::new(Rejected { el, error })),
         }
     }
 

@@ -82,10 +82,10 @@ fn matches(list: &BTreeSet<String>, jid: &Jid) -> bool {
     if list.contains(&full) || (!jid.is_bare() && list.contains(&jid.bare().to_string())) {
         return true;
     }
-    if let (Some(_), Some((_, resource))) = (jid.local(), full.split_once('/')) {
-        if list.contains(&format!("{domain}/{resource}")) {
-            return true;
-        }
+    if let (Some(_), Some((_, resource))) = (jid.local(), full.split_once('/'))
+        && list.contains(&format!("{domain}/{resource}"))
+    {
+        return true;
     }
     // The domain, and every domain it is a subdomain of.
     let mut d = domain;

@@ -18,7 +18,7 @@ pub struct Disco;
 /// Everything the modules say about `target`, features sorted and without duplicates.
 pub fn gather(cx: &Cx, target: &Target) -> DiscoInfo {
     let mut info = DiscoInfo::default();
-    for m in cx.router().modules() {
+    for m in cx.modules() {
         m.disco(cx, target, &mut info);
     }
     info.features.sort_unstable();

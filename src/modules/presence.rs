@@ -633,6 +633,6 @@ mod tests {
             &a,
             "<presence type='unsubscribed' from='nobody@localhost'/>",
         );
-        assert_eq!(item(&t, "alice", "nobody@localhost").ask, false);
+        assert!(!item(&t, "alice", "nobody@localhost").ask);
     }
 }

@@ -3,7 +3,7 @@
 //! feeds it what a client sends and session events, and asserts on what comes out (the
 //! stanzas for each session) and on the store, which every step commits to before returning.
 
-use super::{Cx, Effects, SessionEvent};
+use super::{Cx, Effects, Module, SessionEvent};
 use crate::config::Config;
 use crate::jid::Jid;
 use crate::router::{self, Router};
@@ -35,17 +35,26 @@ impl TestRouter {
     }
 
     pub fn with_config(config: Config, users: &[&str]) -> TestRouter {
+        TestRouter::with_extra(config, users, Vec::new())
+    }
+
+    /// The default modules and `extra` after them.
+    pub fn with_extra(config: Config, users: &[&str], extra: Vec<Box<dyn Module>>) -> TestRouter {
         let (dir, store) = crate::storage::temp_store();
         add_users(&store, users);
-        let router = Router::new(config, store).unwrap();
+        let mut modules = super::all(&config);
+        modules.extend(extra);
+        let router = Router::with_modules(config, store, modules).unwrap();
         router.clock.set(Some(
             SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000),
         ));
-        TestRouter {
+        let t = TestRouter {
             router,
             _dir: dir,
             next_conn: std::cell::Cell::new(1),
-        }
+        };
+        t.step(router::start_modules);
+        t
     }
 
     /// A bound session `user@localhost/resource`, not yet available.
@@ -98,13 +107,34 @@ impl TestRouter {
         el.set_attr("from", from.to_string());
         self.step(|cx| match Stanza::parse(el, from.clone(), Origin::Client) {
             Ok(st) => cx.route(st),
-            Err((el, Some(e))) => cx.send(from.clone(), crate::stanza::error_reply(&el, &e)),
-            Err(_) => {}
+            Err(r) => {
+                if let Some(e) = &r.error {
+                    cx.send(from.clone(), crate::stanza::error_reply(&r.el, e));
+                }
+            }
         })
     }
 
     pub fn event(&self, jid: &Jid, event: SessionEvent) -> Out {
         self.step(|cx| cx.raise(jid, event))
+    }
+
+    /// Moves the router's clock forward by `by`.
+    pub fn skip(&self, by: std::time::Duration) {
+        let now = self.router.now();
+        self.router.clock.set(Some(now + by));
+    }
+
+    /// Fires the timers that are due `after` from now.
+    pub fn advance(&self, after: std::time::Duration) -> Out {
+        self.step(|cx| router::fire_due(cx, std::time::Instant::now() + after))
+    }
+
+    /// The running module of type `T`.
+    pub fn module<T: Module>(&self) -> &T {
+        Cx::new(&self.router)
+            .module::<T>()
+            .expect("the module runs")
     }
 }
 

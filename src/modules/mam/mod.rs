@@ -501,6 +501,48 @@ mod tests {
     }
 
     #[test]
+    fn old_messages_expire_on_the_timer() {
+        use crate::modules::testing::TestRouter;
+        let mut cfg = crate::config::Config::default();
+        cfg.modules.mam.retention_days = 1;
+        let t = TestRouter::with_config(cfg, &["alice", "bob"]);
+        let a = t.online("alice", "phone");
+        t.client(
+            &a,
+            "<message to='bob@localhost' type='chat'><body>old</body></message>",
+        );
+        let archived = |u: &str| {
+            t.router
+                .store
+                .rows_of(u)
+                .into_iter()
+                .find(|(n, _)| n == "archive")
+                .map(|r| r.1)
+        };
+        assert_eq!((archived("alice"), archived("bob")), (Some(1), Some(1)));
+        // A day and a bit later the expiry timer finds it too old.
+        t.skip(Duration::from_secs(90_000));
+        t.client(
+            &a,
+            "<message to='bob@localhost' type='chat'><body>new</body></message>",
+        );
+        t.advance(Duration::from_secs(2));
+        assert_eq!((archived("alice"), archived("bob")), (Some(1), Some(1)));
+        let newest = t
+            .router
+            .store
+            .archive_page("alice", None, 0, u64::MAX, true, 1, &|_| true)
+            .unwrap();
+        assert!(newest.items[0].xml.contains("new"));
+        // And it comes back every EXPIRE_EVERY, not before.
+        t.skip(Duration::from_secs(90_000));
+        t.advance(Duration::from_secs(30));
+        assert_eq!(archived("alice"), Some(1));
+        t.advance(EXPIRE_EVERY + Duration::from_secs(2));
+        assert_eq!(archived("alice"), None);
+    }
+
+    #[test]
     fn config_defaults() {
         let c: Config = toml::from_str("retention_days = 30").unwrap();
         assert_eq!((c.enabled, c.retention_days, c.max_page), (true, 30, 250));
