@@ -82,6 +82,13 @@ pub fn is_qname(s: &str) -> bool {
     }
 }
 
+/// True if `b`, just after a `<` outside any element, can begin markup: a name, `/`, `?` or
+/// `!`. A byte from 0xC2 to 0xF4 starts a multi-byte character, which the name check judges
+/// once the whole tag is there.
+pub fn can_follow_lt(b: u8) -> bool {
+    matches!(b, b'A'..=b'Z' | b'a'..=b'z' | b'_' | b'/' | b'?' | b'!' | 0xC2..=0xF4)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

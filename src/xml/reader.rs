@@ -13,7 +13,9 @@
 //! every reconnect. quick-xml checks the syntax and duplicate attributes, and its namespace
 //! resolver the prefixes; this module adds what quick-xml leaves out: characters outside `Char`
 //! (raw or as character references) and malformed names are `not-well-formed` (RFC 6120
-//! §4.9.3.13), an undeclared prefix is `bad-namespace-prefix` (§4.9.3.2).
+//! §4.9.3.13), an undeclared prefix is `bad-namespace-prefix` (§4.9.3.2). Bytes that cannot
+//! begin markup outside a stanza (a TLS ClientHello or an HTTP request sent to the STARTTLS
+//! port) are `not-well-formed` as soon as they arrive, without waiting for a `>`.
 //!
 //! Restricted XML (RFC 6120 §11.1): comments, processing instructions, DOCTYPE and entity
 //! references beyond the five predefined ones end the stream with `restricted-xml`.
@@ -76,6 +78,8 @@ pub struct StreamReader {
     stanza_bytes: usize,
 }
 
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
 fn err(c: C, text: &str) -> StreamError {
     StreamError::with_text(c, text)
 }
@@ -126,25 +130,22 @@ impl StreamReader {
 
     pub fn feed(&mut self, data: &[u8], out: &mut Vec<StreamEvent>) -> Result<(), StreamError> {
         self.buf.extend_from_slice(data);
+        self.skip_between_stanzas()?;
         // Two bytes before the new ones too, for a U+FFFE split across pieces. Every byte is
         // checked once here, so the parser below needs to check only character references.
         let scan_from = self.buf.len().saturating_sub(data.len() + 2);
         if chars::find_non_char(&self.buf[scan_from..]).is_some() {
             return Err(not_a_char());
         }
-        let end = self
-            .buf
-            .iter()
-            .rposition(|&b| b == b'>')
-            .map_or(0, |i| i + 1);
-        let mut consumed = 0;
-        if end > 0 {
+        let gt = self.buf.iter().rposition(|&b| b == b'>');
+        if let Some(gt) = gt {
             let buf = std::mem::take(&mut self.buf);
-            let result = self.parse(&buf[..end], out);
+            let result = self.parse(&buf[..=gt], out);
             self.buf = buf;
-            consumed = result?;
+            let consumed = result?;
+            self.buf.drain(..consumed);
+            self.skip_between_stanzas()?;
         }
-        self.buf.drain(..consumed);
         if self.buf.is_empty() {
             // An idle session should not keep the buffer of its largest stanza.
             self.buf = Vec::new();
@@ -158,6 +159,34 @@ impl StreamReader {
             return Err(err(C::PolicyViolation, "stanza too large"));
         }
         Ok(())
+    }
+
+    /// Outside a stanza only whitespace may come before the next tag (RFC 6120 §4.6.1), and a
+    /// byte order mark before the stream header (XML 1.0 §4.3.3). Drops them, then checks that
+    /// what follows can begin markup, so that anything else is refused the moment it arrives.
+    fn skip_between_stanzas(&mut self) -> Result<(), StreamError> {
+        if !self.stack.is_empty() {
+            return Ok(());
+        }
+        let before_header = self.stream_qname.is_none();
+        let mut skip = 0;
+        if before_header && self.buf.starts_with(BOM) {
+            skip = BOM.len();
+        }
+        skip += self.buf[skip..]
+            .iter()
+            .position(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+            .unwrap_or(self.buf.len() - skip);
+        if skip > 0 {
+            self.buf.drain(..skip);
+        }
+        match self.buf.as_slice() {
+            [] | [b'<'] => Ok(()),
+            [b'<', next, ..] if chars::can_follow_lt(*next) => Ok(()),
+            partial if before_header && BOM.starts_with(partial) => Ok(()),
+            _ if before_header => Err(err(C::NotWellFormed, "not an XML stream")),
+            _ => Err(err(C::NotWellFormed, "character data outside a stanza")),
+        }
     }
 
     /// Parses complete events from `input`; returns how many bytes were used.
@@ -617,8 +646,12 @@ mod tests {
         );
         // Without any '>' at all the buffer is still bounded.
         let mut r = StreamReader::new(Limits::default());
-        let junk = vec![b'<'; 300_000];
-        assert!(r.feed(&junk, &mut out).is_err());
+        let mut tag = b"<message to='".to_vec();
+        tag.resize(300_000, b'x');
+        assert_eq!(
+            r.feed(&tag, &mut out).unwrap_err().condition,
+            StreamCondition::PolicyViolation
+        );
     }
 
     #[test]
@@ -766,5 +799,67 @@ mod tests {
         }
         let singles: Vec<&[u8]> = bytes.chunks(1).collect();
         assert_eq!(run(&singles).unwrap(), events);
+    }
+
+    /// Feeds `junk` one byte at a time after `prefix` and expects not-well-formed by its last byte.
+    #[track_caller]
+    fn refused_at_once(prefix: &[u8], junk: &[u8]) {
+        assert!(!junk.contains(&b'>'), "the point is that no '>' arrives");
+        let mut r = StreamReader::new(Limits::default());
+        let mut out = Vec::new();
+        r.feed(prefix, &mut out).unwrap();
+        let result = junk.chunks(1).try_for_each(|b| r.feed(b, &mut out));
+        assert_eq!(
+            result.unwrap_err().condition,
+            StreamCondition::NotWellFormed,
+            "{}",
+            junk.escape_ascii()
+        );
+        let mut r = StreamReader::new(Limits::default());
+        r.feed(prefix, &mut out).unwrap();
+        assert!(r.feed(junk, &mut out).is_err());
+    }
+
+    #[test]
+    fn junk_is_refused_before_any_gt() {
+        // The start of a TLS 1.2/1.3 ClientHello record, as clients trying direct TLS send it.
+        let client_hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\x9a\x51";
+        let http = b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n";
+        let starts: &[&[u8]] = &[
+            client_hello,
+            http,
+            b"  hello",
+            b"<<",
+            b"< stream",
+            b"<1",
+            b"\x00",
+        ];
+        for junk in starts {
+            refused_at_once(b"", junk);
+        }
+        let open = format!("{HEADER}<message/>");
+        for junk in [&b"hello"[..], b"\n\t<<", b"<\x80", b"\xEF\xBB\xBF<a/"] {
+            refused_at_once(open.as_bytes(), junk);
+        }
+    }
+
+    #[test]
+    fn byte_order_mark_and_declaration_may_start_a_stream() {
+        let plain = format!("{HEADER}<a/>");
+        let want = run(&[plain.as_bytes()]).unwrap();
+        let with_bom = format!("\u{FEFF}{plain}");
+        let bytes = with_bom.as_bytes();
+        for i in 0..bytes.len() {
+            assert_eq!(
+                run(&[&bytes[..i], &bytes[i..]]).unwrap(),
+                want,
+                "split at {i}"
+            );
+        }
+        let singles: Vec<&[u8]> = bytes.chunks(1).collect();
+        assert_eq!(run(&singles).unwrap(), want);
+        let header = HEADER.trim_start_matches("<?xml version='1.0'?>");
+        let bare = format!("\n{header}<a/>");
+        assert_eq!(run(&[bare.as_bytes()]).unwrap(), want);
     }
 }

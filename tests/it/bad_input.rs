@@ -5,11 +5,14 @@
 //! stanza error the RFC names, and the server keeps serving everyone else.
 //!
 //! Also XML that parses for a lenient reader but not for the recipient's (characters outside
-//! XML 1.0's `Char`, broken names, undeclared prefixes), which must reach no one and no store.
+//! XML 1.0's `Char`, broken names, undeclared prefixes), which must reach no one and no store,
+//! and bytes that cannot start a stream at all (TLS or HTTP on the STARTTLS port), which must be
+//! answered at once rather than at the login timeout.
 
 use crate::harness::{
     Client, DOMAIN, TestServer, assert_server_ok, ns, stanza_error, stream_header,
 };
+use std::sync::Arc;
 
 fn server() -> TestServer {
     let server = TestServer::start();
@@ -281,4 +284,34 @@ fn invalid_xml_is_not_stored_offline() {
         .collect();
     assert_eq!(bodies, ["fine"], "offline messages: {got:?}");
     assert_server_ok(&server, "alice");
+}
+
+/// The first flight of a TLS client, as rustls sends it: a ClientHello record.
+fn client_hello() -> Vec<u8> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default TLS versions")
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    let name = DOMAIN.try_into().expect("a valid server name");
+    let mut tls = rustls::ClientConnection::new(Arc::new(config), name).expect("start TLS");
+    let mut hello = Vec::new();
+    tls.write_tls(&mut hello).expect("write the ClientHello");
+    assert_eq!(hello.first(), Some(&0x16), "a TLS handshake record");
+    hello
+}
+
+#[test]
+fn tls_or_http_on_the_starttls_port_is_refused_at_once() {
+    let server = server();
+    let http = b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    for junk in [client_hello().as_slice(), http] {
+        let mut c = Client::connect_raw(&server, server.c2s);
+        c.send_raw(junk);
+        // Within the harness's read deadline, far below the login timeout: a client that tried
+        // direct TLS first falls back to STARTTLS without waiting.
+        c.expect_stream_error("not-well-formed");
+    }
+    assert_server_ok(&server, "bob");
 }
