@@ -76,6 +76,9 @@ pub struct StreamReader {
     stack: Vec<(Element, String)>,
     stream_qname: Option<String>,
     stanza_bytes: usize,
+    /// Set by a restart: the unread bytes must be parsed again even if no `>` arrives, because
+    /// the state they were read against is gone.
+    restarted: bool,
 }
 
 const BOM: &[u8] = b"\xEF\xBB\xBF";
@@ -111,6 +114,7 @@ impl StreamReader {
             stack: Vec::new(),
             stream_qname: None,
             stanza_bytes: 0,
+            restarted: false,
         }
     }
 
@@ -120,6 +124,7 @@ impl StreamReader {
         self.stack.clear();
         self.stream_qname = None;
         self.stanza_bytes = 0;
+        self.restarted = true;
     }
 
     /// Drops unread bytes as well: after STARTTLS nothing sent in the clear may be used.
@@ -137,8 +142,17 @@ impl StreamReader {
         if chars::find_non_char(&self.buf[scan_from..]).is_some() {
             return Err(not_a_char());
         }
-        let gt = self.buf.iter().rposition(|&b| b == b'>');
+        // Only a new `>` can complete an event: without one, parsing again would stop where the
+        // last parse stopped, and the unread bytes of a large unfinished tag would be scanned
+        // once per piece.
+        let fresh = self.buf.len().saturating_sub(data.len());
+        let gt = match self.buf[fresh..].iter().rposition(|&b| b == b'>') {
+            Some(i) => Some(fresh + i),
+            None if self.restarted => self.buf[..fresh].iter().rposition(|&b| b == b'>'),
+            None => None,
+        };
         if let Some(gt) = gt {
+            self.restarted = false;
             let buf = std::mem::take(&mut self.buf);
             let result = self.parse(&buf[..=gt], out);
             self.buf = buf;
