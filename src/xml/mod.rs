@@ -3,6 +3,7 @@
 //! Names are local names; every element carries its resolved namespace, so code compares
 //! `(name, ns)` pairs and never prefixes. Attributes keep their qualified names (`xml:lang`).
 
+mod chars;
 pub mod ns;
 pub mod reader;
 pub mod writer;

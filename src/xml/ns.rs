@@ -6,6 +6,8 @@ pub const STREAM: &str = "http://etherx.jabber.org/streams";
 pub const CLIENT: &str = "jabber:client";
 /// XML 1.0 Namespaces §3: the prefix `xml` is bound to this by definition.
 pub const XML: &str = "http://www.w3.org/XML/1998/namespace";
+/// XML Namespaces §3: the namespace of `xmlns` declarations themselves, which nothing may use.
+pub const XMLNS: &str = "http://www.w3.org/2000/xmlns/";
 /// RFC 6120 §5: STARTTLS negotiation.
 pub const TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
 /// RFC 6120 §6: SASL negotiation.

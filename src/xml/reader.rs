@@ -8,14 +8,26 @@
 //! quick-xml reader over the unread bytes and no byte is scanned twice except the tail of an
 //! unfinished event.
 //!
+//! Only XML 1.0 that any recipient can parse gets through, because what is read here is relayed,
+//! stored offline and archived, and one bad character would break the recipient's stream at
+//! every reconnect. quick-xml checks the syntax and duplicate attributes, and its namespace
+//! resolver the prefixes; this module adds what quick-xml leaves out: characters outside `Char`
+//! (raw or as character references) and malformed names are `not-well-formed` (RFC 6120
+//! §4.9.3.13), an undeclared prefix is `bad-namespace-prefix` (§4.9.3.2). Bytes that cannot
+//! begin markup outside a stanza (a TLS ClientHello or an HTTP request sent to the STARTTLS
+//! port) are `not-well-formed` as soon as they arrive, without waiting for a `>`.
+//!
 //! Restricted XML (RFC 6120 §11.1): comments, processing instructions, DOCTYPE and entity
 //! references beyond the five predefined ones end the stream with `restricted-xml`.
 
-use super::{Element, Node, ns};
+use super::{Element, Node, chars, ns};
 use crate::stanza::{StreamCondition as C, StreamError};
 use quick_xml::Reader;
 use quick_xml::errors::{Error as XmlError, SyntaxError};
+use quick_xml::escape::EscapeError;
 use quick_xml::events::{BytesStart, Event};
+use quick_xml::name::{Namespace, NamespaceError, NamespaceResolver, PrefixDeclaration};
+use quick_xml::name::{QName, ResolveResult};
 
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
@@ -56,16 +68,41 @@ pub enum StreamEvent {
 pub struct StreamReader {
     buf: Vec<u8>,
     limits: Limits,
-    /// Namespace declarations per open element, the stream header first.
-    scopes: Vec<Vec<(String, String)>>,
+    /// Namespace declarations in scope: the stream header's at level 1, then one level per
+    /// open element of the stanza being read. Boxed because readers move with connections
+    /// (a resumed session takes over another's) and this is most of a reader's size.
+    resolver: Box<NamespaceResolver>,
     /// Open elements of the stanza being read, with their qualified names for the end-tag check.
     stack: Vec<(Element, String)>,
     stream_qname: Option<String>,
     stanza_bytes: usize,
+    /// Set by a restart: the unread bytes must be parsed again even if no `>` arrives, because
+    /// the state they were read against is gone.
+    restarted: bool,
 }
+
+const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 fn err(c: C, text: &str) -> StreamError {
     StreamError::with_text(c, text)
+}
+
+fn not_a_char() -> StreamError {
+    err(C::NotWellFormed, "character not allowed in XML")
+}
+
+fn namespace_error(e: NamespaceError) -> StreamError {
+    match e {
+        NamespaceError::UnknownPrefix(_) => {
+            err(C::BadNamespacePrefix, "undeclared namespace prefix")
+        }
+        NamespaceError::TooManyBindings(_) | NamespaceError::TooDeeplyNested(_) => {
+            err(C::PolicyViolation, "too many namespace declarations")
+        }
+        // Binding `xml` or `xmlns` wrongly, or a prefix to their namespaces, breaks Namespaces
+        // in XML, which §4.9.3.13 counts as not well-formed.
+        _ => err(C::NotWellFormed, &e.to_string()),
+    }
 }
 
 impl StreamReader {
@@ -73,19 +110,21 @@ impl StreamReader {
         StreamReader {
             buf: Vec::new(),
             limits,
-            scopes: Vec::new(),
+            resolver: Box::default(),
             stack: Vec::new(),
             stream_qname: None,
             stanza_bytes: 0,
+            restarted: false,
         }
     }
 
     /// Forgets the stream but keeps unread bytes: a stream restart after SASL (RFC 6120 §6.4.6).
     pub fn restart(&mut self) {
-        self.scopes.clear();
+        self.resolver.set_level(0);
         self.stack.clear();
         self.stream_qname = None;
         self.stanza_bytes = 0;
+        self.restarted = true;
     }
 
     /// Drops unread bytes as well: after STARTTLS nothing sent in the clear may be used.
@@ -96,19 +135,31 @@ impl StreamReader {
 
     pub fn feed(&mut self, data: &[u8], out: &mut Vec<StreamEvent>) -> Result<(), StreamError> {
         self.buf.extend_from_slice(data);
-        let end = self
-            .buf
-            .iter()
-            .rposition(|&b| b == b'>')
-            .map_or(0, |i| i + 1);
-        let mut consumed = 0;
-        if end > 0 {
-            let buf = std::mem::take(&mut self.buf);
-            let result = self.parse(&buf[..end], out);
-            self.buf = buf;
-            consumed = result?;
+        self.skip_between_stanzas()?;
+        // Two bytes before the new ones too, for a U+FFFE split across pieces. Every byte is
+        // checked once here, so the parser below needs to check only character references.
+        let scan_from = self.buf.len().saturating_sub(data.len() + 2);
+        if chars::find_non_char(&self.buf[scan_from..]).is_some() {
+            return Err(not_a_char());
         }
-        self.buf.drain(..consumed);
+        // Only a new `>` can complete an event: without one, parsing again would stop where the
+        // last parse stopped, and the unread bytes of a large unfinished tag would be scanned
+        // once per piece.
+        let fresh = self.buf.len().saturating_sub(data.len());
+        let gt = match self.buf[fresh..].iter().rposition(|&b| b == b'>') {
+            Some(i) => Some(fresh + i),
+            None if self.restarted => self.buf[..fresh].iter().rposition(|&b| b == b'>'),
+            None => None,
+        };
+        if let Some(gt) = gt {
+            self.restarted = false;
+            let buf = std::mem::take(&mut self.buf);
+            let result = self.parse(&buf[..=gt], out);
+            self.buf = buf;
+            let consumed = result?;
+            self.buf.drain(..consumed);
+            self.skip_between_stanzas()?;
+        }
         if self.buf.is_empty() {
             // An idle session should not keep the buffer of its largest stanza.
             self.buf = Vec::new();
@@ -122,6 +173,34 @@ impl StreamReader {
             return Err(err(C::PolicyViolation, "stanza too large"));
         }
         Ok(())
+    }
+
+    /// Outside a stanza only whitespace may come before the next tag (RFC 6120 §4.6.1), and a
+    /// byte order mark before the stream header (XML 1.0 §4.3.3). Drops them, then checks that
+    /// what follows can begin markup, so that anything else is refused the moment it arrives.
+    fn skip_between_stanzas(&mut self) -> Result<(), StreamError> {
+        if !self.stack.is_empty() {
+            return Ok(());
+        }
+        let before_header = self.stream_qname.is_none();
+        let mut skip = 0;
+        if before_header && self.buf.starts_with(BOM) {
+            skip = BOM.len();
+        }
+        skip += self.buf[skip..]
+            .iter()
+            .position(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+            .unwrap_or(self.buf.len() - skip);
+        if skip > 0 {
+            self.buf.drain(..skip);
+        }
+        match self.buf.as_slice() {
+            [] | [b'<'] => Ok(()),
+            [b'<', next, ..] if chars::can_follow_lt(*next) => Ok(()),
+            partial if before_header && BOM.starts_with(partial) => Ok(()),
+            _ if before_header => Err(err(C::NotWellFormed, "not an XML stream")),
+            _ => Err(err(C::NotWellFormed, "character data outside a stanza")),
+        }
     }
 
     /// Parses complete events from `input`; returns how many bytes were used.
@@ -182,7 +261,7 @@ impl StreamReader {
                         if qname != name {
                             return Err(err(C::NotWellFormed, "mismatched end tag"));
                         }
-                        self.scopes.pop();
+                        self.resolver.pop();
                         self.finish(el, out);
                         Ok(())
                     }
@@ -207,7 +286,9 @@ impl StreamReader {
             }
             Event::GeneralRef(r) => {
                 let ch = match r.resolve_char_ref() {
-                    Ok(Some(c)) => c,
+                    // WFC Legal Character (XML 1.0 §4.1): quick-xml refuses only `&#0;`.
+                    Ok(Some(c)) if chars::is_char(c) => c,
+                    Ok(Some(_)) => return Err(not_a_char()),
                     Ok(None) => match &*r {
                         "amp" => '&',
                         "lt" => '<',
@@ -254,18 +335,6 @@ impl StreamReader {
         }
     }
 
-    fn resolve(&self, prefix: &str) -> Option<&str> {
-        if prefix == "xml" {
-            return Some(ns::XML);
-        }
-        self.scopes
-            .iter()
-            .rev()
-            .flat_map(|s| s.iter())
-            .find(|(p, _)| p == prefix)
-            .map(|(_, n)| n.as_str())
-    }
-
     fn start(
         &mut self,
         start: &BytesStart<'_>,
@@ -277,47 +346,42 @@ impl StreamReader {
             return Err(err(C::PolicyViolation, "elements nested too deeply"));
         }
         let qname = start.name().0;
-        let mut scope = Vec::new();
-        let mut attrs = Vec::new();
-        for attr in start.attributes() {
-            let attr = attr.map_err(|e| err(C::NotWellFormed, &e.to_string()))?;
-            if attrs.len() + scope.len() >= self.limits.max_attrs {
-                return Err(err(C::PolicyViolation, "too many attributes"));
-            }
-            let key = attr.key.0;
-            let value = attr
-                .normalized_value(quick_xml::XmlVersion::Implicit1_0)
-                .map_err(|_| err(C::RestrictedXml, "undeclared entity in attribute"))?
-                .into_owned();
-            if key == "xmlns" {
-                scope.push((String::new(), value));
-            } else if let Some(p) = key.strip_prefix("xmlns:") {
-                // Kept as an attribute too, so prefixed attributes stay well-formed when the
-                // element is written out again.
-                if self.stream_qname.is_some() {
-                    attrs.push((key.to_owned(), value.clone()));
-                }
-                scope.push((p.to_owned(), value));
-            } else {
-                attrs.push((key.to_owned(), value));
-            }
+        // quick-xml takes everything up to the first space as the name, `"` and `<` included.
+        if !chars::is_qname(qname) {
+            return Err(err(C::NotWellFormed, "invalid element name"));
         }
-        self.scopes.push(scope);
-        let (prefix, local) = match qname.split_once(':') {
-            Some((p, l)) => (p, l),
-            None => ("", qname),
+        let level = self.resolver.level().checked_add(1).ok_or_else(|| {
+            namespace_error(NamespaceError::TooDeeplyNested(usize::from(u16::MAX)))
+        })?;
+        self.resolver.set_level(level);
+        let attrs = self.attributes(start)?;
+        let (resolved, local) = self.resolver.resolve_element(QName(qname));
+        let ns = match resolved {
+            ResolveResult::Bound(Namespace(n)) if n == ns::XML || n == ns::XMLNS => {
+                // Legal for `xml:` in theory, but nothing could declare it when written out.
+                return Err(err(
+                    C::BadNamespacePrefix,
+                    "reserved namespace on an element",
+                ));
+            }
+            ResolveResult::Bound(Namespace(n)) => n.to_owned(),
+            ResolveResult::Unbound => String::new(),
+            ResolveResult::Unknown(_) => {
+                return Err(err(C::BadNamespacePrefix, "undeclared namespace prefix"));
+            }
         };
-        let Some(ns) = self.resolve(prefix).map(str::to_owned) else {
-            self.scopes.pop();
-            return Err(err(C::BadNamespacePrefix, "undeclared namespace prefix"));
-        };
+        let local = local.into_inner();
         if self.stream_qname.is_none() {
+            let content_ns = match self.resolver.resolve_prefix(None, true) {
+                ResolveResult::Bound(Namespace(n)) => n.to_owned(),
+                _ => String::new(),
+            };
             let header = StreamHeader {
                 to: take(&attrs, "to"),
                 from: take(&attrs, "from"),
                 version: take(&attrs, "version"),
                 lang: take(&attrs, "xml:lang"),
-                content_ns: self.resolve("").unwrap_or_default().to_owned(),
+                content_ns,
                 stream_ns: ns,
             };
             if local != "stream" {
@@ -338,11 +402,107 @@ impl StreamReader {
             children: Vec::new(),
         };
         if empty {
-            self.scopes.pop();
+            self.resolver.pop();
             self.finish(el, out);
         } else {
             self.stack.push((el, qname.to_owned()));
         }
+        Ok(())
+    }
+
+    /// The attributes of `start`, after its namespace declarations went into the resolver.
+    fn attributes(&mut self, start: &BytesStart<'_>) -> Result<Vec<(String, String)>, StreamError> {
+        let in_stanza = self.stream_qname.is_some();
+        let mut attrs = Vec::new();
+        let mut declared = 0;
+        // Declarations apply to the whole tag, so prefixed names are resolved after all of them.
+        let mut prefixed = false;
+        for attr in start.attributes() {
+            let attr = attr.map_err(|e| err(C::NotWellFormed, &e.to_string()))?;
+            if attrs.len() + declared >= self.limits.max_attrs {
+                return Err(err(C::PolicyViolation, "too many attributes"));
+            }
+            let key = attr.key.0;
+            if !chars::is_qname(key) {
+                return Err(err(C::NotWellFormed, "invalid attribute name"));
+            }
+            let value = attr
+                .normalized_value(quick_xml::XmlVersion::Implicit1_0)
+                .map_err(|e| match e {
+                    XmlError::Escape(EscapeError::UnrecognizedEntity(..)) => {
+                        err(C::RestrictedXml, "undeclared entity in attribute")
+                    }
+                    _ => err(C::NotWellFormed, "invalid character reference"),
+                })?;
+            if attr.value.contains('&') && chars::find_non_char(value.as_bytes()).is_some() {
+                return Err(not_a_char());
+            }
+            match attr.key.as_namespace_binding() {
+                Some(PrefixDeclaration::Named(_)) if value.is_empty() => {
+                    // Namespaces in XML 1.0 §5 has no way to undeclare a prefix.
+                    return Err(err(C::NotWellFormed, "empty namespace name for a prefix"));
+                }
+                Some(PrefixDeclaration::Default) if value == ns::XML || value == ns::XMLNS => {
+                    return Err(err(C::NotWellFormed, "reserved namespace as the default"));
+                }
+                Some(decl) => {
+                    self.resolver
+                        .add(decl, Namespace(&value))
+                        .map_err(namespace_error)?;
+                    declared += 1;
+                    // Kept as an attribute too, so prefixed attributes stay well-formed when
+                    // the element is written out again.
+                    if in_stanza && decl != PrefixDeclaration::Default {
+                        attrs.push((key.to_owned(), value.into_owned()));
+                    }
+                }
+                None => {
+                    // `xml:` is bound by definition, and no other prefix can be bound to its
+                    // namespace, so `xml:lang` needs no resolving.
+                    prefixed |= key.contains(':') && !key.starts_with("xml:");
+                    attrs.push((key.to_owned(), value.into_owned()));
+                }
+            }
+        }
+        if prefixed {
+            self.resolve_attributes(&mut attrs)?;
+        }
+        Ok(attrs)
+    }
+
+    /// Checks the prefixes of `attrs` (Namespaces in XML §5: each must be declared, and no two
+    /// attributes may share a namespace and local name). A prefix the stream header declared
+    /// gets declared on the element too: the stanza is written out into other streams.
+    fn resolve_attributes(&self, attrs: &mut Vec<(String, String)>) -> Result<(), StreamError> {
+        let in_stanza = self.stream_qname.is_some();
+        let mut seen: Vec<(&str, &str)> = Vec::new();
+        let mut inherited: Vec<(String, String)> = Vec::new();
+        for (key, _) in attrs.iter() {
+            let Some((prefix, local)) = key.split_once(':') else {
+                continue;
+            };
+            if prefix == "xmlns" || prefix == "xml" {
+                continue;
+            }
+            let ResolveResult::Bound(Namespace(ns)) = self.resolver.resolve_attribute(QName(key)).0
+            else {
+                return Err(err(C::BadNamespacePrefix, "undeclared namespace prefix"));
+            };
+            if seen.contains(&(ns, local)) {
+                return Err(err(C::NotWellFormed, "duplicate attribute"));
+            }
+            seen.push((ns, local));
+            if !in_stanza {
+                continue;
+            }
+            let decl = format!("xmlns:{prefix}");
+            let declared = |a: &[(String, String)]| a.iter().any(|(k, _)| *k == decl);
+            let in_scope = declared(attrs) || declared(&inherited);
+            if !in_scope && !self.stack.iter().any(|(el, _)| declared(&el.attrs)) {
+                inherited.push((decl, ns.to_owned()));
+            }
+        }
+        attrs.extend(inherited);
         Ok(())
     }
 }
@@ -500,8 +660,12 @@ mod tests {
         );
         // Without any '>' at all the buffer is still bounded.
         let mut r = StreamReader::new(Limits::default());
-        let junk = vec![b'<'; 300_000];
-        assert!(r.feed(&junk, &mut out).is_err());
+        let mut tag = b"<message to='".to_vec();
+        tag.resize(300_000, b'x');
+        assert_eq!(
+            r.feed(&tag, &mut out).unwrap_err().condition,
+            StreamCondition::PolicyViolation
+        );
     }
 
     #[test]
@@ -515,5 +679,201 @@ mod tests {
         out.clear();
         r.feed(HEADER.as_bytes(), &mut out).unwrap();
         assert!(matches!(out[0], StreamEvent::Open(_)));
+    }
+
+    /// The condition `doc` is refused with, which must not depend on how it is split: whole,
+    /// in two pieces at every byte boundary, and one byte at a time.
+    #[track_caller]
+    fn refused(doc: &[u8]) -> StreamCondition {
+        let whole = run(&[doc]).unwrap_err().condition;
+        for i in 0..doc.len() {
+            let split = run(&[&doc[..i], &doc[i..]]);
+            assert_eq!(split.unwrap_err().condition, whole, "split at {i}");
+        }
+        let singles: Vec<&[u8]> = doc.chunks(1).collect();
+        assert_eq!(run(&singles).unwrap_err().condition, whole, "byte by byte");
+        whole
+    }
+
+    #[test]
+    fn refuses_characters_outside_xml() {
+        let inputs: &[&[u8]] = &[
+            b"<message><body>a&#1;b</body></message>",
+            b"<message><body>&#x1F;</body></message>",
+            b"<message><body>&#xFFFE;</body></message>",
+            b"<message><body>&#65535;</body></message>",
+            b"<message><body>&#xD800;</body></message>",
+            b"<message><body>a\x01b</body></message>",
+            b"<message><body>\x00</body></message>",
+            b"<message><body>a\xEF\xBF\xBEb</body></message>",
+            b"<message><body>\xEF\xBF\xBF</body></message>",
+            b"<message><![CDATA[\x1B]]></message>",
+            b"<message id='&#1;'/>",
+            b"<message id='&#0;'/>",
+            b"<message id='&#xFFFF;'/>",
+            b"<message id='a\x08'/>",
+            b"<message xmlns:p='urn:&#2;'/>",
+        ];
+        for input in inputs {
+            let doc = [HEADER.as_bytes(), input].concat();
+            let c = refused(&doc);
+            assert_eq!(c, StreamCondition::NotWellFormed, "{}", doc.escape_ascii());
+        }
+        let header = HEADER.replace("to='localhost'", "to='local\u{1}host'");
+        assert_eq!(refused(header.as_bytes()), StreamCondition::NotWellFormed);
+    }
+
+    #[test]
+    fn refuses_invalid_names() {
+        let inputs = [
+            "<message><x\"y\"/></message>",
+            "<message><a<b/></message>",
+            "<message a<b='1'/>",
+            "<message a\"b\"='1'/>",
+            "<message 'a'='1'/>",
+            "<message a='1' =''/>",
+            "<1a/>",
+            "<-a/>",
+            "<a:b:c xmlns:a='urn:a'/>",
+            "<message><a/ ></message>",
+            "<\u{B7}a/>",
+            "<message x:='1'/>",
+        ];
+        for input in inputs {
+            assert_eq!(
+                refused(format!("{HEADER}{input}").as_bytes()),
+                StreamCondition::NotWellFormed,
+                "{input}"
+            );
+        }
+    }
+
+    #[test]
+    fn refuses_undeclared_and_reserved_prefixes() {
+        let prefix = [
+            "<message foo:bar='1'/>",
+            "<message><foo:body/></message>",
+            "<message xmlns:p='urn:p'/><message p:a='1'/>",
+            "<message><x xmlns:p='urn:p'/><y p:a='1'/></message>",
+            "<xml:message/>",
+            "<xmlns:message/>",
+        ];
+        for input in prefix {
+            let doc = format!("{HEADER}{input}");
+            assert_eq!(
+                refused(doc.as_bytes()),
+                StreamCondition::BadNamespacePrefix,
+                "{input}"
+            );
+        }
+        let malformed = [
+            "<message xmlns:p=''/>",
+            "<message xmlns='http://www.w3.org/XML/1998/namespace'/>",
+            "<message xmlns:xml='urn:x'/>",
+            "<message xmlns:xmlns='urn:x'/>",
+            "<message xmlns:p='http://www.w3.org/2000/xmlns/'/>",
+            "<message xmlns:p='urn:u' xmlns:q='urn:u' p:a='1' q:a='2'/>",
+        ];
+        for input in malformed {
+            let doc = format!("{HEADER}{input}");
+            assert_eq!(
+                refused(doc.as_bytes()),
+                StreamCondition::NotWellFormed,
+                "{input}"
+            );
+        }
+        let header = HEADER.replace("version=", "p:version=");
+        assert_eq!(
+            refused(header.as_bytes()),
+            StreamCondition::BadNamespacePrefix
+        );
+    }
+
+    #[test]
+    fn prefixes_declared_on_the_header_go_out_with_the_stanza() {
+        let header = HEADER.replace("version=", "xmlns:h='urn:h' version=");
+        let doc = format!(
+            "{header}<message h:a='1'><x h:b='2'/></message><iq xmlns:h='urn:h' h:c='3'/>\
+             <presence xml:lang='en' h:a='1' stream:b='2' h:c='3'/>"
+        );
+        let bytes = doc.as_bytes();
+        let events = run(&[bytes]).unwrap();
+        let s = stanzas(&events);
+        assert_eq!(
+            s,
+            [
+                "<message h:a='1' xmlns:h='urn:h'><x h:b='2'/></message>",
+                "<iq xmlns:h='urn:h' h:c='3'/>",
+                "<presence xml:lang='en' h:a='1' stream:b='2' h:c='3' xmlns:h='urn:h' \
+                 xmlns:stream='http://etherx.jabber.org/streams'/>",
+            ]
+        );
+        for xml in &s {
+            assert!(parse_one(xml).is_some(), "{xml}");
+        }
+        let singles: Vec<&[u8]> = bytes.chunks(1).collect();
+        assert_eq!(run(&singles).unwrap(), events);
+    }
+
+    /// Feeds `junk` one byte at a time after `prefix` and expects not-well-formed by its last byte.
+    #[track_caller]
+    fn refused_at_once(prefix: &[u8], junk: &[u8]) {
+        assert!(!junk.contains(&b'>'), "the point is that no '>' arrives");
+        let mut r = StreamReader::new(Limits::default());
+        let mut out = Vec::new();
+        r.feed(prefix, &mut out).unwrap();
+        let result = junk.chunks(1).try_for_each(|b| r.feed(b, &mut out));
+        assert_eq!(
+            result.unwrap_err().condition,
+            StreamCondition::NotWellFormed,
+            "{}",
+            junk.escape_ascii()
+        );
+        let mut r = StreamReader::new(Limits::default());
+        r.feed(prefix, &mut out).unwrap();
+        assert!(r.feed(junk, &mut out).is_err());
+    }
+
+    #[test]
+    fn junk_is_refused_before_any_gt() {
+        // The start of a TLS 1.2/1.3 ClientHello record, as clients trying direct TLS send it.
+        let client_hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\x9a\x51";
+        let http = b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n";
+        let starts: &[&[u8]] = &[
+            client_hello,
+            http,
+            b"  hello",
+            b"<<",
+            b"< stream",
+            b"<1",
+            b"\x00",
+        ];
+        for junk in starts {
+            refused_at_once(b"", junk);
+        }
+        let open = format!("{HEADER}<message/>");
+        for junk in [&b"hello"[..], b"\n\t<<", b"<\x80", b"\xEF\xBB\xBF<a/"] {
+            refused_at_once(open.as_bytes(), junk);
+        }
+    }
+
+    #[test]
+    fn byte_order_mark_and_declaration_may_start_a_stream() {
+        let plain = format!("{HEADER}<a/>");
+        let want = run(&[plain.as_bytes()]).unwrap();
+        let with_bom = format!("\u{FEFF}{plain}");
+        let bytes = with_bom.as_bytes();
+        for i in 0..bytes.len() {
+            assert_eq!(
+                run(&[&bytes[..i], &bytes[i..]]).unwrap(),
+                want,
+                "split at {i}"
+            );
+        }
+        let singles: Vec<&[u8]> = bytes.chunks(1).collect();
+        assert_eq!(run(&singles).unwrap(), want);
+        let header = HEADER.trim_start_matches("<?xml version='1.0'?>");
+        let bare = format!("\n{header}<a/>");
+        assert_eq!(run(&[bare.as_bytes()]).unwrap(), want);
     }
 }

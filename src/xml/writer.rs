@@ -2,9 +2,48 @@
 //!
 //! A child whose namespace equals its parent's gets no `xmlns`; stream-namespace elements are
 //! written with the `stream:` prefix that the stream header declares.
+//!
+//! Whatever element it is given, the output is XML 1.0 that a recipient can parse. Elements do
+//! not all come from the reader, which refuses what XML cannot carry: module code builds them
+//! from configuration and from strings stored by older versions, which read them before those
+//! checks existed (a roster item's name, say). So text and attribute values have characters
+//! outside XML's `Char` replaced with U+FFFD rather than passed on to break the recipient's
+//! stream, at the cost of one pass over the bytes that also tells whether anything needs
+//! escaping, and of an allocation only when something must change. Names come only from the
+//! reader, which validates them, and from constants in the code, so only debug builds check them.
 
-use super::{Element, Node, ns};
+use super::{Element, Node, chars, ns};
 use quick_xml::escape::escape;
+
+/// Escaped character data or attribute value, without characters outside `Char`.
+fn push_value(out: &mut Vec<u8>, value: &str) {
+    if is_plain(value.as_bytes()) {
+        out.extend_from_slice(value.as_bytes());
+        return;
+    }
+    let clean = chars::replace_non_chars(value);
+    out.extend_from_slice(escape(clean.as_ref()).as_bytes());
+}
+
+/// True if `bytes` need neither escaping nor replacing, as most values and most text do: one
+/// pass without branches (vector compares) instead of the two scans it stands for.
+fn is_plain(bytes: &[u8]) -> bool {
+    let special = |b: u8| {
+        (b < 0x20) & (b != b'\t') & (b != b'\n') & (b != b'\r')
+            | (b == b'<')
+            | (b == b'>')
+            | (b == b'&')
+            | (b == b'\'')
+            | (b == b'"')
+            | (b == 0xEF)
+    };
+    !bytes.iter().fold(false, |any, &b| any | special(b))
+}
+
+fn push_name(out: &mut Vec<u8>, name: &str) {
+    debug_assert!(chars::is_qname(name), "not an XML name: {name:?}");
+    out.extend_from_slice(name.as_bytes());
+}
 
 pub fn write_element(el: &Element, parent_ns: &str, out: &mut Vec<u8>) {
     let stream_prefixed = el.ns == ns::STREAM;
@@ -12,17 +51,17 @@ pub fn write_element(el: &Element, parent_ns: &str, out: &mut Vec<u8>) {
     if stream_prefixed {
         out.extend_from_slice(b"stream:");
     }
-    out.extend_from_slice(el.name.as_bytes());
+    push_name(out, &el.name);
     if !stream_prefixed && el.ns != parent_ns {
         out.extend_from_slice(b" xmlns='");
-        out.extend_from_slice(escape(el.ns.as_str()).as_bytes());
+        push_value(out, &el.ns);
         out.push(b'\'');
     }
     for (k, v) in &el.attrs {
         out.push(b' ');
-        out.extend_from_slice(k.as_bytes());
+        push_name(out, k);
         out.extend_from_slice(b"='");
-        out.extend_from_slice(escape(v.as_str()).as_bytes());
+        push_value(out, v);
         out.push(b'\'');
     }
     if el.children.is_empty() {
@@ -36,7 +75,7 @@ pub fn write_element(el: &Element, parent_ns: &str, out: &mut Vec<u8>) {
     for child in &el.children {
         match child {
             Node::Element(c) => write_element(c, scope, out),
-            Node::Text(t) => out.extend_from_slice(escape(t.as_str()).as_bytes()),
+            Node::Text(t) => push_value(out, t),
         }
     }
     out.extend_from_slice(b"</");
@@ -55,13 +94,13 @@ pub fn stream_header(from: &str, to: Option<&str>, id: &str) -> Vec<u8> {
     out.extend_from_slice(b"' xmlns:stream='");
     out.extend_from_slice(ns::STREAM.as_bytes());
     out.extend_from_slice(b"' version='1.0' xml:lang='en' from='");
-    out.extend_from_slice(escape(from).as_bytes());
+    push_value(&mut out, from);
     if let Some(to) = to {
         out.extend_from_slice(b"' to='");
-        out.extend_from_slice(escape(to).as_bytes());
+        push_value(&mut out, to);
     }
     out.extend_from_slice(b"' id='");
-    out.extend_from_slice(escape(id).as_bytes());
+    push_value(&mut out, id);
     out.extend_from_slice(b"'>");
     out
 }
@@ -94,5 +133,31 @@ mod tests {
             el.to_xml(),
             "<stream:error><conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>"
         );
+    }
+
+    #[test]
+    fn characters_outside_xml_are_replaced() {
+        let el = Element::new("message", ns::CLIENT)
+            .with_attr("id", "a\u{1}b")
+            .with_child(
+                Element::new("body", ns::CLIENT).with_text("x\u{0}y\u{FFFE}z\u{FFFF}\u{1B}<\t\n"),
+            );
+        let xml = el.to_xml();
+        assert_eq!(
+            xml,
+            "<message id='a\u{FFFD}b'><body>x\u{FFFD}y\u{FFFD}z\u{FFFD}\u{FFFD}&lt;\t\n</body></message>"
+        );
+        // And what was written reads back.
+        assert!(super::super::reader::parse_one(&xml).is_some());
+        let header = stream_header("localhost", Some("a\u{7}@localhost"), "id");
+        let header = String::from_utf8(header).unwrap();
+        assert!(header.contains("to='a\u{FFFD}@localhost'"), "{header}");
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "not an XML name")]
+    fn invalid_names_are_caught_in_debug_builds() {
+        Element::new("a\"b", ns::CLIENT).to_xml();
     }
 }

@@ -3,10 +3,16 @@
 //! before authentication and binding (§6, §7.1), bad iq envelopes (§8.1.3, §8.2.3), a forged
 //! 'from' (§8.1.2.1) and malformed addresses (RFC 7622). Each case gets the stream error or
 //! stanza error the RFC names, and the server keeps serving everyone else.
+//!
+//! Also XML that parses for a lenient reader but not for the recipient's (characters outside
+//! XML 1.0's `Char`, broken names, undeclared prefixes), which must reach no one and no store,
+//! and bytes that cannot start a stream at all (TLS or HTTP on the STARTTLS port), which must be
+//! answered at once rather than at the login timeout.
 
 use crate::harness::{
     Client, DOMAIN, TestServer, assert_server_ok, ns, stanza_error, stream_header,
 };
+use std::sync::Arc;
 
 fn server() -> TestServer {
     let server = TestServer::start();
@@ -207,5 +213,105 @@ fn stanza_size_limit_is_configurable() {
     c.sync();
     c.send_message("bob@localhost", "chat", &"a".repeat(25_000));
     c.expect_stream_error("policy-violation");
+    assert_server_ok(&server, "bob");
+}
+
+/// Messages from alice to bob that a lenient reader once relayed and a recipient's XML parser
+/// refuses, each with the stream error it must get.
+fn invalid_messages() -> Vec<(Vec<u8>, &'static str)> {
+    let message = |inner: &[u8]| {
+        let open = b"<message to='bob@localhost' type='chat' id='bad'>";
+        [&open[..], inner, b"</message>"].concat()
+    };
+    vec![
+        (message(b"<body>a&#1;b</body>"), "not-well-formed"),
+        (message(b"<body>a\x01b</body>"), "not-well-formed"),
+        (
+            message("<body>a\u{FFFE}b</body>".as_bytes()),
+            "not-well-formed",
+        ),
+        (message(b"<body>hi</body><x\"y\"/>"), "not-well-formed"),
+        (message(b"<body>hi</body><a<b/>"), "not-well-formed"),
+        (message(b"<foo:body>hi</foo:body>"), "bad-namespace-prefix"),
+        (
+            b"<message to='bob@localhost' type='chat' foo:x='1'><body>hi</body></message>".to_vec(),
+            "bad-namespace-prefix",
+        ),
+    ]
+}
+
+/// Sends each invalid message on its own logged-in stream (over TLS) and expects its error.
+#[track_caller]
+fn each_invalid_message_ends_its_stream(server: &TestServer) {
+    for (stanza, condition) in invalid_messages() {
+        let mut alice = Client::user(server, "alice", "home");
+        alice.send_raw(&stanza);
+        alice.expect_stream_error(condition);
+    }
+}
+
+#[test]
+fn invalid_xml_reaches_no_one() {
+    let server = server();
+    let mut bob = Client::online(&server, "bob", "home");
+    each_invalid_message_ends_its_stream(&server);
+    let mut alice = Client::user(&server, "alice", "home");
+    alice.send_message(&bob.jid, "chat", "fine");
+    alice.sync();
+    let got = bob.messages_until_sync();
+    let bodies: Vec<&str> = got
+        .iter()
+        .map(|m| m.get("body", ns::CLIENT).text.as_str())
+        .collect();
+    assert_eq!(bodies, ["fine"], "only the valid message arrives: {got:?}");
+    assert_server_ok(&server, "bob");
+}
+
+#[test]
+fn invalid_xml_is_not_stored_offline() {
+    let server = server();
+    each_invalid_message_ends_its_stream(&server);
+    let mut alice = Client::user(&server, "alice", "home");
+    alice.send_message("bob@localhost", "chat", "fine");
+    alice.sync();
+    // bob logs in later: the valid message is all that was kept for him.
+    let mut bob = Client::user(&server, "bob", "home");
+    bob.send("<presence/>");
+    let got = bob.messages_until_sync();
+    let bodies: Vec<&str> = got
+        .iter()
+        .map(|m| m.get("body", ns::CLIENT).text.as_str())
+        .collect();
+    assert_eq!(bodies, ["fine"], "offline messages: {got:?}");
+    assert_server_ok(&server, "alice");
+}
+
+/// The first flight of a TLS client, as rustls sends it: a ClientHello record.
+fn client_hello() -> Vec<u8> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default TLS versions")
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    let name = DOMAIN.try_into().expect("a valid server name");
+    let mut tls = rustls::ClientConnection::new(Arc::new(config), name).expect("start TLS");
+    let mut hello = Vec::new();
+    tls.write_tls(&mut hello).expect("write the ClientHello");
+    assert_eq!(hello.first(), Some(&0x16), "a TLS handshake record");
+    hello
+}
+
+#[test]
+fn tls_or_http_on_the_starttls_port_is_refused_at_once() {
+    let server = server();
+    let http = b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    for junk in [client_hello().as_slice(), http] {
+        let mut c = Client::connect_raw(&server, server.c2s);
+        c.send_raw(junk);
+        // Within the harness's read deadline, far below the login timeout: a client that tried
+        // direct TLS first falls back to STARTTLS without waiting.
+        c.expect_stream_error("not-well-formed");
+    }
     assert_server_ok(&server, "bob");
 }
