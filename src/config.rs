@@ -79,6 +79,8 @@ pub struct LimitsConfig {
     pub max_attributes: usize,
     /// Stanzas waiting for one connection; a client that falls this far behind is disconnected.
     pub queue_len: usize,
+    /// The same in bytes.
+    pub queue_bytes: usize,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
     /// Seconds a new connection has to authenticate and bind.
@@ -92,6 +94,7 @@ impl Default for LimitsConfig {
             max_depth: 32,
             max_attributes: 64,
             queue_len: 1024,
+            queue_bytes: 8 << 20,
             max_connections: 10_000,
             max_connections_per_ip: 1_000,
             login_timeout_secs: 60,
@@ -265,6 +268,7 @@ impl Config {
                 self.modules.offline.max_per_user, self.limits.queue_len
             ));
         }
+        self.validate_bounds()?;
         if self.stream_management.ack_every == 0 || self.csi.max_held == 0 {
             return Err("stream_management.ack_every and csi.max_held must be positive".into());
         }
@@ -286,6 +290,18 @@ impl Config {
             return Err(format!(
                 "server.log_level {:?} is not one of error, warn, info, debug, trace",
                 self.server.log_level
+            ));
+        }
+        Ok(())
+    }
+
+    /// What a client can make the server hold or do (see `limits` in config.toml).
+    fn validate_bounds(&self) -> Result<(), String> {
+        let l = &self.limits;
+        if l.queue_bytes < l.max_stanza_bytes {
+            return Err(format!(
+                "limits.queue_bytes ({}) must be at least limits.max_stanza_bytes ({})",
+                l.queue_bytes, l.max_stanza_bytes
             ));
         }
         Ok(())

@@ -30,12 +30,27 @@
 //! Presence to a bare JID goes to its available sessions, to a full JID to that session, once
 //! the presence module has taken what is its own (subscriptions, probes). iq results and
 //! errors go to a connected full JID, or to the module that sent the request.
+//!
+//! A session that is closing (its queue overflowed, or its connection is ending) counts as
+//! gone: nothing more is queued for it. What a session could not deliver (refused by its full
+//! queue, or left in its queue, its XEP-0198 unacknowledged queue or its held stanzas when it
+//! ends) is undelivered, and takes the way of a message to a full JID that is gone: chat and
+//! normal messages as if sent to the bare JID (another resource, else offline storage, else
+//! an error to the sender), an iq request an error to its sender, the rest nothing.
+//!
+//! Exactly once, by one rule: a stanza that goes to several sessions (a message to the bare
+//! JID reaches every resource of the highest priority) is one shared [`Delivery`], and it is
+//! undelivered only when the session that gives up its copy holds the last one and no session
+//! delivered it (wrote it to a stream without XEP-0198, or had it acknowledged). Copies that
+//! other sessions still hold may yet be delivered; the last to fail routes it again, once. So
+//! a message to thirty resources that all die ends up stored offline once, not thirty times
+//! (nor, as routing each failed copy to every remaining resource would, ever more often).
 
 use crate::config::Config;
 use crate::error::Error;
 use crate::jid::Jid;
 use crate::modules::{self, Cx, Effects, Flow, IqOut, IqRequest, Module, Target};
-use crate::session::{Outbound, Sessions};
+use crate::session::{Delivery, Outbound, Sessions};
 use crate::stanza::{Condition, Kind, Origin, Stanza, StanzaError, Type, iq_result};
 use crate::storage::{Store, Ticket};
 use crate::xml::{Element, ns};
@@ -44,6 +59,7 @@ use smol::future::FutureExt;
 use std::cell::{Cell, Ref, RefCell, RefMut};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime};
 
 /// Where a JID points.
@@ -306,7 +322,8 @@ pub async fn from_client(router: &Router, from: &Jid, el: Element) -> Option<Tic
             if let Some(e) = &rejected.error
                 && rejected.el.attr("type") != Some("error")
             {
-                deliver(router, from, crate::stanza::error_reply(&rejected.el, e));
+                let reply = crate::stanza::error_reply(&rejected.el, e);
+                deliver(router, from, Delivery::new(reply));
             }
             return None;
         }
@@ -329,7 +346,8 @@ pub async fn from_client(router: &Router, from: &Jid, el: Element) -> Option<Tic
             log::error!("stanza from {from} not processed: {e}");
             if let Some(el) = bounce {
                 let err = StanzaError::new(Condition::InternalServerError);
-                deliver(router, from, crate::stanza::error_reply(&el, &err));
+                let reply = crate::stanza::error_reply(&el, &err);
+                deliver(router, from, Delivery::new(reply));
             }
             None
         }
@@ -559,14 +577,15 @@ fn to_account(cx: &mut Cx, st: &mut Stanza, user: &str, to: &Jid) -> Result<(), 
     }
 }
 
-/// Queues the stanza for every target, moving it into the last one.
+/// Queues the stanza for every target: one shared delivery (see the header).
 fn send_all(cx: &mut Cx, st: &mut Stanza, targets: Vec<Jid>) {
-    if let Some((last, rest)) = targets.split_last() {
-        for t in rest {
-            cx.send(t.clone(), st.el.clone());
-        }
-        let el = std::mem::replace(&mut st.el, Element::new("", ""));
-        cx.send(last.clone(), el);
+    if targets.is_empty() {
+        return;
+    }
+    let el = std::mem::replace(&mut st.el, Element::new("", ""));
+    let d = Delivery::new(el);
+    for t in targets {
+        cx.send_delivery(t, d.clone());
     }
 }
 
@@ -577,7 +596,7 @@ fn message_to_account(
     to: &Jid,
 ) -> Result<(), StanzaError> {
     let router = cx.router();
-    let full_target = !to.is_bare() && router.sessions().get(to).is_some();
+    let full_target = !to.is_bare() && router.sessions().get(to).is_some_and(|s| !s.closing());
     let targets = match st.typ {
         _ if full_target => vec![to.clone()],
         Type::Error => return Ok(()),
@@ -586,7 +605,7 @@ fn message_to_account(
         Type::Headline => router
             .sessions()
             .available(user)
-            .filter(|s| s.priority >= 0)
+            .filter(|s| s.priority >= 0 && !s.closing())
             .map(|s| s.jid.clone())
             .collect(),
         _ => router.sessions().message_targets(user),
@@ -703,28 +722,40 @@ fn handle_iq(
     Ok(())
 }
 
-/// Messages left in a closed session's queue: chat and normal ones are routed again as if sent
-/// to the bare JID, so they reach another resource or offline storage instead of vanishing.
-pub async fn reroute_unsent(router: &Router, owner: &Jid, stanzas: Vec<Element>) {
-    run(router, "keeping the unsent messages", |cx| {
-        for el in stanzas {
-            if el.name != "message" {
-                continue;
-            }
+/// Stanzas that sessions could not deliver, each with the session it was for (see the
+/// header): chat and normal messages are routed again as if sent to that session's bare JID,
+/// iq requests get `service-unavailable`. Carbon copies and archive results are copies of
+/// messages that exist elsewhere: routing them again would store duplicates, so they go
+/// nowhere, like the rest.
+pub async fn reroute_unsent(router: &Router, unsent: Vec<(Jid, Element)>) {
+    run(router, "keeping the undelivered stanzas", |cx| {
+        for (owner, el) in unsent {
             let Some(sender) = el.attr("from").and_then(|f| Jid::parse(f).ok()) else {
                 continue;
             };
             let Ok(mut st) = Stanza::parse(el, sender, Origin::Server) else {
                 continue;
             };
-            if !matches!(st.typ, Type::Chat | Type::Normal) {
-                continue;
+            match (st.kind, st.typ) {
+                (Kind::Message, Type::Chat | Type::Normal) if !is_copy(&st.el) => {
+                    st.set_to(owner.bare());
+                    cx.route(st);
+                }
+                (Kind::Iq, Type::Get | Type::Set) => {
+                    cx.route(st.error(&StanzaError::service_unavailable()));
+                }
+                _ => {}
             }
-            st.set_to(owner.bare());
-            cx.route(st);
         }
     })
     .await;
+}
+
+/// A message that wraps another (XEP-0280 carbons, XEP-0313 results).
+fn is_copy(msg: &Element) -> bool {
+    msg.elements().any(|c| {
+        c.is("sent", ns::CARBONS) || c.is("received", ns::CARBONS) || c.is("result", ns::MAM)
+    })
 }
 
 /// Calls each module's `start` hook once, when the server starts.
@@ -815,26 +846,51 @@ pub async fn apply_trailing(router: &Router, effects: Effects) -> Result<Option<
         writes.extend(trailing);
     }
     router.store.commit(writes).await?;
-    for (to, el) in sends {
-        deliver(router, &to, el);
+    let mut unsent = Vec::new();
+    for (to, d) in sends {
+        if let Some(d) = deliver(router, &to, d)
+            && let Some(el) = Delivery::undelivered(d)
+        {
+            unsent.push((to, el));
+        }
+    }
+    if !unsent.is_empty() {
+        // Each round closes a session or stores what it routes, so this ends.
+        Box::pin(reroute_unsent(router, unsent)).await;
     }
     Ok(ticket)
 }
 
-/// Queues a stanza for a session. A session whose queue is full is disconnected: it cannot keep
-/// up, and its unread stanzas go the way of any dropped connection's.
-pub fn deliver(router: &Router, to: &Jid, el: Element) {
-    let tx = router.sessions().get(to).map(|s| s.tx.clone());
-    match tx {
-        Some(tx) => {
-            if tx.len() >= router.config.limits.queue_len
-                || tx.try_send(Outbound::Stanza(Box::new(el))).is_err()
-            {
-                log::warn!("{to} is not reading; disconnecting it");
-                tx.close();
-            }
+/// Queues a stanza for a session; gives it back when the session is gone or closing. A session
+/// whose queue is full (by stanzas or by bytes) is closed: it cannot keep up. One stanza larger
+/// than the whole byte limit still goes to a session with an empty queue: a client must be able
+/// to receive its roster, however large.
+pub fn deliver(router: &Router, to: &Jid, d: Rc<Delivery>) -> Option<Rc<Delivery>> {
+    let sessions = router.sessions();
+    let Some(s) = sessions.get(to).filter(|s| !s.closing()) else {
+        log::debug!("a stanza for {to}, which is gone");
+        return Some(d);
+    };
+    let limits = &router.config.limits;
+    let queued = s.queued.get();
+    let waiting = s.tx.len();
+    if waiting >= limits.queue_len || (waiting > 0 && queued + d.size > limits.queue_bytes) {
+        log::warn!(
+            "{to} is not reading ({waiting} stanzas, {queued} bytes waiting); disconnecting it"
+        );
+        s.tx.close();
+        return Some(d);
+    }
+    let size = d.size;
+    match s.tx.try_send(Outbound::Stanza(d)) {
+        Ok(()) => {
+            s.queued.set(queued + size);
+            None
         }
-        None => log::debug!("dropping a stanza for {to}, which is gone"),
+        Err(e) => match e.into_inner() {
+            Outbound::Stanza(d) => Some(d),
+            Outbound::Close(_) => None,
+        },
     }
 }
 
@@ -1062,6 +1118,164 @@ mod tests {
         t.advance(Duration::from_secs(25));
         t.advance(Duration::from_secs(25));
         assert_eq!(*t.module::<Asker>().fired.borrow(), vec![1, 2]);
+    }
+
+    /// Bodies of the messages stored offline for `user`, oldest first.
+    fn offline_bodies(t: &TestRouter, user: &str) -> Vec<String> {
+        crate::modules::offline::USER_SEQ_TO_OFFLINE
+            .peek(&t.router.store, user, 1000)
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let el = crate::modules::testing::parse(&e.text);
+                el.child("body", ns::CLIENT).unwrap().text()
+            })
+            .collect()
+    }
+
+    /// What a c2s connection does when it ends: leave the table, give up what it holds.
+    fn end_session(t: &TestRouter, jid: &Jid) {
+        let conn = t.router.sessions().get(jid).unwrap().conn;
+        let s = t.router.sessions_mut().remove(jid, conn).unwrap();
+        s.tx.close();
+        let rx = t.receiver(s.conn);
+        let mut unsent = Vec::new();
+        while let Ok(Outbound::Stanza(d)) = rx.try_recv() {
+            if let Some(el) = Delivery::undelivered(d) {
+                unsent.push((jid.clone(), el));
+            }
+        }
+        smol::block_on(reroute_unsent(&t.router, unsent));
+    }
+
+    #[test]
+    fn a_message_to_every_resource_is_kept_once_when_they_all_fail() {
+        let mut config = Config::default();
+        config.limits.queue_len = 3;
+        let t = TestRouter::with_config(config, &["alice", "bob"]);
+        let phones: Vec<Jid> = (0..3)
+            .map(|i| t.online("alice", &format!("r{i}")))
+            .collect();
+        let b = t.online("bob", "pc");
+        let send = |i: usize| {
+            let el = crate::modules::testing::parse(&format!(
+                "<message to='alice@localhost' type='chat' from='bob@localhost/pc'><body>m{i}</body></message>"
+            ));
+            // Wait for the trailing writes too (offline storage).
+            if let Some(ticket) = smol::block_on(from_client(&t.router, &b, el)) {
+                smol::block_on(Store::wait(ticket)).unwrap();
+            }
+        };
+        // Three fit every queue; the fourth overflows all three, which close, and is kept
+        // offline by the last of them to give it up.
+        for i in 1..=4 {
+            send(i);
+        }
+        assert!(
+            phones
+                .iter()
+                .all(|p| t.router.sessions().get(p).unwrap().closing())
+        );
+        assert_eq!(offline_bodies(&t, "alice"), vec!["m4"]);
+        // The fifth finds no session that is not closing: offline at once.
+        send(5);
+        assert_eq!(offline_bodies(&t, "alice"), vec!["m4", "m5"]);
+        // The sessions end one by one; only the last copy of each message is kept.
+        end_session(&t, &phones[0]);
+        end_session(&t, &phones[1]);
+        assert_eq!(offline_bodies(&t, "alice"), vec!["m4", "m5"]);
+        end_session(&t, &phones[2]);
+        assert_eq!(
+            offline_bodies(&t, "alice"),
+            vec!["m4", "m5", "m1", "m2", "m3"]
+        );
+    }
+
+    #[test]
+    fn a_copy_delivered_anywhere_is_not_kept() {
+        let t = TestRouter::new();
+        let a1 = t.online("alice", "r1");
+        let a2 = t.online("alice", "r2");
+        let b = t.online("bob", "pc");
+        let el = crate::modules::testing::parse(
+            "<message to='alice@localhost' type='chat' from='bob@localhost/pc'><body>hi</body></message>",
+        );
+        smol::block_on(from_client(&t.router, &b, el));
+        let take = |j: &Jid| {
+            let conn = t.router.sessions().get(j).unwrap().conn;
+            match t.receiver(conn).try_recv() {
+                Ok(Outbound::Stanza(d)) => d,
+                _ => panic!("nothing queued for {j}"),
+            }
+        };
+        let (d1, d2) = (take(&a1), take(&a2));
+        assert!(Rc::ptr_eq(&d1, &d2), "one delivery shared by both sessions");
+        d1.delivered();
+        assert!(Delivery::undelivered(d1).is_none());
+        assert!(Delivery::undelivered(d2).is_none());
+        // Not delivered anywhere: only the last copy given up comes back.
+        let el = crate::modules::testing::parse(
+            "<message to='alice@localhost' type='chat' from='bob@localhost/pc'><body>again</body></message>",
+        );
+        smol::block_on(from_client(&t.router, &b, el));
+        let (d1, d2) = (take(&a1), take(&a2));
+        assert!(Delivery::undelivered(d1).is_none());
+        let back = Delivery::undelivered(d2).unwrap();
+        assert_eq!(back.child("body", ns::CLIENT).unwrap().text(), "again");
+    }
+
+    #[test]
+    fn undelivered_copies_and_requests() {
+        let t = TestRouter::new();
+        let a = t.online("alice", "phone");
+        let b = t.online("bob", "pc");
+        let msg = |xml: &str| crate::modules::testing::parse(xml);
+        let unsent = vec![
+            // A carbon copy and an archive result wrap messages that exist elsewhere.
+            (
+                a.clone(),
+                msg(
+                    "<message from='alice@localhost' to='alice@localhost/phone' type='chat'><received xmlns='urn:xmpp:carbons:2'/></message>",
+                ),
+            ),
+            (
+                a.clone(),
+                msg(
+                    "<message from='alice@localhost' to='alice@localhost/phone'><result xmlns='urn:xmpp:mam:2'/></message>",
+                ),
+            ),
+            (
+                a.clone(),
+                msg("<presence from='bob@localhost/pc' to='alice@localhost/phone'/>"),
+            ),
+            (
+                a.clone(),
+                msg(
+                    "<iq type='get' id='q1' from='bob@localhost/pc' to='alice@localhost/phone'><query xmlns='jabber:iq:version'/></iq>",
+                ),
+            ),
+        ];
+        let queued = |j: &Jid| t.router.sessions().get(j).unwrap().tx.len();
+        let conn = t.router.sessions().get(&a).unwrap().conn;
+        t.router.sessions_mut().remove(&a, conn);
+        smol::block_on(reroute_unsent(&t.router, unsent));
+        assert!(offline_bodies(&t, "alice").is_empty());
+        // The request is answered for the session that is gone.
+        assert_eq!(queued(&b), 1);
+        let conn = t.router.sessions().get(&b).unwrap().conn;
+        let Ok(Outbound::Stanza(d)) = t.receiver(conn).try_recv() else {
+            panic!("no answer");
+        };
+        assert!(
+            crate::modules::testing::matches(
+                &d.el,
+                &msg(
+                    "<iq type='error' id='q1' from='alice@localhost/phone'><error><service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>"
+                )
+            ),
+            "{}",
+            d.el.to_xml()
+        );
     }
 
     #[test]

@@ -1,18 +1,77 @@
 //! Connections and bound sessions. Every connection has an outbound queue from its first byte
 //! (so shutdown and conflicts can reach it); a bound one also has a session: a full JID, its
 //! presence and its flags. Connections reach each other only through these queues.
+//!
+//! A stanza travels as a [`Delivery`]: one value however many sessions it goes to (a message
+//! to a bare JID reaches every resource of the highest priority), so that its copies cost its
+//! memory once and the last session that fails to deliver it can tell (see `router.rs`).
 
 use crate::jid::Jid;
 use crate::stanza::StreamError;
-use crate::xml::Element;
+use crate::xml::{Element, Node};
 use smol::channel::Sender;
+use std::cell::Cell;
 use std::collections::HashMap;
+use std::rc::Rc;
 
 pub enum Outbound {
-    /// Boxed so that the queue's slots stay small: each idle session keeps one block of them.
-    Stanza(Box<Element>),
+    /// A pointer, so that the queue's slots stay small: each idle session keeps one block of them.
+    Stanza(Rc<Delivery>),
     /// Ends the stream with this error (a conflicting login, shutdown, removal of the account).
     Close(StreamError),
+}
+
+/// A stanza for one or more sessions.
+#[derive(Debug)]
+pub struct Delivery {
+    pub el: Element,
+    /// What it weighs in a queue, in bytes (see [`weight`]).
+    pub size: usize,
+    /// A client took it: it was written to the socket of a stream without XEP-0198, or
+    /// acknowledged on one with it.
+    delivered: Cell<bool>,
+}
+
+impl Delivery {
+    pub fn new(el: Element) -> Rc<Delivery> {
+        Rc::new(Delivery {
+            size: weight(&el),
+            el,
+            delivered: Cell::new(false),
+        })
+    }
+
+    pub fn delivered(&self) {
+        self.delivered.set(true);
+    }
+
+    /// A session gives up its copy without having delivered it. The stanza comes back only if
+    /// this was the last copy and no session delivered it: then, and only then, it is
+    /// undelivered. Copies other sessions still hold may yet reach their clients.
+    pub fn undelivered(d: Rc<Delivery>) -> Option<Element> {
+        if d.delivered.get() {
+            return None;
+        }
+        Rc::try_unwrap(d).ok().map(|d| d.el)
+    }
+}
+
+/// Bytes an element is counted for while a session holds it: its names, attributes and text,
+/// and a fixed cost per node for the structure around them. Not the serialised length (that
+/// would mean serialising it), but within a small factor of it and of the memory it takes.
+pub fn weight(el: &Element) -> usize {
+    const NODE: usize = 48;
+    let mut n = NODE + 2 * el.name.len() + el.ns.len();
+    for (k, v) in &el.attrs {
+        n += k.len() + v.len() + 4;
+    }
+    for c in &el.children {
+        n += match c {
+            Node::Element(e) => weight(e),
+            Node::Text(t) => NODE / 2 + t.len(),
+        };
+    }
+    n
 }
 
 pub struct Session {
@@ -29,9 +88,18 @@ pub struct Session {
     /// Entities that got directed presence and must hear of unavailability (RFC 6121 §4.6).
     pub directed: Vec<Jid>,
     pub flags: Flags,
+    /// Bytes of the stanzas waiting in `tx` (their [`Delivery::size`]): added by the router,
+    /// taken off by the connection as it reads them.
+    pub queued: Cell<usize>,
 }
 
 impl Session {
+    /// The connection is ending (it fell too far behind, or its task is finishing): nothing
+    /// more is queued for it, and what it holds takes the way of undelivered stanzas.
+    pub fn closing(&self) -> bool {
+        self.tx.is_closed()
+    }
+
     /// A session just bound: not available, with no module state yet.
     pub fn new(conn: u64, jid: Jid, tx: Sender<Outbound>) -> Session {
         Session {
@@ -44,6 +112,7 @@ impl Session {
             interested: false,
             directed: Vec::new(),
             flags: Flags::default(),
+            queued: Cell::new(0),
         }
     }
 }
@@ -105,18 +174,14 @@ impl Sessions {
     }
 
     /// Sessions that take messages to the bare JID: available, non-negative priority, and of
-    /// those the highest priority (RFC 6121 §8.5.2.1.1).
+    /// those the highest priority (RFC 6121 §8.5.2.1.1). A closing session is gone already.
     pub fn message_targets(&self, user: &str) -> Vec<Jid> {
         let list = self.of(user);
-        let top = list
-            .iter()
-            .filter(|s| s.available && s.priority >= 0)
-            .map(|s| s.priority)
-            .max();
+        let open = || list.iter().filter(|s| s.available && !s.closing());
+        let top = open().filter(|s| s.priority >= 0).map(|s| s.priority).max();
         match top {
-            Some(p) => list
-                .iter()
-                .filter(|s| s.available && s.priority == p)
+            Some(p) => open()
+                .filter(|s| s.priority == p)
                 .map(|s| s.jid.clone())
                 .collect(),
             None => Vec::new(),

@@ -27,13 +27,14 @@ use crate::config::Config;
 use crate::jid::Jid;
 use crate::listener::Listener;
 use crate::router::{Dest, Router};
-use crate::session::{Session, Sessions};
+use crate::session::{Delivery, Session, Sessions};
 use crate::stanza::{Kind, Origin, Stanza, StanzaError, Type};
 use crate::storage::{Schema, Store, Table, Write};
 use crate::xml::{Element, ns};
 use std::any::Any;
 use std::cell::Ref;
 use std::collections::VecDeque;
+use std::rc::Rc;
 use std::time::{Duration, SystemTime};
 
 /// One entry of the registry: the tables a module stores in (declared even when the module is
@@ -83,8 +84,8 @@ pub struct Effects {
     /// Writes (the archive) whose stanzas may go out before the commit; the stanza's sender
     /// is only done with it, for XEP-0198 acknowledgements, once they are durable.
     pub trailing: Vec<Write>,
-    /// Stanzas for one session each, by full JID.
-    pub sends: Vec<(Jid, Element)>,
+    /// Stanzas for one session each, by full JID; one delivery may go to several.
+    pub sends: Vec<(Jid, Rc<Delivery>)>,
 }
 
 /// The context every hook works in: reads of the server's state, and the record of what the
@@ -155,7 +156,12 @@ impl<'a> Cx<'a> {
 
     /// Queues a stanza for one session, bypassing every hook: a reply, a push.
     pub fn send(&mut self, to: Jid, stanza: Element) {
-        self.effects.sends.push((to, stanza));
+        self.effects.sends.push((to, Delivery::new(stanza)));
+    }
+
+    /// Queues one delivery for a session; the router shares one among several sessions.
+    pub(crate) fn send_delivery(&mut self, to: Jid, d: Rc<Delivery>) {
+        self.effects.sends.push((to, d));
     }
 
     /// Hands a stanza to the router, as if its `from` had sent it: it gets the hooks of its

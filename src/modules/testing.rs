@@ -17,6 +17,8 @@ pub struct TestRouter {
     pub router: Router,
     _dir: tempfile::TempDir,
     next_conn: std::cell::Cell<u64>,
+    /// The sessions' queues, kept open: a session whose queue is closed is closing.
+    queues: std::cell::RefCell<Vec<smol::channel::Receiver<crate::session::Outbound>>>,
 }
 
 /// What one step produced.
@@ -52,6 +54,7 @@ impl TestRouter {
             router,
             _dir: dir,
             next_conn: std::cell::Cell::new(1),
+            queues: Default::default(),
         };
         t.step(router::start_modules);
         t
@@ -60,7 +63,8 @@ impl TestRouter {
     /// A bound session `user@localhost/resource`, not yet available.
     pub fn bind(&self, user: &str, resource: &str) -> Jid {
         let jid = Jid::parse(&format!("{user}@localhost/{resource}")).unwrap();
-        let (tx, _rx) = smol::channel::unbounded();
+        let (tx, rx) = smol::channel::unbounded();
+        self.queues.borrow_mut().push(rx);
         let conn = self.next_conn.get();
         self.next_conn.set(conn + 1);
         self.router
@@ -98,6 +102,7 @@ impl TestRouter {
         } = router::finish(cx);
         writes.extend(trailing);
         self.router.store.commit_blocking(writes).unwrap();
+        let sends = sends.into_iter().map(|(j, d)| (j, d.el.clone())).collect();
         Out { sends }
     }
 
@@ -128,6 +133,12 @@ impl TestRouter {
     /// Fires the timers that are due `after` from now.
     pub fn advance(&self, after: std::time::Duration) -> Out {
         self.step(|cx| router::fire_due(cx, std::time::Instant::now() + after))
+    }
+
+    /// The queue of the session of connection `conn`.
+    pub fn receiver(&self, conn: u64) -> smol::channel::Receiver<crate::session::Outbound> {
+        // Connections are numbered from 1 in the order sessions were bound.
+        self.queues.borrow()[conn as usize - 1].clone()
     }
 
     /// The running module of type `T`.

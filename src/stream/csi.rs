@@ -8,7 +8,9 @@
 //! and messages carrying only chat states (XEP-0085), delivery receipts (XEP-0184) or chat
 //! markers (XEP-0333).
 
+use crate::session::Delivery;
 use crate::xml::{Element, ns};
+use std::rc::Rc;
 
 pub fn urgent(el: &Element) -> bool {
     match el.name.as_str() {
@@ -37,24 +39,40 @@ fn wakes(child: &Element) -> bool {
     true
 }
 
-/// Stanzas held for an inactive client.
+/// Stanzas held for an inactive client (or for one whose connection is away), with their bytes.
 #[derive(Default)]
 pub struct Held {
-    pub queue: Vec<Element>,
+    pub queue: Vec<Rc<Delivery>>,
+    pub bytes: usize,
 }
 
 impl Held {
     /// Holds a stanza; availability presence replaces the one held for the same sender.
-    pub fn hold(&mut self, el: Element) {
-        if el.name == "presence" {
-            let from = el.attr("from");
-            self.queue
-                .retain(|h| !(h.name == "presence" && h.attr("from") == from));
+    pub fn hold(&mut self, d: Rc<Delivery>) {
+        if d.el.name == "presence" {
+            let from = d.el.attr("from");
+            let mut freed = 0;
+            self.queue.retain(|h| {
+                let same = h.el.name == "presence" && h.el.attr("from") == from;
+                if same {
+                    freed += h.size;
+                }
+                !same
+            });
+            self.bytes -= freed;
         }
-        self.queue.push(el);
+        self.bytes += d.size;
+        self.queue.push(d);
     }
 
-    pub fn take(&mut self) -> Vec<Element> {
+    /// Adds a stanza behind those held, coalescing nothing.
+    pub fn push(&mut self, d: Rc<Delivery>) {
+        self.bytes += d.size;
+        self.queue.push(d);
+    }
+
+    pub fn take(&mut self) -> Vec<Rc<Delivery>> {
+        self.bytes = 0;
         std::mem::take(&mut self.queue)
     }
 }
@@ -95,14 +113,19 @@ mod tests {
                 .with_child(Element::new("show", ns::CLIENT).with_text(show))
         };
         let mut h = Held::default();
-        h.hold(p("a@x/1", "away"));
-        h.hold(msg(Element::new("composing", ns::CHATSTATES)));
-        h.hold(p("b@x/1", "dnd"));
-        h.hold(p("a@x/1", "xa"));
+        h.hold(Delivery::new(p("a@x/1", "away")));
+        h.hold(Delivery::new(msg(Element::new(
+            "composing",
+            ns::CHATSTATES,
+        ))));
+        h.hold(Delivery::new(p("b@x/1", "dnd")));
+        h.hold(Delivery::new(p("a@x/1", "xa")));
+        let sum: usize = h.queue.iter().map(|d| d.size).sum();
+        assert_eq!(h.bytes, sum);
         let q = h.take();
-        assert_eq!(q.len(), 3);
-        assert_eq!(q[0].name, "message");
-        assert_eq!(q[2].attr("from"), Some("a@x/1"));
-        assert_eq!(q[2].child("show", ns::CLIENT).unwrap().text(), "xa");
+        assert_eq!((q.len(), h.bytes), (3, 0));
+        assert_eq!(q[0].el.name, "message");
+        assert_eq!(q[2].el.attr("from"), Some("a@x/1"));
+        assert_eq!(q[2].el.child("show", ns::CLIENT).unwrap().text(), "xa");
     }
 }

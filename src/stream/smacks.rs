@@ -2,8 +2,10 @@
 //! for one stream. c2s drives it; resumption hands a new connection's socket to the task that
 //! still holds this state. Sequence numbers wrap at 2^32 (XEP-0198 §4).
 
+use crate::session::Delivery;
 use crate::xml::{Element, ns};
 use std::collections::VecDeque;
+use std::rc::Rc;
 use std::time::Instant;
 
 pub struct Sm {
@@ -13,8 +15,9 @@ pub struct Sm {
     pub handled: u32,
     /// The client's last `h`: stanzas of ours it has acknowledged.
     acked: u32,
-    /// Stanzas sent and not yet acknowledged, oldest first.
-    pub unacked: VecDeque<Element>,
+    /// Stanzas sent and not yet acknowledged, oldest first, and their bytes.
+    pub unacked: VecDeque<Rc<Delivery>>,
+    pub unacked_bytes: usize,
     /// Stanzas sent since our last `<r/>`.
     since_request: usize,
     pub request_outstanding: bool,
@@ -29,14 +32,16 @@ impl Sm {
             handled: 0,
             acked: 0,
             unacked: VecDeque::new(),
+            unacked_bytes: 0,
             since_request: 0,
             request_outstanding: false,
             unrequested_since: None,
         }
     }
 
-    pub fn sent(&mut self, el: Element) {
-        self.unacked.push_back(el);
+    pub fn sent(&mut self, d: Rc<Delivery>) {
+        self.unacked_bytes += d.size;
+        self.unacked.push_back(d);
         self.since_request += 1;
         self.unrequested_since.get_or_insert_with(Instant::now);
     }
@@ -50,10 +55,19 @@ impl Sm {
                 self.unacked.len()
             ));
         }
-        self.unacked.drain(..n);
+        for d in self.unacked.drain(..n) {
+            self.unacked_bytes -= d.size;
+            d.delivered();
+        }
         self.acked = h;
         self.request_outstanding = false;
         Ok(())
+    }
+
+    /// Takes the unacknowledged stanzas (to send again, or to give up).
+    pub fn take_unacked(&mut self) -> VecDeque<Rc<Delivery>> {
+        self.unacked_bytes = 0;
+        std::mem::take(&mut self.unacked)
     }
 
     /// Whether to piggyback an `<r/>` now: enough stanzas since the last one.
@@ -92,8 +106,8 @@ pub fn failed(condition: &str, h: Option<u32>) -> Element {
 mod tests {
     use super::*;
 
-    fn stanza(i: u32) -> Element {
-        Element::new("message", ns::CLIENT).with_attr("id", i.to_string())
+    fn stanza(i: u32) -> Rc<Delivery> {
+        Delivery::new(Element::new("message", ns::CLIENT).with_attr("id", i.to_string()))
     }
 
     #[test]
@@ -107,7 +121,7 @@ mod tests {
         assert!(!sm.should_request(1));
         sm.ack(3).unwrap();
         assert_eq!(sm.unacked.len(), 2);
-        assert_eq!(sm.unacked[0].attr("id"), Some("3"));
+        assert_eq!(sm.unacked[0].el.attr("id"), Some("3"));
         // An h beyond what was sent is refused and changes nothing.
         assert!(sm.ack(9).is_err());
         assert_eq!(sm.unacked.len(), 2);
@@ -125,7 +139,7 @@ mod tests {
         // Two before the wrap and one after it.
         sm.ack(1).unwrap();
         assert_eq!(sm.unacked.len(), 1);
-        assert_eq!(sm.unacked[0].attr("id"), Some("3"));
+        assert_eq!(sm.unacked[0].el.attr("id"), Some("3"));
         sm.handled = u32::MAX;
         sm.handled = sm.handled.wrapping_add(1);
         assert_eq!(sm.handled, 0);

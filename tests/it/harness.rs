@@ -1488,3 +1488,100 @@ impl Client {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// What the server process holds, for tests of its bounds
+
+impl TestServer {
+    /// The server's resident set size in bytes, from /proc/PID/status (VmRSS).
+    pub fn rss_bytes(&self) -> u64 {
+        let pid = self.child.as_ref().expect("the server runs").id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_else(|e| panic!("read /proc/{pid}/status: {e}"));
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"));
+        kib * 1024
+    }
+
+    /// Waits (up to `wait`) until the server's log has `n` lines containing `needle`.
+    #[track_caller]
+    pub fn wait_for_log(&self, needle: &str, n: usize, wait: Duration) {
+        let deadline = Instant::now() + wait;
+        loop {
+            let found = self.log().lines().filter(|l| l.contains(needle)).count();
+            if found >= n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{found} of {n} log lines with {needle:?} within {wait:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// Samples the server's RSS every few milliseconds in a thread until dropped; `peak` is the
+/// largest figure seen.
+pub struct RssWatch {
+    peak: Arc<Mutex<u64>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RssWatch {
+    pub fn start(server: &TestServer) -> RssWatch {
+        let pid = server.child.as_ref().expect("the server runs").id();
+        let peak = Arc::new(Mutex::new(server.rss_bytes()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (p, s) = (peak.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                let status = std::fs::read_to_string(format!("/proc/{pid}/status"));
+                let kib = status.ok().and_then(|st| {
+                    st.lines()
+                        .find_map(|l| l.strip_prefix("VmRSS:"))
+                        .and_then(|v| v.split_whitespace().next())
+                        .and_then(|n| n.parse::<u64>().ok())
+                });
+                if let (Some(kib), Ok(mut peak)) = (kib, p.lock()) {
+                    *peak = (*peak).max(kib * 1024);
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        RssWatch {
+            peak,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn peak(&self) -> u64 {
+        self.peak.lock().map(|p| *p).unwrap_or_default()
+    }
+}
+
+impl Drop for RssWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Client {
+    /// Enables XEP-0198 stream management (resumable or not); returns the resumption id.
+    pub fn enable_sm(&mut self, resume: bool) -> Option<String> {
+        self.send(&format!(
+            "<enable xmlns='urn:xmpp:sm:3' resume='{resume}'/>"
+        ));
+        let enabled = self.expect("<enabled xmlns='urn:xmpp:sm:3'/>");
+        enabled.attr("id").map(str::to_owned)
+    }
+}

@@ -33,7 +33,7 @@ impl Conn {
         let resumed = Element::new("resumed", ns::SM)
             .with_attr("previd", sm.id.clone().unwrap_or_default())
             .with_attr("h", sm.handled.to_string());
-        let again: Vec<Element> = sm.unacked.drain(..).collect();
+        let again = sm.take_unacked();
         log::debug!(
             "connection {} resumed from {}, resending {}",
             self.id,
@@ -41,11 +41,11 @@ impl Conn {
             again.len()
         );
         self.write_nonza(&resumed);
-        for el in again {
-            self.write_stanza(el);
+        for d in again {
+            self.write_stanza(d);
         }
-        for el in self.held.take() {
-            self.write_stanza(el);
+        for d in self.held.take() {
+            self.write_stanza(d);
         }
         self.flush_or_lose().await
     }
@@ -146,8 +146,8 @@ impl Conn {
             }
             ("active", ns::CSI) => {
                 self.inactive = false;
-                for el in self.held.take() {
-                    self.write_stanza(el);
+                for d in self.held.take() {
+                    self.write_stanza(d);
                 }
                 self.event(SessionEvent::Active).await;
                 Next::Continue

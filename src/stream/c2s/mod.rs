@@ -18,7 +18,7 @@ use crate::listener::{Accepted, Listener};
 use crate::modules::{Mechanism, SessionEvent};
 use crate::router;
 use crate::server::Server;
-use crate::session::{Outbound, Session};
+use crate::session::{Delivery, Outbound, Session};
 use crate::stanza::{StanzaError, StreamCondition as C, StreamError, error_reply, iq_result};
 use crate::storage::{Store, Ticket};
 use crate::stream::csi::{self, Held};
@@ -257,13 +257,25 @@ impl Conn {
                     }
                     Err(e) => Next::Fail(e),
                 },
-                Wake::Queue(Some(Outbound::Stanza(el))) => {
-                    self.emit(*el);
+                Wake::Queue(Some(Outbound::Stanza(d))) if self.rx.is_closed() => {
+                    // The router gave up on this session: what is left is undelivered.
+                    Box::pin(self.give_up(vec![d])).await;
+                    Next::Fail(StreamError::with_text(
+                        C::PolicyViolation,
+                        "too many stanzas waiting for this client",
+                    ))
+                }
+                Wake::Queue(Some(Outbound::Stanza(d))) => {
+                    let mut taken = d.size;
+                    self.emit(d);
                     // Drain what else is waiting into the same write.
                     let mut next = Next::Continue;
                     while self.out.len() < 65536 {
                         match self.rx.try_recv() {
-                            Ok(Outbound::Stanza(el)) => self.emit(*el),
+                            Ok(Outbound::Stanza(d)) => {
+                                taken += d.size;
+                                self.emit(d);
+                            }
                             Ok(Outbound::Close(e)) => {
                                 next = Next::Fail(e);
                                 break;
@@ -271,6 +283,7 @@ impl Conn {
                             Err(_) => break,
                         }
                     }
+                    self.dequeued(taken);
                     match next {
                         Next::Continue => Box::pin(self.flush_or_lose()).await,
                         other => other,
@@ -330,9 +343,9 @@ impl Conn {
     }
 
     /// A stanza from this session's queue, through client state indication to the socket.
-    fn emit(&mut self, el: Element) {
-        if self.detached_at.is_some() || (self.inactive && !csi::urgent(&el)) {
-            self.held.hold(el);
+    fn emit(&mut self, d: Rc<Delivery>) {
+        if self.detached_at.is_some() || (self.inactive && !csi::urgent(&d.el)) {
+            self.held.hold(d);
             let max = match self.detached_at {
                 Some(_) => self.server.config.limits.queue_len,
                 None => self.server.config.csi.max_held,
@@ -340,19 +353,24 @@ impl Conn {
             if self.held.queue.len() < max || self.detached_at.is_some() {
                 return;
             }
+        } else if self.held.queue.is_empty() {
+            self.write_stanza(d);
+            return;
         } else {
-            self.held.queue.push(el);
+            self.held.push(d);
         }
-        for el in self.held.take() {
-            self.write_stanza(el);
+        for d in self.held.take() {
+            self.write_stanza(d);
         }
     }
 
-    /// Writes a stanza and, with stream management, keeps it until the client acknowledges it.
-    fn write_stanza(&mut self, el: Element) {
-        writer::write_element(&el, ns::CLIENT, &mut self.out);
-        if let Some(sm) = &mut self.sm {
-            sm.sent(el);
+    /// Writes a stanza and, with stream management, keeps it until the client acknowledges it;
+    /// without, the client has it once the socket does.
+    fn write_stanza(&mut self, d: Rc<Delivery>) {
+        writer::write_element(&d.el, ns::CLIENT, &mut self.out);
+        match &mut self.sm {
+            Some(sm) => sm.sent(d),
+            None => d.delivered(),
         }
     }
 
@@ -412,7 +430,7 @@ impl Conn {
 
     /// Sends a stanza of the connection's own (a reply, a ping).
     async fn send(&mut self, el: Element) -> Next {
-        self.write_stanza(el);
+        self.write_stanza(Delivery::new(el));
         self.flush_or_lose().await
     }
 
@@ -560,8 +578,39 @@ impl Conn {
         }
     }
 
+    /// Takes `n` bytes of stanzas read from the queue off the session's count.
+    fn dequeued(&self, n: usize) {
+        if let Phase::Bound(jid) = &self.phase
+            && let Some(s) = self
+                .server
+                .sessions()
+                .get(jid)
+                .filter(|s| s.conn == self.id)
+        {
+            s.queued.set(s.queued.get().saturating_sub(n));
+        }
+    }
+
+    /// Stanzas this session will not deliver: each takes the way of an undelivered stanza if
+    /// it was the last copy (see `router.rs`).
+    async fn give_up(&self, stanzas: impl IntoIterator<Item = Rc<Delivery>>) {
+        let Phase::Bound(jid) = &self.phase else {
+            return;
+        };
+        let unsent: Vec<(Jid, Element)> = stanzas
+            .into_iter()
+            .filter_map(Delivery::undelivered)
+            .map(|el| (jid.clone(), el))
+            .collect();
+        if !unsent.is_empty() {
+            router::reroute_unsent(&self.server, unsent).await;
+        }
+    }
+
     /// The session ends: leave the session table, tell the modules, keep unsent messages.
     async fn finish(&mut self) {
+        // Nothing more is queued for this session from here on.
+        self.rx.close();
         if let Some(id) = self.sm.as_ref().and_then(|sm| sm.id.as_ref()) {
             self.server.resumable.borrow_mut().remove(id);
         }
@@ -574,20 +623,18 @@ impl Conn {
             self.event(SessionEvent::Closed).await;
             self.server.sessions_mut().remove(&jid, self.id);
         }
-        // Sent but never acknowledged, held back, or still queued: routed again, once.
-        let mut unsent: Vec<Element> = match self.sm.take() {
-            Some(sm) => sm.unacked.into(),
+        // Sent but never acknowledged, held back, or still queued.
+        let mut unsent: Vec<Rc<Delivery>> = match self.sm.take() {
+            Some(mut sm) => sm.take_unacked().into(),
             None => Vec::new(),
         };
         unsent.extend(self.held.take());
         while let Ok(o) = self.rx.try_recv() {
-            if let Outbound::Stanza(el) = o {
-                unsent.push(*el);
+            if let Outbound::Stanza(d) = o {
+                unsent.push(d);
             }
         }
-        if !unsent.is_empty() {
-            router::reroute_unsent(&self.server, &jid, unsent).await;
-        }
+        self.give_up(unsent).await;
         log::debug!("{jid} disconnected");
     }
 }
