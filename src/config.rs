@@ -85,6 +85,9 @@ pub struct LimitsConfig {
     pub max_connections_per_ip: usize,
     /// Seconds a new connection has to authenticate and bind.
     pub login_timeout_secs: u64,
+    /// A connection whose client does not take what is written to it within this many seconds
+    /// is closed.
+    pub write_timeout_secs: u64,
 }
 
 impl Default for LimitsConfig {
@@ -98,6 +101,7 @@ impl Default for LimitsConfig {
             max_connections: 10_000,
             max_connections_per_ip: 1_000,
             login_timeout_secs: 60,
+            write_timeout_secs: 60,
         }
     }
 }
@@ -303,6 +307,9 @@ impl Config {
                 "limits.queue_bytes ({}) must be at least limits.max_stanza_bytes ({})",
                 l.queue_bytes, l.max_stanza_bytes
             ));
+        }
+        if !(1..=86_400).contains(&l.write_timeout_secs) {
+            return Err("limits.write_timeout_secs must be between 1 and 86400".into());
         }
         Ok(())
     }

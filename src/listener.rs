@@ -14,6 +14,12 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::time::Duration;
 
+/// TCP keepalive on accepted connections: the first probe after this much silence (as long as
+/// a client's own pings may be apart, so a sleeping phone is not woken for nothing), then one
+/// every interval until the kernel's count of unanswered probes closes the connection.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(300);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+
 /// A connection a listener accepted, for its handler.
 pub struct Accepted {
     pub stream: Async<TcpStream>,
@@ -118,6 +124,12 @@ pub async fn accept_loop(
             continue;
         }
         let _ = stream.get_ref().set_nodelay(true);
+        // A peer that vanished (a phone out of coverage, a crashed router) is noticed by the
+        // kernel even when nothing is being written to it.
+        let keepalive = socket2::TcpKeepalive::new()
+            .with_time(KEEPALIVE_IDLE)
+            .with_interval(KEEPALIVE_INTERVAL);
+        let _ = socket2::SockRef::from(stream.get_ref()).set_tcp_keepalive(&keepalive);
         let (id, rx) = server.add_conn(listener, peer.ip());
         let handler = spec.handler.clone();
         let s = server.clone();

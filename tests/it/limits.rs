@@ -70,3 +70,38 @@ fn thirty_resources_that_never_read_keep_each_message_once() {
     let peak = watch.peak();
     assert!(peak < 200 * MIB, "the server grew to {} MiB", peak / MIB);
 }
+
+/// Issue 8, finding 2: a client that stops reading. The server's writes to it stall; after
+/// `write_timeout_secs` it is disconnected, while its sender is served all along, and what it
+/// never acknowledged is stored offline, once.
+#[test]
+fn a_client_that_stops_reading_is_closed_and_its_messages_kept_once() {
+    let server =
+        TestServer::start_with("[limits]\nwrite_timeout_secs = 1\nqueue_bytes = 33554432\n");
+    server.add_users(&["alice", "bob"]);
+    let mut bob = Client::user(&server, "bob", "phone");
+    bob.enable_sm(false);
+    bob.send("<presence/>");
+    bob.expect("<presence/>");
+    // Bob reads nothing from here on. Ten megabytes fill every buffer on the way to him.
+    let mut alice = Client::user(&server, "alice", "pc");
+    let filler = "x".repeat(64_000);
+    for i in 0..160 {
+        alice.send(&format!(
+            "<message to='bob@localhost' type='chat' id='m{i}'><body>{filler}</body></message>"
+        ));
+    }
+    alice.sync();
+    server.wait_for_log("nothing taken for 1s", 1, Duration::from_secs(10));
+    server.wait_for_log(
+        "bob@localhost/phone disconnected",
+        1,
+        Duration::from_secs(10),
+    );
+    alice.sync();
+    drop(bob);
+    let mut bob = Client::user(&server, "bob", "phone");
+    bob.send("<presence/>");
+    let got = bob.messages_until_sync();
+    each_once(&got, 160);
+}

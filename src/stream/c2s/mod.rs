@@ -327,11 +327,7 @@ impl Conn {
                 }
                 Next::End => {
                     self.out.extend_from_slice(writer::STREAM_CLOSE);
-                    Box::pin(async {
-                        self.flush().await;
-                        let _ = self.io.close().await;
-                    })
-                    .await;
+                    Box::pin(self.close()).await;
                     return;
                 }
                 Next::Fail(e) => {
@@ -422,10 +418,45 @@ impl Conn {
         if self.out.is_empty() {
             return true;
         }
-        let ok = self.io.write_all(&self.out).await.is_ok() && self.io.flush().await.is_ok();
+        let limit = Duration::from_secs(self.server.config.limits.write_timeout_secs);
+        let write = async {
+            Some(self.io.write_all(&self.out).await.is_ok() && self.io.flush().await.is_ok())
+        };
+        let timeout = async {
+            Timer::after(limit).await;
+            None
+        };
+        let ok = match write.or(timeout).await {
+            Some(ok) => ok,
+            None => {
+                log::info!(
+                    "connection {} from {}: nothing taken for {}s; closing it",
+                    self.id,
+                    self.peer,
+                    limit.as_secs()
+                );
+                // Half a TLS record may be out: nothing more can be written.
+                self.io = Io::Gone;
+                false
+            }
+        };
         // Idle sessions keep no output buffer.
         self.out = Vec::new();
         ok
+    }
+
+    /// Ends the stream and the connection, if the client still takes what is written to it.
+    async fn close(&mut self) {
+        if self.flush().await {
+            let limit = Duration::from_secs(self.server.config.limits.write_timeout_secs);
+            let close = async {
+                let _ = self.io.close().await;
+            };
+            let timeout = async {
+                Timer::after(limit).await;
+            };
+            close.or(timeout).await;
+        }
     }
 
     /// Sends a stanza of the connection's own (a reply, a ping).
@@ -443,8 +474,7 @@ impl Conn {
         self.open_header(None);
         writer::write_element(&e.to_element(), ns::CLIENT, &mut self.out);
         self.out.extend_from_slice(writer::STREAM_CLOSE);
-        self.flush().await;
-        let _ = self.io.close().await;
+        self.close().await;
     }
 
     /// Our stream header, once per stream.
