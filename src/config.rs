@@ -159,6 +159,9 @@ pub struct StreamManagementConfig {
     pub ack_every: usize,
     /// ...or this long after an unacknowledged stanza, whichever comes first.
     pub ack_delay_secs: u64,
+    /// Stanzas a client may leave unacknowledged; one that falls further behind is
+    /// disconnected and the stanzas go where undelivered ones go.
+    pub max_unacked: usize,
 }
 
 impl Default for StreamManagementConfig {
@@ -167,6 +170,7 @@ impl Default for StreamManagementConfig {
             resume_timeout_secs: 300,
             ack_every: 5,
             ack_delay_secs: 5,
+            max_unacked: 1000,
         }
     }
 }
@@ -307,6 +311,9 @@ impl Config {
                 "limits.queue_bytes ({}) must be at least limits.max_stanza_bytes ({})",
                 l.queue_bytes, l.max_stanza_bytes
             ));
+        }
+        if self.stream_management.max_unacked == 0 {
+            return Err("stream_management.max_unacked must be positive".into());
         }
         if !(1..=86_400).contains(&l.write_timeout_secs) {
             return Err("limits.write_timeout_secs must be between 1 and 86400".into());

@@ -5,7 +5,7 @@
 //! within a generous bound, another user still served) and that nothing acknowledged is lost
 //! or multiplied.
 
-use crate::harness::{Client, Element, RssWatch, TestServer, ns};
+use crate::harness::{Client, Element, RssWatch, TIMEOUT, TestServer, ns};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -104,4 +104,131 @@ fn a_client_that_stops_reading_is_closed_and_its_messages_kept_once() {
     bob.send("<presence/>");
     let got = bob.messages_until_sync();
     each_once(&got, 160);
+}
+
+const SM: &str = "urn:xmpp:sm:3";
+
+/// Issue 8, finding 2: a client that never acknowledges. Its unacknowledged queue is bounded
+/// (`max_unacked`): beyond, it is disconnected, and each message it never acknowledged is
+/// stored offline once.
+#[test]
+fn a_client_that_never_acknowledges_is_closed_and_its_messages_kept_once() {
+    let server = TestServer::start_with("[stream_management]\nmax_unacked = 20\n");
+    server.add_users(&["alice", "bob"]);
+    let mut bob = Client::user(&server, "bob", "phone");
+    bob.enable_sm(false);
+    let mut alice = Client::user(&server, "alice", "pc");
+    for i in 0..30 {
+        alice.send(&format!(
+            "<message to='bob@localhost/phone' type='chat' id='m{i}'><body>{i}</body></message>"
+        ));
+    }
+    alice.sync();
+    // Bob reads, but answers no <r/>: after the 21st message the server gives up.
+    let mut seen = 0;
+    loop {
+        let el = bob.recv();
+        if el.is("error", ns::STREAM) {
+            assert!(
+                el.child("policy-violation", ns::STREAM_ERRORS).is_some(),
+                "{el}"
+            );
+            break;
+        }
+        if el.is("message", ns::CLIENT) {
+            seen += 1;
+        } else {
+            assert!(el.is("r", SM), "{el}");
+        }
+    }
+    assert_eq!(seen, 21);
+    bob.expect_closed();
+    server.wait_for_log(
+        "bob@localhost/phone disconnected",
+        1,
+        Duration::from_secs(5),
+    );
+    let mut bob = Client::user(&server, "bob", "phone");
+    bob.send("<presence/>");
+    let got = bob.messages_until_sync();
+    each_once(&got, 30);
+}
+
+/// Issue 8, finding 2: a session waiting to be resumed kept everything sent to it (+458 MB).
+/// What arrives while it is away is bounded by `queue_len` and `queue_bytes`: beyond, the
+/// session ends and its messages go where undelivered ones go: offline storage, or, when
+/// that is full, an error to the sender. Each message exactly one of the two.
+#[test]
+fn a_session_away_holds_a_bounded_queue() {
+    let server = TestServer::start_with(
+        "[limits]\nqueue_bytes = 300000\n[modules.offline]\nmax_per_user = 25\n",
+    );
+    server.add_users(&["alice", "bob"]);
+    let mut bob = Client::user(&server, "bob", "phone");
+    let id = bob.enable_sm(true).expect("a resumption id");
+    bob.sync();
+    drop(bob);
+    server.wait_for_log("waiting for resumption", 1, TIMEOUT);
+    let mut alice = Client::user(&server, "alice", "pc");
+    let filler = "x".repeat(10_000);
+    for i in 0..40 {
+        alice.send(&format!(
+            "<message to='bob@localhost/phone' type='chat' id='m{i}'><body>{filler}</body></message>"
+        ));
+    }
+    let mut got = alice.messages_until_sync();
+    server.wait_for_log("bob@localhost/phone disconnected", 1, TIMEOUT);
+    got.extend(alice.messages_until_sync());
+    for el in &got {
+        assert!(
+            el.attr("type") == Some("error")
+                && el
+                    .get("error", ns::CLIENT)
+                    .child("resource-constraint", ns::STANZAS)
+                    .is_some(),
+            "{el}"
+        );
+    }
+    let mut bob = Client::connect_starttls(&server);
+    bob.auth_scram("bob", crate::harness::PASSWORD, "SCRAM-SHA-256");
+    bob.send(&format!("<resume xmlns='{SM}' previd='{id}' h='0'/>"));
+    bob.expect(&format!(
+        "<failed xmlns='{SM}'><item-not-found xmlns='{}'/></failed>",
+        ns::STANZAS
+    ));
+    bob.bind(Some("phone"));
+    bob.send("<presence/>");
+    let stored = bob.messages_until_sync();
+    assert_eq!(stored.len(), 25);
+    got.extend(stored);
+    each_once(&got, 40);
+}
+
+/// XEP-0352: what is held for an inactive client is bounded in bytes as well as stanzas; past
+/// `queue_bytes` it is all sent, inactive or not.
+#[test]
+fn held_stanzas_of_an_inactive_client_are_bounded_in_bytes() {
+    let server = TestServer::start_with("[limits]\nqueue_bytes = 300000\n");
+    server.add_users(&["alice", "bob"]);
+    let mut bob = Client::user(&server, "bob", "phone");
+    bob.send("<inactive xmlns='urn:xmpp:csi:0'/>");
+    bob.sync();
+    let mut alice = Client::user(&server, "alice", "pc");
+    let state = |i: usize| {
+        // A chat state does not wake the client, however large.
+        format!(
+            "<message to='bob@localhost/phone' type='chat' id='m{i}'>\
+             <composing xmlns='http://jabber.org/protocol/chatstates'>{}</composing></message>",
+            "x".repeat(120_000)
+        )
+    };
+    alice.send(&state(0));
+    alice.send(&state(1));
+    alice.sync();
+    bob.expect_nothing(Duration::from_millis(300));
+    alice.send(&state(2));
+    for i in 0..3 {
+        bob.expect(&format!("<message id='m{i}'/>"));
+    }
+    bob.sync();
 }

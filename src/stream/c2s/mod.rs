@@ -270,7 +270,7 @@ impl Conn {
                     self.emit(d);
                     // Drain what else is waiting into the same write.
                     let mut next = Next::Continue;
-                    while self.out.len() < 65536 {
+                    while self.out.len() < 65536 && !self.holds_too_much() {
                         match self.rx.try_recv() {
                             Ok(Outbound::Stanza(d)) => {
                                 taken += d.size;
@@ -305,6 +305,10 @@ impl Conn {
                     return;
                 }
                 Wake::Timer => Box::pin(self.timer()).await,
+            };
+            let next = match next {
+                Next::Continue => self.within_bounds(),
+                other => other,
             };
             match next {
                 Next::Continue => {}
@@ -342,11 +346,12 @@ impl Conn {
     fn emit(&mut self, d: Rc<Delivery>) {
         if self.detached_at.is_some() || (self.inactive && !csi::urgent(&d.el)) {
             self.held.hold(d);
-            let max = match self.detached_at {
-                Some(_) => self.server.config.limits.queue_len,
-                None => self.server.config.csi.max_held,
-            };
-            if self.held.queue.len() < max || self.detached_at.is_some() {
+            // An inactive client gets everything once too much is held; for one that is away,
+            // `within_bounds` ends the session instead.
+            let config = &self.server.config;
+            let full = self.held.queue.len() >= config.csi.max_held
+                || self.held.bytes >= config.limits.queue_bytes;
+            if !full || self.detached_at.is_some() {
                 return;
             }
         } else if self.held.queue.is_empty() {
@@ -358,6 +363,51 @@ impl Conn {
         for d in self.held.take() {
             self.write_stanza(d);
         }
+    }
+
+    /// What the session holds for its client stays within `limits.queue_len` and `queue_bytes`
+    /// while the client is away, and `stream_management.max_unacked` and `queue_bytes` while it
+    /// does not acknowledge: beyond, the session ends and all of it takes the way of
+    /// undelivered stanzas (`finish`), as ejabberd does with `max_ack_queue`.
+    fn within_bounds(&self) -> Next {
+        if !self.holds_too_much() {
+            return Next::Continue;
+        }
+        if self.detached_at.is_some() {
+            log::info!(
+                "connection {}: {} stanzas ({} bytes) came while it was away; ending the \
+                 session",
+                self.id,
+                self.held.queue.len(),
+                self.held.bytes
+            );
+            return Next::Fail(StreamError::new(C::ResourceConstraint));
+        }
+        let (n, bytes) = self
+            .sm
+            .as_ref()
+            .map_or((0, 0), |sm| (sm.unacked.len(), sm.unacked_bytes));
+        log::info!(
+            "connection {} from {}: {n} stanzas ({bytes} bytes) unacknowledged; closing it",
+            self.id,
+            self.peer,
+        );
+        Next::Fail(StreamError::with_text(
+            C::PolicyViolation,
+            "too many unacknowledged stanzas",
+        ))
+    }
+
+    fn holds_too_much(&self) -> bool {
+        let config = &self.server.config;
+        let limits = &config.limits;
+        let away = self.detached_at.is_some()
+            && (self.held.queue.len() > limits.queue_len || self.held.bytes > limits.queue_bytes);
+        let unacked = self.sm.as_ref().is_some_and(|sm| {
+            sm.unacked.len() > config.stream_management.max_unacked
+                || sm.unacked_bytes > limits.queue_bytes
+        });
+        away || unacked
     }
 
     /// Writes a stanza and, with stream management, keeps it until the client acknowledges it;
