@@ -88,6 +88,14 @@ pub struct LimitsConfig {
     /// A connection whose client does not take what is written to it within this many seconds
     /// is closed.
     pub write_timeout_secs: u64,
+    /// What a logged-in client may send, per second, after a burst of `burst_secs` worth: the
+    /// server reads no more from it until it is back within the rate.
+    pub bytes_per_sec: u32,
+    pub stanzas_per_sec: u32,
+    /// The same before the client has logged in.
+    pub login_bytes_per_sec: u32,
+    pub login_stanzas_per_sec: u32,
+    pub burst_secs: u32,
 }
 
 impl Default for LimitsConfig {
@@ -102,6 +110,11 @@ impl Default for LimitsConfig {
             max_connections_per_ip: 1_000,
             login_timeout_secs: 60,
             write_timeout_secs: 60,
+            bytes_per_sec: 256 << 10,
+            stanzas_per_sec: 200,
+            login_bytes_per_sec: 16 << 10,
+            login_stanzas_per_sec: 20,
+            burst_secs: 5,
         }
     }
 }
@@ -314,6 +327,19 @@ impl Config {
         }
         if self.stream_management.max_unacked == 0 {
             return Err("stream_management.max_unacked must be positive".into());
+        }
+        let rates = [
+            ("bytes_per_sec", l.bytes_per_sec),
+            ("stanzas_per_sec", l.stanzas_per_sec),
+            ("login_bytes_per_sec", l.login_bytes_per_sec),
+            ("login_stanzas_per_sec", l.login_stanzas_per_sec),
+            ("burst_secs", l.burst_secs),
+        ];
+        if let Some((name, _)) = rates.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("limits.{name} must be positive"));
+        }
+        if !(1..=3600).contains(&l.burst_secs) {
+            return Err("limits.burst_secs must be between 1 and 3600".into());
         }
         if !(1..=86_400).contains(&l.write_timeout_secs) {
             return Err("limits.write_timeout_secs must be between 1 and 86400".into());

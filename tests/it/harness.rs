@@ -1576,6 +1576,18 @@ impl Drop for RssWatch {
 }
 
 impl Client {
+    /// Reads and throws away what the server has sent so far, waiting at most a millisecond
+    /// for more; false once the connection has ended.
+    pub fn discard_input(&mut self) -> bool {
+        loop {
+            match self.fill(Instant::now() + Duration::from_millis(1)) {
+                Ok(true) => self.buf.clear(),
+                Ok(false) => return false,
+                Err(()) => return true,
+            }
+        }
+    }
+
     /// Enables XEP-0198 stream management (resumable or not); returns the resumption id.
     pub fn enable_sm(&mut self, resume: bool) -> Option<String> {
         self.send(&format!(

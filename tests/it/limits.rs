@@ -41,7 +41,9 @@ fn each_once(got: &[Element], n: usize) {
 /// multiply on the way (they once doubled with every closed session, to 2.5 GB).
 #[test]
 fn thirty_resources_that_never_read_keep_each_message_once() {
-    let server = TestServer::start_with("[limits]\nqueue_bytes = 33554432\n");
+    // The sender's ten megabytes at once, not at the default rate.
+    let server =
+        TestServer::start_with("[limits]\nqueue_bytes = 33554432\nbytes_per_sec = 1073741824\n");
     server.add_users(&["bob"]);
     let mut sinks = Vec::new();
     for i in 0..30 {
@@ -76,8 +78,9 @@ fn thirty_resources_that_never_read_keep_each_message_once() {
 /// never acknowledged is stored offline, once.
 #[test]
 fn a_client_that_stops_reading_is_closed_and_its_messages_kept_once() {
-    let server =
-        TestServer::start_with("[limits]\nwrite_timeout_secs = 1\nqueue_bytes = 33554432\n");
+    let server = TestServer::start_with(
+        "[limits]\nwrite_timeout_secs = 1\nqueue_bytes = 33554432\nbytes_per_sec = 1073741824\n",
+    );
     server.add_users(&["alice", "bob"]);
     let mut bob = Client::user(&server, "bob", "phone");
     bob.enable_sm(false);
@@ -231,4 +234,72 @@ fn held_stanzas_of_an_inactive_client_are_bounded_in_bytes() {
         bob.expect(&format!("<message id='m{i}'/>"));
     }
     bob.sync();
+}
+
+/// Floods `c` with `chunk` from a thread until `bytes` are written or the server stops
+/// taking them, reading whatever comes back so that the server's writes never wait; returns
+/// once the first chunk is out.
+fn flood(mut c: Client, chunk: String, bytes: usize) -> std::thread::JoinHandle<()> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let t = std::thread::spawn(move || {
+        let mut sent = 0;
+        while sent < bytes {
+            if c.try_send_raw(chunk.as_bytes()).is_err() || !c.discard_input() {
+                break;
+            }
+            sent += chunk.len();
+            let _ = tx.send(());
+        }
+    });
+    rx.recv_timeout(TIMEOUT).expect("the flood started");
+    t
+}
+
+/// Issue 8, finding 3: a TLS client flooding SASL `<abort/>` before login delayed another
+/// user's ping by 7.3 s. Each connection now yields after a batch of input and is read no
+/// faster than its rate: the other user is served meanwhile.
+#[test]
+fn an_abort_flood_before_login_does_not_starve_others() {
+    let server = TestServer::start();
+    server.add_users(&["alice"]);
+    let mut alice = Client::user(&server, "alice", "pc");
+    let attacker = Client::connect_tls(&server);
+    let chunk = "<abort xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>".repeat(20_000);
+    let t = flood(attacker, chunk, 64 << 20);
+    for _ in 0..5 {
+        alice.sync();
+    }
+    drop(t);
+}
+
+/// Issue 8, finding 3: a logged-in flood of headlines delayed another user's ping by 7.7 s.
+#[test]
+fn a_headline_flood_does_not_starve_others() {
+    let server = TestServer::start();
+    server.add_users(&["alice", "bob", "carol"]);
+    let mut alice = Client::user(&server, "alice", "pc");
+    let bob = Client::user(&server, "bob", "pc");
+    let chunk =
+        "<message to='carol@localhost' type='headline'><body>hi</body></message>".repeat(1000);
+    let t = flood(bob, chunk, 64 << 20);
+    for _ in 0..5 {
+        alice.sync();
+    }
+    drop(t);
+}
+
+/// A client over its stanza rate is read more slowly, not refused: every request is answered.
+#[test]
+fn a_client_over_its_rate_is_slowed_not_refused() {
+    let server = TestServer::start_with("[limits]\nstanzas_per_sec = 20\nburst_secs = 1\n");
+    server.add_users(&["alice"]);
+    let mut alice = Client::user(&server, "alice", "pc");
+    let mut ids = Vec::new();
+    for _ in 0..60 {
+        ids.push(alice.send_iq("type='get' to='localhost'", "<ping xmlns='urn:xmpp:ping'/>"));
+    }
+    for id in ids {
+        alice.expect(&format!("<iq type='result' id='{id}'/>"));
+    }
+    assert!(server.log().contains("over its rate"), "never throttled");
 }

@@ -1,5 +1,6 @@
 //! The connection's byte stream: plain TCP until STARTTLS (or from the start on the direct TLS
-//! port), then TLS; and reading without a buffer of the connection's own while it is idle.
+//! port), then TLS; reading without a buffer of the connection's own while it is idle; and the
+//! rate the client's input is read at.
 
 use super::*;
 
@@ -68,7 +69,7 @@ impl Conn {
     pub(super) fn read_ready(
         &mut self,
         events: &mut Vec<StreamEvent>,
-    ) -> Result<bool, StreamError> {
+    ) -> Result<(bool, usize), StreamError> {
         const MAX_PER_WAKE: usize = 65536;
         let mut total = 0;
         self.more_ready = false;
@@ -93,11 +94,73 @@ impl Conn {
                 Some(Ok(true)) if total < MAX_PER_WAKE => continue,
                 Some(Ok(true)) => {
                     self.more_ready = true;
-                    return Ok(true);
+                    return Ok((true, total));
                 }
-                Some(result) => return result,
-                None => return Ok(true),
+                Some(result) => return result.map(|open| (open, total)),
+                None => return Ok((true, total)),
             }
         }
+    }
+}
+
+/// What the client may still send: token buckets of bytes and of stanzas (top-level elements),
+/// refilled at the rates of `[limits]` up to `burst_secs` of them. As with Prosody's
+/// mod_limits, a client over its rate is not refused or disconnected: the server stops
+/// reading from it until the buckets have refilled, and TCP slows the client down.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Credit {
+    bytes: f32,
+    stanzas: f32,
+}
+
+impl Credit {
+    /// Full buckets at the rates before login.
+    pub(super) fn new(limits: &crate::config::LimitsConfig) -> Credit {
+        let burst = limits.burst_secs as f32;
+        Credit {
+            bytes: limits.login_bytes_per_sec as f32 * burst,
+            stanzas: limits.login_stanzas_per_sec as f32 * burst,
+        }
+    }
+}
+
+impl Conn {
+    /// (bytes, stanzas) per second this client may send now.
+    fn rates(&self) -> (f32, f32) {
+        let l = &self.server.config.limits;
+        match self.phase {
+            Phase::Bound(_) => (l.bytes_per_sec as f32, l.stanzas_per_sec as f32),
+            _ => (l.login_bytes_per_sec as f32, l.login_stanzas_per_sec as f32),
+        }
+    }
+
+    /// Refills the buckets for the time since the last read (`last_heard`).
+    pub(super) fn refill(&mut self, now: Instant) {
+        let (bytes, stanzas) = self.rates();
+        let burst = self.server.config.limits.burst_secs as f32;
+        let dt = now.saturating_duration_since(self.last_heard).as_secs_f32();
+        self.credit.bytes = (self.credit.bytes + dt * bytes).min(bytes * burst);
+        self.credit.stanzas = (self.credit.stanzas + dt * stanzas).min(stanzas * burst);
+    }
+
+    /// Takes what was just read out of the buckets.
+    pub(super) fn charge(&mut self, bytes: usize, stanzas: usize) {
+        self.credit.bytes -= bytes as f32;
+        self.credit.stanzas -= stanzas as f32;
+        if let Some(at) = self.throttled_until() {
+            log::debug!(
+                "connection {} from {}: over its rate; not read for {} ms",
+                self.id,
+                self.peer,
+                at.saturating_duration_since(Instant::now()).as_millis()
+            );
+        }
+    }
+
+    /// When the client may be read from again, if it is over its rate.
+    pub(super) fn throttled_until(&self) -> Option<Instant> {
+        let (bytes, stanzas) = self.rates();
+        let wait = (-self.credit.bytes / bytes).max(-self.credit.stanzas / stanzas);
+        (wait > 0.0).then(|| self.last_heard + Duration::from_secs_f32(wait))
     }
 }

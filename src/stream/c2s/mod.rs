@@ -10,7 +10,7 @@ mod io;
 mod management;
 mod negotiation;
 
-use io::Io;
+use io::{Credit, Io};
 
 use crate::config::Config;
 use crate::jid::{self, Jid};
@@ -75,6 +75,8 @@ struct Conn {
     held: Held,
     /// The last read stopped early; more input may be ready.
     more_ready: bool,
+    /// What the client may still send before the server stops reading from it for a while.
+    credit: Credit,
     /// Stanzas received from the client and processed, durable or not (wraps like `h`).
     processed: u32,
     /// Commits the client's stanzas still wait for, with `processed` after each stanza.
@@ -177,6 +179,7 @@ async fn run(server: Rc<Server>, accepted: Accepted, direct_tls: bool) {
         inactive: false,
         held: Held::default(),
         more_ready: false,
+        credit: Credit::new(&server.config.limits),
         processed: 0,
         pending: VecDeque::new(),
     };
@@ -234,7 +237,11 @@ impl Conn {
                     handoff.or(queue).or(timer).await
                 } else {
                     let more = self.more_ready;
+                    let throttled = self.throttled_until();
                     let read = async {
+                        if let Some(at) = throttled {
+                            Timer::at(at).await;
+                        }
                         match more {
                             true => Wake::Read(Ok(())),
                             false => Wake::Read(self.readable().await),
@@ -245,18 +252,26 @@ impl Conn {
             };
             let next = match wake {
                 Wake::Read(Err(_)) => Next::Lost,
-                Wake::Read(Ok(())) => match self.read_ready(&mut events) {
-                    Ok(open) => {
-                        self.last_heard = Instant::now();
-                        self.ping_sent = None;
-                        let next = Box::pin(self.handle_events(&mut events)).await;
-                        match (next, open) {
-                            (Next::Continue, false) => Next::Lost,
-                            (next, _) => next,
+                Wake::Read(Ok(())) => {
+                    let now = Instant::now();
+                    self.refill(now);
+                    match self.read_ready(&mut events) {
+                        Ok((open, bytes)) => {
+                            self.charge(bytes, events.len());
+                            self.last_heard = now;
+                            self.ping_sent = None;
+                            let next = Box::pin(self.handle_events(&mut events)).await;
+                            // One batch of input at a time: the other connections get their
+                            // turn before this one reads again, however much it has sent.
+                            smol::future::yield_now().await;
+                            match (next, open) {
+                                (Next::Continue, false) => Next::Lost,
+                                (next, _) => next,
+                            }
                         }
+                        Err(e) => Next::Fail(e),
                     }
-                    Err(e) => Next::Fail(e),
-                },
+                }
                 Wake::Queue(Some(Outbound::Stanza(d))) if self.rx.is_closed() => {
                     // The router gave up on this session: what is left is undelivered.
                     Box::pin(self.give_up(vec![d])).await;
