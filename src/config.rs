@@ -88,6 +88,8 @@ pub struct LimitsConfig {
     /// A connection whose client does not take what is written to it within this many seconds
     /// is closed.
     pub write_timeout_secs: u64,
+    /// Resources one account may have bound at once.
+    pub max_resources: usize,
     /// What a logged-in client may send, per second, after a burst of `burst_secs` worth: the
     /// server reads no more from it until it is back within the rate.
     pub bytes_per_sec: u32,
@@ -110,6 +112,7 @@ impl Default for LimitsConfig {
             max_connections_per_ip: 1_000,
             login_timeout_secs: 60,
             write_timeout_secs: 60,
+            max_resources: 32,
             bytes_per_sec: 256 << 10,
             stanzas_per_sec: 200,
             login_bytes_per_sec: 16 << 10,
@@ -337,6 +340,9 @@ impl Config {
         ];
         if let Some((name, _)) = rates.iter().find(|(_, v)| *v == 0) {
             return Err(format!("limits.{name} must be positive"));
+        }
+        if l.max_resources == 0 {
+            return Err("limits.max_resources must be positive".into());
         }
         if !(1..=3600).contains(&l.burst_secs) {
             return Err("limits.burst_secs must be between 1 and 3600".into());

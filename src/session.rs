@@ -149,6 +149,16 @@ impl Sessions {
             .find(|s| s.jid == *full)
     }
 
+    /// Whether binding `full` stays within `max` resources for its account. RFC 6120 §7.6.2.1
+    /// has the server refuse a bind beyond its limit with `resource-constraint`; ending the
+    /// oldest session instead would cut off a device someone is using, and §7.7.2.2 replaces
+    /// a session only for a bind of the same resource (which this allows: the count stays).
+    /// Closing sessions are gone already and do not count.
+    pub fn may_bind(&self, full: &Jid, max: usize) -> bool {
+        let list = self.of(full.local().unwrap_or_default());
+        list.iter().any(|s| s.jid == *full) || list.iter().filter(|s| !s.closing()).count() < max
+    }
+
     /// Adds a session; returns the one it replaces (same full JID), which the caller closes.
     pub fn insert(&mut self, session: Session) -> Option<Session> {
         let user = session.jid.local().unwrap_or_default().to_owned();

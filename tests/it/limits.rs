@@ -303,3 +303,35 @@ fn a_client_over_its_rate_is_slowed_not_refused() {
     }
     assert!(server.log().contains("over its rate"), "never throttled");
 }
+
+/// Issue 8, finding 2: resources per account were unlimited (500 bound). Beyond
+/// `max_resources` a bind gets `resource-constraint` (RFC 6120 §7.6.2.1); binding a resource
+/// that is already bound still replaces it, and a resource that leaves makes room.
+#[test]
+fn resources_per_account_are_bounded() {
+    let server = TestServer::start_with("[limits]\nmax_resources = 3\n");
+    server.add_users(&["alice"]);
+    let mut bound: Vec<Client> = (0..3)
+        .map(|i| Client::user(&server, "alice", &format!("r{i}")))
+        .collect();
+    let mut extra = Client::connect_starttls(&server);
+    extra.auth_scram("alice", crate::harness::PASSWORD, "SCRAM-SHA-256");
+    let bind = |r: &str| format!("<bind xmlns='{}'><resource>{r}</resource></bind>", ns::BIND);
+    let refused = extra.iq("type='set'", &bind("r3"));
+    crate::harness::assert_matches(
+        &refused,
+        &crate::harness::stanza_error("iq", "{any}", "wait", "resource-constraint"),
+    );
+    // The same resource again replaces the session that had it.
+    extra.bind(Some("r0"));
+    bound[0].expect_stream_error("conflict");
+    extra.sync();
+    // One leaves: a new one may come.
+    bound.pop().expect("three").close();
+    server.wait_for_log("alice@localhost/r2 disconnected", 1, TIMEOUT);
+    let mut last = Client::user(&server, "alice", "r3");
+    last.sync();
+    for c in &mut bound[1..] {
+        c.sync();
+    }
+}

@@ -274,6 +274,15 @@ impl Conn {
             let Ok(full) = Jid::bare_from(user, domain).with_resource(&resource) else {
                 return Next::Fail(StreamError::new(C::InternalServerError));
             };
+            let max = self.server.config.limits.max_resources;
+            if !self.server.sessions().may_bind(&full, max) {
+                let e = StanzaError::with_text(
+                    crate::stanza::Condition::ResourceConstraint,
+                    "this account has as many resources bound as it may have",
+                );
+                writer::write_element(&error_reply(&el, &e), ns::CLIENT, &mut self.out);
+                return Next::Continue;
+            }
             let tx = match self.server.conns.borrow().get(&self.id) {
                 Some(c) => c.tx.clone(),
                 None => return Next::Fail(StreamError::new(C::InternalServerError)),
