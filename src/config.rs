@@ -90,6 +90,9 @@ pub struct LimitsConfig {
     pub write_timeout_secs: u64,
     /// Resources one account may have bound at once.
     pub max_resources: usize,
+    /// Addresses one session may have sent directed presence to (RFC 6121 §4.6), such as the
+    /// chat rooms it is in.
+    pub max_directed_presence: usize,
     /// What a logged-in client may send, per second, after a burst of `burst_secs` worth: the
     /// server reads no more from it until it is back within the rate.
     pub bytes_per_sec: u32,
@@ -113,6 +116,7 @@ impl Default for LimitsConfig {
             login_timeout_secs: 60,
             write_timeout_secs: 60,
             max_resources: 32,
+            max_directed_presence: 1000,
             bytes_per_sec: 256 << 10,
             stanzas_per_sec: 200,
             login_bytes_per_sec: 16 << 10,
@@ -341,8 +345,8 @@ impl Config {
         if let Some((name, _)) = rates.iter().find(|(_, v)| *v == 0) {
             return Err(format!("limits.{name} must be positive"));
         }
-        if l.max_resources == 0 {
-            return Err("limits.max_resources must be positive".into());
+        if l.max_resources == 0 || l.max_directed_presence == 0 {
+            return Err("limits.max_resources and max_directed_presence must be positive".into());
         }
         if !(1..=3600).contains(&l.burst_secs) {
             return Err("limits.burst_secs must be between 1 and 3600".into());

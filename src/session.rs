@@ -11,7 +11,7 @@ use crate::stanza::StreamError;
 use crate::xml::{Element, Node};
 use smol::channel::Sender;
 use std::cell::Cell;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::rc::Rc;
 
 pub enum Outbound {
@@ -86,7 +86,7 @@ pub struct Session {
     /// Asked for the roster, so it gets roster pushes (RFC 6121 §2.1.6).
     pub interested: bool,
     /// Entities that got directed presence and must hear of unavailability (RFC 6121 §4.6).
-    pub directed: Vec<Jid>,
+    pub directed: Directed,
     pub flags: Flags,
     /// Bytes of the stanzas waiting in `tx` (their [`Delivery::size`]): added by the router,
     /// taken off by the connection as it reads them.
@@ -110,10 +110,38 @@ impl Session {
             priority: 0,
             presence: None,
             interested: false,
-            directed: Vec::new(),
+            directed: Directed::default(),
             flags: Flags::default(),
             queued: Cell::new(0),
         }
+    }
+}
+
+/// The set of entities a session sent directed presence to: no allocation until the first
+/// (a `BTreeSet` is as small as the list it replaces), and no work per presence that grows with
+/// its size (a client may send thousands).
+#[derive(Debug, Default)]
+pub struct Directed(BTreeSet<Jid>);
+
+impl Directed {
+    /// Adds `jid` unless `max` others are there already; false if it was refused.
+    pub fn insert(&mut self, jid: &Jid, max: usize) -> bool {
+        if self.0.contains(jid) {
+            return true;
+        }
+        self.0.len() < max && self.0.insert(jid.clone())
+    }
+
+    pub fn remove(&mut self, jid: &Jid) {
+        self.0.remove(jid);
+    }
+
+    pub fn take(&mut self) -> Vec<Jid> {
+        std::mem::take(&mut self.0).into_iter().collect()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Jid> {
+        self.0.iter()
     }
 }
 

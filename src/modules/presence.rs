@@ -18,10 +18,17 @@ use crate::xml::{Element, ns};
 
 pub const ENTRY: Entry = Entry {
     tables: &[],
-    new: |_| Some(Box::new(Presence)),
+    new: |config| {
+        Some(Box::new(Presence {
+            max_directed: config.limits.max_directed_presence,
+        }))
+    },
 };
 
-pub struct Presence;
+pub struct Presence {
+    /// Most entities one session may have sent directed presence to (`limits`).
+    max_directed: usize,
+}
 
 impl Module for Presence {
     fn name(&self) -> &'static str {
@@ -57,7 +64,8 @@ impl Module for Presence {
                 Ok(Flow::Handled)
             }
             (Type::Available | Type::Unavailable, Some(to)) => {
-                directed(cx, roster, &st.from, &to, st.typ == Type::Available);
+                let available = st.typ == Type::Available;
+                directed(cx, roster, &st.from, &to, available, self.max_directed)?;
                 Ok(Flow::Continue)
             }
             (Type::Probe | Type::Error, Some(_)) => Ok(Flow::Continue),
@@ -183,7 +191,7 @@ fn broadcast(cx: &mut Cx, roster: &Roster, st: &mut Stanza) {
         s.presence = available.then(|| stanza.clone());
         let directed = match available {
             true => Vec::new(),
-            false => std::mem::take(&mut s.directed),
+            false => s.directed.take(),
         };
         (was, directed)
     });
@@ -290,18 +298,35 @@ fn initial(cx: &mut Cx, roster: &Roster, from: &Jid, user: &str) {
 }
 
 /// Directed presence (RFC 6121 §4.6): remembered, when the contact has no subscription to the
-/// user, so that the contact hears of the session's end.
-fn directed(cx: &mut Cx, roster: &Roster, from: &Jid, to: &Jid, available: bool) {
+/// user, so that the contact hears of the session's end. A session that has sent it to `max`
+/// others already gets `resource-constraint` for another.
+fn directed(
+    cx: &mut Cx,
+    roster: &Roster,
+    from: &Jid,
+    to: &Jid,
+    available: bool,
+    max: usize,
+) -> Result<(), StanzaError> {
     let subscribed = roster
         .item(cx, local(from), &to.bare())
         .is_some_and(|i| i.subscription.from());
-    if !subscribed {
-        cx.with_session(from, |s| {
-            s.directed.retain(|j| j != to);
-            if available {
-                s.directed.push(to.clone());
-            }
-        });
+    if subscribed {
+        return Ok(());
+    }
+    let kept = cx.with_session(from, |s| match available {
+        true => s.directed.insert(to, max),
+        false => {
+            s.directed.remove(to);
+            true
+        }
+    });
+    match kept {
+        Some(false) => Err(StanzaError::with_text(
+            Condition::ResourceConstraint,
+            "this session has sent directed presence to as many as it may",
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -611,6 +636,45 @@ mod tests {
         let out = t.close(&a);
         out.assert_sent(
             &b,
+            "<presence type='unavailable' from='alice@localhost/phone'/>",
+        );
+    }
+
+    #[test]
+    fn directed_presence_is_bounded_per_session() {
+        let mut config = crate::config::Config::default();
+        config.limits.max_directed_presence = 2;
+        let t = TestRouter::with_config(config, &["alice", "bob", "carol", "dave"]);
+        let a = t.online("alice", "phone");
+        let b = t.online("bob", "pc");
+        let d = t.online("dave", "pc");
+        t.client(&a, "<presence to='bob@localhost'/>");
+        t.client(&a, "<presence to='carol@localhost'/>");
+        let out = t.client(&a, "<presence id='p3' to='dave@localhost'/>");
+        out.assert_error(&a, "p3", Condition::ResourceConstraint);
+        out.assert_nothing_to(&d);
+        // Again to one it has: an update, not another entry.
+        let out = t.client(
+            &a,
+            "<presence id='p4' to='bob@localhost'><show>away</show></presence>",
+        );
+        out.assert_nothing_to(&a);
+        out.assert_sent(
+            &b,
+            "<presence from='alice@localhost/phone'><show>away</show></presence>",
+        );
+        // Unavailable to one makes room.
+        t.client(&a, "<presence type='unavailable' to='carol@localhost'/>");
+        let out = t.client(&a, "<presence id='p5' to='dave@localhost'/>");
+        out.assert_nothing_to(&a);
+        out.assert_sent(&d, "<presence from='alice@localhost/phone'/>");
+        let out = t.close(&a);
+        out.assert_sent(
+            &b,
+            "<presence type='unavailable' from='alice@localhost/phone'/>",
+        );
+        out.assert_sent(
+            &d,
             "<presence type='unavailable' from='alice@localhost/phone'/>",
         );
     }
