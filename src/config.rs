@@ -213,6 +213,7 @@ impl Default for CsiConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ModulesConfig {
     pub version: crate::modules::version::Config,
+    pub roster: crate::modules::roster::Config,
     pub offline: crate::modules::offline::Config,
     pub mam: crate::modules::mam::Config,
     pub blocking: crate::modules::blocking::Config,
@@ -331,6 +332,9 @@ impl Config {
                 "limits.queue_bytes ({}) must be at least limits.max_stanza_bytes ({})",
                 l.queue_bytes, l.max_stanza_bytes
             ));
+        }
+        if self.modules.roster.max_items == 0 {
+            return Err("modules.roster.max_items must be positive".into());
         }
         if self.stream_management.max_unacked == 0 {
             return Err("stream_management.max_unacked must be positive".into());

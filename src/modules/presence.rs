@@ -60,6 +60,10 @@ impl Module for Presence {
                     return Err(StanzaError::new(Condition::RemoteServerNotFound));
                 }
                 let user = local(&st.from).to_owned();
+                let adds = matches!(t, Type::Subscribe | Type::Subscribed);
+                if adds && !roster.has_room(cx, &user, &contact) {
+                    return Err(super::roster::roster_full());
+                }
                 outbound(cx, roster, t, &user, &contact);
                 Ok(Flow::Handled)
             }
@@ -82,6 +86,13 @@ impl Module for Presence {
         };
         let contact = st.from.bare();
         match st.typ {
+            // A request is kept as an (unshown) roster item: it takes room.
+            Type::Subscribe if !roster.has_room(cx, user, &contact) => {
+                return Err(StanzaError::with_text(
+                    Condition::ResourceConstraint,
+                    "the recipient's roster is full",
+                ));
+            }
             Type::Subscribe => in_subscribe(cx, roster, user, &contact),
             Type::Subscribed => in_subscribed(cx, roster, user, &contact),
             Type::Unsubscribe => in_unsubscribe(cx, roster, user, &contact),

@@ -27,8 +27,21 @@ pub static USER_TO_ROSTER_VERSION: KeyVal<u64> = KeyVal(TableDefinition::new("ro
 
 pub const ENTRY: Entry = Entry {
     tables: &[&USER_CONTACT_TO_ROSTER_ITEM, &USER_TO_ROSTER_VERSION],
-    new: |_| Some(Box::new(Roster::default())),
+    new: |config| Some(Box::new(Roster::new(config.modules.roster.max_items))),
 };
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Items one roster may hold, counting contacts known only by a pending request.
+    pub max_items: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { max_items: 1000 }
+    }
+}
 
 /// Most groups one item may be in, and the longest group or name, in bytes.
 const MAX_GROUPS: usize = 64;
@@ -106,10 +119,10 @@ pub struct UserRoster {
     pub items: BTreeMap<String, RosterItem>,
 }
 
-#[derive(Default)]
 pub struct Roster {
     rosters: RefCell<HashMap<String, UserRoster>>,
     last_version: Cell<u64>,
+    max_items: usize,
 }
 
 /// Stores an item and the roster's new version.
@@ -152,6 +165,23 @@ fn read(store: &crate::storage::Store, user: &str) -> Result<UserRoster, Error> 
 }
 
 impl Roster {
+    pub fn new(max_items: usize) -> Roster {
+        Roster {
+            rosters: RefCell::default(),
+            last_version: Cell::new(0),
+            max_items,
+        }
+    }
+
+    /// Whether `contact` is in `user`'s roster or can be added to it: the roster (and so every
+    /// roster result and the memory it is kept in) holds at most `max_items`.
+    pub fn has_room(&self, cx: &Cx, user: &str, contact: &Jid) -> bool {
+        let key = contact.to_string();
+        self.with(cx, user, |r| {
+            r.items.contains_key(&key) || r.items.len() < self.max_items
+        })
+    }
+
     /// Runs `f` on `user`'s roster, reading it from the store the first time. A store that
     /// cannot be read gives an empty roster for this call, which is not kept.
     pub fn with<R>(&self, cx: &Cx, user: &str, f: impl FnOnce(&UserRoster) -> R) -> R {
@@ -306,6 +336,9 @@ impl Roster {
                 "the name is too long",
             ));
         }
+        if !self.has_room(cx, user, &contact) {
+            return Err(roster_full());
+        }
         let mut it = self.item(cx, user, &contact).unwrap_or_default();
         it.visible = true;
         it.name = name.map(str::to_owned);
@@ -337,6 +370,14 @@ impl Module for Roster {
     fn account_removed(&self, user: &str) {
         self.rosters.borrow_mut().remove(user);
     }
+}
+
+/// The user's own change would add an item to a full roster: theirs to make room in.
+pub fn roster_full() -> StanzaError {
+    StanzaError::with_text(
+        Condition::NotAcceptable,
+        "the roster is full; remove a contact first",
+    )
 }
 
 pub fn item_xml(contact: &str, it: &RosterItem) -> Element {
@@ -469,6 +510,37 @@ mod tests {
                 .to_owned();
             t.client(&a, xml).assert_error(&a, &id, cond);
         }
+    }
+
+    #[test]
+    fn a_full_roster_takes_no_new_contact() {
+        let mut config = crate::config::Config::default();
+        config.modules.roster.max_items = 2;
+        let t = TestRouter::with_config(config, &["alice", "bob", "carol", "dave"]);
+        let a = t.online("alice", "phone");
+        let set = |id: &str, jid: &str| {
+            t.client(&a, &format!("<iq type='set' id='{id}'><query xmlns='jabber:iq:roster'><item jid='{jid}'/></query></iq>"))
+        };
+        set("s1", "bob@localhost").assert_sent(&a, "<iq type='result' id='s1'/>");
+        // A contact's pending request counts too: it is kept, though not shown.
+        let c = t.online("carol", "pc");
+        t.client(&c, "<presence type='subscribe' to='alice@localhost'/>");
+        set("s2", "dave@localhost").assert_error(&a, "s2", Condition::NotAcceptable);
+        // Changing an item that is there is no new item.
+        set("s3", "bob@localhost").assert_sent(&a, "<iq type='result' id='s3'/>");
+        let out = t.client(
+            &a,
+            "<presence type='subscribe' to='dave@localhost' id='p1'/>",
+        );
+        out.assert_error(&a, "p1", Condition::NotAcceptable);
+        // Another contact's request is refused to that contact.
+        let d = t.online("dave", "pc");
+        let out = t.client(&d, "<presence type='subscribe' to='alice@localhost'/>");
+        out.assert_sent(&d, "<presence type='error' from='alice@localhost'><error type='wait'><resource-constraint xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></presence>");
+        out.assert_nothing_to(&a);
+        // Room made, room taken.
+        t.client(&a, "<iq type='set' id='r1'><query xmlns='jabber:iq:roster'><item jid='bob@localhost' subscription='remove'/></query></iq>");
+        set("s4", "dave@localhost").assert_sent(&a, "<iq type='result' id='s4'/>");
     }
 
     #[test]

@@ -366,3 +366,34 @@ fn directed_presence_to_forty_thousand_finishes() {
     server.wait_for_log("bob@localhost/pc disconnected", 1, TIMEOUT);
     alice.sync();
 }
+
+/// Issue 8, finding 2: rosters had no size limit (5,000 items of 21 KB made one 107 MB roster
+/// result). Beyond `max_items` a roster set gets `not-acceptable`.
+#[test]
+fn rosters_are_bounded() {
+    let server = TestServer::start_with("[modules.roster]\nmax_items = 20\n");
+    server.add_users(&["alice"]);
+    let mut alice = Client::user(&server, "alice", "pc");
+    let groups: String = (0..20)
+        .map(|g| format!("<group>{g} {}</group>", "g".repeat(1000)))
+        .collect();
+    let set = |alice: &mut Client, i: usize| {
+        alice.iq(
+            "type='set'",
+            &format!(
+                "<query xmlns='{}'><item jid='contact{i}@example.org'>{groups}</item></query>",
+                ns::ROSTER
+            ),
+        )
+    };
+    for i in 0..20 {
+        crate::harness::assert_matches(&set(&mut alice, i), "<iq type='result'/>");
+    }
+    let refused = set(&mut alice, 20);
+    crate::harness::assert_matches(
+        &refused,
+        &crate::harness::stanza_error("iq", "{any}", "modify", "not-acceptable"),
+    );
+    let roster = alice.iq("type='get'", &format!("<query xmlns='{}'/>", ns::ROSTER));
+    assert_eq!(roster.get("query", ns::ROSTER).children.len(), 20);
+}
