@@ -336,6 +336,24 @@ impl Config {
         if self.modules.roster.max_items == 0 {
             return Err("modules.roster.max_items must be positive".into());
         }
+        let offline = &self.modules.offline;
+        if offline.max_bytes_per_user >= l.queue_bytes {
+            return Err(format!(
+                "modules.offline.max_bytes_per_user ({}) must be smaller than limits.queue_bytes \
+                 ({}): a client gets all its offline messages at once, through that queue",
+                offline.max_bytes_per_user, l.queue_bytes
+            ));
+        }
+        if offline.max_bytes_per_user < l.max_stanza_bytes {
+            return Err(format!(
+                "modules.offline.max_bytes_per_user ({}) must be at least \
+                 limits.max_stanza_bytes ({}), or the largest message could never be kept",
+                offline.max_bytes_per_user, l.max_stanza_bytes
+            ));
+        }
+        if self.modules.mam.max_bytes_per_user == 0 {
+            return Err("modules.mam.max_bytes_per_user must be positive".into());
+        }
         if self.stream_management.max_unacked == 0 {
             return Err("stream_management.max_unacked must be positive".into());
         }
@@ -407,5 +425,9 @@ mod tests {
         assert!(e.contains("IP:port"), "{e}");
         let e = Config::parse("[modules.offline]\nmax_per_user = 5000").unwrap_err();
         assert!(e.contains("limits.queue_len"), "{e}");
+        let e = Config::parse("[limits]\nqueue_bytes = 1000000").unwrap_err();
+        assert!(e.contains("limits.queue_bytes"), "{e}");
+        let e = Config::parse("[limits]\nburst_secs = 0").unwrap_err();
+        assert!(e.contains("burst_secs"), "{e}");
     }
 }

@@ -26,44 +26,59 @@ pub static USER_SEQ_TO_OFFLINE: Queue<Stamped> = Queue(TableDefinition::new("off
 
 pub const ENTRY: Entry = Entry {
     tables: &[&USER_SEQ_TO_OFFLINE],
-    new: |config| Some(Box::new(Offline::new(config.modules.offline.max_per_user))),
+    new: |config| Some(Box::new(Offline::new(&config.modules.offline))),
 };
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Messages kept per account; further ones are refused with `resource-constraint`.
+    /// Messages kept per account, and their bytes; further ones are refused with
+    /// `resource-constraint`.
     pub max_per_user: usize,
+    pub max_bytes_per_user: usize,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { max_per_user: 1000 }
+        Config {
+            max_per_user: 1000,
+            max_bytes_per_user: 4 << 20,
+        }
     }
 }
 
 pub struct Offline {
     pub max_per_user: usize,
-    /// Messages stored per account, counting writes not yet committed: the quota must hold
-    /// while pushes are on their way to the disk. Filled from the store on first use.
-    counts: RefCell<HashMap<String, usize>>,
+    max_bytes: usize,
+    /// Messages stored per account and their bytes, counting writes not yet committed: the
+    /// quota must hold while pushes are on their way to the disk. Filled from the store on
+    /// first use.
+    counts: RefCell<HashMap<String, Stored>>,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Stored {
+    messages: usize,
+    bytes: usize,
 }
 
 impl Offline {
-    pub fn new(max_per_user: usize) -> Offline {
+    pub fn new(config: &Config) -> Offline {
         Offline {
-            max_per_user,
+            max_per_user: config.max_per_user,
+            max_bytes: config.max_bytes_per_user,
             counts: RefCell::default(),
         }
     }
 
-    fn count(&self, cx: &Cx, user: &str) -> Result<usize, StanzaError> {
+    fn stored(&self, cx: &Cx, user: &str) -> Result<Stored, StanzaError> {
         if let Some(n) = self.counts.borrow().get(user) {
             return Ok(*n);
         }
-        let n = USER_SEQ_TO_OFFLINE
-            .count(cx.store(), user)
+        let (messages, bytes) = USER_SEQ_TO_OFFLINE
+            .usage(cx.store(), user)
             .map_err(internal("counting offline messages"))?;
+        let n = Stored { messages, bytes };
         self.counts.borrow_mut().insert(user.to_owned(), n);
         Ok(n)
     }
@@ -101,18 +116,23 @@ impl Module for Offline {
         if !targets.is_empty() || !storable(msg) {
             return Ok(Flow::Continue);
         }
-        let count = self.count(cx, user)?;
-        if count >= self.max_per_user {
+        let stored = self.stored(cx, user)?;
+        let xml = msg.to_xml();
+        if stored.messages >= self.max_per_user || stored.bytes + xml.len() > self.max_bytes {
             return Err(StanzaError::with_text(
                 Condition::ResourceConstraint,
                 "the recipient's offline storage is full",
             ));
         }
+        let now = Stored {
+            messages: stored.messages + 1,
+            bytes: stored.bytes + xml.len(),
+        };
         // The sender is told nothing on storing, so nothing waits for this write but its
         // XEP-0198 acknowledgement, which does (see `Cx::write_trailing`).
         let stamp = millis(cx.now());
-        cx.write_trailing(USER_SEQ_TO_OFFLINE.push(user, stamp, msg.to_xml()));
-        self.counts.borrow_mut().insert(user.to_owned(), count + 1);
+        cx.write_trailing(USER_SEQ_TO_OFFLINE.push(user, stamp, xml));
+        self.counts.borrow_mut().insert(user.to_owned(), now);
         Ok(Flow::Handled)
     }
 
@@ -135,7 +155,10 @@ impl Module for Offline {
         let Some(last) = msgs.last().map(|m| m.seq) else {
             return;
         };
-        let msgs_len = msgs.len();
+        let delivered = Stored {
+            messages: msgs.len(),
+            bytes: msgs.iter().map(|m| m.text.len()).sum(),
+        };
         let domain = cx.domain().to_owned();
         let bare = session.bare().to_string();
         for m in msgs {
@@ -160,9 +183,9 @@ impl Module for Offline {
         // After the messages are queued, not before: a crash in between delivers them again
         // rather than losing them.
         cx.write_trailing(USER_SEQ_TO_OFFLINE.delete_upto(user, last));
-        let delivered = msgs_len;
         if let Some(n) = self.counts.borrow_mut().get_mut(user) {
-            *n = n.saturating_sub(delivered);
+            n.messages = n.messages.saturating_sub(delivered.messages);
+            n.bytes = n.bytes.saturating_sub(delivered.bytes);
         }
     }
 }

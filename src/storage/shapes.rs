@@ -176,10 +176,16 @@ pub struct Entry {
 }
 
 impl Queue<Stamped> {
-    pub fn count(&self, store: &Store, user: &str) -> Result<usize, Error> {
+    /// How many entries `user` has, and the bytes of their text.
+    pub fn usage(&self, store: &Store, user: &str) -> Result<(usize, usize), Error> {
         let txn = store.read()?;
         let t = txn.open_table(self.0)?;
-        Ok(t.range((user, 0)..=(user, u64::MAX))?.count())
+        let (mut n, mut bytes) = (0, 0);
+        for row in t.range((user, 0)..=(user, u64::MAX))? {
+            n += 1;
+            bytes += row?.1.value().1.len();
+        }
+        Ok((n, bytes))
     }
 
     /// Up to `limit` of the oldest entries of `user`.
@@ -356,7 +362,7 @@ mod tests {
             .commit_blocking(vec![MAP.delete("a", "k1"), QUEUE.delete_upto("a", 2)])
             .unwrap();
         assert_eq!(MAP.get(&store, "a", "k1").unwrap(), None);
-        assert_eq!(QUEUE.count(&store, "a").unwrap(), 1);
+        assert_eq!(QUEUE.usage(&store, "a").unwrap().0, 1);
         // Survives a reopen; then the account goes, and only that account.
         store.close();
         drop(store);
@@ -366,7 +372,7 @@ mod tests {
             vec![&KV, &MAP, &QUEUE],
         )
         .unwrap();
-        assert_eq!(QUEUE.count(&store, "a").unwrap(), 1);
+        assert_eq!(QUEUE.usage(&store, "a").unwrap().0, 1);
         store
             .commit_blocking(vec![Box::new(super::super::DeleteAccount("a".into()))])
             .unwrap();

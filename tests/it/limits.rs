@@ -42,8 +42,10 @@ fn each_once(got: &[Element], n: usize) {
 #[test]
 fn thirty_resources_that_never_read_keep_each_message_once() {
     // The sender's ten megabytes at once, not at the default rate.
-    let server =
-        TestServer::start_with("[limits]\nqueue_bytes = 33554432\nbytes_per_sec = 1073741824\n");
+    let server = TestServer::start_with(
+        "[limits]\nqueue_bytes = 33554432\nbytes_per_sec = 1073741824\n\
+         [modules.offline]\nmax_bytes_per_user = 16777216\n",
+    );
     server.add_users(&["bob"]);
     let mut sinks = Vec::new();
     for i in 0..30 {
@@ -79,7 +81,8 @@ fn thirty_resources_that_never_read_keep_each_message_once() {
 #[test]
 fn a_client_that_stops_reading_is_closed_and_its_messages_kept_once() {
     let server = TestServer::start_with(
-        "[limits]\nwrite_timeout_secs = 1\nqueue_bytes = 33554432\nbytes_per_sec = 1073741824\n",
+        "[limits]\nwrite_timeout_secs = 1\nqueue_bytes = 33554432\nbytes_per_sec = 1073741824\n\
+         [modules.offline]\nmax_bytes_per_user = 16777216\n",
     );
     server.add_users(&["alice", "bob"]);
     let mut bob = Client::user(&server, "bob", "phone");
@@ -164,7 +167,8 @@ fn a_client_that_never_acknowledges_is_closed_and_its_messages_kept_once() {
 #[test]
 fn a_session_away_holds_a_bounded_queue() {
     let server = TestServer::start_with(
-        "[limits]\nqueue_bytes = 300000\n[modules.offline]\nmax_per_user = 25\n",
+        "[limits]\nqueue_bytes = 300000\n\
+         [modules.offline]\nmax_per_user = 25\nmax_bytes_per_user = 290000\n",
     );
     server.add_users(&["alice", "bob"]);
     let mut bob = Client::user(&server, "bob", "phone");
@@ -211,7 +215,9 @@ fn a_session_away_holds_a_bounded_queue() {
 /// `queue_bytes` it is all sent, inactive or not.
 #[test]
 fn held_stanzas_of_an_inactive_client_are_bounded_in_bytes() {
-    let server = TestServer::start_with("[limits]\nqueue_bytes = 300000\n");
+    let server = TestServer::start_with(
+        "[limits]\nqueue_bytes = 300000\n[modules.offline]\nmax_bytes_per_user = 290000\n",
+    );
     server.add_users(&["alice", "bob"]);
     let mut bob = Client::user(&server, "bob", "phone");
     bob.send("<inactive xmlns='urn:xmpp:csi:0'/>");

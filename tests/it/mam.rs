@@ -413,3 +413,75 @@ fn archive_sessions_skip_archived_offline_messages_and_empty_the_store() {
     later.expect(&format!("<presence from='{}'/>", later.jid));
     later.sync();
 }
+
+/// Issue 8, finding 9: archives had no byte quota, so one user could fill the disk. A full
+/// archive keeps its history and takes nothing new (said once in the log); the messages are
+/// still delivered, without an archive id.
+#[test]
+fn a_full_archive_keeps_its_history_and_takes_nothing_new() {
+    let server = TestServer::start_with("[modules.mam]\nmax_bytes_per_user = 100000\n");
+    server.add_users(&["alice", "bob"]);
+    let mut bob = Client::user(&server, "bob", "pc");
+    let mut alice = Client::user(&server, "alice", "desk");
+    let filler = "x".repeat(30_000);
+    for i in 0..5 {
+        alice.send(&format!(
+            "<message to='bob@{DOMAIN}/pc' type='chat' id='m{i}'><body>m{i} {filler}</body></message>"
+        ));
+        let got = bob.expect(&format!("<message id='m{i}'/>"));
+        let archived = got.child("stanza-id", SID).is_some();
+        assert_eq!(
+            archived,
+            i < 3,
+            "m{i}: {}",
+            got.attr("id").unwrap_or_default()
+        );
+    }
+    let page = query(&mut bob, &rsm("<max>10</max>"));
+    let kept: Vec<&str> = page.bodies().iter().map(|b| &b[..2]).collect();
+    assert_eq!(kept, ["m0", "m1", "m2"]);
+    assert!(page.complete());
+    alice.sync();
+    let log = server.log();
+    for user in ["alice", "bob"] {
+        let full = format!("the archive of {user} is full");
+        assert_eq!(log.matches(&full).count(), 1, "{log}");
+    }
+}
+
+/// A page of large messages stops at half of `limits.queue_bytes`, so that its results never
+/// overflow the client's queue: the client pages on as usual.
+#[test]
+fn a_page_of_large_messages_is_cut_by_bytes() {
+    let server = TestServer::start_with(
+        "[limits]\nqueue_bytes = 1000000\nbytes_per_sec = 104857600\n\
+         [modules.offline]\nmax_bytes_per_user = 500000\n",
+    );
+    server.add_users(&["alice", "bob"]);
+    let mut bob = Client::user(&server, "bob", "pc");
+    let mut alice = Client::user(&server, "alice", "desk");
+    let filler = "x".repeat(100_000);
+    for i in 0..10 {
+        alice.send(&format!(
+            "<message to='bob@{DOMAIN}/pc' type='chat' id='m{i}'><body>m{i} {filler}</body></message>"
+        ));
+        bob.expect(&format!("<message id='m{i}'/>"));
+    }
+    let mut page = query(&mut alice, &rsm("<max>10</max>"));
+    assert!(page.items.len() < 10, "{} items", page.items.len());
+    let mut bodies: Vec<String> = Vec::new();
+    loop {
+        bodies.extend(page.bodies().iter().map(|b| b[..2].to_owned()));
+        if page.complete() {
+            break;
+        }
+        let last = page
+            .items
+            .last()
+            .expect("a page that is not complete has items");
+        let after = format!("<max>10</max><after>{}</after>", last.id);
+        page = query(&mut alice, &rsm(&after));
+    }
+    let want: Vec<String> = (0..10).map(|i| format!("m{i}")).collect();
+    assert_eq!(bodies, want);
+}

@@ -116,3 +116,29 @@ fn messages_stored_a_moment_before_initial_presence_are_all_delivered() {
         "every stored message, in order, at this initial presence"
     );
 }
+
+/// Issue 8, finding 9: one user could fill another's offline storage with 256 KB stanzas that
+/// all load at once at login. Offline storage is bounded in bytes too; delivering frees it.
+#[test]
+fn quota_in_bytes_refuses_with_resource_constraint() {
+    let server = server_with(
+        "[modules.offline]\nmax_bytes_per_user = 1000000\n[limits]\nbytes_per_sec = 104857600\n",
+    );
+    let mut alice = Client::user(&server, "alice", "home");
+    let big: Vec<String> = (0..4)
+        .map(|i| format!("{i} {}", "x".repeat(240_000)))
+        .collect();
+    let big: Vec<&str> = big.iter().map(String::as_str).collect();
+    alice_leaves(&mut alice, &big);
+    let id = alice.send_message("bob@localhost", "chat", &"y".repeat(240_000));
+    alice.expect(&stanza_error("message", &id, "wait", "resource-constraint"));
+    bob_comes_online(&server, "home", &big).close();
+    server.wait_for_log(
+        "bob@localhost/home disconnected",
+        1,
+        crate::harness::TIMEOUT,
+    );
+    // Delivered, so gone: there is room again.
+    alice_leaves(&mut alice, &["small"]);
+    bob_comes_online(&server, "again", &["small"]);
+}

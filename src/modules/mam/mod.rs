@@ -9,6 +9,11 @@
 //! order is time order, a message's archive time is its id / 1000 ms, and every filter is one
 //! id range: the newest page and one far back are each a single B-tree seek.
 //!
+//! Bounds: each account's archive holds at most `max_bytes_per_user` (a full one archives
+//! nothing new and keeps its history; see `Mam::archive`), and one page of results at most
+//! `max` items, half of the client's queue in bytes, and `ROWS_PER_RESULT` rows looked at per
+//! result it may hold (a full JID in `with` filters the contact's rows one by one).
+//!
 //! The archive write trails the delivery (see `Cx::write_trailing`): for the moment of one
 //! commit a recipient may hold a stanza-id that a query does not list yet. Paging from such an
 //! id works (it counts as known); TODO: list uncommitted entries from memory if clients that
@@ -41,11 +46,15 @@ pub const ENTRY: Entry = Entry {
     tables: &[
         &store::USER_ID_TO_ARCHIVED,
         &store::USER_WITH_ID_TO_NOTHING,
+        &store::USER_TO_ARCHIVE_BYTES,
         &store::USER_TO_ARCHIVE_PREFS,
     ],
     new: |config| {
         let c = &config.modules.mam;
-        c.enabled.then(|| Box::new(Mam::new(c)) as Box<dyn Module>)
+        // A page's results reach the client through its queue at once: half of it at most.
+        let page_bytes = config.limits.queue_bytes / 2;
+        c.enabled
+            .then(|| Box::new(Mam::new(c, page_bytes)) as Box<dyn Module>)
     },
 };
 
@@ -59,6 +68,9 @@ pub struct Config {
     pub default_page: usize,
     /// Most results per page, and most ids one query may name.
     pub max_page: usize,
+    /// Bytes one account's archive may hold; beyond, its new messages are not archived (they
+    /// are still delivered, or kept offline) until old ones expire or the limit is raised.
+    pub max_bytes_per_user: u64,
 }
 
 impl Default for Config {
@@ -68,9 +80,14 @@ impl Default for Config {
             retention_days: 0,
             default_page: 50,
             max_page: 250,
+            max_bytes_per_user: 1 << 30,
         }
     }
 }
+
+/// Rows one query may look at, per result it may return: a filter that matches few rows (a
+/// full JID in `with`) must not read a whole archive on the one thread.
+const ROWS_PER_RESULT: usize = 100;
 
 /// How often expiry runs, and how many rows one run deletes at most: a first expiry over a
 /// big archive then takes many short commits instead of one that stalls everybody's.
@@ -87,16 +104,32 @@ pub struct Mam {
     /// Preferences read so far, by localpart: every archived message consults them. Bounded
     /// by the number of accounts; the module writes every change through it.
     prefs: RefCell<HashMap<String, Prefs>>,
+    max_bytes: u64,
+    /// Most bytes of XML in one page of results.
+    page_bytes: usize,
+    /// Bytes of each archive read so far, with what this process has added since: the quota
+    /// must hold while appends are on their way to the disk. Read again after expiry.
+    usage: RefCell<HashMap<String, Usage>>,
+}
+
+#[derive(Clone, Copy)]
+struct Usage {
+    bytes: u64,
+    /// The archive is full and the log said so.
+    warned: bool,
 }
 
 impl Mam {
-    pub fn new(config: &Config) -> Mam {
+    pub fn new(config: &Config, page_bytes: usize) -> Mam {
         Mam {
             retention_days: config.retention_days,
             default_page: config.default_page,
             max_page: config.max_page,
             last_id: Cell::new(0),
             prefs: RefCell::default(),
+            max_bytes: config.max_bytes_per_user,
+            page_bytes,
+            usage: RefCell::default(),
         }
     }
 
@@ -117,17 +150,56 @@ impl Mam {
         id
     }
 
-    /// Queues `msg` for `user`'s archive; the write trails the delivery (see `Cx`).
-    fn archive(&self, cx: &mut Cx, user: &str, with: &Jid, msg: &Element) -> u64 {
+    /// Queues `msg` for `user`'s archive; the write trails the delivery (see `Cx`). None if
+    /// the archive is full: the message is then not archived, and the account's owner keeps
+    /// the history they have (dropping the oldest instead would let anyone who writes to
+    /// them erase it). Said once in the log, until the archive has room again.
+    fn archive(&self, cx: &mut Cx, user: &str, with: &Jid, msg: &Element) -> Option<u64> {
+        let with = with.to_string();
+        let xml = msg.to_xml();
+        let size = (with.len() + xml.len()) as u64;
+        let mut usage = self.usage(cx, user)?;
+        if usage.bytes + size > self.max_bytes {
+            if !usage.warned {
+                log::warn!(
+                    "the archive of {user} is full ({} bytes); not archiving its messages \
+                     until old ones expire or modules.mam.max_bytes_per_user is raised",
+                    usage.bytes
+                );
+                usage.warned = true;
+                self.usage.borrow_mut().insert(user.to_owned(), usage);
+            }
+            return None;
+        }
+        usage.bytes += size;
+        self.usage.borrow_mut().insert(user.to_owned(), usage);
         let id = self.next_id(cx);
         cx.write_trailing(Box::new(Append {
             user: user.to_owned(),
             id,
             stamp_ms: id / 1000,
-            with: with.to_string(),
-            xml: msg.to_xml(),
+            with,
+            xml,
         }));
-        id
+        Some(id)
+    }
+
+    /// What `user`'s archive holds, from the cache or the store; None if it cannot be read
+    /// (nothing is archived then).
+    fn usage(&self, cx: &Cx, user: &str) -> Option<Usage> {
+        if let Some(u) = self.usage.borrow().get(user) {
+            return Some(*u);
+        }
+        match cx.store().archive_bytes(user) {
+            Ok(bytes) => Some(Usage {
+                bytes,
+                warned: false,
+            }),
+            Err(e) => {
+                log::error!("reading the archive size of {user}: {e}");
+                None
+            }
+        }
     }
 
     /// `user`'s preferences, from the cache or the store.
@@ -191,25 +263,41 @@ impl Mam {
             (Some(f), Ok(w)) => w == *f,
             (Some(_), Err(_)) => false,
         };
+        let limit = store::PageLimit {
+            items: q.max,
+            bytes: self.page_bytes,
+            rows: self.max_page.saturating_mul(ROWS_PER_RESULT),
+        };
         let page = match &q.ids {
             None => store
-                .archive_page(user, index.as_deref(), lo, hi, backward, q.max, &keep)
+                .archive_page(user, index.as_deref(), lo, hi, backward, limit, &keep)
                 .map_err(internal(user))?,
             Some(ids) => {
-                let mut items: Vec<_> = store
-                    .archive_get(user, ids)
-                    .map_err(internal(user))?
+                let (items, cut) = store
+                    .archive_get(user, ids, self.page_bytes)
+                    .map_err(internal(user))?;
+                let mut items: Vec<_> = items
                     .into_iter()
                     .filter(|a| (lo..=hi).contains(&a.id) && keep(&a.with))
                     .collect();
-                let complete = items.len() <= q.max;
+                let complete = items.len() <= q.max && !cut;
                 match backward {
                     true => drop(items.drain(..items.len().saturating_sub(q.max))),
                     false => items.truncate(q.max),
                 }
-                store::Page { items, complete }
+                store::Page {
+                    items,
+                    complete,
+                    cut_short: false,
+                }
             }
         };
+        if page.cut_short && page.items.is_empty() {
+            return Err(StanzaError::with_text(
+                Condition::ResourceConstraint,
+                "too many messages to look through; ask with a bare JID or a time range",
+            ));
+        }
         let bare = iq.from.bare().to_string();
         for a in &page.items {
             let Some(original) = reader::parse_one(&a.xml) else {
@@ -326,6 +414,7 @@ impl Module for Mam {
 
     fn account_removed(&self, user: &str) {
         self.prefs.borrow_mut().remove(user);
+        self.usage.borrow_mut().remove(user);
     }
     /// XEP-0313 §6.4: archives are discovered on the account; the server lists them too for
     /// clients that look there.
@@ -396,12 +485,14 @@ impl Module for Mam {
         if !self.wanted(cx, user, &from) {
             return Ok(Flow::Continue);
         }
-        let id = self.archive(cx, user, &from, &st.el);
-        st.el.push(
-            Element::new("stanza-id", ns::SID)
-                .with_attr("by", bare)
-                .with_attr("id", id.to_string()),
-        );
+        // A message the full archive did not take carries no archive id.
+        if let Some(id) = self.archive(cx, user, &from, &st.el) {
+            st.el.push(
+                Element::new("stanza-id", ns::SID)
+                    .with_attr("by", bare)
+                    .with_attr("id", id.to_string()),
+            );
+        }
         Ok(Flow::Continue)
     }
 
@@ -413,6 +504,8 @@ impl Module for Mam {
     }
 
     fn timer(&self, cx: &mut Cx, _token: u64) {
+        // The last expiry has committed by now: archives are read again, with what it freed.
+        self.usage.borrow_mut().clear();
         let now_ms = super::offline::millis(cx.now());
         let keep_ms = u64::from(self.retention_days) * 86_400_000;
         cx.write(Box::new(Expire {
@@ -540,6 +633,46 @@ mod tests {
         assert_eq!(archived("alice"), Some(1));
         t.advance(EXPIRE_EVERY + Duration::from_secs(2));
         assert_eq!(archived("alice"), None);
+    }
+
+    #[test]
+    fn a_query_looks_at_a_bounded_number_of_rows() {
+        use crate::modules::testing::TestRouter;
+        let mut cfg = crate::config::Config::default();
+        cfg.modules.mam.max_page = 2;
+        cfg.modules.mam.default_page = 2;
+        let t = TestRouter::with_config(cfg, &["alice", "carol"]);
+        let r1 = t.online("carol", "r1");
+        let r2 = t.online("carol", "r2");
+        let a = t.bind("alice", "phone");
+        let send = |from: &Jid, n: usize| {
+            for i in 0..n {
+                t.client(
+                    from,
+                    &format!(
+                        "<message to='alice@localhost' type='chat'><body>{i}</body></message>"
+                    ),
+                );
+            }
+        };
+        // 250 from one resource, then 3 from the other: 200 rows may be looked at per query.
+        send(&r1, 250);
+        send(&r2, 3);
+        let with = |jid: &str, set: &str| {
+            format!(
+                "<iq type='set' id='q'><query xmlns='urn:xmpp:mam:2'><x xmlns='jabber:x:data' \
+                 type='submit'><field var='FORM_TYPE'><value>urn:xmpp:mam:2</value></field>\
+                 <field var='with'><value>{jid}</value></field></x>\
+                 <set xmlns='http://jabber.org/protocol/rsm'>{set}</set></query></iq>"
+            )
+        };
+        let out = t.client(&a, &with("carol@localhost/r2", "<max>2</max>"));
+        out.assert_error(&a, "q", Condition::ResourceConstraint);
+        // From the other end, or by bare JID, the rows match at once.
+        let out = t.client(&a, &with("carol@localhost/r2", "<max>2</max><before/>"));
+        assert_eq!(out.to(&a).len(), 3, "{}", out.show());
+        let out = t.client(&a, &with("carol@localhost", "<max>2</max>"));
+        assert_eq!(out.to(&a).len(), 3, "{}", out.show());
     }
 
     #[test]

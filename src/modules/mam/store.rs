@@ -7,7 +7,9 @@ use crate::error::Error;
 use crate::storage::shapes::KeyVal;
 use crate::storage::tables::META;
 use crate::storage::{Op, Store, Table, Txn, Write};
-use redb::{ReadableTable, TableDefinition, TableHandle, WriteTransaction};
+use redb::{AccessGuard, ReadableTable, TableDefinition, TableHandle, WriteTransaction};
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 
 /// (localpart, archive id) → (milliseconds since the epoch, the other party's JID as
 /// addressed, message XML). The id is the microsecond the message was archived, bumped to stay
@@ -18,6 +20,9 @@ pub static USER_ID_TO_ARCHIVED: Archive = Archive(TableDefinition::new("archive"
 /// query `with` one contact (scrolling back through one conversation) a range scan.
 pub static USER_WITH_ID_TO_NOTHING: ByContact =
     ByContact(TableDefinition::new("archive_by_contact"));
+/// Localpart → bytes of the user's archive (the XML and `with` of its rows), kept by every
+/// append and expiry: what the per-account quota is checked against without reading the rows.
+pub static USER_TO_ARCHIVE_BYTES: KeyVal<u64> = KeyVal(TableDefinition::new("archive_bytes"));
 /// Localpart → XEP-0313 §6 archiving preferences (TOML of `prefs::Prefs`).
 pub static USER_TO_ARCHIVE_PREFS: KeyVal<&str> = KeyVal(TableDefinition::new("archive_prefs"));
 
@@ -85,6 +90,27 @@ pub struct Archived {
 pub struct Page {
     pub items: Vec<Archived>,
     pub complete: bool,
+    /// It stopped at `PageLimit::rows` with more to look at.
+    pub cut_short: bool,
+}
+
+/// How much one page may take: items, bytes of their XML (the first item always fits), and
+/// rows looked at (a filter that matches few rows must not read a whole archive in one go).
+#[derive(Clone, Copy, Debug)]
+pub struct PageLimit {
+    pub items: usize,
+    pub bytes: usize,
+    pub rows: usize,
+}
+
+impl From<usize> for PageLimit {
+    fn from(items: usize) -> PageLimit {
+        PageLimit {
+            items,
+            bytes: usize::MAX,
+            rows: usize::MAX,
+        }
+    }
 }
 
 /// (id, stamp_ms) of one end of an archive.
@@ -101,10 +127,10 @@ impl Store {
         Ok(t.get(LAST_ID)?.map_or(0, |v| v.value()))
     }
 
-    /// Up to `max` messages of `user` with ids in `lo..=hi` whose `with` passes `keep`, oldest
-    /// first; read from the newest end when `backward` (the page is still returned in id
-    /// order). Only matching rows have their XML copied. With `contact` (a bare JID) only that
-    /// contact's messages are read, through the per-contact index.
+    /// Up to `limit` messages of `user` with ids in `lo..=hi` whose `with` passes `keep`,
+    /// oldest first; read from the newest end when `backward` (the page is still returned in
+    /// id order). Only matching rows have their XML copied. With `contact` (a bare JID) only
+    /// that contact's messages are read, through the per-contact index.
     #[allow(clippy::too_many_arguments)]
     pub fn archive_page(
         &self,
@@ -113,9 +139,10 @@ impl Store {
         lo: u64,
         hi: u64,
         backward: bool,
-        max: usize,
+        limit: impl Into<PageLimit>,
         keep: &dyn Fn(&str) -> bool,
     ) -> Result<Page, Error> {
+        let limit = limit.into();
         let mut page = Page::default();
         if lo > hi {
             page.complete = true;
@@ -124,14 +151,13 @@ impl Store {
         let txn = self.read()?;
         let t = txn.open_table(USER_ID_TO_ARCHIVED.0)?;
         let index = txn.open_table(USER_WITH_ID_TO_NOTHING.0)?;
-        type Row = Result<(u64, (u64, String, String)), Error>;
-        let rows: Box<dyn Iterator<Item = Row>> = match contact {
+        type Row<'a> = Result<(u64, AccessGuard<'a, (u64, &'static str, &'static str)>), Error>;
+        let mut rows: Box<dyn Iterator<Item = Row>> = match contact {
             None => {
                 let range = t.range((user, lo)..=(user, hi))?;
                 let it = range.map(|r| -> Row {
                     let (k, v) = r?;
-                    let (stamp, with, xml) = v.value();
-                    Ok((k.value().1, (stamp, with.to_owned(), xml.to_owned())))
+                    Ok((k.value().1, v))
                 });
                 match backward {
                     true => Box::new(it.rev()),
@@ -146,8 +172,7 @@ impl Store {
                     let v = t.get((user, id))?.ok_or_else(|| {
                         Error::Storage(format!("archive index of {user} names missing id {id}"))
                     })?;
-                    let (stamp, with, xml) = v.value();
-                    Ok((id, (stamp, with.to_owned(), xml.to_owned())))
+                    Ok((id, v))
                 });
                 match backward {
                     true => Box::new(it.rev()),
@@ -156,22 +181,33 @@ impl Store {
             }
         };
         page.complete = true;
-        for row in rows {
-            let (id, (stamp_ms, with, xml)) = row?;
-            let (with, xml) = (with.as_str(), xml.as_str());
-            if !keep(with) {
-                continue;
+        let (mut bytes, mut looked) = (0, 0);
+        while let Some(row) = rows.next() {
+            let (id, v) = row?;
+            let (stamp_ms, with, xml) = v.value();
+            looked += 1;
+            if keep(with) {
+                let full = page.items.len() == limit.items
+                    || (!page.items.is_empty() && bytes + xml.len() > limit.bytes);
+                if full {
+                    page.complete = false;
+                    break;
+                }
+                bytes += xml.len();
+                page.items.push(Archived {
+                    id,
+                    stamp_ms,
+                    with: with.to_owned(),
+                    xml: xml.to_owned(),
+                });
             }
-            if page.items.len() == max {
-                page.complete = false;
+            if looked == limit.rows {
+                if rows.next().is_some() {
+                    page.complete = false;
+                    page.cut_short = true;
+                }
                 break;
             }
-            page.items.push(Archived {
-                id,
-                stamp_ms,
-                with: with.to_owned(),
-                xml: xml.to_owned(),
-            });
         }
         if backward {
             page.items.reverse();
@@ -179,17 +215,28 @@ impl Store {
         Ok(page)
     }
 
-    /// The messages with these ids that exist, in id order.
-    pub fn archive_get(&self, user: &str, ids: &[u64]) -> Result<Vec<Archived>, Error> {
+    /// The messages with these ids that exist, in id order, as far as `max_bytes` of their
+    /// XML go (the first always); the bool says whether some were left out for that.
+    pub fn archive_get(
+        &self,
+        user: &str,
+        ids: &[u64],
+        max_bytes: usize,
+    ) -> Result<(Vec<Archived>, bool), Error> {
         let txn = self.read()?;
         let t = txn.open_table(USER_ID_TO_ARCHIVED.0)?;
         let mut ids = ids.to_vec();
         ids.sort_unstable();
         ids.dedup();
         let mut out = Vec::new();
+        let mut bytes = 0;
         for id in ids {
             if let Some(v) = t.get((user, id))? {
                 let (stamp_ms, with, xml) = v.value();
+                if !out.is_empty() && bytes + xml.len() > max_bytes {
+                    return Ok((out, true));
+                }
+                bytes += xml.len();
                 out.push(Archived {
                     id,
                     stamp_ms,
@@ -198,7 +245,7 @@ impl Store {
                 });
             }
         }
-        Ok(out)
+        Ok((out, false))
     }
 
     pub fn archive_contains(&self, user: &str, id: u64) -> Result<bool, Error> {
@@ -227,6 +274,16 @@ impl Store {
         Ok(Some((first, last)))
     }
 
+    /// Bytes of `user`'s archive: the figure kept, or for an archive written before it was
+    /// kept, the sum over its rows (once: the next append stores it).
+    pub fn archive_bytes(&self, user: &str) -> Result<u64, Error> {
+        let txn = self.read()?;
+        if let Some(v) = txn.open_table(USER_TO_ARCHIVE_BYTES.0)?.get(user)? {
+            return Ok(v.value());
+        }
+        sum_rows(&txn.open_table(USER_ID_TO_ARCHIVED.0)?, user)
+    }
+
     pub fn archive_prefs(&self, user: &str) -> Result<Option<String>, Error> {
         USER_TO_ARCHIVE_PREFS.get(self, user)
     }
@@ -253,6 +310,8 @@ impl Op for Append {
         let txn = txn.txn;
         let mut rows = txn.open_table(USER_ID_TO_ARCHIVED.0)?;
         let mut index = txn.open_table(USER_WITH_ID_TO_NOTHING.0)?;
+        let mut sizes = txn.open_table(USER_TO_ARCHIVE_BYTES.0)?;
+        let mut totals: HashMap<&str, u64> = HashMap::new();
         let mut highest = 0;
         for op in run {
             // A run holds ops of one type only (see `storage::Op::apply_run`).
@@ -260,9 +319,24 @@ impl Op for Append {
                 continue;
             };
             let (user, with) = (a.user.as_str(), a.with.as_str());
+            let total = match totals.entry(user) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => {
+                    let kept = sizes.get(user)?.map(|v| v.value());
+                    let bytes = match kept {
+                        Some(b) => b,
+                        None => sum_rows(&rows, user)?,
+                    };
+                    e.insert(bytes)
+                }
+            };
+            *total += row_bytes(with, &a.xml);
             rows.insert((user, a.id), (a.stamp_ms, with, a.xml.as_str()))?;
             index.insert((user, bare(with), a.id), ())?;
             highest = highest.max(a.id);
+        }
+        for (user, bytes) in totals {
+            sizes.insert(user, bytes)?;
         }
         let mut meta = txn.open_table(META)?;
         let last = meta.get(LAST_ID)?.map_or(0, |v| v.value());
@@ -302,7 +376,7 @@ fn bare(jid: &str) -> &str {
 fn expire(txn: &WriteTransaction, before_ms: u64, max_rows: usize) -> Result<(), Error> {
     let cut = before_ms.saturating_mul(1000);
     let mut t = txn.open_table(USER_ID_TO_ARCHIVED.0)?;
-    let mut doomed: Vec<(String, u64, String)> = Vec::new();
+    let mut doomed: Vec<(String, u64, String, u64)> = Vec::new();
     let mut next_user = t.first()?.map(|(k, _)| k.value().0.to_owned());
     while let Some(user) = next_user.take() {
         if doomed.len() >= max_rows {
@@ -311,7 +385,9 @@ fn expire(txn: &WriteTransaction, before_ms: u64, max_rows: usize) -> Result<(),
         let u = user.as_str();
         for row in t.range((u, 0)..(u, cut))?.take(max_rows - doomed.len()) {
             let (k, v) = row?;
-            doomed.push((user.clone(), k.value().1, bare(v.value().1).to_owned()));
+            let (_, with, xml) = v.value();
+            let size = row_bytes(with, xml);
+            doomed.push((user.clone(), k.value().1, bare(with).to_owned(), size));
         }
         // The next user's first row: the first key past every key of this user.
         for row in t.range((u, u64::MAX)..)? {
@@ -324,11 +400,40 @@ fn expire(txn: &WriteTransaction, before_ms: u64, max_rows: usize) -> Result<(),
         }
     }
     let mut index = txn.open_table(USER_WITH_ID_TO_NOTHING.0)?;
-    for (user, id, with) in doomed {
+    let mut freed: HashMap<String, u64> = HashMap::new();
+    for (user, id, with, size) in doomed {
         t.remove((user.as_str(), id))?;
         index.remove((user.as_str(), with.as_str(), id))?;
+        *freed.entry(user).or_default() += size;
+    }
+    // An archive whose figure is not kept yet gets it from its rows later, as they are then.
+    let mut sizes = txn.open_table(USER_TO_ARCHIVE_BYTES.0)?;
+    for (user, size) in freed {
+        let kept = sizes.get(user.as_str())?.map(|v| v.value());
+        if let Some(bytes) = kept {
+            sizes.insert(user.as_str(), bytes.saturating_sub(size))?;
+        }
     }
     Ok(())
+}
+
+/// What one archived row counts for in its user's quota.
+fn row_bytes(with: &str, xml: &str) -> u64 {
+    (with.len() + xml.len()) as u64
+}
+
+/// The bytes of every row of `user`, for an archive whose figure is not kept yet.
+fn sum_rows(
+    t: &impl ReadableTable<(&'static str, u64), (u64, &'static str, &'static str)>,
+    user: &str,
+) -> Result<u64, Error> {
+    let mut bytes = 0;
+    for row in t.range((user, 0)..=(user, u64::MAX))? {
+        let (_, v) = row?;
+        let (_, with, xml) = v.value();
+        bytes += row_bytes(with, xml);
+    }
+    Ok(bytes)
 }
 
 #[cfg(test)]
@@ -447,7 +552,9 @@ mod tests {
             .archive_page("b", None, 0, u64::MAX, false, 10, &|_| true)
             .unwrap();
         assert_eq!(ids(&p), vec![5]);
-        let got = store.archive_get("a", &[3000, 999, 1000, 3000]).unwrap();
+        let (got, _) = store
+            .archive_get("a", &[3000, 999, 1000, 3000], usize::MAX)
+            .unwrap();
         assert_eq!(
             got.iter().map(|a| a.id).collect::<Vec<_>>(),
             vec![1000, 3000]
@@ -504,6 +611,48 @@ mod tests {
             .archive_page("a", Some("bob@x"), 0, u64::MAX, false, 10, &all)
             .unwrap();
         assert!(gone.items.is_empty());
+    }
+
+    /// The bytes of `user`'s rows, counted the slow way.
+    fn rows_bytes(store: &Store, user: &str) -> u64 {
+        let txn = store.read().unwrap();
+        super::sum_rows(&txn.open_table(super::USER_ID_TO_ARCHIVED.0).unwrap(), user).unwrap()
+    }
+
+    #[test]
+    fn the_archive_size_is_kept_by_appends_and_expiry() {
+        let (_dir, store) = filled();
+        let a = store.archive_bytes("a").unwrap();
+        assert!(a > 0);
+        assert_eq!(a, rows_bytes(&store, "a"));
+        assert_eq!(store.archive_bytes("b").unwrap(), rows_bytes(&store, "b"));
+        let expire = Expire {
+            before_ms: 100,
+            max_rows: 1000,
+        };
+        store.commit_blocking(vec![Box::new(expire)]).unwrap();
+        let after = store.archive_bytes("a").unwrap();
+        assert!(after < a);
+        assert_eq!(after, rows_bytes(&store, "a"));
+        // An archive from before the figure was kept: counted from its rows, then kept.
+        #[derive(Debug)]
+        struct Forget;
+        impl crate::storage::Op for Forget {
+            fn apply(&self, txn: &crate::storage::Txn) -> Result<(), crate::error::Error> {
+                txn.txn
+                    .open_table(super::USER_TO_ARCHIVE_BYTES.0)?
+                    .remove("a")?;
+                Ok(())
+            }
+        }
+        store.commit_blocking(vec![Box::new(Forget)]).unwrap();
+        assert_eq!(store.archive_bytes("a").unwrap(), after);
+        store
+            .commit_blocking(vec![put("a", 900_000_000, "bob@x")])
+            .unwrap();
+        assert_eq!(store.archive_bytes("a").unwrap(), rows_bytes(&store, "a"));
+        store.commit_blocking(vec![accounts::delete("a")]).unwrap();
+        assert_eq!(store.archive_bytes("a").unwrap(), 0);
     }
 
     #[test]
