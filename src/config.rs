@@ -327,6 +327,9 @@ impl Config {
     /// What a client can make the server hold or do (see `limits` in config.toml).
     fn validate_bounds(&self) -> Result<(), String> {
         let l = &self.limits;
+        if l.queue_bytes > 1 << 30 {
+            return Err("limits.queue_bytes must be at most 1073741824 (1 GiB)".into());
+        }
         if l.queue_bytes < l.max_stanza_bytes {
             return Err(format!(
                 "limits.queue_bytes ({}) must be at least limits.max_stanza_bytes ({})",

@@ -872,7 +872,7 @@ pub fn deliver(router: &Router, to: &Jid, d: Rc<Delivery>) -> Option<Rc<Delivery
         return Some(d);
     };
     let limits = &router.config.limits;
-    let queued = s.queued.get();
+    let queued = s.queued.get() as usize;
     let waiting = s.tx.len();
     if waiting >= limits.queue_len || (waiting > 0 && queued + d.size > limits.queue_bytes) {
         log::warn!(
@@ -884,7 +884,8 @@ pub fn deliver(router: &Router, to: &Jid, d: Rc<Delivery>) -> Option<Rc<Delivery
     let size = d.size;
     match s.tx.try_send(Outbound::Stanza(d)) {
         Ok(()) => {
-            s.queued.set(queued + size);
+            s.queued
+                .set(u32::try_from(queued + size).unwrap_or(u32::MAX));
             None
         }
         Err(e) => match e.into_inner() {

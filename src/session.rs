@@ -89,8 +89,8 @@ pub struct Session {
     pub directed: Directed,
     pub flags: Flags,
     /// Bytes of the stanzas waiting in `tx` (their [`Delivery::size`]): added by the router,
-    /// taken off by the connection as it reads them.
-    pub queued: Cell<usize>,
+    /// taken off by the connection as it reads them. 32 bits: `limits.queue_bytes` fits.
+    pub queued: Cell<u32>,
 }
 
 impl Session {

@@ -17,7 +17,7 @@ pub struct Sm {
     acked: u32,
     /// Stanzas sent and not yet acknowledged, oldest first, and their bytes.
     pub unacked: VecDeque<Rc<Delivery>>,
-    pub unacked_bytes: usize,
+    pub unacked_bytes: u32,
     /// Stanzas sent since our last `<r/>`.
     since_request: usize,
     pub request_outstanding: bool,
@@ -40,7 +40,7 @@ impl Sm {
     }
 
     pub fn sent(&mut self, d: Rc<Delivery>) {
-        self.unacked_bytes += d.size;
+        self.unacked_bytes = self.unacked_bytes.saturating_add(weight32(&d));
         self.unacked.push_back(d);
         self.since_request += 1;
         self.unrequested_since.get_or_insert_with(Instant::now);
@@ -56,7 +56,7 @@ impl Sm {
             ));
         }
         for d in self.unacked.drain(..n) {
-            self.unacked_bytes -= d.size;
+            self.unacked_bytes = self.unacked_bytes.saturating_sub(weight32(&d));
             d.delivered();
         }
         self.acked = h;
@@ -80,6 +80,11 @@ impl Sm {
         self.since_request = 0;
         self.unrequested_since = None;
     }
+}
+
+/// A delivery's size as counted here: 32 bits hold any queue (`limits.queue_bytes`).
+fn weight32(d: &Delivery) -> u32 {
+    u32::try_from(d.size).unwrap_or(u32::MAX)
 }
 
 pub fn h_of(el: &Element) -> Option<u32> {

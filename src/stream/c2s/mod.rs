@@ -219,7 +219,15 @@ impl Conn {
     async fn serve(&mut self) {
         let mut events = Vec::new();
         loop {
-            let deadline = self.deadline();
+            // A client over its rate is not read until it is back within it: the timer wakes
+            // the loop then (one timer, so that an idle connection waits on no more).
+            let throttled = self
+                .throttled_until()
+                .filter(|at| self.detached_at.is_none() && *at > Instant::now());
+            let deadline = match throttled {
+                Some(at) => at.min(self.deadline()),
+                None => self.deadline(),
+            };
             let wake = {
                 let handoffs = self.handoffs.clone();
                 let handoff = async {
@@ -237,14 +245,11 @@ impl Conn {
                     handoff.or(queue).or(timer).await
                 } else {
                     let more = self.more_ready;
-                    let throttled = self.throttled_until();
                     let read = async {
-                        if let Some(at) = throttled {
-                            Timer::at(at).await;
-                        }
-                        match more {
-                            true => Wake::Read(Ok(())),
-                            false => Wake::Read(self.readable().await),
+                        match (throttled, more) {
+                            (Some(_), _) => std::future::pending().await,
+                            (None, true) => Wake::Read(Ok(())),
+                            (None, false) => Wake::Read(self.readable().await),
                         }
                     };
                     read.or(handoff).or(queue).or(timer).await
@@ -319,6 +324,8 @@ impl Conn {
                     log::debug!("connection {}: resume window expired", self.id);
                     return;
                 }
+                // The client may be read again; the loop's next turn does.
+                Wake::Timer if throttled.is_some_and(|at| at < self.deadline()) => Next::Continue,
                 Wake::Timer => Box::pin(self.timer()).await,
             };
             let next = match next {
@@ -420,7 +427,7 @@ impl Conn {
             && (self.held.queue.len() > limits.queue_len || self.held.bytes > limits.queue_bytes);
         let unacked = self.sm.as_ref().is_some_and(|sm| {
             sm.unacked.len() > config.stream_management.max_unacked
-                || sm.unacked_bytes > limits.queue_bytes
+                || sm.unacked_bytes as usize > limits.queue_bytes
         });
         away || unacked
     }
@@ -682,6 +689,7 @@ impl Conn {
                 .get(jid)
                 .filter(|s| s.conn == self.id)
         {
+            let n = u32::try_from(n).unwrap_or(u32::MAX);
             s.queued.set(s.queued.get().saturating_sub(n));
         }
     }
