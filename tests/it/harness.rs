@@ -688,7 +688,31 @@ impl Hash {
         }
     }
 
+    /// PBKDF2 of the password, computed once per password, salt and count: an account's salt
+    /// stays the same, and tests log the same accounts in again and again (in a debug build
+    /// this is most of what a login costs the client).
     fn salted_password(self, password: &str, salt: &[u8], iterations: u32) -> Vec<u8> {
+        type Key = (bool, String, Vec<u8>, u32);
+        static CACHE: std::sync::OnceLock<Mutex<std::collections::HashMap<Key, Vec<u8>>>> =
+            std::sync::OnceLock::new();
+        let cache = CACHE.get_or_init(Default::default);
+        let key = (
+            matches!(self, Hash::Sha1),
+            password.to_owned(),
+            salt.to_vec(),
+            iterations,
+        );
+        if let Some(v) = cache.lock().ok().and_then(|c| c.get(&key).cloned()) {
+            return v;
+        }
+        let v = self.pbkdf2(password, salt, iterations);
+        if let Ok(mut c) = cache.lock() {
+            c.insert(key, v.clone());
+        }
+        v
+    }
+
+    fn pbkdf2(self, password: &str, salt: &[u8], iterations: u32) -> Vec<u8> {
         let pw = password.as_bytes();
         match self {
             Hash::Sha1 => {
@@ -1576,6 +1600,14 @@ impl Drop for RssWatch {
 }
 
 impl Client {
+    /// Shrinks this end's socket receive buffer, so that a client that stops reading stalls
+    /// the server's writes after little data (the kernel's default takes megabytes).
+    pub fn shrink_receive_buffer(&self) {
+        socket2::SockRef::from(self.io.tcp())
+            .set_recv_buffer_size(4096)
+            .expect("set the receive buffer size");
+    }
+
     /// Reads and throws away what the server has sent so far, waiting at most a millisecond
     /// for more; false once the connection has ended.
     pub fn discard_input(&mut self) -> bool {

@@ -89,7 +89,9 @@ fn a_client_that_stops_reading_is_closed_and_its_messages_kept_once() {
     bob.enable_sm(false);
     bob.send("<presence/>");
     bob.expect("<presence/>");
-    // Bob reads nothing from here on. Ten megabytes fill every buffer on the way to him.
+    // Bob reads nothing from here on. Ten megabytes fill every buffer on the way to him (his
+    // own is made small, so that the kernel's on the server's side is all there is).
+    bob.shrink_receive_buffer();
     let mut alice = Client::user(&server, "alice", "pc");
     let filler = "x".repeat(64_000);
     for i in 0..160 {
