@@ -405,3 +405,56 @@ fn rosters_are_bounded() {
     let roster = alice.iq("type='get'", &format!("<query xmlns='{}'/>", ns::ROSTER));
     assert_eq!(roster.get("query", ns::ROSTER).children.len(), 20);
 }
+
+/// What a session away may hold counts what it had sent unacknowledged too: a resumption
+/// sends all of it again, and is never over the limit with that.
+#[test]
+fn a_resumed_session_is_within_its_bounds() {
+    let server = TestServer::start_with(
+        "[stream_management]\nmax_unacked = 20\nack_every = 100\nack_delay_secs = 60\n",
+    );
+    server.add_users(&["alice", "bob"]);
+    let mut bob = Client::user(&server, "bob", "phone");
+    let id = bob.enable_sm(true).expect("a resumption id");
+    let mut alice = Client::user(&server, "alice", "pc");
+    let send = |alice: &mut Client, range: std::ops::Range<usize>| {
+        for i in range {
+            alice.send(&format!(
+                "<message to='bob@localhost/phone' type='chat' id='m{i}'><body>{i}</body></message>"
+            ));
+        }
+        alice.sync();
+    };
+    // Ten read and never acknowledged, then the socket drops and nine more come.
+    send(&mut alice, 0..10);
+    for i in 0..10 {
+        bob.expect(&format!("<message id='m{i}'/>"));
+    }
+    drop(bob);
+    server.wait_for_log("waiting for resumption", 1, TIMEOUT);
+    send(&mut alice, 10..19);
+    let mut bob = Client::connect_starttls(&server);
+    bob.auth_scram("bob", crate::harness::PASSWORD, "SCRAM-SHA-256");
+    bob.send(&format!("<resume xmlns='{SM}' previd='{id}' h='0'/>"));
+    bob.expect(&format!("<resumed xmlns='{SM}' previd='{id}'/>"));
+    bob.jid = "bob@localhost/phone".into();
+    let mut got = Vec::new();
+    for _ in 0..19 {
+        got.push(bob.recv());
+    }
+    bob.send(&format!("<a xmlns='{SM}' h='19'/>"));
+    bob.sync();
+    each_once(&got, 19);
+    // Twenty-one more while away are one too many: the session ends, and they are kept
+    // offline, each once.
+    drop(bob);
+    server.wait_for_log("waiting for resumption", 2, TIMEOUT);
+    send(&mut alice, 19..40);
+    server.wait_for_log("held while it was away; ending the session", 1, TIMEOUT);
+    server.wait_for_log("bob@localhost/phone disconnected", 1, TIMEOUT);
+    let mut bob = Client::user(&server, "bob", "phone");
+    bob.send("<presence/>");
+    let got = bob.messages_until_sync();
+    assert_eq!(count_by_id(&got).len(), 21);
+    assert!(count_by_id(&got).values().all(|n| *n == 1));
+}

@@ -387,28 +387,25 @@ impl Conn {
         }
     }
 
-    /// What the session holds for its client stays within `limits.queue_len` and `queue_bytes`
-    /// while the client is away, and `stream_management.max_unacked` and `queue_bytes` while it
-    /// does not acknowledge: beyond, the session ends and all of it takes the way of
-    /// undelivered stanzas (`finish`), as ejabberd does with `max_ack_queue`.
+    /// What the session holds for its client unacknowledged (XEP-0198), and while it is away
+    /// also what came meanwhile (all of which a resumption sends), stays within
+    /// `stream_management.max_unacked` stanzas and `limits.queue_bytes`: beyond, the session
+    /// ends and all of it takes the way of undelivered stanzas (`finish`), as ejabberd does at
+    /// `max_ack_queue`. Counting both while away means a resumed session is never over the
+    /// limit with what it was just sent.
     fn within_bounds(&self) -> Next {
         if !self.holds_too_much() {
             return Next::Continue;
         }
+        let (n, bytes) = self.holdings();
         if self.detached_at.is_some() {
             log::info!(
-                "connection {}: {} stanzas ({} bytes) came while it was away; ending the \
-                 session",
+                "connection {}: {n} stanzas ({bytes} bytes) held while it was away; ending \
+                 the session",
                 self.id,
-                self.held.queue.len(),
-                self.held.bytes
             );
             return Next::Fail(StreamError::new(C::ResourceConstraint));
         }
-        let (n, bytes) = self
-            .sm
-            .as_ref()
-            .map_or((0, 0), |sm| (sm.unacked.len(), sm.unacked_bytes));
         log::info!(
             "connection {} from {}: {n} stanzas ({bytes} bytes) unacknowledged; closing it",
             self.id,
@@ -420,16 +417,23 @@ impl Conn {
         ))
     }
 
+    /// Stanzas and bytes `within_bounds` counts.
+    fn holdings(&self) -> (usize, usize) {
+        let (mut n, mut bytes) = self
+            .sm
+            .as_ref()
+            .map_or((0, 0), |sm| (sm.unacked.len(), sm.unacked_bytes as usize));
+        if self.detached_at.is_some() {
+            n += self.held.queue.len();
+            bytes += self.held.bytes;
+        }
+        (n, bytes)
+    }
+
     fn holds_too_much(&self) -> bool {
-        let config = &self.server.config;
-        let limits = &config.limits;
-        let away = self.detached_at.is_some()
-            && (self.held.queue.len() > limits.queue_len || self.held.bytes > limits.queue_bytes);
-        let unacked = self.sm.as_ref().is_some_and(|sm| {
-            sm.unacked.len() > config.stream_management.max_unacked
-                || sm.unacked_bytes as usize > limits.queue_bytes
-        });
-        away || unacked
+        let (n, bytes) = self.holdings();
+        let limits = &self.server.config;
+        n > limits.stream_management.max_unacked || bytes > limits.limits.queue_bytes
     }
 
     /// Writes a stanza and, with stream management, keeps it until the client acknowledges it;
