@@ -179,8 +179,8 @@ pub struct StreamManagementConfig {
     pub ack_every: usize,
     /// ...or this long after an unacknowledged stanza, whichever comes first.
     pub ack_delay_secs: u64,
-    /// Stanzas a client may leave unacknowledged; one that falls further behind is
-    /// disconnected and the stanzas go where undelivered ones go.
+    /// Stanzas sent to a client before it acknowledges them (with `limits.queue_bytes` of
+    /// them); what comes meanwhile waits within its queue's limits.
     pub max_unacked: usize,
 }
 

@@ -10,6 +10,7 @@
 
 use crate::session::Delivery;
 use crate::xml::{Element, ns};
+use std::collections::VecDeque;
 use std::rc::Rc;
 
 pub fn urgent(el: &Element) -> bool {
@@ -39,10 +40,11 @@ fn wakes(child: &Element) -> bool {
     true
 }
 
-/// Stanzas held for an inactive client (or for one whose connection is away), with their bytes.
+/// Stanzas held for a client, with their bytes: while it is inactive, while its connection is
+/// away, or while it has as many unacknowledged as it may (see c2s).
 #[derive(Default)]
 pub struct Held {
-    pub queue: Vec<Rc<Delivery>>,
+    pub queue: VecDeque<Rc<Delivery>>,
     pub bytes: usize,
 }
 
@@ -62,16 +64,23 @@ impl Held {
             self.bytes -= freed;
         }
         self.bytes += d.size;
-        self.queue.push(d);
+        self.queue.push_back(d);
     }
 
     /// Adds a stanza behind those held, coalescing nothing.
     pub fn push(&mut self, d: Rc<Delivery>) {
         self.bytes += d.size;
-        self.queue.push(d);
+        self.queue.push_back(d);
     }
 
-    pub fn take(&mut self) -> Vec<Rc<Delivery>> {
+    /// The oldest stanza held.
+    pub fn pop(&mut self) -> Option<Rc<Delivery>> {
+        let d = self.queue.pop_front()?;
+        self.bytes -= d.size;
+        Some(d)
+    }
+
+    pub fn take(&mut self) -> VecDeque<Rc<Delivery>> {
         self.bytes = 0;
         std::mem::take(&mut self.queue)
     }

@@ -116,23 +116,28 @@ fn a_client_that_stops_reading_is_closed_and_its_messages_kept_once() {
 
 const SM: &str = "urn:xmpp:sm:3";
 
-/// Issue 8, finding 2: a client that never acknowledges. Its unacknowledged queue is bounded
-/// (`max_unacked`): beyond, it is disconnected, and each message it never acknowledged is
-/// stored offline once.
+/// Issue 8, finding 2: a client that never acknowledges (+190 MB). At most `max_unacked` are
+/// sent to it unacknowledged; what comes meanwhile waits, bounded like its queue
+/// (`queue_bytes` here): beyond, it is disconnected, and each message goes to offline storage or,
+/// once that is full, back to its sender, exactly one of the two.
 #[test]
 fn a_client_that_never_acknowledges_is_closed_and_its_messages_kept_once() {
-    let server = TestServer::start_with("[stream_management]\nmax_unacked = 20\n");
+    let server = TestServer::start_with(
+        "[stream_management]\nmax_unacked = 20\n[limits]\nqueue_bytes = 300000\n\
+         [modules.offline]\nmax_per_user = 25\nmax_bytes_per_user = 290000\n",
+    );
     server.add_users(&["alice", "bob"]);
     let mut bob = Client::user(&server, "bob", "phone");
     bob.enable_sm(false);
     let mut alice = Client::user(&server, "alice", "pc");
-    for i in 0..30 {
+    let filler = "x".repeat(10_000);
+    for i in 0..60 {
         alice.send(&format!(
-            "<message to='bob@localhost/phone' type='chat' id='m{i}'><body>{i}</body></message>"
+            "<message to='bob@localhost/phone' type='chat' id='m{i}'><body>{filler}</body></message>"
         ));
     }
-    alice.sync();
-    // Bob reads, but answers no <r/>: after the 21st message the server gives up.
+    let mut got = alice.messages_until_sync();
+    // Bob reads, but answers no <r/>: twenty come, then the stream ends.
     let mut seen = 0;
     loop {
         let el = bob.recv();
@@ -149,17 +154,83 @@ fn a_client_that_never_acknowledges_is_closed_and_its_messages_kept_once() {
             assert!(el.is("r", SM), "{el}");
         }
     }
-    assert_eq!(seen, 21);
+    assert_eq!(seen, 20);
     bob.expect_closed();
-    server.wait_for_log(
-        "bob@localhost/phone disconnected",
-        1,
-        Duration::from_secs(5),
-    );
+    server.wait_for_log("bob@localhost/phone disconnected", 1, TIMEOUT);
+    got.extend(alice.messages_until_sync());
+    for el in &got {
+        assert_eq!(el.attr("type"), Some("error"), "{el}");
+    }
     let mut bob = Client::user(&server, "bob", "phone");
     bob.send("<presence/>");
-    let got = bob.messages_until_sync();
-    each_once(&got, 30);
+    let stored = bob.messages_until_sync();
+    assert_eq!(stored.len(), 25);
+    got.extend(stored);
+    each_once(&got, 60);
+}
+
+/// Replies to a client's own requests wait for its acknowledgements like anything else: one
+/// that asks and never acknowledges gets a window's worth, and then, once what waits is more
+/// than its queue may hold, the end of its stream.
+#[test]
+fn a_client_that_asks_and_never_acknowledges_is_closed() {
+    let server = TestServer::start_with(
+        "[stream_management]\nmax_unacked = 20\n[limits]\nqueue_len = 30\n\
+         [modules.offline]\nmax_per_user = 10\n",
+    );
+    server.add_users(&["bob"]);
+    let mut bob = Client::user(&server, "bob", "phone");
+    bob.enable_sm(false);
+    for _ in 0..60 {
+        bob.send_iq("type='get' to='localhost'", "<ping xmlns='urn:xmpp:ping'/>");
+    }
+    let mut answered = 0;
+    loop {
+        let el = bob.recv();
+        if el.is("error", ns::STREAM) {
+            assert!(
+                el.child("policy-violation", ns::STREAM_ERRORS).is_some(),
+                "{el}"
+            );
+            break;
+        }
+        if el.is("iq", ns::CLIENT) {
+            answered += 1;
+        }
+    }
+    // All its replies were queued at once (one read): the queue itself may have overflowed
+    // first. Either way no more than the window was sent unacknowledged.
+    assert!(answered <= 20, "{answered} answered");
+}
+
+/// XEP-0198 as flow control: a burst larger than the window (offline messages at login)
+/// waits for the client's acknowledgements instead of ending its stream.
+#[test]
+fn a_burst_larger_than_the_window_waits_for_acknowledgements() {
+    let server = TestServer::start_with("[stream_management]\nmax_unacked = 10\n");
+    server.add_users(&["alice", "bob"]);
+    let mut alice = Client::user(&server, "alice", "pc");
+    for i in 0..35 {
+        alice.send_message("bob@localhost", "chat", &format!("m{i}"));
+    }
+    alice.sync();
+    let mut bob = Client::user(&server, "bob", "phone");
+    bob.enable_sm(false);
+    bob.send("<presence/>");
+    let (mut h, mut bodies) = (0, Vec::new());
+    while bodies.len() < 35 {
+        let el = bob.recv();
+        if el.is("r", SM) {
+            bob.send(&format!("<a xmlns='{SM}' h='{h}'/>"));
+            continue;
+        }
+        h += 1;
+        if let Some(body) = el.child("body", ns::CLIENT) {
+            bodies.push(body.text.clone());
+        }
+    }
+    let want: Vec<String> = (0..35).map(|i| format!("m{i}")).collect();
+    assert_eq!(bodies, want);
 }
 
 /// Issue 8, finding 2: a session waiting to be resumed kept everything sent to it (+458 MB).
@@ -406,12 +477,13 @@ fn rosters_are_bounded() {
     assert_eq!(roster.get("query", ns::ROSTER).children.len(), 20);
 }
 
-/// What a session away may hold counts what it had sent unacknowledged too: a resumption
-/// sends all of it again, and is never over the limit with that.
+/// A resumption sends again what was unacknowledged and then what came while the session was
+/// away, as the client's window allows; a session away holds at most its queue's worth.
 #[test]
 fn a_resumed_session_is_within_its_bounds() {
     let server = TestServer::start_with(
-        "[stream_management]\nmax_unacked = 20\nack_every = 100\nack_delay_secs = 60\n",
+        "[stream_management]\nmax_unacked = 20\nack_every = 100\nack_delay_secs = 60\n\
+         [limits]\nqueue_len = 30\n[modules.offline]\nmax_per_user = 25\n",
     );
     server.add_users(&["alice", "bob"]);
     let mut bob = Client::user(&server, "bob", "phone");
@@ -423,38 +495,46 @@ fn a_resumed_session_is_within_its_bounds() {
                 "<message to='bob@localhost/phone' type='chat' id='m{i}'><body>{i}</body></message>"
             ));
         }
-        alice.sync();
+        alice.messages_until_sync()
     };
-    // Ten read and never acknowledged, then the socket drops and nine more come.
+    // Ten read and never acknowledged, then the socket drops and fifteen more come.
     send(&mut alice, 0..10);
     for i in 0..10 {
         bob.expect(&format!("<message id='m{i}'/>"));
     }
     drop(bob);
     server.wait_for_log("waiting for resumption", 1, TIMEOUT);
-    send(&mut alice, 10..19);
+    send(&mut alice, 10..25);
     let mut bob = Client::connect_starttls(&server);
     bob.auth_scram("bob", crate::harness::PASSWORD, "SCRAM-SHA-256");
     bob.send(&format!("<resume xmlns='{SM}' previd='{id}' h='0'/>"));
     bob.expect(&format!("<resumed xmlns='{SM}' previd='{id}'/>"));
     bob.jid = "bob@localhost/phone".into();
+    // Twenty fill the window; the other five follow the acknowledgement.
     let mut got = Vec::new();
-    for _ in 0..19 {
-        got.push(bob.recv());
+    while got.len() < 25 {
+        let el = bob.recv();
+        if el.is("r", SM) {
+            bob.send(&format!("<a xmlns='{SM}' h='{}'/>", got.len()));
+        } else {
+            got.push(el);
+        }
     }
-    bob.send(&format!("<a xmlns='{SM}' h='19'/>"));
+    bob.send(&format!("<a xmlns='{SM}' h='25'/>"));
     bob.sync();
-    each_once(&got, 19);
-    // Twenty-one more while away are one too many: the session ends, and they are kept
-    // offline, each once.
+    each_once(&got, 25);
+    // Thirty-one more while away are one too many: the session ends; each is kept offline
+    // or bounced, once.
     drop(bob);
     server.wait_for_log("waiting for resumption", 2, TIMEOUT);
-    send(&mut alice, 19..40);
+    let mut got = send(&mut alice, 25..56);
     server.wait_for_log("held while it was away; ending the session", 1, TIMEOUT);
     server.wait_for_log("bob@localhost/phone disconnected", 1, TIMEOUT);
+    got.extend(alice.messages_until_sync());
     let mut bob = Client::user(&server, "bob", "phone");
     bob.send("<presence/>");
-    let got = bob.messages_until_sync();
-    assert_eq!(count_by_id(&got).len(), 21);
-    assert!(count_by_id(&got).values().all(|n| *n == 1));
+    got.extend(bob.messages_until_sync());
+    let counts = count_by_id(&got);
+    assert_eq!(counts.len(), 31, "{counts:?}");
+    assert!(counts.values().all(|n| *n == 1), "{counts:?}");
 }

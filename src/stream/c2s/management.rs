@@ -44,9 +44,9 @@ impl Conn {
         for d in again {
             self.write_stanza(d);
         }
-        for d in self.held.take() {
-            self.write_stanza(d);
-        }
+        // What came while it was away goes out as the client's window allows.
+        self.due = true;
+        self.release();
         self.flush_or_lose().await
     }
 
@@ -140,15 +140,18 @@ impl Conn {
                     _ => Err("an <a/> needs stream management enabled and an h".into()),
                 };
                 match result {
-                    Ok(()) => Next::Continue,
+                    Ok(()) => {
+                        // Room in the window for what waits.
+                        self.release();
+                        Next::Continue
+                    }
                     Err(t) => Next::Fail(StreamError::with_text(C::UndefinedCondition, t)),
                 }
             }
             ("active", ns::CSI) => {
                 self.inactive = false;
-                for d in self.held.take() {
-                    self.write_stanza(d);
-                }
+                self.due = true;
+                self.release();
                 self.event(SessionEvent::Active).await;
                 Next::Continue
             }

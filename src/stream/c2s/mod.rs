@@ -73,6 +73,9 @@ struct Conn {
     /// XEP-0352: the client said it is inactive.
     inactive: bool,
     held: Held,
+    /// What is held is due (an urgent stanza came, or the client is active) and waits only for
+    /// room among the unacknowledged stanzas.
+    due: bool,
     /// The last read stopped early; more input may be ready.
     more_ready: bool,
     /// What the client may still send before the server stops reading from it for a while.
@@ -178,6 +181,7 @@ async fn run(server: Rc<Server>, accepted: Accepted, direct_tls: bool) {
         detached_at: None,
         inactive: false,
         held: Held::default(),
+        due: false,
         more_ready: false,
         credit: Credit::new(&server.config.limits),
         processed: 0,
@@ -290,7 +294,7 @@ impl Conn {
                     self.emit(d);
                     // Drain what else is waiting into the same write.
                     let mut next = Next::Continue;
-                    while self.out.len() < 65536 && !self.holds_too_much() {
+                    while self.out.len() < 65536 && !self.over_limits() {
                         match self.rx.try_recv() {
                             Ok(Outbound::Stanza(d)) => {
                                 taken += d.size;
@@ -368,72 +372,99 @@ impl Conn {
     fn emit(&mut self, d: Rc<Delivery>) {
         if self.detached_at.is_some() || (self.inactive && !csi::urgent(&d.el)) {
             self.held.hold(d);
-            // An inactive client gets everything once too much is held; for one that is away,
-            // `within_bounds` ends the session instead.
+            // An inactive client gets everything once too much is held.
             let config = &self.server.config;
             let full = self.held.queue.len() >= config.csi.max_held
                 || self.held.bytes >= config.limits.queue_bytes;
-            if !full || self.detached_at.is_some() {
-                return;
+            if full && self.detached_at.is_none() {
+                self.due = true;
+                self.release();
             }
-        } else if self.held.queue.is_empty() {
+            return;
+        }
+        if self.held.queue.is_empty() && !self.window_full() {
             self.write_stanza(d);
             return;
-        } else {
-            self.held.push(d);
         }
-        for d in self.held.take() {
+        self.held.push(d);
+        self.due = true;
+        self.release();
+    }
+
+    /// Writes what is held and due, oldest first, as far as the client's window allows.
+    fn release(&mut self) {
+        if !self.due || self.detached_at.is_some() {
+            return;
+        }
+        while !self.window_full() {
+            let Some(d) = self.held.pop() else {
+                self.due = false;
+                return;
+            };
             self.write_stanza(d);
         }
     }
 
-    /// What the session holds for its client unacknowledged (XEP-0198), and while it is away
-    /// also what came meanwhile (all of which a resumption sends), stays within
-    /// `stream_management.max_unacked` stanzas and `limits.queue_bytes`: beyond, the session
-    /// ends and all of it takes the way of undelivered stanzas (`finish`), as ejabberd does at
-    /// `max_ack_queue`. Counting both while away means a resumed session is never over the
-    /// limit with what it was just sent.
+    /// XEP-0198: the client has as many stanzas unacknowledged as it may
+    /// (`stream_management.max_unacked`, `limits.queue_bytes`): more waits, held, until it
+    /// acknowledges some. Flow control, not a reason to disconnect it: a burst (offline
+    /// messages and contacts' presence at login) may well be larger than the window.
+    fn window_full(&self) -> bool {
+        let config = &self.server.config;
+        self.sm.as_ref().is_some_and(|sm| {
+            sm.unacked.len() >= config.stream_management.max_unacked
+                || sm.unacked_bytes as usize >= config.limits.queue_bytes
+        })
+    }
+
+    /// What the session holds for its client stays bounded: what waits (held while inactive,
+    /// away or at a full window) within `limits.queue_len` and `queue_bytes`, as the queue to
+    /// it is; what is unacknowledged within twice the window (it grows past the window only by
+    /// replies to the client's own requests). Beyond, the stream ends (the session, if it is
+    /// away) and all of it takes the way of undelivered stanzas (`finish`), as ejabberd does
+    /// at `max_ack_queue`.
     fn within_bounds(&self) -> Next {
-        if !self.holds_too_much() {
+        if !self.over_limits() {
             return Next::Continue;
         }
-        let (n, bytes) = self.holdings();
+        let (held, held_bytes) = (self.held.queue.len(), self.held.bytes);
+        let (unacked, unacked_bytes) = self
+            .sm
+            .as_ref()
+            .map_or((0, 0), |sm| (sm.unacked.len(), sm.unacked_bytes));
         if self.detached_at.is_some() {
             log::info!(
-                "connection {}: {n} stanzas ({bytes} bytes) held while it was away; ending \
-                 the session",
+                "connection {}: {held} stanzas ({held_bytes} bytes) held while it was away; \
+                 ending the session",
                 self.id,
             );
             return Next::Fail(StreamError::new(C::ResourceConstraint));
         }
         log::info!(
-            "connection {} from {}: {n} stanzas ({bytes} bytes) unacknowledged; closing it",
+            "connection {} from {}: {held} stanzas ({held_bytes} bytes) waiting and {unacked} \
+             ({unacked_bytes} bytes) unacknowledged; closing it",
             self.id,
             self.peer,
         );
-        Next::Fail(StreamError::with_text(
-            C::PolicyViolation,
-            "too many unacknowledged stanzas",
-        ))
+        let text = match self.held_over_limits() {
+            true => "too many stanzas waiting for this client",
+            false => "too many unacknowledged stanzas",
+        };
+        Next::Fail(StreamError::with_text(C::PolicyViolation, text))
     }
 
-    /// Stanzas and bytes `within_bounds` counts.
-    fn holdings(&self) -> (usize, usize) {
-        let (mut n, mut bytes) = self
-            .sm
-            .as_ref()
-            .map_or((0, 0), |sm| (sm.unacked.len(), sm.unacked_bytes as usize));
-        if self.detached_at.is_some() {
-            n += self.held.queue.len();
-            bytes += self.held.bytes;
-        }
-        (n, bytes)
+    fn held_over_limits(&self) -> bool {
+        let limits = &self.server.config.limits;
+        self.held.queue.len() > limits.queue_len || self.held.bytes > limits.queue_bytes
     }
 
-    fn holds_too_much(&self) -> bool {
-        let (n, bytes) = self.holdings();
-        let limits = &self.server.config;
-        n > limits.stream_management.max_unacked || bytes > limits.limits.queue_bytes
+    fn over_limits(&self) -> bool {
+        let config = &self.server.config;
+        let unacked = self.sm.as_ref().is_some_and(|sm| {
+            sm.unacked.len() > 2 * config.stream_management.max_unacked
+                || sm.unacked_bytes as usize > 2 * config.limits.queue_bytes
+        });
+        unacked || self.held_over_limits()
     }
 
     /// Writes a stanza and, with stream management, keeps it until the client acknowledges it;
@@ -485,8 +516,10 @@ impl Conn {
 
     async fn flush(&mut self) -> bool {
         let every = self.server.config.stream_management.ack_every;
+        // A full window waits for the client's <a/>: ask for it now.
+        let full = self.window_full();
         if let Some(sm) = &mut self.sm
-            && sm.should_request(every)
+            && (sm.should_request(every) || (full && !sm.request_outstanding))
         {
             sm.requested();
             writer::write_element(&smacks::r(), ns::CLIENT, &mut self.out);
