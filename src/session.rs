@@ -230,3 +230,35 @@ impl Sessions {
         self.of(user).iter().filter(|s| s.available)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::xml::ns;
+
+    #[test]
+    fn weight_follows_the_serialised_size() {
+        for body in ["", "hi", &"x".repeat(100_000)] {
+            let el = Element::new("message", ns::CLIENT)
+                .with_attr("to", "bob@localhost/phone")
+                .with_attr("type", "chat")
+                .with_child(Element::new("body", ns::CLIENT).with_text(body));
+            let (w, xml) = (weight(&el), el.to_xml().len());
+            assert!(w >= xml && w <= 2 * xml + 200, "{w} for {xml} bytes");
+        }
+    }
+
+    #[test]
+    fn directed_presence_is_a_bounded_set() {
+        let jid = |s: &str| Jid::parse(s).unwrap();
+        let mut d = Directed::default();
+        assert!(d.insert(&jid("a@x/1"), 2));
+        assert!(d.insert(&jid("b@x"), 2));
+        assert!(d.insert(&jid("a@x/1"), 2), "already there");
+        assert!(!d.insert(&jid("c@x"), 2));
+        d.remove(&jid("b@x"));
+        assert!(d.insert(&jid("c@x"), 2));
+        assert_eq!(d.take(), vec![jid("a@x/1"), jid("c@x")]);
+        assert_eq!(d.iter().count(), 0);
+    }
+}
