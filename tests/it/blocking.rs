@@ -514,6 +514,34 @@ fn blocking_a_subscriber_withdraws_presence_and_unblocking_restores_it() {
 }
 
 #[test]
+fn blocking_withdraws_directed_presence_only_from_the_resource_that_sent_it() {
+    let server = server();
+    let (mut phone, mut laptop) = alice_twice(&server);
+    let mut carol = Client::online(&server, "carol", "home");
+    // carol is no contact of alice's: she sees the phone only, by directed presence
+    // (RFC 6121 §4.6), and nothing of the laptop.
+    phone.send("<presence to='carol@localhost'><show>chat</show></presence>");
+    carol.expect(&format!(
+        "<presence from='{}'><show>chat</show></presence>",
+        phone.jid
+    ));
+
+    // The block: carol is told that the phone went away. Of the laptop she never knew.
+    let reply = phone.iq("type='set'", &command("block", &["carol@localhost"]));
+    assert_matches(&reply, "<iq type='result'/>");
+    carol.expect(&presence(&phone.jid, "unavailable"));
+    carol.sync();
+
+    // The unblock: the phone's presence again, and still nothing of the laptop, whose 'dnd'
+    // was never hers to see.
+    show(&mut laptop, &mut phone, "dnd");
+    let reply = phone.iq("type='set'", &command("unblock", &["carol@localhost"]));
+    assert_matches(&reply, "<iq type='result'/>");
+    carol.expect(&presence(&phone.jid, NONE));
+    carol.sync();
+}
+
+#[test]
 fn the_block_list_survives_a_restart() {
     let mut server = server();
     let mut alice = listing(&server, "alice", "phone", &[]);
