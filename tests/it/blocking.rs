@@ -688,3 +688,42 @@ fn removing_the_account_removes_its_block_list() {
     alice.expect(&chat(&bob.jid, "hello, new alice"));
     bob.sync();
 }
+
+#[test]
+fn a_subscription_request_waiting_from_before_the_block_is_not_delivered_after_it() {
+    let server = server();
+    // alice is connected but not available yet: bob's subscription request waits for her
+    // initial presence (RFC 6121 §3.1.3).
+    let mut alice = Client::user(&server, "alice", "phone");
+    let mut bob = Client::online(&server, "bob", "home");
+    bob.send("<presence to='alice@localhost' type='subscribe'/>");
+    bob.expect(&format!(
+        "<iq type='set'><query xmlns='{}'><item jid='alice@localhost' ask='subscribe'/>\
+         </query></iq>",
+        ns::ROSTER
+    ));
+    bob.sync();
+
+    // Once she blocked him, nothing of his is delivered to her (§3.3), presence "including
+    // subscriptions": her initial presence brings back her own presence only.
+    set(&mut alice, "block", &["bob@localhost"], false);
+    alice.send("<presence/>");
+    alice.expect(&presence(&alice.jid.clone(), NONE));
+    alice.sync();
+}
+
+#[test]
+fn a_message_kept_offline_from_before_the_block_is_not_delivered_after_it() {
+    let server = server();
+    let mut bob = Client::online(&server, "bob", "home");
+    bob.send_message("alice@localhost", "chat", "kept before the block");
+    bob.sync();
+
+    // alice blocks bob before she is available: his message, kept for her, is not delivered
+    // at her initial presence (§3.3: nothing from him once he is blocked).
+    let mut alice = Client::user(&server, "alice", "phone");
+    set(&mut alice, "block", &["bob@localhost"], false);
+    alice.send("<presence/>");
+    alice.expect(&presence(&alice.jid.clone(), NONE));
+    alice.sync();
+}
