@@ -727,3 +727,20 @@ fn a_message_kept_offline_from_before_the_block_is_not_delivered_after_it() {
     alice.expect(&presence(&alice.jid.clone(), NONE));
     alice.sync();
 }
+
+#[test]
+fn a_resource_that_replaced_one_that_asked_for_the_list_gets_no_push_until_it_asks() {
+    let server = server();
+    let mut laptop = Client::user(&server, "alice", "laptop");
+    let mut old = listing(&server, "alice", "phone", &[]);
+    // The phone logs in again with the same resource and replaces its old session, which
+    // had asked for the list (RFC 6120 §7.7.2.2).
+    let mut phone = Client::user(&server, "alice", "phone");
+    old.expect_stream_error("conflict");
+
+    // The new session never asked: a block from the laptop pushes nothing to it (§3.3:
+    // pushes go to the resources that have requested the block list).
+    set(&mut laptop, "block", &["bob@localhost"], false);
+    phone.sync();
+    laptop.sync();
+}
