@@ -11,7 +11,10 @@ usually makes the later ones fail too: read the first FAIL first. a uses slixmpp
 plugins for stream management (XEP-0198, enabled with resumption at login), client state
 indication (XEP-0352), the archive (XEP-0313 with XEP-0059 paging) and stanza-ids
 (XEP-0359); a second resource of a (a2) uses carbons (XEP-0280); a third account c only
-sends one message, for the archive's 'with' filter.
+sends one message, for the archive's 'with' filter. a and a2 also use slixmpp's blocking
+plugin (XEP-0191), and a's disco#info on its own bare JID finds the archive (XEP-0313 §6.4,
+as Dino and Conversations look for it). The blocking scenario runs after every scenario that
+reads a's archive and leaves nothing blocked.
 """
 
 import argparse
@@ -41,6 +44,8 @@ NS_FORWARD = "urn:xmpp:forward:0"
 NS_MAM = "urn:xmpp:mam:2"
 NS_SID = "urn:xmpp:sid:0"
 NS_CHATSTATES = "http://jabber.org/protocol/chatstates"
+NS_BLOCKING = "urn:xmpp:blocking"
+NS_BLOCKING_ERRORS = "urn:xmpp:blocking:errors"
 
 WAIT = 10.0  # seconds for any one expected event
 SCENARIO_TIMEOUT = 60.0  # seconds for a whole scenario
@@ -150,6 +155,11 @@ class Client:
                                         lambda st: self.inbox.put("sm_r", st)))
             x.register_handler(Callback(f"{name} sm a", MatchXPath(f"{{{NS_SM}}}a"),
                                         lambda st: self.inbox.put("sm_a", st)))
+        if "xep_0191" in plugins:
+            # Block list pushes (XEP-0191 3.3-3.5), answered as RFC 6120 8.2.3 requires of any
+            # iq set (slixmpp's plugin only raises the event).
+            x.add_event_handler("blocked", lambda iq: self._on_block_push("blocked", iq))
+            x.add_event_handler("unblocked", lambda iq: self._on_block_push("unblocked", iq))
         if "xep_0280" in plugins:
             x.add_event_handler("carbon_sent", lambda m: self.inbox.put("carbon_sent", m))
             x.add_event_handler("carbon_received", lambda m: self.inbox.put("carbon_received", m))
@@ -168,6 +178,10 @@ class Client:
         else:
             kind = "message"
         self.inbox.put(kind, msg)
+
+    def _on_block_push(self, kind, iq):
+        self.inbox.put(kind, iq)
+        iq.reply().send()
 
     def _on_roster(self, iq):
         if iq["type"] == "set":
@@ -316,6 +330,9 @@ class Run:
         self.b_jid = f"b@{args.domain}"
         self.c_jid = f"c@{args.domain}"
         self.notes = []
+        # Every client made, replaced or disconnected ones too: slixmpp's tasks of a closed
+        # stream may still be finishing, and must not be garbage-collected while pending.
+        self.made = []
         # Every archivable message a sent or received, in the order the server handled them:
         # (direction "out" or "in" seen from a, the other party's bare JID, body). The mam
         # scenario expects exactly these in a's archive.
@@ -325,11 +342,11 @@ class Run:
         self.a_received = {}
 
     # Plugins beyond disco, ping and delay: a uses stream management (with resumption), client
-    # state indication and the archive; a2 carbons; b sends chat states. Stanza-ids are read
-    # with XEP-0359's plugin.
+    # state indication and the archive; a2 carbons; a and a2 blocking; b sends chat states.
+    # Stanza-ids are read with XEP-0359's plugin.
     PLUGINS = {
-        "a": ("xep_0198", "xep_0352", "xep_0313", "xep_0359"),
-        "a2": ("xep_0280", "xep_0359"),
+        "a": ("xep_0198", "xep_0352", "xep_0313", "xep_0359", "xep_0191"),
+        "a2": ("xep_0280", "xep_0359", "xep_0191"),
         "b": ("xep_0085", "xep_0359"),
         "c": ("xep_0359",),
     }
@@ -338,7 +355,9 @@ class Run:
         account = name.rstrip("0123456789")
         jid = {"a": self.a_jid, "b": self.b_jid, "c": self.c_jid}[account]
         password = {"a": self.args.password_a, "b": self.args.password_b, "c": self.args.password_c}[account]
-        return Client(name, jid, password, f"interop-{name}", self.args, mode, self.PLUGINS[name])
+        c = Client(name, jid, password, f"interop-{name}", self.args, mode, self.PLUGINS[name])
+        self.made.append(c)
+        return c
 
     def a_sent(self, to, body):
         self.a_exchanged.append(("out", str(to), body))
@@ -505,6 +524,33 @@ class Run:
         res = await ping.send(timeout=WAIT)
         check(res["type"] == "result", f"ping answered {short(res)}")
         check(res["from"].full == self.args.domain, f"ping answered from {res['from']}")
+
+    async def account_disco(self):
+        """disco#info through slixmpp's xep_0030: a's own bare JID is a registered account that
+        hosts the archive (urn:xmpp:mam:2, XEP-0313 6.4: where Dino and Conversations look for
+        it); to b, a's account shows only what it is; the server lists urn:xmpp:blocking."""
+        a, b = self.a, self.b
+        disco = a.x.plugin["xep_0030"]
+
+        def identities_and_features(res, who):
+            check(res["type"] == "result", f"{who}: disco#info answered {short(res)}")
+            info = res["disco_info"]
+            return ({(i[0], i[1]) for i in info["identities"]}, set(info["features"]))
+
+        res = await disco.get_info(jid=self.a_jid, timeout=WAIT)
+        check(res["from"].full == self.a_jid, f"a's account answered from {res['from']}")
+        ids, features = identities_and_features(res, "a's own account")
+        check(("account", "registered") in ids, f"a's account: identities {sorted(ids)}, no account/registered")
+        for f in (NS_MAM, NS_MAM + "#extended", NS_SID, NS_DISCO_INFO):
+            check(f in features, f"a's account does not list {f}: {sorted(features)}")
+        ids, features = identities_and_features(
+            await b.x.plugin["xep_0030"].get_info(jid=self.a_jid, timeout=WAIT), "a's account to b")
+        check(("account", "registered") in ids, f"a's account to b: identities {sorted(ids)}")
+        check(NS_MAM not in features, f"a's account shows b its archive: {sorted(features)}")
+        _, features = identities_and_features(
+            await disco.get_info(jid=self.args.domain, timeout=WAIT), "the server")
+        check(NS_BLOCKING in features, f"the server does not list {NS_BLOCKING}: {sorted(features)}")
+        self.notes.append(f"a's account lists {NS_MAM}; the server lists {NS_BLOCKING}")
 
     async def roster_remove(self):
         """a removes b: a gets a push with subscription=remove and b is gone from a's roster."""
@@ -823,6 +869,112 @@ class Run:
         a.x.plugin["xep_0352"].send_active()
         await send_message_barrier(a)
 
+    async def blocking(self):
+        """XEP-0191 through slixmpp's xep_0191: a and a second resource a2 read the (empty) block
+        list; a blocks b, and both get the push. b's message to a comes back as
+        service-unavailable and his ping to a's resource fails the same way; a's message to b
+        comes back as not-acceptable with <blocked/>; neither reaches the other. a2 unblocks b
+        (both get the push) and messages flow again both ways. Last a blocks two more JIDs and
+        unblocks all with an empty <unblock/>: the list is empty again, as the scenarios after
+        this one need."""
+        a, b = self.a, self.b
+        self.a2 = a2 = self.client("a2", "direct")
+        await a2.login()
+        block_a, block_a2 = a.x.plugin["xep_0191"], a2.x.plugin["xep_0191"]
+        for c, plugin in ((a, block_a), (a2, block_a2)):
+            jids = await plugin.get_blocked_jids(timeout=WAIT)
+            check(jids == set(), f"{c.name}: the block list is {jids}, expected it empty")
+
+        def push(kind, jids):
+            want = sorted(jids)
+
+            def pred(iq):
+                got = sorted(str(i["jid"]) for i in iq["block" if kind == "blocked" else "unblock"]["items"])
+                return got == want
+            return pred
+
+        async def pushed(kind, jids, what):
+            for c in (a, a2):
+                iq = await c.inbox.expect(kind, push(kind, jids), f"{c.name}: the {what} push")
+                check(iq["to"].full == c.jid.full, f"{c.name}: a push to {iq['to']}")
+                check(iq["from"].full in ("", self.a_jid), f"{c.name}: a push from {iq['from']}")
+
+        res = await block_a.block(slixmpp.JID(self.b_jid), timeout=WAIT)
+        check(res["type"] == "result", f"a: block answered {short(res)}")
+        await pushed("blocked", [self.b_jid], "block")
+        jids = await block_a2.get_blocked_jids(timeout=WAIT)
+        check(jids == {slixmpp.JID(self.b_jid)}, f"a2: the block list is {jids}, expected b")
+
+        # b writes to a: an error, and nothing for a.
+        tag = uuid.uuid4()
+        mark_a, mark_a2 = len(a.inbox.history), len(a2.inbox.history)
+        bounced = f"blocked b->a {tag}"
+        m = b.x.make_message(mto=self.a_jid, mbody=bounced, mtype="chat")
+        m["id"] = f"bounce-{tag}"
+        m.send()
+        err = await b.inbox.expect("message", lambda m: m["type"] == "error" and m["id"] == f"bounce-{tag}",
+                                   "b: an error for the message to a, who blocked him")
+        check(err["error"]["condition"] == "service-unavailable",
+              f"b: error {err['error']['condition']!r}, expected service-unavailable: {short(err)}")
+        check(err["from"].full == self.a_jid, f"b: the error came from {err['from']}, expected {self.a_jid}")
+        try:
+            await b.x.plugin["xep_0199"].send_ping(a.jid.full, timeout=WAIT)
+            raise Fail("b: a ping to a's resource was answered while a blocks b")
+        except IqError as e:
+            check(e.iq["error"]["condition"] == "service-unavailable",
+                  f"b: ping to a failed with {e.iq['error']['condition']!r}, expected service-unavailable")
+
+        # a writes to b: not-acceptable with <blocked/>, and nothing for b.
+        mark_b = len(b.inbox.history)
+        refused = f"blocked a->b {tag}"
+        m = a.x.make_message(mto=self.b_jid, mbody=refused, mtype="chat")
+        m["id"] = f"refused-{tag}"
+        m.send()
+        err = await a.inbox.expect("message", lambda m: m["type"] == "error" and m["id"] == f"refused-{tag}",
+                                   "a: an error for the message to b, whom a blocked")
+        check(err["error"]["condition"] == "not-acceptable",
+              f"a: error {err['error']['condition']!r}, expected not-acceptable: {short(err)}")
+        check(err.xml.find(f"{{{NS_CLIENT}}}error/{{{NS_BLOCKING_ERRORS}}}blocked") is not None,
+              f"a: the error lacks <blocked xmlns='{NS_BLOCKING_ERRORS}'/>: {short(err)}")
+        # Round trips after both messages: whatever the server made of them has arrived.
+        for c in (b, a, a2):
+            await send_message_barrier(c)
+        leaked = [short(st) for c, mark in ((a, mark_a), (a2, mark_a2)) for k, st in c.inbox.history[mark:]
+                  if k == "message" and body_of(st) == bounced]
+        leaked += [short(st) for k, st in b.inbox.history[mark_b:] if k == "message" and body_of(st) == refused]
+        check(not leaked, f"blocked messages were delivered: {leaked}")
+
+        # a2 unblocks b: both resources are told, and messages flow again.
+        res = await block_a2.unblock(slixmpp.JID(self.b_jid), timeout=WAIT)
+        check(res["type"] == "result", f"a2: unblock answered {short(res)}")
+        await pushed("unblocked", [self.b_jid], "unblock")
+        back = f"unblocked b->a {tag}"
+        b.x.send_message(mto=self.a_jid, mbody=back, mtype="chat")
+        m = await a.inbox.expect("message", lambda m: body_of(m) == back, "a: b's message after the unblock")
+        self.a_got(self.b_jid, m)
+        out = f"unblocked a->b {tag}"
+        a.x.send_message(mto=self.b_jid, mbody=out, mtype="chat")
+        self.a_sent(self.b_jid, out)
+        await b.inbox.expect("message", lambda m: body_of(m) == out, "b: a's message after the unblock")
+
+        # Unblock all: slixmpp's unblock() needs JIDs, so the empty <unblock/> is built here.
+        more = [self.c_jid, "spam.example"]
+        res = await block_a.block([slixmpp.JID(j) for j in more], timeout=WAIT)
+        check(res["type"] == "result", f"a: block answered {short(res)}")
+        await pushed("blocked", more, "second block")
+        iq = a.x.make_iq_set()
+        iq.enable("unblock")
+        res = await iq.send(timeout=WAIT)
+        check(res["type"] == "result", f"a: unblock-all answered {short(res)}")
+        await pushed("unblocked", [], "unblock-all")
+        for c, plugin in ((a, block_a), (a2, block_a2)):
+            jids = await plugin.get_blocked_jids(timeout=WAIT)
+            check(jids == set(), f"{c.name}: the block list after unblock-all is {jids}")
+        await a2.disconnect()
+        self.a2 = None
+        self.notes.append("a blocked b (service-unavailable to b, not-acceptable+blocked to a), "
+                          "pushes to a and a2, then unblocked one and all")
+
     async def shutdown_notice(self):
         """SIGTERM to the server: each connected client gets the stream error
         system-shutdown (RFC 6120 4.9.3.20), then the server closes the connection."""
@@ -855,12 +1007,14 @@ async def main(args):
         ("message_online", run.message_online),
         ("message_offline", run.message_offline),
         ("disco_ping", run.disco_ping),
+        ("account_disco", run.account_disco),
         ("roster_remove", run.roster_remove),
         ("roster_remove_contact", run.roster_remove_contact),
         ("stream_management", run.stream_management),
         ("carbons", run.carbons),
         ("mam", run.mam),
         ("csi", run.csi),
+        ("blocking", run.blocking),
     ]
     if args.server_pid:
         scenarios.append(("shutdown_notice", run.shutdown_notice))

@@ -7,6 +7,7 @@ mod harness;
 mod admin;
 mod bad_input;
 mod basics;
+mod blocking;
 mod carbons;
 mod csi;
 mod durability;
