@@ -193,6 +193,13 @@ impl<'a> Cx<'a> {
         self.router.set_timer(module, after, token);
     }
 
+    /// Whether every module lets what `from` sent reach `user`: for stanzas kept for later
+    /// (offline messages, subscription requests), which meet the inbound hooks only when they
+    /// arrive, while the user's wishes may have changed since.
+    pub fn accepts(&self, user: &str, from: &Jid) -> bool {
+        self.modules().iter().all(|m| m.accepts(self, user, from))
+    }
+
     /// Runs every module's session hook for `event` now.
     pub fn raise(&mut self, session: &Jid, event: SessionEvent) {
         for m in self.modules() {
@@ -406,6 +413,12 @@ pub trait Module: Any {
     }
 
     fn session_event(&self, _cx: &mut Cx, _session: &Jid, _event: SessionEvent) {}
+
+    /// Whether a stanza `from` that was kept for `user` may still reach it (see
+    /// [`Cx::accepts`]).
+    fn accepts(&self, _cx: &Cx, _user: &str, _from: &Jid) -> bool {
+        true
+    }
 
     /// Stream features this module offers at `stage` of a client stream.
     fn stream_features(&self, _cx: &Cx, _stage: Stage, _out: &mut Vec<Element>) {}

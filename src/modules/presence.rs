@@ -263,6 +263,10 @@ fn initial(cx: &mut Cx, roster: &Roster, from: &Jid, user: &str) {
         cx.send(from.clone(), p);
     }
     let bare = from.bare();
+    let pending: Vec<Jid> = pending
+        .into_iter()
+        .filter(|c| cx.accepts(user, c))
+        .collect();
     for c in pending {
         cx.send(
             from.clone(),
