@@ -350,6 +350,59 @@ impl Config {
         self.server.store_cache_mib.saturating_mul(1 << 20)
     }
 
+    /// Creates the data directory, or tightens the one there: it holds the SCRAM keys and the
+    /// TLS key, so it is 0700 and every file in it 0600, whatever the umask. Looser modes (from
+    /// a copy, a restore, an older hearth) are tightened with one warning line rather than
+    /// refused: a family must not be locked out of its server by a file mode.
+    pub fn private_data_dir(&self) -> Result<(), Error> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        let dir = &self.server.data_dir;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(PRIVATE_DIR)
+            .create(dir)
+            .map_err(|e| Error::io("create the data directory", dir, &e))?;
+        let mut paths = vec![dir.clone()];
+        let entries = std::fs::read_dir(dir).map_err(|e| Error::io("read", dir, &e))?;
+        // Files only, and not through symbolic links: what a link points to is not ours.
+        paths.extend(entries.flatten().filter_map(|e| {
+            let file = e.file_type().ok()?.is_file();
+            file.then(|| e.path())
+        }));
+        let mut changed = Vec::new();
+        for path in paths {
+            let Ok(mode) = std::fs::metadata(&path).map(|m| m.permissions().mode()) else {
+                continue;
+            };
+            if mode & 0o077 == 0 {
+                continue;
+            }
+            let tight = mode & 0o700;
+            match std::fs::set_permissions(&path, std::fs::Permissions::from_mode(tight)) {
+                Ok(()) => changed.push(format!(
+                    "{} from {:o} to {:o}",
+                    path.display(),
+                    mode & 0o7777,
+                    tight
+                )),
+                Err(e) => log::warn!(
+                    "{} is open to other users (mode {:o}) and cannot be tightened ({e}); \
+                     run `chmod go= {}` as its owner",
+                    path.display(),
+                    mode & 0o7777,
+                    path.display()
+                ),
+            }
+        }
+        if !changed.is_empty() {
+            log::warn!(
+                "the data directory holds password keys, so its modes were tightened: {}",
+                changed.join(", ")
+            );
+        }
+        Ok(())
+    }
+
     pub fn admin_socket(&self) -> PathBuf {
         self.server.data_dir.join("admin.sock")
     }
@@ -362,6 +415,10 @@ impl Config {
         }
     }
 }
+
+/// Modes of the data directory and of the files in it.
+pub const PRIVATE_DIR: u32 = 0o700;
+pub const PRIVATE_FILE: u32 = 0o600;
 
 /// A numeric option: its path, its value, the least and the most it may be, and its unit (with
 /// the reason for a bound that is not obvious).

@@ -10,6 +10,7 @@ mod basics;
 mod carbons;
 mod csi;
 mod durability;
+mod files;
 mod login;
 mod mam;
 mod messages;
