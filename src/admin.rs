@@ -112,8 +112,7 @@ pub fn execute(config: &Config, req: &Request) -> Result<Vec<String>, Error> {
 
 /// Runs a request on the store itself, when no server is running.
 fn direct(config: &Config, req: &Request) -> Result<Vec<String>, Error> {
-    std::fs::create_dir_all(&config.server.data_dir)
-        .map_err(|e| Error::io("create the data directory", &config.server.data_dir, &e))?;
+    config.private_data_dir()?;
     let store = Store::open_with_cache(
         &config.store_path(),
         config.store_cache_bytes(),

@@ -146,9 +146,7 @@ pub fn listeners(config: &Config, modules: &[Box<dyn modules::Module>]) -> Vec<L
 
 /// Runs the server until SIGTERM or SIGINT.
 pub fn serve(config: Config) -> Result<(), Error> {
-    let data_dir = config.server.data_dir.clone();
-    std::fs::create_dir_all(&data_dir)
-        .map_err(|e| Error::io("create the data directory", &data_dir, &e))?;
+    config.private_data_dir()?;
     let store = Store::open_with_cache(
         &config.store_path(),
         config.store_cache_bytes(),

@@ -148,3 +148,40 @@ fn config_errors_are_one_sentence_and_exit_2() {
     assert_eq!(err.lines().count(), 1, "one line: {err}");
     assert!(err.contains("domian"), "names the unknown key: {err}");
 }
+
+/// A duration too large for the clock's arithmetic once made the server panic at the first
+/// connection; it is a config error now, for `check` and for the server alike.
+#[test]
+fn huge_durations_are_config_errors() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let config = dir.path().join("huge.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\ndata_dir = {:?}\n[keepalive]\nping_after_secs = 18446744073709551615\n",
+            dir.path().join("data")
+        ),
+    )
+    .expect("write the config");
+    for args in [&["check"][..], &[]] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_hearth"))
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run hearth");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+        assert!(
+            err.contains("keepalive.ping_after_secs = 18446744073709551615 is out of range"),
+            "names the option and the value: {err}"
+        );
+        assert!(
+            err.contains("between 1 and 86400"),
+            "gives the range: {err}"
+        );
+    }
+    assert!(!dir.path().join("data").exists(), "nothing was created");
+}

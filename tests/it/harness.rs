@@ -386,6 +386,8 @@ pub struct TestServer {
     dir: tempfile::TempDir,
     config: PathBuf,
     child: Option<Child>,
+    /// The umask the server and the CLI run with; the test process's own when `None`.
+    umask: Option<libc::mode_t>,
     /// Everything the server wrote to stdout and stderr, for failure messages.
     log: Arc<Mutex<String>>,
     pub c2s: SocketAddr,
@@ -399,6 +401,11 @@ impl TestServer {
 
     /// Starts a server whose config has `extra` (whole TOML sections) appended.
     pub fn start_with(extra: &str) -> TestServer {
+        TestServer::start_with_umask(extra, None)
+    }
+
+    /// Starts a server, and later runs its CLI, with the umask `umask` in effect.
+    pub fn start_with_umask(extra: &str, umask: Option<libc::mode_t>) -> TestServer {
         let dir = tempfile::tempdir().expect("create a temporary directory");
         let config = dir.path().join("hearth.toml");
         let data_dir = dir.path().join("data");
@@ -413,6 +420,7 @@ impl TestServer {
             dir,
             config,
             child: None,
+            umask,
             log: Arc::default(),
             c2s: unbound,
             c2s_tls: unbound,
@@ -434,11 +442,27 @@ impl TestServer {
         self.log.lock().map(|l| l.clone()).unwrap_or_default()
     }
 
+    /// `hearth --config FILE`, with the umask if one was asked for.
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hearth"));
+        cmd.arg("--config").arg(&self.config);
+        if let Some(mask) = self.umask {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: umask is async-signal-safe and touches no memory of the parent.
+            unsafe {
+                cmd.pre_exec(move || {
+                    libc::umask(mask);
+                    Ok(())
+                });
+            }
+        }
+        cmd
+    }
+
     fn spawn(&mut self) {
         assert!(self.child.is_none(), "the server is already running");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_hearth"))
-            .arg("--config")
-            .arg(&self.config)
+        let mut child = self
+            .command()
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -549,9 +573,8 @@ impl TestServer {
 
     /// Runs `hearth --config FILE args...` with `stdin` as its input; panics after a deadline.
     pub fn cli(&self, args: &[&str], stdin: &str) -> Output {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_hearth"))
-            .arg("--config")
-            .arg(&self.config)
+        let mut child = self
+            .command()
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

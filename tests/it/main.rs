@@ -11,6 +11,7 @@ mod blocking;
 mod carbons;
 mod csi;
 mod durability;
+mod files;
 mod login;
 mod mam;
 mod messages;
