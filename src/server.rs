@@ -9,6 +9,7 @@ use crate::session::Outbound;
 use crate::stanza::{StreamCondition, StreamError};
 use crate::storage::Store;
 use crate::stream::c2s;
+use crate::stream::throttle::{Source, Throttle};
 use crate::{admin, modules, tls};
 use async_signal::{Signal, Signals};
 use smol::channel::{Receiver, Sender};
@@ -51,41 +52,6 @@ impl std::ops::Deref for Server {
     }
 }
 
-/// Failed logins per IP address and per account within a window (RFC 6120 §6.4.5 asks for
-/// limits on retries; this also slows password guessing across connections).
-#[derive(Default)]
-pub struct Throttle {
-    failures: HashMap<String, (u32, Instant)>,
-}
-
-impl Throttle {
-    pub fn blocked(&mut self, key: &str, max: u32, window: Duration) -> bool {
-        if max == 0 {
-            return false;
-        }
-        match self.failures.get(key) {
-            Some((_, since)) if since.elapsed() > window => {
-                self.failures.remove(key);
-                false
-            }
-            Some((n, _)) => *n >= max,
-            None => false,
-        }
-    }
-
-    pub fn fail(&mut self, key: String, window: Duration) {
-        if self.failures.len() > 100_000 {
-            self.failures
-                .retain(|_, (_, since)| since.elapsed() <= window);
-        }
-        let e = self.failures.entry(key).or_insert((0, Instant::now()));
-        if e.1.elapsed() > window {
-            *e = (0, Instant::now());
-        }
-        e.0 += 1;
-    }
-}
-
 impl Server {
     pub fn new(router: Router, tls: Arc<rustls::ServerConfig>, listeners: Vec<Listener>) -> Server {
         Server {
@@ -114,16 +80,18 @@ impl Server {
         (id, rx)
     }
 
-    /// Connections of `listener` in total and from `ip`.
+    /// Connections of `listener` in total and from the source of `ip` (the address, or its
+    /// /64 for IPv6: one subscriber usually has a whole /64).
     pub fn conn_counts(&self, listener: usize, ip: IpAddr) -> (usize, usize) {
         let conns = self.conns.borrow();
         let mine = conns.values().filter(|c| c.listener == listener);
-        let (mut total, mut from_ip) = (0, 0);
+        let source = Source::from(ip);
+        let (mut total, mut from_source) = (0, 0);
         for c in mine {
             total += 1;
-            from_ip += usize::from(c.ip == ip);
+            from_source += usize::from(Source::from(c.ip) == source);
         }
-        (total, from_ip)
+        (total, from_source)
     }
 
     pub fn close_conn(&self, id: u64, err: StreamError) {

@@ -478,8 +478,7 @@ impl Conn {
                     };
                 }
                 if el.ns == ns::SASL {
-                    self.sasl_failure(F::EncryptionRequired);
-                    return Next::Continue;
+                    return self.sasl_failed(F::EncryptionRequired, None);
                 }
                 Next::Fail(StreamError::with_text(
                     C::NotAuthorized,
