@@ -8,8 +8,8 @@ use crate::router::{self, Router};
 use crate::session::Outbound;
 use crate::stanza::{StreamCondition, StreamError};
 use crate::storage::Store;
-use crate::stream::c2s;
 use crate::stream::throttle::{Source, Throttle};
+use crate::stream::{c2s, sasl};
 use crate::{admin, modules, tls};
 use async_signal::{Signal, Signals};
 use smol::channel::{Receiver, Sender};
@@ -122,6 +122,9 @@ pub fn serve(config: Config) -> Result<(), Error> {
         config.store_cache_bytes(),
         modules::schema(),
     )?;
+    // After the store: its lock makes sure that no other server makes the secret meanwhile.
+    let secret = sasl::load_secret(&data_dir)?;
+    sasl::install_decoy(sasl::Decoy::new(secret, config.auth.scram_iterations));
     let tls = tls::load(&config)?;
     let router = Router::new(config, store)?;
     let specs = listeners(&router.config, router.modules());

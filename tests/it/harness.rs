@@ -1086,6 +1086,18 @@ impl Client {
         Ok(())
     }
 
+    /// Starts SCRAM as `user` and returns the server-first message (RFC 5802 §5.1), leaving
+    /// the exchange unfinished.
+    #[track_caller]
+    pub fn scram_server_first(&mut self, user: &str, mechanism: &str) -> String {
+        let mech = format!(" mechanism='{mechanism}'");
+        let reply = self.sasl("auth", &mech, &format!("n,,n={user},r=abcdefgh"));
+        match sasl_step(reply, "challenge") {
+            Ok(challenge) => sasl_text(&challenge),
+            Err(f) => panic!("{mechanism} as {user}: no challenge but {f}"),
+        }
+    }
+
     /// PLAIN (RFC 4616); returns the `<failure/>` on failure, restarts the stream on success.
     pub fn try_auth_plain(&mut self, user: &str, password: &str) -> Result<(), Element> {
         let reply = self.sasl(

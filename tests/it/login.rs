@@ -2,7 +2,8 @@
 //! channel binding and PLAIN (RFC 6120 §6, RFC 5802, RFC 9266, RFC 4616), resource binding and
 //! its conflicts (RFC 6120 §7), the legacy session iq (RFC 3921 §3), throttling of failed logins
 //! by source (which strangers cannot turn against an account's owner), the retry limit per
-//! stream (RFC 6120 §6.4.5) with aborts counting, and plaintext smuggled in with STARTTLS.
+//! stream (RFC 6120 §6.4.5) with aborts counting, SCRAM answers that do not tell accounts
+//! apart, and plaintext smuggled in with STARTTLS.
 
 use crate::harness::{
     Client, DOMAIN, Event, PASSWORD, TestServer, assert_matches, assert_sasl_failure, ns,
@@ -255,6 +256,24 @@ fn strangers_cannot_lock_the_owner_out() {
 }
 
 #[test]
+fn a_refusal_tells_nothing_about_the_account_or_password() {
+    let server = TestServer::start_with("[auth]\nmax_failures = 2\n");
+    server.add_users(&["alice"]);
+    let attacker = stranger(2);
+    for user in ["alice", "nobody"] {
+        fail_plain(&server, attacker, user, 2, 3);
+        let mut c = Client::connect_starttls_from(&server, attacker);
+        for password in ["wrong", PASSWORD] {
+            assert_sasl_failure(
+                c.try_auth_scram(user, password, "SCRAM-SHA-256"),
+                "temporary-auth-failure",
+            );
+        }
+    }
+    Client::connect_starttls(&server).auth_plain("alice", PASSWORD);
+}
+
+#[test]
 fn a_source_that_tries_many_accounts_is_refused_for_all() {
     let server =
         TestServer::start_with("[auth]\nmax_failures = 100\nmax_failures_per_source = 4\n");
@@ -340,6 +359,41 @@ fn a_flood_of_aborts_throttles_its_source() {
         "temporary-auth-failure",
     );
     Client::connect_starttls(&server).auth_plain("alice", PASSWORD);
+}
+
+/// The salt and iteration count of the server-first message for `user`, on a new stream.
+fn salt_and_iterations(server: &TestServer, user: &str) -> (String, String) {
+    let mut c = Client::connect_starttls(server);
+    let first = c.scram_server_first(user, "SCRAM-SHA-256");
+    let attr = |k: &str| {
+        first
+            .split(',')
+            .find_map(|a| a.strip_prefix(k))
+            .unwrap_or_else(|| panic!("no {k} in {first:?}"))
+            .to_owned()
+    };
+    (attr("s="), attr("i="))
+}
+
+#[test]
+fn scram_does_not_tell_accounts_apart() {
+    let mut server = TestServer::start();
+    server.add_users(&["alice"]);
+    let alice = salt_and_iterations(&server, "alice");
+    let nobody = salt_and_iterations(&server, "nobody");
+    assert_eq!(salt_and_iterations(&server, "alice"), alice);
+    assert_eq!(
+        salt_and_iterations(&server, "nobody"),
+        nobody,
+        "an unknown user's salt must be as stable as an account's"
+    );
+    assert_eq!(nobody.1, alice.1, "iterations");
+    assert_eq!(nobody.0.len(), alice.0.len(), "salt length");
+    assert_ne!(nobody.0, salt_and_iterations(&server, "somebody").0);
+    // It survives a restart, as an account's salt does.
+    server.restart();
+    assert_eq!(salt_and_iterations(&server, "nobody"), nobody);
+    assert_eq!(salt_and_iterations(&server, "alice"), alice);
 }
 
 #[test]
