@@ -27,6 +27,9 @@ pub struct Conn {
     pub tx: Sender<Outbound>,
     pub ip: IpAddr,
     pub listener: usize,
+    /// The account this connection authenticated as: removing the account or changing its
+    /// password ends the connection, bound or not.
+    pub user: Option<String>,
 }
 
 /// The running server: the router (and through it the store, sessions and modules), and what
@@ -74,9 +77,15 @@ impl Server {
         let (tx, rx) = smol::channel::unbounded();
         let id = self.next_conn.get();
         self.next_conn.set(id + 1);
-        self.conns
-            .borrow_mut()
-            .insert(id, Conn { tx, ip, listener });
+        self.conns.borrow_mut().insert(
+            id,
+            Conn {
+                tx,
+                ip,
+                listener,
+                user: None,
+            },
+        );
         (id, rx)
     }
 
@@ -92,6 +101,26 @@ impl Server {
             from_source += usize::from(Source::from(c.ip) == source);
         }
         (total, from_source)
+    }
+
+    /// Ends every connection authenticated as `user`, bound or not, with `err`.
+    pub fn close_account(&self, user: &str, err: &StreamError) {
+        let ids: Vec<u64> = {
+            let conns = self.conns.borrow();
+            let sessions = self.sessions();
+            let bound = sessions.of(user).iter().map(|s| s.conn);
+            let authenticated = conns
+                .iter()
+                .filter(|(_, c)| c.user.as_deref() == Some(user))
+                .map(|(id, _)| *id);
+            let mut ids: Vec<u64> = bound.chain(authenticated).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            ids
+        };
+        for id in ids {
+            self.close_conn(id, err.clone());
+        }
     }
 
     pub fn close_conn(&self, id: u64, err: StreamError) {

@@ -356,8 +356,13 @@ impl Sasl {
                             user,
                         );
                         match step {
-                            // A decoy's keys log nobody in, whatever the client sent.
-                            Step::Success { user, .. } if !known => {
+                            // The password may have changed, or the account gone, since the
+                            // first message: only the current keys log in.
+                            Step::Success { user, .. }
+                                if !known
+                                    || keys_of(lookup(&user).as_ref(), *hash)
+                                        .is_none_or(|k| k.stored != stored_key) =>
+                            {
                                 Step::Failure(FailureCondition::NotAuthorized, Some(user))
                             }
                             step => step,
@@ -776,6 +781,64 @@ mod tests {
                 "{user}"
             );
         }
+    }
+
+    /// The client's final message of a SCRAM-SHA-256 exchange with `password`.
+    fn client_final(first_bare: &str, challenge: &[u8], password: &str) -> String {
+        let server_first = std::str::from_utf8(challenge).unwrap();
+        let attr = |k: &str| {
+            server_first
+                .split(',')
+                .find_map(|a| a.strip_prefix(k))
+                .unwrap()
+        };
+        let salt = B64.decode(attr("s=")).unwrap();
+        let iterations: u32 = attr("i=").parse().unwrap();
+        let without_proof = format!("c=biws,r={}", attr("r="));
+        let auth_message = format!("{first_bare},{server_first},{without_proof}");
+        let h = Hash::Sha256;
+        let salted = h.salted_password(password.as_bytes(), &salt, iterations);
+        let client_key = h.hmac(&salted, b"Client Key");
+        let signature = h.hmac(&h.digest(&client_key), auth_message.as_bytes());
+        let proof: Vec<u8> = client_key
+            .iter()
+            .zip(&signature)
+            .map(|(a, b)| a ^ b)
+            .collect();
+        format!("{without_proof},p={}", B64.encode(proof))
+    }
+
+    #[test]
+    fn a_password_change_or_removal_mid_exchange_fails_the_login() {
+        let old = derive_credentials("old", 4096).unwrap();
+        let new = derive_credentials("new", 4096).unwrap();
+        for after in [Some(new), None] {
+            let current = std::cell::RefCell::new(Some(old.clone()));
+            let lookup = |u: &str| current.borrow().clone().filter(|_| u == "alice");
+            let mut sasl = Sasl::start("SCRAM-SHA-256", None, "localhost").unwrap();
+            let first_bare = "n=alice,r=abc";
+            let Step::Challenge(ch) = sasl.step(format!("n,,{first_bare}").as_bytes(), &lookup)
+            else {
+                panic!()
+            };
+            *current.borrow_mut() = after.clone();
+            let fin = client_final(first_bare, &ch, "old");
+            assert_eq!(
+                sasl.step(fin.as_bytes(), &lookup),
+                Step::Failure(FailureCondition::NotAuthorized, Some("alice".into()))
+            );
+        }
+        // Unchanged, the same exchange succeeds.
+        let lookup = |u: &str| (u == "alice").then(|| old.clone());
+        let mut sasl = Sasl::start("SCRAM-SHA-256", None, "localhost").unwrap();
+        let Step::Challenge(ch) = sasl.step(b"n,,n=alice,r=abc", &lookup) else {
+            panic!()
+        };
+        let fin = client_final("n=alice,r=abc", &ch, "old");
+        assert!(matches!(
+            sasl.step(fin.as_bytes(), &lookup),
+            Step::Success { .. }
+        ));
     }
 
     #[test]

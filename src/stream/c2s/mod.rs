@@ -488,6 +488,13 @@ impl Conn {
             Phase::Secure => self.sasl(el),
             Phase::Authenticated(user) => {
                 let user = user.clone();
+                if !self.server.account_exists(&user) {
+                    // Removed after this connection authenticated: it may not bind or resume.
+                    return Next::Fail(StreamError::with_text(
+                        C::NotAuthorized,
+                        "the account was removed",
+                    ));
+                }
                 if el.is("resume", ns::SM) {
                     return self.resume(&user, &el).await;
                 }

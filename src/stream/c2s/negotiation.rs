@@ -211,6 +211,13 @@ impl Conn {
                 if blocked {
                     return self.sasl_failed(F::TemporaryAuthFailure, Some(&user));
                 }
+                if !self.server.account_exists(&user) {
+                    // Removed while the exchange ran.
+                    return self.sasl_failed(F::NotAuthorized, Some(&user));
+                }
+                if let Some(c) = self.server.conns.borrow_mut().get_mut(&self.id) {
+                    c.user = Some(user.clone());
+                }
                 let mut ok = Element::new("success", ns::SASL);
                 if !data.is_empty() {
                     ok = ok.with_text(B64.encode(data));
