@@ -82,7 +82,7 @@ pub struct LimitsConfig {
     pub max_connections: usize,
     /// Connections from one IPv4 address or one IPv6 /64.
     pub max_connections_per_ip: usize,
-    /// Seconds a new connection has to authenticate and bind.
+    /// Seconds a new connection has, from its first byte, to authenticate and bind.
     pub login_timeout_secs: u64,
 }
 

@@ -3,7 +3,7 @@
 //! its conflicts (RFC 6120 §7), the legacy session iq (RFC 3921 §3), throttling of failed logins
 //! by source (which strangers cannot turn against an account's owner), the retry limit per
 //! stream (RFC 6120 §6.4.5) with aborts counting, SCRAM answers that do not tell accounts
-//! apart, and plaintext smuggled in with STARTTLS.
+//! apart, the absolute login deadline, and plaintext smuggled in with STARTTLS.
 
 use crate::harness::{
     Client, DOMAIN, Event, PASSWORD, TestServer, assert_matches, assert_sasl_failure, ns,
@@ -11,6 +11,7 @@ use crate::harness::{
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
 
 /// A loopback address other than 127.0.0.1: another source, as far as the server can tell.
 fn stranger(n: u8) -> IpAddr {
@@ -394,6 +395,57 @@ fn scram_does_not_tell_accounts_apart() {
     server.restart();
     assert_eq!(salt_and_iterations(&server, "nobody"), nobody);
     assert_eq!(salt_and_iterations(&server, "alice"), alice);
+}
+
+#[test]
+fn whitespace_does_not_keep_a_login_open() {
+    let server = TestServer::start_with("[limits]\nlogin_timeout_secs = 2\n");
+    server.add_users(&["alice"]);
+    let mut bound = Client::user(&server, "alice", "bound");
+    let plain = Client::connect_plain(&server);
+    let secure = Client::connect_starttls(&server);
+    let mut authenticated = Client::connect_starttls(&server);
+    authenticated.auth_scram("alice", PASSWORD, "SCRAM-SHA-256");
+    let mut waiting = vec![
+        ("before STARTTLS", plain),
+        ("before SASL", secure),
+        ("before binding", authenticated),
+    ];
+    // Whitespace keepalives (RFC 6120 §4.6.1) from each, more often than the timeout, until
+    // each gets its stream error; on an idle timeout this would go on for ever.
+    let give_up = Instant::now() + Duration::from_secs(60);
+    while !waiting.is_empty() {
+        assert!(
+            Instant::now() < give_up,
+            "still open: {:?}",
+            waiting.iter().map(|(w, _)| *w).collect::<Vec<_>>()
+        );
+        let mut still = Vec::new();
+        for (what, mut c) in waiting {
+            // Read before writing: a write into a stream the server has just closed could
+            // reset the connection before its error is read.
+            match c.next_event_within(Duration::from_millis(200)) {
+                None => {
+                    let _ = c.try_send_raw(b" ");
+                    still.push((what, c));
+                }
+                Some(Event::Header(_)) => {
+                    c.expect_stream_error("connection-timeout");
+                }
+                Some(Event::Stanza(el)) => {
+                    assert!(
+                        el.child("connection-timeout", ns::STREAM_ERRORS).is_some(),
+                        "{what}: expected connection-timeout, got {el}"
+                    );
+                    c.expect_closed();
+                }
+                Some(other) => panic!("{what}: expected connection-timeout, got {other:?}"),
+            }
+        }
+        waiting = still;
+    }
+    // A bound session is not subject to the login deadline.
+    bound.sync();
 }
 
 #[test]

@@ -19,10 +19,7 @@ impl Conn {
         let acceptor = futures_rustls::TlsAcceptor::from(self.server.tls.borrow().clone());
         let handshake = acceptor.accept(tcp);
         let timeout = async {
-            Timer::after(Duration::from_secs(
-                self.server.config.limits.login_timeout_secs,
-            ))
-            .await;
+            Timer::at(self.login_deadline()).await;
             Err(std::io::ErrorKind::TimedOut.into())
         };
         match handshake.or(timeout).await {
