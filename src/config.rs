@@ -80,8 +80,9 @@ pub struct LimitsConfig {
     /// Stanzas waiting for one connection; a client that falls this far behind is disconnected.
     pub queue_len: usize,
     pub max_connections: usize,
+    /// Connections from one IPv4 address or one IPv6 /64.
     pub max_connections_per_ip: usize,
-    /// Seconds a new connection has to authenticate and bind.
+    /// Seconds a new connection has, from its first byte, to authenticate and bind.
     pub login_timeout_secs: u64,
 }
 
@@ -104,9 +105,13 @@ impl Default for LimitsConfig {
 pub struct AuthConfig {
     /// Failed logins per stream before the stream is closed.
     pub attempts_per_stream: u32,
-    /// Failed logins from one IP address, or for one account, within `throttle_window_secs`
-    /// after which further attempts are refused until the window passes. 0 turns this off.
+    /// Failed logins for one account from one source (an IPv4 address or an IPv6 /64) within
+    /// `throttle_window_secs`, after which that source's attempts at that account are refused
+    /// until the window passes. 0 turns this off.
     pub max_failures: u32,
+    /// Failed logins from one source, whatever the accounts, within the window, after which
+    /// that source's attempts are refused until the window passes. 0 turns this off.
+    pub max_failures_per_source: u32,
     pub throttle_window_secs: u64,
     /// PBKDF2 iterations for newly set passwords (RFC 7677 asks for at least 4096).
     pub scram_iterations: u32,
@@ -117,6 +122,7 @@ impl Default for AuthConfig {
         AuthConfig {
             attempts_per_stream: 3,
             max_failures: 10,
+            max_failures_per_source: 30,
             throttle_window_secs: 300,
             scram_iterations: 4096,
         }

@@ -20,7 +20,7 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 use std::fmt;
 use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
@@ -831,6 +831,10 @@ impl Client {
     /// A TCP connection to `addr` and nothing else: no stream header sent yet.
     pub fn connect_raw(server: &TestServer, addr: SocketAddr) -> Client {
         let tcp = TcpStream::connect_timeout(&addr, TIMEOUT).expect("connect to hearth");
+        Client::over(server, tcp)
+    }
+
+    fn over(server: &TestServer, tcp: TcpStream) -> Client {
         tcp.set_write_timeout(Some(TIMEOUT))
             .expect("set a write timeout");
         Client {
@@ -843,6 +847,28 @@ impl Client {
             next_id: 0,
             cert: server.cert_path(),
         }
+    }
+
+    /// `connect_raw` from the loopback address `source` (any of 127.0.0.0/8 on Linux): a
+    /// client at another address, as far as the server can tell.
+    fn connect_raw_from(server: &TestServer, addr: SocketAddr, source: IpAddr) -> Client {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("make a socket");
+        socket
+            .bind(&SocketAddr::new(source, 0).into())
+            .unwrap_or_else(|e| panic!("bind to {source}: {e}"));
+        socket
+            .connect_timeout(&addr.into(), TIMEOUT)
+            .expect("connect to hearth");
+        Client::over(server, socket.into())
+    }
+
+    /// `connect_starttls` from the loopback address `source`.
+    pub fn connect_starttls_from(server: &TestServer, source: IpAddr) -> Client {
+        let mut c = Client::connect_raw_from(server, server.c2s, source);
+        c.open_stream();
+        c.starttls();
+        c
     }
 
     /// A plain connection to the STARTTLS port with the stream opened and features read.
@@ -1081,6 +1107,18 @@ impl Client {
         assert_eq!(scram_attr(&server_final, 'v'), expected, "server signature");
         self.open_stream();
         Ok(())
+    }
+
+    /// Starts SCRAM as `user` and returns the server-first message (RFC 5802 §5.1), leaving
+    /// the exchange unfinished.
+    #[track_caller]
+    pub fn scram_server_first(&mut self, user: &str, mechanism: &str) -> String {
+        let mech = format!(" mechanism='{mechanism}'");
+        let reply = self.sasl("auth", &mech, &format!("n,,n={user},r=abcdefgh"));
+        match sasl_step(reply, "challenge") {
+            Ok(challenge) => sasl_text(&challenge),
+            Err(f) => panic!("{mechanism} as {user}: no challenge but {f}"),
+        }
     }
 
     /// PLAIN (RFC 4616); returns the `<failure/>` on failure, restarts the stream on success.
