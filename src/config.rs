@@ -327,8 +327,9 @@ impl Config {
             ("limits.max_connections_per_ip", n(l.max_connections_per_ip), 1, 1_000_000,
                 "connections"),
             ("limits.login_timeout_secs", l.login_timeout_secs, 1, HOUR, "seconds"),
-            ("auth.attempts_per_stream", n(a.attempts_per_stream), 1, 100, "attempts"),
+            ("auth.attempts_per_stream", n(a.attempts_per_stream), 1, 10_000, "attempts"),
             ("auth.max_failures", n(a.max_failures), 0, 1_000_000, "failures; 0 turns it off"),
+            ("auth.max_failures_per_source", n(a.max_failures_per_source), 0, 1_000_000, "failures; 0 turns it off"),
             ("auth.throttle_window_secs", a.throttle_window_secs, 1, 7 * DAY, "seconds"),
             ("auth.scram_iterations", n(a.scram_iterations), 4096, 100_000,
                 "RFC 7677 asks for at least 4096; checking a PLAIN login at more stalls every \

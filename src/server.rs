@@ -150,7 +150,7 @@ pub fn serve(config: Config) -> Result<(), Error> {
         modules::schema(),
     )?;
     // After the store: its lock makes sure that no other server makes the secret meanwhile.
-    let secret = sasl::load_secret(&data_dir)?;
+    let secret = sasl::load_secret(&config.server.data_dir)?;
     sasl::install_decoy(sasl::Decoy::new(secret, config.auth.scram_iterations));
     let tls = tls::load(&config)?;
     let router = Router::new(config, store)?;
