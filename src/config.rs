@@ -185,6 +185,7 @@ pub struct ModulesConfig {
     pub offline: crate::modules::offline::Config,
     pub mam: crate::modules::mam::Config,
     pub blocking: crate::modules::blocking::Config,
+    pub caps: crate::modules::caps::Config,
 }
 
 impl Config {
@@ -339,6 +340,10 @@ impl Config {
             ("modules.mam.default_page", n(m.mam.default_page), 1, 10_000, "results"),
             ("modules.mam.max_page", n(m.mam.max_page), 1, 10_000, "results"),
             ("modules.blocking.max_items", n(m.blocking.max_items), 1, 10_000, "addresses"),
+            ("modules.caps.max_cached", n(m.caps.max_cached), 0, 100_000,
+                "entries; 0 caches nothing"),
+            ("modules.caps.query_timeout_secs", m.caps.query_timeout_secs, 1, HOUR, "seconds"),
+            ("modules.caps.max_info_bytes", n(m.caps.max_info_bytes), 1024, 1 << 20, "bytes"),
         ]
     }
 

@@ -11,6 +11,7 @@
 
 pub mod auth;
 pub mod blocking;
+pub mod caps;
 pub mod carbons;
 pub mod disco;
 pub mod mam;
@@ -51,6 +52,8 @@ pub static REGISTRY: &[Entry] = &[
     roster::ENTRY,
     // Before every module that acts on stanzas: what a block stops, nothing else sees.
     blocking::ENTRY,
+    // Before presence, which ends the hooks of a client's presence broadcast.
+    caps::ENTRY,
     presence::ENTRY,
     disco::ENTRY,
     ping::ENTRY,
@@ -175,13 +178,6 @@ impl<'a> Cx<'a> {
     /// Sends an iq request from `from` (the server, an account, a service) to `to`; its result
     /// or error, or `remote-server-timeout` after `timeout`, reaches `module`'s
     /// [`Module::iq_response`] with `token`.
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "no module sends iq requests yet; entity caps for PEP will"
-        )
-    )]
     pub fn send_iq(&mut self, module: &'static str, req: IqOut) {
         if let Some(st) = self.router.register_iq(module, req) {
             self.route(st);
@@ -305,6 +301,9 @@ pub enum SessionEvent {
     Resumed,
     /// The session is over (its stanzas still queued are routed again after this).
     Closed,
+    /// XEP-0115: the features the session advertises became known, or changed
+    /// (`caps::Caps::features` has them).
+    Caps,
 }
 
 /// The stream negotiation step a stream feature is offered at.
