@@ -149,7 +149,6 @@ impl Caps {
     }
 
     /// The features `jid` (a full JID) advertised, once they are known.
-    #[cfg_attr(not(test), expect(dead_code, reason = "no module reads caps yet"))]
     pub fn features(&self, jid: &Jid) -> Option<Features> {
         self.jids.borrow().get(jid).and_then(|c| c.features.clone())
     }
@@ -318,6 +317,12 @@ impl Caps {
         let verified = ver.algo.is_some_and(|a| a.hash(&s) == ver.ver);
         Some((Rc::new(features), verified))
     }
+}
+
+/// The sha-1 `ver` of a disco#info `<query/>`, for tests that play a client.
+#[cfg(test)]
+pub fn sha1_ver(info: &Element) -> String {
+    Algo::Sha1.hash(&verification_string(info).expect("a well-formed answer"))
 }
 
 /// A form field of an extended disco#info answer: its var and its values, sorted.

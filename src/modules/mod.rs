@@ -16,6 +16,7 @@ pub mod carbons;
 pub mod disco;
 pub mod mam;
 pub mod offline;
+pub mod pep;
 pub mod ping;
 pub mod presence;
 pub mod roster;
@@ -52,8 +53,10 @@ pub static REGISTRY: &[Entry] = &[
     roster::ENTRY,
     // Before every module that acts on stanzas: what a block stops, nothing else sees.
     blocking::ENTRY,
-    // Before presence, which ends the hooks of a client's presence broadcast.
+    // Before presence, which ends the hooks of a client's presence broadcast and of probes:
+    // caps reads the one, PEP learns from both who follows an account.
     caps::ENTRY,
+    pep::ENTRY,
     presence::ENTRY,
     disco::ENTRY,
     ping::ENTRY,
@@ -318,11 +321,15 @@ pub enum Stage {
 /// What a disco#info or disco#items query answers, gathered from every module.
 #[derive(Default)]
 pub struct DiscoInfo {
+    /// Who asks, for answers that depend on it (the PEP nodes a contact may see).
+    pub asker: Option<Jid>,
     /// (category, type, name)
     pub identities: Vec<(&'static str, &'static str, Option<&'static str>)>,
     pub features: Vec<&'static str>,
     /// (jid, name)
     pub items: Vec<(String, Option<&'static str>)>,
+    /// Items that are nodes of an entity: (jid, node).
+    pub nodes: Vec<(String, String)>,
 }
 
 /// A SASL mechanism's server side, one per authentication attempt.
@@ -343,6 +350,9 @@ pub trait Module: Any {
 
     /// What the module adds to disco#info and disco#items of `target`.
     fn disco(&self, _cx: &Cx, _target: &Target, _info: &mut DiscoInfo) {}
+    /// The same for a node of `target` (XEP-0030 §3.2); a node nobody describes does not
+    /// exist.
+    fn disco_node(&self, _cx: &Cx, _target: &Target, _node: &str, _info: &mut DiscoInfo) {}
 
     fn iq_routes(&self) -> &'static [IqRoute] {
         &[]
@@ -497,6 +507,7 @@ mod tests {
             &a,
             "<iq type='set' id='3'><prefs xmlns='urn:xmpp:mam:2' default='always'/></iq>",
         );
+        t.client(&a, "<iq type='set' id='4'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='urn:example'><item id='1'><x xmlns='urn:example'/></item></publish></pubsub></iq>");
         t.client(
             &a,
             "<message to='bob@localhost' type='chat'><body>archived</body></message>",
@@ -526,6 +537,8 @@ mod tests {
             "archive_by_contact",
             "archive_prefs",
             "offline",
+            "pep_nodes",
+            "pep_items",
         ] {
             assert!(
                 stored.iter().any(|n| n == table),
