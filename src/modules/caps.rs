@@ -439,7 +439,11 @@ impl Module for Caps {
     fn presence_in(&self, cx: &mut Cx, _user: &str, st: &mut Stanza) -> Result<Flow, StanzaError> {
         match st.typ {
             Type::Available => self.observe(cx, &st.from, &st.el),
-            Type::Unavailable => self.forget(&st.from),
+            // Directed unavailable presence from a session that stays available to others
+            // does not take its caps away.
+            Type::Unavailable if cx.sessions().get(&st.from).is_none_or(|s| !s.available) => {
+                self.forget(&st.from)
+            }
             _ => {}
         }
         Ok(Flow::Continue)
@@ -663,7 +667,9 @@ mod tests {
         // The same presence again changes nothing.
         t.client(&c, &presence(&ver));
         assert!(announced(&t).is_empty());
-        // Going unavailable forgets the session's caps; a new presence knows them again.
+        // Directed unavailable presence does not forget them; going unavailable does.
+        t.client(&c, "<presence type='unavailable' to='alice@localhost'/>");
+        assert!(has(&t, &c, "urn:xmpp:ping"));
         t.client(&c, "<presence type='unavailable'/>");
         assert_eq!(t.module::<Caps>().features(&c), None);
         t.close(&b);

@@ -1039,6 +1039,15 @@ impl Module for Pep {
         }
     }
 
+    fn presence_out(&self, _cx: &mut Cx, st: &mut Stanza) -> Result<Flow, StanzaError> {
+        // A session that goes unavailable follows nobody until its next initial presence,
+        // which then brings the last items again.
+        if st.origin == Origin::Client && st.to.is_none() && st.typ == Type::Unavailable {
+            self.served.borrow_mut().remove(&st.from);
+        }
+        Ok(Flow::Continue)
+    }
+
     fn presence_in(&self, cx: &mut Cx, user: &str, st: &mut Stanza) -> Result<Flow, StanzaError> {
         let from = st.from.clone();
         match st.typ {

@@ -140,9 +140,10 @@ pub fn read_form(x: &Element, form_type: &str) -> Result<Option<Fields>, StanzaE
     if !x.is("x", ns::DATA_FORMS) {
         return Err(StanzaError::bad_request("expected a jabber:x:data form"));
     }
+    // A form without a type is taken as submitted, as some clients send publish options.
     match x.attr("type") {
         Some("cancel") => return Ok(None),
-        Some("submit") => {}
+        Some("submit") | None => {}
         _ => return Err(StanzaError::bad_request("the form's type must be submit")),
     }
     let mut fields = Fields::new();

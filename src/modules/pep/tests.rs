@@ -33,6 +33,20 @@ fn online_unanswered(
     resource: &str,
     notify: &[&str],
 ) -> (Jid, Out, Option<String>, Element) {
+    let (presence, q) = caps_presence(notify);
+    let jid = t.bind(user, resource);
+    let out = t.client(&jid, &presence);
+    let id = out
+        .to(&jid)
+        .iter()
+        .find(|e| e.name == "iq" && e.attr("type") == Some("get"))
+        .and_then(|e| e.attr("id").map(str::to_owned));
+    (jid, out, id, q)
+}
+
+/// Available presence with caps whose features are `notify` and their `+notify`, and the
+/// disco#info answer they hash.
+fn caps_presence(notify: &[&str]) -> (String, Element) {
     let mut q = Element::new("query", ns::DISCO_INFO).with_child(
         Element::new("identity", ns::DISCO_INFO)
             .with_attr("category", "client")
@@ -43,20 +57,11 @@ fn online_unanswered(
         q.push(Element::new("feature", ns::DISCO_INFO).with_attr("var", format!("{n}+notify")));
     }
     let ver = caps::sha1_ver(&q);
-    let jid = t.bind(user, resource);
-    let out = t.client(
-        &jid,
-        &format!(
-            "<presence><c xmlns='{}' hash='sha-1' node='https://hearth.example/test' ver='{ver}'/></presence>",
-            caps::NS
-        ),
+    let presence = format!(
+        "<presence><c xmlns='{}' hash='sha-1' node='https://hearth.example/test' ver='{ver}'/></presence>",
+        caps::NS
     );
-    let id = out
-        .to(&jid)
-        .iter()
-        .find(|e| e.name == "iq" && e.attr("type") == Some("get"))
-        .and_then(|e| e.attr("id").map(str::to_owned));
-    (jid, out, id, q)
+    (presence, q)
 }
 
 /// A mutual presence subscription between two accounts.
@@ -792,4 +797,19 @@ fn a_blocked_contact_gets_no_notifications() {
     t.client(&a, "<iq type='set' id='b'><block xmlns='urn:xmpp:blocking'><item jid='bob@localhost'/></block></iq>");
     let out = t.client(&a, &publish(TUNE, "t1", &tune("one")));
     assert!(events(&out, &b, TUNE).is_empty());
+}
+
+#[test]
+fn a_session_back_from_unavailable_gets_the_last_items_again() {
+    let t = router();
+    befriend(&t, "alice", "bob");
+    let (a, _) = online(&t, "alice", "phone", &[]);
+    t.client(&a, &publish(TUNE, "t1", &tune("one")));
+    let (b, out) = online(&t, "bob", "pc", &[TUNE]);
+    assert_eq!(events(&out, &b, TUNE), vec!["t1"]);
+    t.client(&b, "<presence type='unavailable'/>");
+    let out = t.client(&a, &publish(TUNE, "t2", &tune("two")));
+    assert!(events(&out, &b, TUNE).is_empty());
+    let out = t.client(&b, &caps_presence(&[TUNE]).0);
+    assert_eq!(events(&out, &b, TUNE), vec!["t2"]);
 }
