@@ -392,8 +392,9 @@ impl Pep {
         }
     }
 
-    /// The last item of `owner`'s `node`: (id, payload).
-    fn last_item(&self, cx: &Cx, owner: &str, node: &str) -> Option<(String, Element)> {
+    /// The last item of `owner`'s `node`: (id, payload). For modules that build on PEP
+    /// (a vCard that shows the PEP avatar, say) as well as for notifications.
+    pub fn last_item(&self, cx: &Cx, owner: &str, node: &str) -> Option<(String, Element)> {
         let (id, seq, transient) = self
             .with(cx, owner, |a| {
                 let n = a.nodes.get(node)?;
