@@ -191,6 +191,8 @@ pub struct ModulesConfig {
     pub offline: crate::modules::offline::Config,
     pub mam: crate::modules::mam::Config,
     pub blocking: crate::modules::blocking::Config,
+    pub caps: crate::modules::caps::Config,
+    pub pep: crate::modules::pep::Config,
 }
 
 impl Config {
@@ -346,6 +348,16 @@ impl Config {
             ("modules.mam.default_page", n(m.mam.default_page), 1, 10_000, "results"),
             ("modules.mam.max_page", n(m.mam.max_page), 1, 10_000, "results"),
             ("modules.blocking.max_items", n(m.blocking.max_items), 1, 10_000, "addresses"),
+            ("modules.caps.max_cached", n(m.caps.max_cached), 0, 100_000,
+                "entries; 0 caches nothing"),
+            ("modules.caps.query_timeout_secs", m.caps.query_timeout_secs, 1, HOUR, "seconds"),
+            ("modules.caps.max_info_bytes", n(m.caps.max_info_bytes), 1024, 1 << 20, "bytes"),
+            ("modules.pep.max_item_bytes", n(m.pep.max_item_bytes), 1024, 16 << 20, "bytes"),
+            ("modules.pep.max_items", n(m.pep.max_items), 1, 10_000, "items"),
+            ("modules.pep.max_nodes", n(m.pep.max_nodes), 1, 10_000, "nodes"),
+            ("modules.pep.max_account_bytes", n(m.pep.max_account_bytes), 1024, 1 << 30,
+                "bytes"),
+            ("modules.pep.cache_bytes", n(m.pep.cache_bytes), 0, 1 << 30, "bytes; 0 caches nothing"),
         ]
     }
 

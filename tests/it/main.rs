@@ -16,6 +16,7 @@ mod login;
 mod mam;
 mod messages;
 mod offline;
+mod pep;
 mod presence;
 mod roster;
 mod smacks;
