@@ -6,6 +6,9 @@
 //! Protocol: one request line, `add|passwd LOCALPART CREDENTIALS-BASE64`, `remove LOCALPART` or
 //! `list`; the answer is `ok` followed by result lines, or one `error MESSAGE` line. Password
 //! hashing happens in the command, so the server never sees a password.
+//!
+//! On a running server, `remove` and `passwd` end every connection logged in as the account,
+//! bound or not: a stolen password stops working the moment it is changed.
 
 use crate::config::Config;
 use crate::error::Error;
@@ -112,8 +115,7 @@ pub fn execute(config: &Config, req: &Request) -> Result<Vec<String>, Error> {
 
 /// Runs a request on the store itself, when no server is running.
 fn direct(config: &Config, req: &Request) -> Result<Vec<String>, Error> {
-    std::fs::create_dir_all(&config.server.data_dir)
-        .map_err(|e| Error::io("create the data directory", &config.server.data_dir, &e))?;
+    config.private_data_dir()?;
     let store = Store::open_with_cache(
         &config.store_path(),
         config.store_cache_bytes(),
@@ -196,21 +198,26 @@ async fn run(server: &Rc<Server>, req: &Request) -> Result<Vec<String>, String> 
         Request::List => list(&server.store, &server.config.server.domain),
         Request::Remove(u) => {
             server.account_removed(u);
-            let conns: Vec<u64> = server.sessions().of(u).iter().map(|s| s.conn).collect();
-            for c in conns {
-                server.close_conn(
-                    c,
-                    StreamError::with_text(
-                        StreamCondition::NotAuthorized,
-                        "the account was removed",
-                    ),
-                );
-            }
+            server.close_account(
+                u,
+                &StreamError::with_text(StreamCondition::NotAuthorized, "the account was removed"),
+            );
             log::info!("removed the account {u}");
             Ok(Vec::new())
         }
-        Request::Add(u, _) | Request::Passwd(u, _) => {
+        Request::Add(u, _) => {
             server.account_added(u);
+            log::info!("added the account {u}");
+            Ok(Vec::new())
+        }
+        Request::Passwd(u, _) => {
+            server.account_added(u);
+            // Whoever knew the old password is logged out with everyone else; logins still
+            // in their exchange fail, as SCRAM checks the keys again at the end.
+            server.close_account(
+                u,
+                &StreamError::with_text(StreamCondition::NotAuthorized, "the password was changed"),
+            );
             log::info!("set the password of {u}");
             Ok(Vec::new())
         }

@@ -82,8 +82,9 @@ pub struct LimitsConfig {
     /// The same in bytes.
     pub queue_bytes: usize,
     pub max_connections: usize,
+    /// Connections from one IPv4 address or one IPv6 /64.
     pub max_connections_per_ip: usize,
-    /// Seconds a new connection has to authenticate and bind.
+    /// Seconds a new connection has, from its first byte, to authenticate and bind.
     pub login_timeout_secs: u64,
     /// A connection whose client does not take what is written to it within this many seconds
     /// is closed.
@@ -131,9 +132,13 @@ impl Default for LimitsConfig {
 pub struct AuthConfig {
     /// Failed logins per stream before the stream is closed.
     pub attempts_per_stream: u32,
-    /// Failed logins from one IP address, or for one account, within `throttle_window_secs`
-    /// after which further attempts are refused until the window passes. 0 turns this off.
+    /// Failed logins for one account from one source (an IPv4 address or an IPv6 /64) within
+    /// `throttle_window_secs`, after which that source's attempts at that account are refused
+    /// until the window passes. 0 turns this off.
     pub max_failures: u32,
+    /// Failed logins from one source, whatever the accounts, within the window, after which
+    /// that source's attempts are refused until the window passes. 0 turns this off.
+    pub max_failures_per_source: u32,
     pub throttle_window_secs: u64,
     /// PBKDF2 iterations for newly set passwords (RFC 7677 asks for at least 4096).
     pub scram_iterations: u32,
@@ -144,6 +149,7 @@ impl Default for AuthConfig {
         AuthConfig {
             attempts_per_stream: 3,
             max_failures: 10,
+            max_failures_per_source: 30,
             throttle_window_secs: 300,
             scram_iterations: 4096,
         }
@@ -217,6 +223,8 @@ pub struct ModulesConfig {
     pub offline: crate::modules::offline::Config,
     pub mam: crate::modules::mam::Config,
     pub blocking: crate::modules::blocking::Config,
+    pub caps: crate::modules::caps::Config,
+    pub pep: crate::modules::pep::Config,
 }
 
 impl Config {
@@ -287,9 +295,8 @@ impl Config {
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return Err("tls.cert and tls.key must be set together".into());
         }
-        if self.limits.max_stanza_bytes < 10_000 {
-            return Err("limits.max_stanza_bytes must be at least 10000 (RFC 6120 §13.12)".into());
-        }
+        self.check_ranges()?;
+        self.check_bounds()?;
         if self.modules.offline.max_per_user >= self.limits.queue_len {
             return Err(format!(
                 "modules.offline.max_per_user ({}) must be smaller than limits.queue_len ({}): \
@@ -297,23 +304,19 @@ impl Config {
                 self.modules.offline.max_per_user, self.limits.queue_len
             ));
         }
-        self.validate_bounds()?;
-        if self.stream_management.ack_every == 0 || self.csi.max_held == 0 {
-            return Err("stream_management.ack_every and csi.max_held must be positive".into());
-        }
-        if self.limits.queue_len == 0 || self.limits.max_depth < 4 {
-            return Err("limits.queue_len must be positive and limits.max_depth at least 4".into());
-        }
-        if self.auth.scram_iterations < 4096 {
-            return Err("auth.scram_iterations must be at least 4096 (RFC 7677)".into());
-        }
         let mam = &self.modules.mam;
-        if mam.max_page == 0 || mam.default_page == 0 || mam.default_page > mam.max_page {
-            return Err(
-                "modules.mam.default_page and max_page must be positive, with default_page \
-                 no larger than max_page"
-                    .into(),
-            );
+        if mam.max_page >= self.limits.queue_len {
+            return Err(format!(
+                "modules.mam.max_page ({}) must be smaller than limits.queue_len ({}): a page \
+                 of archive results goes to the client at once, through that queue",
+                mam.max_page, self.limits.queue_len
+            ));
+        }
+        if mam.default_page > mam.max_page {
+            return Err(format!(
+                "modules.mam.default_page ({}) must be no larger than modules.mam.max_page ({})",
+                mam.default_page, mam.max_page
+            ));
         }
         if log_level(&self.server.log_level).is_none() {
             return Err(format!(
@@ -324,20 +327,29 @@ impl Config {
         Ok(())
     }
 
-    /// What a client can make the server hold or do (see `limits` in config.toml).
-    fn validate_bounds(&self) -> Result<(), String> {
-        let l = &self.limits;
-        if l.queue_bytes > 1 << 30 {
-            return Err("limits.queue_bytes must be at most 1073741824 (1 GiB)".into());
+    /// Every number in the config within bounds that keep the server alive on a small device:
+    /// durations that `Instant` arithmetic cannot overflow, sizes a Pi can hold, counts that
+    /// mean something.
+    fn check_ranges(&self) -> Result<(), String> {
+        for (option, value, least, most, unit) in self.ranges() {
+            if !(least..=most).contains(&value) {
+                return Err(format!(
+                    "{option} = {value} is out of range; set it between {least} and {most} \
+                     ({unit})"
+                ));
+            }
         }
+        Ok(())
+    }
+
+    /// What a client can make the server hold, where one option bounds another.
+    fn check_bounds(&self) -> Result<(), String> {
+        let l = &self.limits;
         if l.queue_bytes < l.max_stanza_bytes {
             return Err(format!(
                 "limits.queue_bytes ({}) must be at least limits.max_stanza_bytes ({})",
                 l.queue_bytes, l.max_stanza_bytes
             ));
-        }
-        if self.modules.roster.max_items == 0 {
-            return Err("modules.roster.max_items must be positive".into());
         }
         let offline = &self.modules.offline;
         if offline.max_bytes_per_user >= l.queue_bytes {
@@ -354,32 +366,77 @@ impl Config {
                 offline.max_bytes_per_user, l.max_stanza_bytes
             ));
         }
-        if self.modules.mam.max_bytes_per_user == 0 {
-            return Err("modules.mam.max_bytes_per_user must be positive".into());
-        }
-        if self.stream_management.max_unacked == 0 {
-            return Err("stream_management.max_unacked must be positive".into());
-        }
-        let rates = [
-            ("bytes_per_sec", l.bytes_per_sec),
-            ("stanzas_per_sec", l.stanzas_per_sec),
-            ("login_bytes_per_sec", l.login_bytes_per_sec),
-            ("login_stanzas_per_sec", l.login_stanzas_per_sec),
-            ("burst_secs", l.burst_secs),
-        ];
-        if let Some((name, _)) = rates.iter().find(|(_, v)| *v == 0) {
-            return Err(format!("limits.{name} must be positive"));
-        }
-        if l.max_resources == 0 || l.max_directed_presence == 0 {
-            return Err("limits.max_resources and max_directed_presence must be positive".into());
-        }
-        if !(1..=3600).contains(&l.burst_secs) {
-            return Err("limits.burst_secs must be between 1 and 3600".into());
-        }
-        if !(1..=86_400).contains(&l.write_timeout_secs) {
-            return Err("limits.write_timeout_secs must be between 1 and 86400".into());
-        }
         Ok(())
+    }
+
+    /// Each numeric option with its bounds. An option added to the config belongs here (a
+    /// test checks that every number in the bundled config.toml is listed).
+    #[rustfmt::skip]
+    fn ranges(&self) -> Vec<Range> {
+        const HOUR: u64 = 3600;
+        const DAY: u64 = 24 * HOUR;
+        let (s, l, a) = (&self.server, &self.limits, &self.auth);
+        let (k, sm, m) = (&self.keepalive, &self.stream_management, &self.modules);
+        vec![
+            ("server.store_cache_mib", n(s.store_cache_mib), 1, 1024, "MiB of memory"),
+            ("limits.max_stanza_bytes", n(l.max_stanza_bytes), 10_000, 16 << 20,
+                "bytes; RFC 6120 §13.12 asks for at least 10000"),
+            ("limits.max_depth", n(l.max_depth), 4, 256, "levels of nesting"),
+            ("limits.max_attributes", n(l.max_attributes), 16, 1024,
+                "attributes; a stream header alone has up to 7"),
+            ("limits.queue_len", n(l.queue_len), 1, 100_000, "stanzas"),
+            ("limits.max_connections", n(l.max_connections), 1, 1_000_000, "connections"),
+            ("limits.max_connections_per_ip", n(l.max_connections_per_ip), 1, 1_000_000,
+                "connections"),
+            ("limits.login_timeout_secs", l.login_timeout_secs, 1, HOUR, "seconds"),
+            ("limits.queue_bytes", n(l.queue_bytes), 10_000, 1 << 30, "bytes"),
+            ("limits.write_timeout_secs", l.write_timeout_secs, 1, HOUR, "seconds"),
+            ("limits.max_resources", n(l.max_resources), 1, 10_000, "resources per account"),
+            ("limits.max_directed_presence", n(l.max_directed_presence), 1, 1_000_000,
+                "addresses per session"),
+            ("limits.bytes_per_sec", n(l.bytes_per_sec), 1024, 1 << 30, "bytes a second"),
+            ("limits.stanzas_per_sec", n(l.stanzas_per_sec), 1, 1 << 30, "stanzas a second"),
+            ("limits.login_bytes_per_sec", n(l.login_bytes_per_sec), 1024, 1 << 30,
+                "bytes a second"),
+            ("limits.login_stanzas_per_sec", n(l.login_stanzas_per_sec), 1, 1 << 30,
+                "stanzas a second"),
+            ("limits.burst_secs", n(l.burst_secs), 1, HOUR, "seconds of the rate"),
+            ("auth.attempts_per_stream", n(a.attempts_per_stream), 1, 10_000, "attempts"),
+            ("auth.max_failures", n(a.max_failures), 0, 1_000_000, "failures; 0 turns it off"),
+            ("auth.max_failures_per_source", n(a.max_failures_per_source), 0, 1_000_000, "failures; 0 turns it off"),
+            ("auth.throttle_window_secs", a.throttle_window_secs, 1, 7 * DAY, "seconds"),
+            ("auth.scram_iterations", n(a.scram_iterations), 4096, 100_000,
+                "RFC 7677 asks for at least 4096; checking a PLAIN login at more stalls every \
+                 connection"),
+            ("keepalive.ping_after_secs", k.ping_after_secs, 1, DAY, "seconds"),
+            ("keepalive.ping_timeout_secs", k.ping_timeout_secs, 1, DAY, "seconds"),
+            ("stream_management.resume_timeout_secs", sm.resume_timeout_secs, 1, DAY, "seconds"),
+            ("stream_management.ack_every", n(sm.ack_every), 1, 1_000_000, "stanzas"),
+            ("stream_management.ack_delay_secs", sm.ack_delay_secs, 1, HOUR, "seconds"),
+            ("stream_management.max_unacked", n(sm.max_unacked), 1, 1_000_000, "stanzas"),
+            ("csi.max_held", n(self.csi.max_held), 1, 100_000, "stanzas"),
+            ("modules.roster.max_items", n(m.roster.max_items), 1, 100_000, "items"),
+            ("modules.offline.max_per_user", n(m.offline.max_per_user), 0, 100_000, "messages"),
+            ("modules.offline.max_bytes_per_user", n(m.offline.max_bytes_per_user), 10_000,
+                1 << 30, "bytes"),
+            ("modules.mam.retention_days", n(m.mam.retention_days), 0, 36_500,
+                "days; 0 keeps messages forever"),
+            ("modules.mam.default_page", n(m.mam.default_page), 1, 10_000, "results"),
+            ("modules.mam.max_page", n(m.mam.max_page), 1, 10_000, "results"),
+            ("modules.mam.max_bytes_per_user", m.mam.max_bytes_per_user, 10_000, 1 << 40,
+                "bytes"),
+            ("modules.blocking.max_items", n(m.blocking.max_items), 1, 10_000, "addresses"),
+            ("modules.caps.max_cached", n(m.caps.max_cached), 0, 100_000,
+                "entries; 0 caches nothing"),
+            ("modules.caps.query_timeout_secs", m.caps.query_timeout_secs, 1, HOUR, "seconds"),
+            ("modules.caps.max_info_bytes", n(m.caps.max_info_bytes), 1024, 1 << 20, "bytes"),
+            ("modules.pep.max_item_bytes", n(m.pep.max_item_bytes), 1024, 16 << 20, "bytes"),
+            ("modules.pep.max_items", n(m.pep.max_items), 1, 10_000, "items"),
+            ("modules.pep.max_nodes", n(m.pep.max_nodes), 1, 10_000, "nodes"),
+            ("modules.pep.max_account_bytes", n(m.pep.max_account_bytes), 1024, 1 << 30,
+                "bytes"),
+            ("modules.pep.cache_bytes", n(m.pep.cache_bytes), 0, 1 << 30, "bytes; 0 caches nothing"),
+        ]
     }
 
     pub fn store_path(&self) -> PathBuf {
@@ -388,6 +445,59 @@ impl Config {
 
     pub fn store_cache_bytes(&self) -> usize {
         self.server.store_cache_mib.saturating_mul(1 << 20)
+    }
+
+    /// Creates the data directory, or tightens the one there: it holds the SCRAM keys and the
+    /// TLS key, so it is 0700 and every file in it 0600, whatever the umask. Looser modes (from
+    /// a copy, a restore, an older hearth) are tightened with one warning line rather than
+    /// refused: a family must not be locked out of its server by a file mode.
+    pub fn private_data_dir(&self) -> Result<(), Error> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        let dir = &self.server.data_dir;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(PRIVATE_DIR)
+            .create(dir)
+            .map_err(|e| Error::io("create the data directory", dir, &e))?;
+        let mut paths = vec![dir.clone()];
+        let entries = std::fs::read_dir(dir).map_err(|e| Error::io("read", dir, &e))?;
+        // Files only, and not through symbolic links: what a link points to is not ours.
+        paths.extend(entries.flatten().filter_map(|e| {
+            let file = e.file_type().ok()?.is_file();
+            file.then(|| e.path())
+        }));
+        let mut changed = Vec::new();
+        for path in paths {
+            let Ok(mode) = std::fs::metadata(&path).map(|m| m.permissions().mode()) else {
+                continue;
+            };
+            if mode & 0o077 == 0 {
+                continue;
+            }
+            let tight = mode & 0o700;
+            match std::fs::set_permissions(&path, std::fs::Permissions::from_mode(tight)) {
+                Ok(()) => changed.push(format!(
+                    "{} from {:o} to {:o}",
+                    path.display(),
+                    mode & 0o7777,
+                    tight
+                )),
+                Err(e) => log::warn!(
+                    "{} is open to other users (mode {:o}) and cannot be tightened ({e}); \
+                     run `chmod go= {}` as its owner",
+                    path.display(),
+                    mode & 0o7777,
+                    path.display()
+                ),
+            }
+        }
+        if !changed.is_empty() {
+            log::warn!(
+                "the data directory holds password keys, so its modes were tightened: {}",
+                changed.join(", ")
+            );
+        }
+        Ok(())
     }
 
     pub fn admin_socket(&self) -> PathBuf {
@@ -401,6 +511,19 @@ impl Config {
             max_attrs: self.limits.max_attributes,
         }
     }
+}
+
+/// Modes of the data directory and of the files in it.
+pub const PRIVATE_DIR: u32 = 0o700;
+pub const PRIVATE_FILE: u32 = 0o600;
+
+/// A numeric option: its path, its value, the least and the most it may be, and its unit (with
+/// the reason for a bound that is not obvious).
+type Range = (&'static str, u64, u64, u64, &'static str);
+
+/// A config number as u64, for range checks (no config number is wider).
+fn n(v: impl TryInto<u64>) -> u64 {
+    v.try_into().unwrap_or(u64::MAX)
 }
 
 pub fn log_level(s: &str) -> Option<log::LevelFilter> {
@@ -428,9 +551,83 @@ mod tests {
         assert!(e.contains("IP:port"), "{e}");
         let e = Config::parse("[modules.offline]\nmax_per_user = 5000").unwrap_err();
         assert!(e.contains("limits.queue_len"), "{e}");
+        let e = Config::parse("[limits]\nqueue_bytes = 100000").unwrap_err();
+        assert!(e.contains("limits.max_stanza_bytes"), "{e}");
         let e = Config::parse("[limits]\nqueue_bytes = 1000000").unwrap_err();
-        assert!(e.contains("limits.queue_bytes"), "{e}");
-        let e = Config::parse("[limits]\nburst_secs = 0").unwrap_err();
-        assert!(e.contains("burst_secs"), "{e}");
+        assert!(e.contains("modules.offline.max_bytes_per_user"), "{e}");
+    }
+
+    /// `option = value` as TOML: `a.b.c = v` becomes `[a.b]` and `c = v`.
+    fn setting(option: &str, value: u64) -> String {
+        let (table, key) = option.rsplit_once('.').unwrap();
+        format!("[{table}]\n{key} = {value}\n")
+    }
+
+    #[test]
+    fn every_bound_is_enforced() {
+        let ranges = Config::default().ranges();
+        for (option, _, least, most, _) in ranges {
+            let mut outside = vec![most + 1];
+            if least > 0 {
+                outside.push(least - 1);
+            }
+            for value in outside {
+                let e = Config::parse(&setting(option, value)).unwrap_err();
+                assert!(
+                    e.contains(&format!("{option} = {value} is out of range")),
+                    "{option} = {value}: {e}"
+                );
+                assert!(e.contains(&format!("between {least} and {most}")), "{e}");
+                assert_eq!(e.lines().count(), 1, "{e}");
+            }
+            // The bounds themselves pass the range check (other checks relate options to
+            // each other and are tested on their own).
+            for value in [least, most] {
+                let cfg: Config = toml::from_str(&setting(option, value)).unwrap();
+                assert_eq!(cfg.check_ranges(), Ok(()), "{option} = {value}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_number_in_the_bundled_config_has_a_range() {
+        let listed: Vec<&str> = Config::default().ranges().iter().map(|r| r.0).collect();
+        let mut table = String::new();
+        let mut found = 0;
+        for line in include_str!("../config.toml").lines() {
+            let line = line.trim_start_matches(['#', ' ']);
+            if let Some(t) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                table = t.to_owned();
+            } else if let Some((key, value)) = line.split_once(" = ")
+                && value.trim().parse::<u64>().is_ok()
+            {
+                let option = format!("{table}.{key}");
+                assert!(listed.contains(&option.as_str()), "{option} has no range");
+                found += 1;
+            }
+        }
+        assert_eq!(found, listed.len(), "every listed option is in config.toml");
+    }
+
+    #[test]
+    fn huge_durations_are_refused_not_overflowed() {
+        for value in [u64::MAX, i64::MAX as u64, 10 * 365 * 86_400] {
+            let e = Config::parse(&format!("[keepalive]\nping_after_secs = {value}")).unwrap_err();
+            assert!(
+                e.contains(&format!(
+                    "keepalive.ping_after_secs = {value} is out of range"
+                )),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_archive_page_fits_the_client_queue() {
+        let e = Config::parse("[modules.mam]\nmax_page = 1024").unwrap_err();
+        assert!(e.contains("limits.queue_len"), "{e}");
+        let e = Config::parse("[modules.mam]\ndefault_page = 300").unwrap_err();
+        assert!(e.contains("no larger than modules.mam.max_page"), "{e}");
+        Config::parse("[modules.mam]\nmax_page = 1000\n[limits]\nqueue_len = 1001").unwrap();
     }
 }

@@ -1,6 +1,7 @@
 //! Listening sockets and accept loops: one task per connection on the local executor, with
-//! limits on connections per listener in total and per IP address. Client streams register
-//! their listeners (`stream::c2s::listeners`), and so can modules (`Module::listeners`).
+//! limits on connections per listener in total and per source (an IPv4 address or an IPv6
+//! /64, see `Server::conn_counts`). Client streams register their listeners
+//! (`stream::c2s::listeners`), and so can modules (`Module::listeners`).
 
 use crate::error::Error;
 use crate::server::Server;
@@ -40,6 +41,7 @@ pub struct Listener {
     pub description: &'static str,
     pub addrs: Vec<SocketAddr>,
     pub max_connections: usize,
+    /// Per IPv4 address or IPv6 /64.
     pub max_connections_per_ip: usize,
     pub handler: Handler,
 }

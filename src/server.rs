@@ -8,7 +8,8 @@ use crate::router::{self, Router};
 use crate::session::Outbound;
 use crate::stanza::{StreamCondition, StreamError};
 use crate::storage::Store;
-use crate::stream::c2s;
+use crate::stream::throttle::{Source, Throttle};
+use crate::stream::{c2s, sasl};
 use crate::{admin, modules, tls};
 use async_signal::{Signal, Signals};
 use smol::channel::{Receiver, Sender};
@@ -26,6 +27,9 @@ pub struct Conn {
     pub tx: Sender<Outbound>,
     pub ip: IpAddr,
     pub listener: usize,
+    /// The account this connection authenticated as: removing the account or changing its
+    /// password ends the connection, bound or not.
+    pub user: Option<String>,
 }
 
 /// The running server: the router (and through it the store, sessions and modules), and what
@@ -51,41 +55,6 @@ impl std::ops::Deref for Server {
     }
 }
 
-/// Failed logins per IP address and per account within a window (RFC 6120 §6.4.5 asks for
-/// limits on retries; this also slows password guessing across connections).
-#[derive(Default)]
-pub struct Throttle {
-    failures: HashMap<String, (u32, Instant)>,
-}
-
-impl Throttle {
-    pub fn blocked(&mut self, key: &str, max: u32, window: Duration) -> bool {
-        if max == 0 {
-            return false;
-        }
-        match self.failures.get(key) {
-            Some((_, since)) if since.elapsed() > window => {
-                self.failures.remove(key);
-                false
-            }
-            Some((n, _)) => *n >= max,
-            None => false,
-        }
-    }
-
-    pub fn fail(&mut self, key: String, window: Duration) {
-        if self.failures.len() > 100_000 {
-            self.failures
-                .retain(|_, (_, since)| since.elapsed() <= window);
-        }
-        let e = self.failures.entry(key).or_insert((0, Instant::now()));
-        if e.1.elapsed() > window {
-            *e = (0, Instant::now());
-        }
-        e.0 += 1;
-    }
-}
-
 impl Server {
     pub fn new(router: Router, tls: Arc<rustls::ServerConfig>, listeners: Vec<Listener>) -> Server {
         Server {
@@ -108,22 +77,50 @@ impl Server {
         let (tx, rx) = smol::channel::unbounded();
         let id = self.next_conn.get();
         self.next_conn.set(id + 1);
-        self.conns
-            .borrow_mut()
-            .insert(id, Conn { tx, ip, listener });
+        self.conns.borrow_mut().insert(
+            id,
+            Conn {
+                tx,
+                ip,
+                listener,
+                user: None,
+            },
+        );
         (id, rx)
     }
 
-    /// Connections of `listener` in total and from `ip`.
+    /// Connections of `listener` in total and from the source of `ip` (the address, or its
+    /// /64 for IPv6: one subscriber usually has a whole /64).
     pub fn conn_counts(&self, listener: usize, ip: IpAddr) -> (usize, usize) {
         let conns = self.conns.borrow();
         let mine = conns.values().filter(|c| c.listener == listener);
-        let (mut total, mut from_ip) = (0, 0);
+        let source = Source::from(ip);
+        let (mut total, mut from_source) = (0, 0);
         for c in mine {
             total += 1;
-            from_ip += usize::from(c.ip == ip);
+            from_source += usize::from(Source::from(c.ip) == source);
         }
-        (total, from_ip)
+        (total, from_source)
+    }
+
+    /// Ends every connection authenticated as `user`, bound or not, with `err`.
+    pub fn close_account(&self, user: &str, err: &StreamError) {
+        let ids: Vec<u64> = {
+            let conns = self.conns.borrow();
+            let sessions = self.sessions();
+            let bound = sessions.of(user).iter().map(|s| s.conn);
+            let authenticated = conns
+                .iter()
+                .filter(|(_, c)| c.user.as_deref() == Some(user))
+                .map(|(id, _)| *id);
+            let mut ids: Vec<u64> = bound.chain(authenticated).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            ids
+        };
+        for id in ids {
+            self.close_conn(id, err.clone());
+        }
     }
 
     pub fn close_conn(&self, id: u64, err: StreamError) {
@@ -146,14 +143,15 @@ pub fn listeners(config: &Config, modules: &[Box<dyn modules::Module>]) -> Vec<L
 
 /// Runs the server until SIGTERM or SIGINT.
 pub fn serve(config: Config) -> Result<(), Error> {
-    let data_dir = config.server.data_dir.clone();
-    std::fs::create_dir_all(&data_dir)
-        .map_err(|e| Error::io("create the data directory", &data_dir, &e))?;
+    config.private_data_dir()?;
     let store = Store::open_with_cache(
         &config.store_path(),
         config.store_cache_bytes(),
         modules::schema(),
     )?;
+    // After the store: its lock makes sure that no other server makes the secret meanwhile.
+    let secret = sasl::load_secret(&config.server.data_dir)?;
+    sasl::install_decoy(sasl::Decoy::new(secret, config.auth.scram_iterations));
     let tls = tls::load(&config)?;
     let router = Router::new(config, store)?;
     let specs = listeners(&router.config, router.modules());

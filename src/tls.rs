@@ -29,7 +29,7 @@ fn generate(domain: &str, cert: &Path, key: &Path) -> Result<(), Error> {
     let ck = rcgen::generate_simple_self_signed(vec![domain.to_owned()])
         .map_err(|e| Error::Tls(format!("cannot make a self-signed certificate: {e}")))?;
     write_private(key, ck.signing_key.serialize_pem().as_bytes())?;
-    std::fs::write(cert, ck.cert.pem()).map_err(|e| Error::io("write", cert, &e))?;
+    write_private(cert, ck.cert.pem().as_bytes())?;
     log::info!(
         "made a self-signed certificate for {domain} at {}",
         cert.display()
@@ -37,16 +37,21 @@ fn generate(domain: &str, cert: &Path, key: &Path) -> Result<(), Error> {
     Ok(())
 }
 
+/// Writes a file of the data directory, mode 0600 from its creation on. A file that was there
+/// keeps its mode through `open`, so it is tightened before anything is written to it.
 fn write_private(path: &Path, data: &[u8]) -> Result<(), Error> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mode = crate::config::PRIVATE_FILE;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(0o600)
+        .mode(mode)
         .open(path)
         .map_err(|e| Error::io("write", path, &e))?;
+    f.set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(|e| Error::io("restrict", path, &e))?;
     f.write_all(data).map_err(|e| Error::io("write", path, &e))
 }
 

@@ -146,10 +146,15 @@ impl Blocking {
         }
     }
 
-    /// Whether `user` blocked `jid`. An account never blocks itself.
+    /// Whether `user` blocked `jid`. An account never blocks itself, nor its own server
+    /// (blocking the server's domain blocks the accounts at it, not the server's answers).
     pub fn blocks(&self, cx: &Cx, user: &str, jid: &Jid) -> bool {
-        let own = matches!(cx.destination(jid), Dest::Account(u) | Dest::Session(u) if u == user);
-        !own && self.with(cx, user, |l| matches(l, jid))
+        let exempt = match cx.destination(jid) {
+            Dest::Account(u) | Dest::Session(u) => u == user,
+            Dest::Server => true,
+            _ => false,
+        };
+        !exempt && self.with(cx, user, |l| matches(l, jid))
     }
 
     /// The stanzas an account sends: refused or dropped when they go to someone it blocked.
@@ -197,53 +202,53 @@ impl Blocking {
         }
     }
 
-    /// Who may see `user`'s presence (a subscription from them, or directed presence) and
-    /// matches one of `items`: they are told of a block or an unblock.
-    fn watchers(&self, cx: &Cx, user: &str, items: &BTreeSet<String>) -> Vec<Jid> {
-        let mut out: Vec<Jid> = match cx.module::<Roster>() {
+    /// Tells whoever may see `user`'s presence and matches one of `items` of a block
+    /// (unavailable presence) or an unblock (the current presence), as RFC 6121 lets them see
+    /// it: a subscriber each available session, a recipient of directed presence only the
+    /// session that sent it. From the server itself: the account's own hooks would stop it,
+    /// since the block is in force.
+    fn tell(&self, cx: &mut Cx, user: &str, items: &BTreeSet<String>, available: bool) {
+        let subscribers: Vec<Jid> = match cx.module::<Roster>() {
             Some(r) => r.with(cx, user, |r| {
                 r.items
                     .iter()
                     .filter(|(_, i)| i.subscription.from())
                     .filter_map(|(c, _)| Jid::parse(c).ok())
+                    .filter(|c| matches(items, c))
                     .collect()
             }),
             None => Vec::new(),
         };
-        for s in cx.sessions().of(user) {
-            out.extend(s.directed.iter().cloned());
-        }
-        out.sort();
-        out.dedup();
-        out.retain(|j| matches(items, j));
-        out
-    }
-
-    /// Each available session's presence (or unavailable presence) to each of `to`, from the
-    /// server itself: the account's own hooks would stop it, since the block is in force.
-    fn tell(&self, cx: &mut Cx, user: &str, to: &[Jid], available: bool) {
-        let sessions: Vec<(Jid, Option<Element>)> = cx
+        let sessions: Vec<(Jid, Option<Element>, Vec<Jid>)> = cx
             .sessions()
             .available(user)
-            .map(|s| (s.jid.clone(), s.presence.clone()))
+            .map(|s| {
+                let directed = s.directed.iter().filter(|j| matches(items, j)).cloned();
+                (s.jid.clone(), s.presence.clone(), directed.collect())
+            })
             .collect();
-        for (from, presence) in sessions {
+        for (from, presence, directed) in sessions {
+            let el = match (available, presence) {
+                (true, Some(p)) => p,
+                (true, None) => continue,
+                (false, _) => Element::new("presence", ns::CLIENT).with_attr("type", "unavailable"),
+            };
+            let typ = if available {
+                Type::Available
+            } else {
+                Type::Unavailable
+            };
+            let mut to: Vec<&Jid> = subscribers.iter().chain(&directed).collect();
+            to.sort();
+            to.dedup();
             for t in to {
-                let (typ, el) = match (available, &presence) {
-                    (true, Some(p)) => (Type::Available, p.clone()),
-                    (true, None) => continue,
-                    (false, _) => (
-                        Type::Unavailable,
-                        Element::new("presence", ns::CLIENT).with_attr("type", "unavailable"),
-                    ),
-                };
                 let st = Stanza::new(
                     Kind::Presence,
                     typ,
                     from.clone(),
                     t.clone(),
                     Origin::Server,
-                    el,
+                    el.clone(),
                 );
                 cx.route(st);
             }
@@ -265,10 +270,7 @@ impl Blocking {
                 format!("a block list holds at most {} JIDs", self.max_items),
             ));
         }
-        // Told before the block is in force, and from the server: the block stops the
-        // account's own presence to them from now on.
-        let told = self.watchers(cx, user, &new);
-        self.tell(cx, user, &told, false);
+        self.tell(cx, user, &new, false);
         for i in &new {
             cx.write(USER_JID_TO_BLOCKED.put(user, i, String::new()));
         }
@@ -297,8 +299,7 @@ impl Blocking {
             l.retain(|i| !gone.contains(i));
         }
         self.push(cx, user, list_xml("unblock", items));
-        let told = self.watchers(cx, user, &gone);
-        self.tell(cx, user, &told, true);
+        self.tell(cx, user, &gone, true);
         Ok(())
     }
 }
@@ -361,9 +362,15 @@ impl super::Module for Blocking {
     }
 
     fn session_event(&self, _cx: &mut Cx, session: &Jid, event: SessionEvent) {
-        if event == SessionEvent::Closed {
+        // A session bound under a full JID that a replaced session had asked for the list
+        // with has not asked for it itself.
+        if matches!(event, SessionEvent::Bound | SessionEvent::Closed) {
             self.requested.borrow_mut().remove(session);
         }
+    }
+
+    fn accepts(&self, cx: &Cx, user: &str, from: &Jid) -> bool {
+        !self.blocks(cx, user, from)
     }
 
     fn account_removed(&self, user: &str) {
@@ -518,6 +525,27 @@ mod tests {
             "<message id='m1' to='alice@localhost' type='chat'><body>hi</body></message>",
         );
         out.assert_sent(&a, "<message id='m1'><body>hi</body></message>");
+    }
+
+    #[test]
+    fn blocking_the_own_domain_blocks_its_accounts_not_the_server() {
+        let (t, a, b) = blocker();
+        t.client(&a, "<iq type='set' id='b1'><block xmlns='urn:xmpp:blocking'><item jid='localhost'/></block></iq>");
+        let out = t.client(
+            &a,
+            "<iq type='get' id='p' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>",
+        );
+        out.assert_sent(&a, "<iq type='result' id='p'/>");
+        let out = t.client(
+            &a,
+            "<iq type='get' id='r'><query xmlns='jabber:iq:roster'/></iq>",
+        );
+        out.assert_sent(&a, "<iq type='result' id='r'/>");
+        let out = t.client(
+            &b,
+            "<message id='m' to='alice@localhost'><body>hi</body></message>",
+        );
+        out.assert_error(&b, "m", Condition::ServiceUnavailable);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! say), to others only its identity. Nodes are not published.
 
 use super::{Cx, DiscoInfo, Entry, IqRequest, IqRoute, Module, Target, To};
+use crate::jid::Jid;
 use crate::stanza::{Condition, StanzaError};
 use crate::xml::{Element, ns};
 
@@ -15,11 +16,18 @@ pub const ENTRY: Entry = Entry {
 
 pub struct Disco;
 
-/// Everything the modules say about `target`, features sorted and without duplicates.
-pub fn gather(cx: &Cx, target: &Target) -> DiscoInfo {
-    let mut info = DiscoInfo::default();
+/// Everything the modules say about `target` (or its `node`) to `asker`, features sorted and
+/// without duplicates.
+pub fn gather(cx: &Cx, target: &Target, asker: &Jid, node: Option<&str>) -> DiscoInfo {
+    let mut info = DiscoInfo {
+        asker: Some(asker.clone()),
+        ..DiscoInfo::default()
+    };
     for m in cx.modules() {
-        m.disco(cx, target, &mut info);
+        match node {
+            None => m.disco(cx, target, &mut info),
+            Some(n) => m.disco_node(cx, target, n, &mut info),
+        }
     }
     info.features.sort_unstable();
     info.features.dedup();
@@ -58,12 +66,16 @@ impl Module for Disco {
         if iq.set {
             return Err(StanzaError::new(Condition::NotAllowed));
         }
-        if iq.payload.attr("node").is_some() {
+        let node = iq.payload.attr("node");
+        let info = gather(cx, &iq.target, iq.from, node);
+        if node.is_some() && info.identities.is_empty() {
             return Err(StanzaError::new(Condition::ItemNotFound));
         }
-        let info = gather(cx, &iq.target);
         if iq.payload.ns == ns::DISCO_ITEMS {
             let mut q = Element::new("query", ns::DISCO_ITEMS);
+            if let Some(n) = node {
+                q.set_attr("node", n);
+            }
             for (jid, name) in info.items {
                 let mut item = Element::new("item", ns::DISCO_ITEMS).with_attr("jid", jid);
                 if let Some(n) = name {
@@ -71,9 +83,19 @@ impl Module for Disco {
                 }
                 q.push(item);
             }
+            for (jid, n) in info.nodes {
+                q.push(
+                    Element::new("item", ns::DISCO_ITEMS)
+                        .with_attr("jid", jid)
+                        .with_attr("node", n),
+                );
+            }
             return Ok(Some(q));
         }
         let mut q = Element::new("query", ns::DISCO_INFO);
+        if let Some(n) = node {
+            q.set_attr("node", n);
+        }
         for (category, kind, name) in info.identities {
             let mut id = Element::new("identity", ns::DISCO_INFO)
                 .with_attr("category", category)
@@ -149,8 +171,10 @@ mod tests {
             !own.iter().any(|x| x == ns::PING),
             "server features stay on the server"
         );
+        // Others see what the account is and its public services (PEP), not its archive.
         let other = features(&t, &a, "bob@localhost");
-        assert_eq!(other, vec![ns::DISCO_INFO.to_owned()]);
+        assert!(other.iter().any(|x| x == ns::DISCO_INFO), "{other:?}");
+        assert!(!other.iter().any(|x| x.starts_with(ns::MAM)), "{other:?}");
         let out = t.client(&a, "<iq type='get' id='d' to='alice@localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>");
         out.assert_sent(&a, "<iq type='result' id='d'><query xmlns='http://jabber.org/protocol/disco#info'><identity category='account' type='registered'/></query></iq>");
     }

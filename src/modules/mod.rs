@@ -11,10 +11,12 @@
 
 pub mod auth;
 pub mod blocking;
+pub mod caps;
 pub mod carbons;
 pub mod disco;
 pub mod mam;
 pub mod offline;
+pub mod pep;
 pub mod ping;
 pub mod presence;
 pub mod roster;
@@ -52,6 +54,10 @@ pub static REGISTRY: &[Entry] = &[
     roster::ENTRY,
     // Before every module that acts on stanzas: what a block stops, nothing else sees.
     blocking::ENTRY,
+    // Before presence, which ends the hooks of a client's presence broadcast and of probes:
+    // caps reads the one, PEP learns from both who follows an account.
+    caps::ENTRY,
+    pep::ENTRY,
     presence::ENTRY,
     disco::ENTRY,
     ping::ENTRY,
@@ -181,13 +187,6 @@ impl<'a> Cx<'a> {
     /// Sends an iq request from `from` (the server, an account, a service) to `to`; its result
     /// or error, or `remote-server-timeout` after `timeout`, reaches `module`'s
     /// [`Module::iq_response`] with `token`.
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "no module sends iq requests yet; entity caps for PEP will"
-        )
-    )]
     pub fn send_iq(&mut self, module: &'static str, req: IqOut) {
         if let Some(st) = self.router.register_iq(module, req) {
             self.route(st);
@@ -197,6 +196,13 @@ impl<'a> Cx<'a> {
     /// Calls `module`'s [`Module::timer`] with `token` once `after` has passed.
     pub fn set_timer(&mut self, module: &'static str, after: Duration, token: u64) {
         self.router.set_timer(module, after, token);
+    }
+
+    /// Whether every module lets what `from` sent reach `user`: for stanzas kept for later
+    /// (offline messages, subscription requests), which meet the inbound hooks only when they
+    /// arrive, while the user's wishes may have changed since.
+    pub fn accepts(&self, user: &str, from: &Jid) -> bool {
+        self.modules().iter().all(|m| m.accepts(self, user, from))
     }
 
     /// Runs every module's session hook for `event` now.
@@ -304,6 +310,9 @@ pub enum SessionEvent {
     Resumed,
     /// The session is over (its stanzas still queued are routed again after this).
     Closed,
+    /// XEP-0115: the features the session advertises became known, or changed
+    /// (`caps::Caps::features` has them).
+    Caps,
 }
 
 /// The stream negotiation step a stream feature is offered at.
@@ -318,11 +327,15 @@ pub enum Stage {
 /// What a disco#info or disco#items query answers, gathered from every module.
 #[derive(Default)]
 pub struct DiscoInfo {
+    /// Who asks, for answers that depend on it (the PEP nodes a contact may see).
+    pub asker: Option<Jid>,
     /// (category, type, name)
     pub identities: Vec<(&'static str, &'static str, Option<&'static str>)>,
     pub features: Vec<&'static str>,
     /// (jid, name)
     pub items: Vec<(String, Option<&'static str>)>,
+    /// Items that are nodes of an entity: (jid, node).
+    pub nodes: Vec<(String, String)>,
 }
 
 /// A SASL mechanism's server side, one per authentication attempt.
@@ -343,6 +356,9 @@ pub trait Module: Any {
 
     /// What the module adds to disco#info and disco#items of `target`.
     fn disco(&self, _cx: &Cx, _target: &Target, _info: &mut DiscoInfo) {}
+    /// The same for a node of `target` (XEP-0030 §3.2); a node nobody describes does not
+    /// exist.
+    fn disco_node(&self, _cx: &Cx, _target: &Target, _node: &str, _info: &mut DiscoInfo) {}
 
     fn iq_routes(&self) -> &'static [IqRoute] {
         &[]
@@ -412,6 +428,12 @@ pub trait Module: Any {
     }
 
     fn session_event(&self, _cx: &mut Cx, _session: &Jid, _event: SessionEvent) {}
+
+    /// Whether a stanza `from` that was kept for `user` may still reach it (see
+    /// [`Cx::accepts`]).
+    fn accepts(&self, _cx: &Cx, _user: &str, _from: &Jid) -> bool {
+        true
+    }
 
     /// Stream features this module offers at `stage` of a client stream.
     fn stream_features(&self, _cx: &Cx, _stage: Stage, _out: &mut Vec<Element>) {}
@@ -491,6 +513,7 @@ mod tests {
             &a,
             "<iq type='set' id='3'><prefs xmlns='urn:xmpp:mam:2' default='always'/></iq>",
         );
+        t.client(&a, "<iq type='set' id='4'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='urn:example'><item id='1'><x xmlns='urn:example'/></item></publish></pubsub></iq>");
         t.client(
             &a,
             "<message to='bob@localhost' type='chat'><body>archived</body></message>",
@@ -520,6 +543,8 @@ mod tests {
             "archive_by_contact",
             "archive_prefs",
             "offline",
+            "pep_nodes",
+            "pep_items",
         ] {
             assert!(
                 stored.iter().any(|n| n == table),

@@ -169,7 +169,10 @@ impl Module for Offline {
             let archived = el
                 .elements()
                 .any(|c| c.is("stanza-id", ns::SID) && c.attr("by") == Some(bare.as_str()));
-            if uses_mam && archived {
+            let sender = el.attr("from").and_then(|f| Jid::parse(f).ok());
+            // What the user blocked since it was stored is not delivered (and goes with the
+            // rest: it was refused, not kept).
+            if (uses_mam && archived) || sender.is_some_and(|f| !cx.accepts(user, &f)) {
                 continue;
             }
             let when = UNIX_EPOCH + Duration::from_millis(m.stamp_ms);

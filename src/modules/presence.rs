@@ -149,6 +149,18 @@ fn to_available(cx: &mut Cx, user: &str, stanza: &Element) {
     }
 }
 
+/// `el`, a session's presence, as the account sends it to `to`.
+fn account_presence(typ: Type, from: Jid, to: Jid, el: Element) -> Stanza {
+    Stanza::new(
+        crate::stanza::Kind::Presence,
+        typ,
+        from,
+        to,
+        Origin::Account,
+        el,
+    )
+}
+
 /// Routes the presence of each available session of `user` to `to`, as the account's own.
 fn current_presence(cx: &mut Cx, user: &str, to: &Jid) {
     let presences: Vec<(Jid, Element)> = cx
@@ -157,16 +169,7 @@ fn current_presence(cx: &mut Cx, user: &str, to: &Jid) {
         .filter_map(|s| s.presence.clone().map(|p| (s.jid.clone(), p)))
         .collect();
     for (from, el) in presences {
-        let mut st = Stanza::new(
-            crate::stanza::Kind::Presence,
-            Type::Available,
-            from,
-            to.clone(),
-            Origin::Account,
-            el,
-        );
-        st.set_to(to.clone());
-        cx.route(st);
+        cx.route(account_presence(Type::Available, from, to.clone(), el));
     }
 }
 
@@ -219,17 +222,9 @@ fn broadcast(cx: &mut Cx, roster: &Roster, st: &mut Stanza) {
             .filter_map(|(c, _)| Jid::parse(c).ok())
             .collect()
     });
-    for contact in contacts {
-        let mut copy = Stanza::new(
-            crate::stanza::Kind::Presence,
-            st.typ,
-            from.clone(),
-            contact.clone(),
-            Origin::Account,
-            stanza.clone(),
-        );
-        copy.set_to(contact);
-        cx.route(copy);
+    // Contacts first, then those who got directed presence (when it is unavailable).
+    for to in contacts.into_iter().chain(directed) {
+        cx.route(account_presence(st.typ, from.clone(), to, stanza.clone()));
     }
     // The user's own sessions, this one included (RFC 6121 §4.2.2).
     let own: Vec<Jid> = cx
@@ -243,18 +238,6 @@ fn broadcast(cx: &mut Cx, roster: &Roster, st: &mut Stanza) {
         let mut p = stanza.clone();
         p.set_attr("to", o.to_string());
         cx.send(o, p);
-    }
-    for d in directed {
-        let mut copy = Stanza::new(
-            crate::stanza::Kind::Presence,
-            st.typ,
-            from.clone(),
-            d.clone(),
-            Origin::Account,
-            stanza.clone(),
-        );
-        copy.set_to(d);
-        cx.route(copy);
     }
     if available && !was_available {
         initial(cx, roster, &from, &user);
@@ -299,6 +282,10 @@ fn initial(cx: &mut Cx, roster: &Roster, from: &Jid, user: &str) {
         cx.send(from.clone(), p);
     }
     let bare = from.bare();
+    let pending: Vec<Jid> = pending
+        .into_iter()
+        .filter(|c| cx.accepts(user, c))
+        .collect();
     for c in pending {
         cx.send(
             from.clone(),

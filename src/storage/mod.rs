@@ -109,6 +109,19 @@ impl Store {
         schema: Schema,
     ) -> Result<Store, Error> {
         let exists = path.exists();
+        if !exists {
+            // redb would create the file with the umask's mode, and the store holds the SCRAM
+            // keys: it is made private before redb writes the first byte. An empty file is
+            // what redb initialises a new database in.
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(crate::config::PRIVATE_FILE)
+                .open(path)
+                .map_err(|e| Error::io("create the data store", path, &e))?;
+        }
         let db = Database::builder()
             .set_cache_size(cache_bytes)
             .create(path)

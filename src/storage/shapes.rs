@@ -27,69 +27,50 @@ macro_rules! named_debug {
 }
 named_debug!(KeyVal, Map, Queue);
 
-/// The key range holding every row of `user` in a [`Map`].
+/// (localpart, key, sequence) → value: an index of another table by a key, in sequence order.
+pub struct Index<V: Value + 'static>(
+    pub TableDefinition<'static, (&'static str, &'static str, u64), V>,
+);
+
+named_debug!(Index);
+
+/// The key ranges holding every row of `user`, for each shape.
+fn keyval_range(user: &str) -> std::ops::RangeInclusive<&str> {
+    user..=user
+}
 fn map_range(user: &str) -> std::ops::Range<(&str, &str)> {
     (user, "")..(user, "\u{10ffff}")
 }
-
-impl<V: Value + Sync + 'static> Table for KeyVal<V> {
-    fn name(&self) -> &str {
-        self.0.name()
-    }
-    fn create(&self, txn: &WriteTransaction) -> Result<(), Error> {
-        txn.open_table(self.0)?;
-        Ok(())
-    }
-    fn delete_user(&self, txn: &WriteTransaction, user: &str) -> Result<(), Error> {
-        txn.open_table(self.0)?.remove(user)?;
-        Ok(())
-    }
-    #[cfg(test)]
-    fn count_user(&self, txn: &redb::ReadTransaction, user: &str) -> Result<usize, Error> {
-        Ok(usize::from(txn.open_table(self.0)?.get(user)?.is_some()))
-    }
+fn queue_range(user: &str) -> std::ops::RangeInclusive<(&str, u64)> {
+    (user, 0)..=(user, u64::MAX)
+}
+fn index_range(user: &str) -> std::ops::Range<(&str, &str, u64)> {
+    (user, "", 0)..(user, "\u{10ffff}", 0)
 }
 
-impl<V: Value + Sync + 'static> Table for Map<V> {
-    fn name(&self) -> &str {
-        self.0.name()
-    }
-    fn create(&self, txn: &WriteTransaction) -> Result<(), Error> {
-        txn.open_table(self.0)?;
-        Ok(())
-    }
-    fn delete_user(&self, txn: &WriteTransaction, user: &str) -> Result<(), Error> {
-        txn.open_table(self.0)?
-            .retain_in(map_range(user), |_, _| false)?;
-        Ok(())
-    }
-    #[cfg(test)]
-    fn count_user(&self, txn: &redb::ReadTransaction, user: &str) -> Result<usize, Error> {
-        Ok(txn.open_table(self.0)?.range(map_range(user))?.count())
-    }
+/// A shape's [`Table`]: every key starts with the localpart, so an account is one key range.
+macro_rules! per_user_table {
+    ($($shape:ident: $range:ident),*) => {$(
+        impl<V: Value + Sync + 'static> Table for $shape<V> {
+            fn name(&self) -> &str {
+                self.0.name()
+            }
+            fn create(&self, txn: &WriteTransaction) -> Result<(), Error> {
+                txn.open_table(self.0)?;
+                Ok(())
+            }
+            fn delete_user(&self, txn: &WriteTransaction, user: &str) -> Result<(), Error> {
+                txn.open_table(self.0)?.retain_in($range(user), |_, _| false)?;
+                Ok(())
+            }
+            #[cfg(test)]
+            fn count_user(&self, txn: &redb::ReadTransaction, user: &str) -> Result<usize, Error> {
+                Ok(txn.open_table(self.0)?.range($range(user))?.count())
+            }
+        }
+    )*};
 }
-
-impl<V: Value + Sync + 'static> Table for Queue<V> {
-    fn name(&self) -> &str {
-        self.0.name()
-    }
-    fn create(&self, txn: &WriteTransaction) -> Result<(), Error> {
-        txn.open_table(self.0)?;
-        Ok(())
-    }
-    fn delete_user(&self, txn: &WriteTransaction, user: &str) -> Result<(), Error> {
-        txn.open_table(self.0)?
-            .retain_in((user, 0)..=(user, u64::MAX), |_, _| false)?;
-        Ok(())
-    }
-    #[cfg(test)]
-    fn count_user(&self, txn: &redb::ReadTransaction, user: &str) -> Result<usize, Error> {
-        Ok(txn
-            .open_table(self.0)?
-            .range((user, 0)..=(user, u64::MAX))?
-            .count())
-    }
-}
+per_user_table!(KeyVal: keyval_range, Map: map_range, Queue: queue_range, Index: index_range);
 
 impl KeyVal<&'static str> {
     pub fn get(&self, store: &Store, user: &str) -> Result<Option<String>, Error> {
@@ -181,7 +162,7 @@ impl Queue<Stamped> {
         let txn = store.read()?;
         let t = txn.open_table(self.0)?;
         let (mut n, mut bytes) = (0, 0);
-        for row in t.range((user, 0)..=(user, u64::MAX))? {
+        for row in t.range(queue_range(user))? {
             n += 1;
             bytes += row?.1.value().1.len();
         }
@@ -193,7 +174,7 @@ impl Queue<Stamped> {
         let txn = store.read()?;
         let t = txn.open_table(self.0)?;
         let mut out = Vec::new();
-        for row in t.range((user, 0)..=(user, u64::MAX))?.take(limit) {
+        for row in t.range(queue_range(user))?.take(limit) {
             let (k, v) = row?;
             let (stamp_ms, text) = v.value();
             out.push(Entry {
@@ -286,7 +267,7 @@ impl Op for QueuePush {
     fn apply(&self, txn: &Txn) -> Result<(), Error> {
         let u = self.user.as_str();
         let mut t = txn.txn.open_table(self.table.0)?;
-        let next = match t.range((u, 0)..=(u, u64::MAX))?.next_back() {
+        let next = match t.range(queue_range(u))?.next_back() {
             Some(r) => r?.0.value().1 + 1,
             None => 1,
         };

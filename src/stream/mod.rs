@@ -4,3 +4,4 @@ pub mod c2s;
 pub mod csi;
 pub mod sasl;
 pub mod smacks;
+pub mod throttle;

@@ -2,9 +2,11 @@
 //! their -PLUS variants with `tls-exporter` channel binding (RFC 9266), and PLAIN (RFC 4616).
 //!
 //! The server keeps only salt, iteration count, StoredKey and ServerKey. An unknown user is
-//! walked through the same exchange with made-up values so that the answer does not reveal
-//! which accounts exist.
+//! walked through the same exchange with a decoy: a salt that a server secret and the name
+//! determine, the configured iteration count, and for PLAIN the same key derivation, so that
+//! neither the answers nor their timing reveal which accounts exist.
 
+use crate::error::Error;
 use crate::jid;
 use crate::storage::accounts::Credentials;
 use base64::Engine;
@@ -12,6 +14,8 @@ use base64::engine::general_purpose::STANDARD as B64;
 use hmac::{Hmac, Mac};
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
+use std::path::Path;
+use std::sync::OnceLock;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hash {
@@ -68,6 +72,92 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
     // The OS random source failing leaves no safe way to authenticate anyone.
     getrandom::fill(&mut b).expect("the operating system's random source works");
     b
+}
+
+/// What an unknown user is answered with: the same salt for the same name every time, as a
+/// real account has, and the iteration count new passwords get.
+pub struct Decoy {
+    secret: [u8; SECRET_LEN],
+    iterations: u32,
+}
+
+impl Decoy {
+    pub fn new(secret: [u8; SECRET_LEN], iterations: u32) -> Decoy {
+        Decoy { secret, iterations }
+    }
+
+    fn derive(&self, label: &[u8], name: &str) -> Vec<u8> {
+        let mut data = label.to_vec();
+        data.push(0);
+        data.extend_from_slice(name.as_bytes());
+        Hash::Sha256.hmac(&self.secret, &data)
+    }
+
+    /// As long as the salts of real accounts (`derive_credentials`).
+    fn salt(&self, name: &str) -> Vec<u8> {
+        self.derive(b"salt", name)[..16].to_vec()
+    }
+
+    fn stored_key(&self, name: &str) -> Vec<u8> {
+        self.derive(b"stored key", name)
+    }
+}
+
+static DECOY: OnceLock<Decoy> = OnceLock::new();
+
+/// Sets the decoy for unknown users; the server does this at startup, before any connection.
+pub fn install_decoy(decoy: Decoy) {
+    let _ = DECOY.set(decoy);
+}
+
+/// The installed decoy. Without one (unit tests), a secret of this process's own.
+fn decoy() -> &'static Decoy {
+    DECOY.get_or_init(|| Decoy::new(random_bytes(), 4096))
+}
+
+pub const SECRET_LEN: usize = 32;
+
+/// The server's secret for decoys, from the file `secret` in the data directory, made on the
+/// first start. It must outlive restarts: a decoy salt that changed would give away that the
+/// name is not an account.
+pub fn load_secret(data_dir: &Path) -> Result<[u8; SECRET_LEN], Error> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = data_dir.join("secret");
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            return <[u8; SECRET_LEN]>::try_from(bytes.as_slice()).map_err(|_| {
+                Error::Io(format!(
+                    "{} is not a secret hearth made (those are {SECRET_LEN} bytes); delete it \
+                     and hearth makes a new one",
+                    path.display()
+                ))
+            });
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io("read the secret file", &path, &e)),
+    }
+    let secret = random_bytes::<SECRET_LEN>();
+    // Written whole under another name and then renamed, so that a crash leaves either no
+    // secret or a complete one.
+    let tmp = data_dir.join("secret.new");
+    let _ = std::fs::remove_file(&tmp);
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(&secret)?;
+        f.sync_all()
+    };
+    write().map_err(|e| Error::io("write the secret file", &tmp, &e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| Error::io("create the secret file", &path, &e))?;
+    // The rename itself must reach the disk before anyone is answered with the new secret.
+    if let Ok(dir) = std::fs::File::open(data_dir) {
+        let _ = dir.sync_all();
+    }
+    Ok(secret)
 }
 
 /// PRECIS OpaqueString (RFC 8265 §4.2), which RFC 7677 and RFC 6120 ask passwords to go through.
@@ -131,7 +221,8 @@ pub enum Step {
         user: String,
         data: Vec<u8>,
     },
-    /// `user` is the account that was tried, when known, for throttling.
+    /// `user` is the name that was tried, when it is a valid localpart, for throttling; it is
+    /// given whether or not such an account exists, so that unknown names are throttled alike.
     Failure(FailureCondition, Option<String>),
 }
 
@@ -153,6 +244,7 @@ pub fn mechanisms(channel_binding: bool) -> &'static [&'static str] {
 pub enum Sasl {
     Plain {
         domain: String,
+        decoy: &'static Decoy,
     },
     Scram {
         hash: Hash,
@@ -160,6 +252,7 @@ pub enum Sasl {
         /// The tls-exporter value, when the transport has one.
         cb: Option<Vec<u8>>,
         domain: String,
+        decoy: &'static Decoy,
         state: ScramState,
     },
 }
@@ -167,7 +260,10 @@ pub enum Sasl {
 pub enum ScramState {
     Start,
     SentFirst {
+        /// The name tried, when it is a valid localpart, whether an account or not.
         user: Option<String>,
+        /// `user` is an account and the keys are its own.
+        known: bool,
         gs2_header: String,
         nonce: String,
         auth_message: String,
@@ -180,10 +276,20 @@ pub enum ScramState {
 impl Sasl {
     /// Starts the named mechanism; `cb` is the tls-exporter channel binding data.
     pub fn start(mechanism: &str, cb: Option<Vec<u8>>, domain: &str) -> Option<Sasl> {
+        Sasl::start_with(mechanism, cb, domain, decoy())
+    }
+
+    fn start_with(
+        mechanism: &str,
+        cb: Option<Vec<u8>>,
+        domain: &str,
+        decoy: &'static Decoy,
+    ) -> Option<Sasl> {
         let (hash, plus) = match mechanism {
             "PLAIN" => {
                 return Some(Sasl::Plain {
                     domain: domain.to_owned(),
+                    decoy,
                 });
             }
             "SCRAM-SHA-1" => (Hash::Sha1, false),
@@ -197,6 +303,7 @@ impl Sasl {
             plus,
             cb,
             domain: domain.to_owned(),
+            decoy,
             state: ScramState::Start,
         })
     }
@@ -204,18 +311,20 @@ impl Sasl {
     /// Feeds one client message (already base64-decoded).
     pub fn step(&mut self, input: &[u8], lookup: &dyn Fn(&str) -> Option<Credentials>) -> Step {
         match self {
-            Sasl::Plain { domain } => plain(input, domain, lookup),
+            Sasl::Plain { domain, decoy } => plain(input, domain, decoy, lookup),
             Sasl::Scram {
                 hash,
                 plus,
                 cb,
                 domain,
+                decoy,
                 state,
             } => {
                 let current = std::mem::replace(state, ScramState::Done);
                 match current {
                     ScramState::Start => {
-                        match scram_first(*hash, *plus, cb.is_some(), domain, input, lookup) {
+                        let server_cb = cb.is_some();
+                        match scram_first(*hash, *plus, server_cb, domain, decoy, input, lookup) {
                             Ok((challenge, next)) => {
                                 *state = next;
                                 Step::Challenge(challenge)
@@ -225,6 +334,7 @@ impl Sasl {
                     }
                     ScramState::SentFirst {
                         user,
+                        known,
                         gs2_header,
                         nonce,
                         auth_message,
@@ -235,7 +345,7 @@ impl Sasl {
                         if *plus {
                             cb_input.extend_from_slice(cb.as_deref().unwrap_or_default());
                         }
-                        scram_final(
+                        let step = scram_final(
                             *hash,
                             input,
                             &cb_input,
@@ -244,7 +354,19 @@ impl Sasl {
                             &stored_key,
                             &server_key,
                             user,
-                        )
+                        );
+                        match step {
+                            // The password may have changed, or the account gone, since the
+                            // first message: only the current keys log in.
+                            Step::Success { user, .. }
+                                if !known
+                                    || keys_of(lookup(&user).as_ref(), *hash)
+                                        .is_none_or(|k| k.stored != stored_key) =>
+                            {
+                                Step::Failure(FailureCondition::NotAuthorized, Some(user))
+                            }
+                            step => step,
+                        }
                     }
                     ScramState::Done => Step::Failure(FailureCondition::MalformedRequest, None),
                 }
@@ -259,7 +381,12 @@ fn check_authzid(authzid: &str, user: &str, domain: &str) -> bool {
         || jid::Jid::parse(authzid).is_ok_and(|j| j == jid::Jid::bare_from(user, domain))
 }
 
-fn plain(input: &[u8], domain: &str, lookup: &dyn Fn(&str) -> Option<Credentials>) -> Step {
+fn plain(
+    input: &[u8],
+    domain: &str,
+    decoy: &Decoy,
+    lookup: &dyn Fn(&str) -> Option<Credentials>,
+) -> Step {
     let Ok(text) = std::str::from_utf8(input) else {
         return Step::Failure(FailureCondition::MalformedRequest, None);
     };
@@ -275,17 +402,15 @@ fn plain(input: &[u8], domain: &str, lookup: &dyn Fn(&str) -> Option<Credentials
     if !check_authzid(authzid, &user, domain) {
         return Step::Failure(FailureCondition::InvalidAuthzid, Some(user));
     }
-    let (Some(creds), Ok(password)) = (lookup(&user), prepare_password(password)) else {
+    let Ok(password) = prepare_password(password) else {
         return Step::Failure(FailureCondition::NotAuthorized, Some(user));
     };
-    let (Ok(salt), Ok(expected)) = (
-        B64.decode(&creds.salt),
-        B64.decode(&creds.sha256_stored_key),
-    ) else {
-        return Step::Failure(FailureCondition::NotAuthorized, Some(user));
-    };
-    let (stored, _) = Hash::Sha256.keys(password.as_bytes(), &salt, creds.iterations);
-    if constant_time_eq(&stored, &expected) {
+    let real = keys_of(lookup(&user).as_ref(), Hash::Sha256);
+    let known = real.is_some();
+    // An unknown user costs the same key derivation as a real one.
+    let keys = real.unwrap_or_else(|| Keys::decoy(decoy, &user));
+    let (stored, _) = Hash::Sha256.keys(password.as_bytes(), &keys.salt, keys.iterations);
+    if constant_time_eq(&stored, &keys.stored) & known {
         Step::Success {
             user,
             data: Vec::new(),
@@ -293,6 +418,41 @@ fn plain(input: &[u8], domain: &str, lookup: &dyn Fn(&str) -> Option<Credentials
     } else {
         Step::Failure(FailureCondition::NotAuthorized, Some(user))
     }
+}
+
+/// What one exchange checks against: an account's values for one hash, or a decoy's.
+struct Keys {
+    salt: Vec<u8>,
+    iterations: u32,
+    stored: Vec<u8>,
+    server: Vec<u8>,
+}
+
+impl Keys {
+    /// Keys nobody can match, with the salt and iterations an account would have.
+    fn decoy(decoy: &Decoy, name: &str) -> Keys {
+        Keys {
+            salt: decoy.salt(name),
+            iterations: decoy.iterations,
+            stored: decoy.stored_key(name),
+            server: Vec::new(),
+        }
+    }
+}
+
+/// An account's keys for `hash`, if it has usable ones.
+fn keys_of(creds: Option<&Credentials>, hash: Hash) -> Option<Keys> {
+    let c = creds?;
+    let (stored, server) = match hash {
+        Hash::Sha1 => (&c.sha1_stored_key, &c.sha1_server_key),
+        Hash::Sha256 => (&c.sha256_stored_key, &c.sha256_server_key),
+    };
+    Some(Keys {
+        salt: B64.decode(&c.salt).ok()?,
+        iterations: c.iterations,
+        stored: B64.decode(stored).ok()?,
+        server: B64.decode(server).ok()?,
+    })
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -321,6 +481,7 @@ fn scram_first(
     plus: bool,
     server_has_cb: bool,
     domain: &str,
+    decoy: &Decoy,
     input: &[u8],
     lookup: &dyn Fn(&str) -> Option<Credentials>,
 ) -> Result<(Vec<u8>, ScramState), FailureCondition> {
@@ -370,40 +531,26 @@ fn scram_first(
     {
         return Err(FailureCondition::InvalidAuthzid);
     }
-    let creds = user.as_deref().and_then(lookup);
-    let (salt, iterations, stored_key, server_key) = match creds.as_ref().and_then(|c| {
-        let (stored, server) = match hash {
-            Hash::Sha1 => (&c.sha1_stored_key, &c.sha1_server_key),
-            Hash::Sha256 => (&c.sha256_stored_key, &c.sha256_server_key),
-        };
-        Some((
-            B64.decode(&c.salt).ok()?,
-            c.iterations,
-            B64.decode(stored).ok()?,
-            B64.decode(server).ok()?,
-        ))
-    }) {
-        Some(v) => v,
-        // No such account: carry on with keys nobody can match.
-        None => (
-            random_bytes::<16>().to_vec(),
-            4096,
-            random_bytes::<32>().to_vec(),
-            vec![],
-        ),
-    };
+    let real = keys_of(user.as_deref().and_then(lookup).as_ref(), hash);
+    let known = real.is_some();
+    let keys = real.unwrap_or_else(|| Keys::decoy(decoy, user.as_deref().unwrap_or(&name)));
     let nonce = format!("{cnonce}{}", B64.encode(random_bytes::<18>()));
-    let server_first = format!("r={nonce},s={},i={iterations}", B64.encode(&salt));
+    let server_first = format!(
+        "r={nonce},s={},i={}",
+        B64.encode(&keys.salt),
+        keys.iterations
+    );
     let auth_message = format!("{bare},{server_first}");
     Ok((
         server_first.into_bytes(),
         ScramState::SentFirst {
-            user: if creds.is_some() { user } else { None },
+            user,
+            known,
             gs2_header,
             nonce,
             auth_message,
-            stored_key,
-            server_key,
+            stored_key: keys.stored,
+            server_key: keys.server,
         },
     ))
 }
@@ -571,6 +718,143 @@ mod tests {
                 Step::Failure(FailureCondition::NotAuthorized, _)
             ));
         }
+    }
+
+    fn test_decoy(iterations: u32) -> &'static Decoy {
+        Box::leak(Box::new(Decoy::new(random_bytes(), iterations)))
+    }
+
+    /// The server-first message for `user`, as (salt, iterations).
+    fn server_first(
+        decoy: &'static Decoy,
+        user: &str,
+        lookup: &dyn Fn(&str) -> Option<Credentials>,
+    ) -> (String, String) {
+        let mut sasl = Sasl::start_with("SCRAM-SHA-256", None, "localhost", decoy).unwrap();
+        let Step::Challenge(ch) = sasl.step(format!("n,,n={user},r=abc").as_bytes(), lookup) else {
+            panic!("no challenge for {user}")
+        };
+        let ch = String::from_utf8(ch).unwrap();
+        let attr = |k: &str| {
+            ch.split(',')
+                .find_map(|a| a.strip_prefix(k))
+                .unwrap()
+                .to_owned()
+        };
+        (attr("s="), attr("i="))
+    }
+
+    #[test]
+    fn an_unknown_user_looks_like_an_account() {
+        let creds = derive_credentials("secret", 4096).unwrap();
+        let lookup = |u: &str| (u == "alice").then(|| creds.clone());
+        let decoy = test_decoy(5000);
+        let (salt, iterations) = server_first(decoy, "nobody", &lookup);
+        assert_eq!(
+            server_first(decoy, "nobody", &lookup),
+            (salt.clone(), iterations.clone())
+        );
+        assert_eq!(iterations, "5000", "the configured iteration count");
+        assert_eq!(salt.len(), creds.salt.len(), "as long as a real salt");
+        assert_ne!(server_first(decoy, "somebody", &lookup).0, salt);
+        // The same name gets the same salt however it is spelled, as an account would.
+        assert_eq!(server_first(decoy, "NoBody", &lookup).0, salt);
+        // Another server (another secret) answers differently.
+        assert_ne!(server_first(test_decoy(5000), "nobody", &lookup).0, salt);
+        let (real_salt, real_iterations) = server_first(decoy, "alice", &lookup);
+        assert_eq!(
+            (real_salt, real_iterations),
+            (creds.salt.clone(), "4096".into())
+        );
+    }
+
+    #[test]
+    fn plain_fails_alike_for_unknown_users() {
+        let creds = derive_credentials("secret", 4096).unwrap();
+        let lookup = |u: &str| (u == "alice").then(|| creds.clone());
+        for (user, password) in [("alice", "wrong"), ("nobody", "secret"), ("nobody", "")] {
+            let mut sasl = Sasl::start_with("PLAIN", None, "localhost", test_decoy(4096)).unwrap();
+            let input = format!("\0{user}\0{password}");
+            assert_eq!(
+                sasl.step(input.as_bytes(), &lookup),
+                Step::Failure(FailureCondition::NotAuthorized, Some(user.into())),
+                "{user}"
+            );
+        }
+    }
+
+    /// The client's final message of a SCRAM-SHA-256 exchange with `password`.
+    fn client_final(first_bare: &str, challenge: &[u8], password: &str) -> String {
+        let server_first = std::str::from_utf8(challenge).unwrap();
+        let attr = |k: &str| {
+            server_first
+                .split(',')
+                .find_map(|a| a.strip_prefix(k))
+                .unwrap()
+        };
+        let salt = B64.decode(attr("s=")).unwrap();
+        let iterations: u32 = attr("i=").parse().unwrap();
+        let without_proof = format!("c=biws,r={}", attr("r="));
+        let auth_message = format!("{first_bare},{server_first},{without_proof}");
+        let h = Hash::Sha256;
+        let salted = h.salted_password(password.as_bytes(), &salt, iterations);
+        let client_key = h.hmac(&salted, b"Client Key");
+        let signature = h.hmac(&h.digest(&client_key), auth_message.as_bytes());
+        let proof: Vec<u8> = client_key
+            .iter()
+            .zip(&signature)
+            .map(|(a, b)| a ^ b)
+            .collect();
+        format!("{without_proof},p={}", B64.encode(proof))
+    }
+
+    #[test]
+    fn a_password_change_or_removal_mid_exchange_fails_the_login() {
+        let old = derive_credentials("old", 4096).unwrap();
+        let new = derive_credentials("new", 4096).unwrap();
+        for after in [Some(new), None] {
+            let current = std::cell::RefCell::new(Some(old.clone()));
+            let lookup = |u: &str| current.borrow().clone().filter(|_| u == "alice");
+            let mut sasl = Sasl::start("SCRAM-SHA-256", None, "localhost").unwrap();
+            let first_bare = "n=alice,r=abc";
+            let Step::Challenge(ch) = sasl.step(format!("n,,{first_bare}").as_bytes(), &lookup)
+            else {
+                panic!()
+            };
+            *current.borrow_mut() = after.clone();
+            let fin = client_final(first_bare, &ch, "old");
+            assert_eq!(
+                sasl.step(fin.as_bytes(), &lookup),
+                Step::Failure(FailureCondition::NotAuthorized, Some("alice".into()))
+            );
+        }
+        // Unchanged, the same exchange succeeds.
+        let lookup = |u: &str| (u == "alice").then(|| old.clone());
+        let mut sasl = Sasl::start("SCRAM-SHA-256", None, "localhost").unwrap();
+        let Step::Challenge(ch) = sasl.step(b"n,,n=alice,r=abc", &lookup) else {
+            panic!()
+        };
+        let fin = client_final("n=alice,r=abc", &ch, "old");
+        assert!(matches!(
+            sasl.step(fin.as_bytes(), &lookup),
+            Step::Success { .. }
+        ));
+    }
+
+    #[test]
+    fn the_secret_is_made_once_private_and_kept() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let first = load_secret(dir.path()).unwrap();
+        let path = dir.path().join("secret");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(load_secret(dir.path()).unwrap(), first);
+        assert!(!dir.path().join("secret.new").exists());
+        std::fs::write(&path, b"short").unwrap();
+        let e = load_secret(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("delete it"), "{e}");
+        assert_eq!(e.lines().count(), 1);
     }
 
     #[test]

@@ -74,3 +74,15 @@ pub const OMEMO_LEGACY: &str = "eu.siacs.conversations.axolotl";
 pub const BLOCKING: &str = "urn:xmpp:blocking";
 /// XEP-0191 §3.3: the application-specific error for a stanza to a blocked entity.
 pub const BLOCKING_ERRORS: &str = "urn:xmpp:blocking:errors";
+/// XEP-0060 Publish-Subscribe, v1.26: requests.
+pub const PUBSUB: &str = "http://jabber.org/protocol/pubsub";
+/// XEP-0060 §7.1.2.1: event notifications.
+pub const PUBSUB_EVENT: &str = "http://jabber.org/protocol/pubsub#event";
+/// XEP-0060 §8: the node owner's requests.
+pub const PUBSUB_OWNER: &str = "http://jabber.org/protocol/pubsub#owner";
+/// XEP-0060 §7 and §8: application-specific error conditions.
+pub const PUBSUB_ERRORS: &str = "http://jabber.org/protocol/pubsub#errors";
+/// XEP-0060 §16.4: the FORM_TYPE of node configuration forms.
+pub const PUBSUB_NODE_CONFIG: &str = "http://jabber.org/protocol/pubsub#node_config";
+/// XEP-0060 §16.5 (XEP-0223): the FORM_TYPE of publish options.
+pub const PUBSUB_PUBLISH_OPTIONS: &str = "http://jabber.org/protocol/pubsub#publish-options";

@@ -11,7 +11,14 @@ usually makes the later ones fail too: read the first FAIL first. a uses slixmpp
 plugins for stream management (XEP-0198, enabled with resumption at login), client state
 indication (XEP-0352), the archive (XEP-0313 with XEP-0059 paging) and stanza-ids
 (XEP-0359); a second resource of a (a2) uses carbons (XEP-0280); a third account c only
-sends one message, for the archive's 'with' filter.
+sends one message, for the archive's 'with' filter, and later reads another account's open
+PEP node as a stranger. Two more accounts, d and e, have two OMEMO devices each
+(slixmpp-omemo, XEP-0384 in both versions): their keys live in hearth's PEP (XEP-0163), their
+device lists reach each other by PEP notifications filtered by entity caps (XEP-0115), and
+they exchange encrypted messages live, as carbons and through the archive. a and a2 also use slixmpp's blocking
+plugin (XEP-0191), and a's disco#info on its own bare JID finds the archive (XEP-0313 §6.4,
+as Dino and Conversations look for it). The blocking scenario runs after every scenario that
+reads a's archive and leaves nothing blocked.
 """
 
 import argparse
@@ -26,7 +33,10 @@ import traceback
 import uuid
 
 import slixmpp
+from omemo.storage import Just, Nothing, Storage
 from slixmpp.exceptions import IqError, IqTimeout
+from slixmpp.plugins import register_plugin
+from slixmpp_omemo import XEP_0384, TrustLevel
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
@@ -41,10 +51,59 @@ NS_FORWARD = "urn:xmpp:forward:0"
 NS_MAM = "urn:xmpp:mam:2"
 NS_SID = "urn:xmpp:sid:0"
 NS_CHATSTATES = "http://jabber.org/protocol/chatstates"
+NS_BLOCKING = "urn:xmpp:blocking"
+NS_BLOCKING_ERRORS = "urn:xmpp:blocking:errors"
+NS_PUBSUB = "http://jabber.org/protocol/pubsub"
+NS_OLDMEMO = "eu.siacs.conversations.axolotl"
+NS_TWOMEMO = "urn:xmpp:omemo:2"
 
 WAIT = 10.0  # seconds for any one expected event
 SCENARIO_TIMEOUT = 60.0  # seconds for a whole scenario
+# OMEMO makes keys for five device sessions (100 pre-keys each, in both versions).
+SLOW_SCENARIOS = {"omemo": 180.0}
 MECH = "SCRAM-SHA-256"
+
+
+class MemoryStorage(Storage):
+    """OMEMO keys and sessions of one device, in memory: a device that reconnects is handed the
+    same object, as a client keeps its keys on disk."""
+
+    def __init__(self):
+        super().__init__()
+        self.data = {}
+
+    async def _load(self, key):
+        return Just(self.data[key]) if key in self.data else Nothing()
+
+    async def _store(self, key, value):
+        self.data[key] = value
+
+    async def _delete(self, key):
+        self.data.pop(key, None)
+
+
+class OmemoPlugin(XEP_0384):
+    """slixmpp-omemo with in-memory storage and blind trust before verification (BTBV), as
+    Conversations and Dino trust a contact's devices by default."""
+
+    @property
+    def storage(self):
+        return self.xmpp.omemo_storage
+
+    @property
+    def _btbv_enabled(self):
+        return True
+
+    async def _devices_blindly_trusted(self, blindly_trusted, identifier):
+        pass
+
+    async def _prompt_manual_trust(self, manually_trusted, identifier):
+        session = await self.get_session_manager()
+        for device in manually_trusted:
+            await session.set_trust(device.bare_jid, device.identity_key, TrustLevel.TRUSTED.value)
+
+
+register_plugin(OmemoPlugin)
 
 
 class Fail(Exception):
@@ -108,7 +167,7 @@ class Inbox:
 class Client:
     """One slixmpp connection with everything it receives recorded in an Inbox."""
 
-    def __init__(self, name, jid, password, resource, args, mode, plugins=()):
+    def __init__(self, name, jid, password, resource, args, mode, plugins=(), omemo=None):
         self.name = name
         self.mode = mode  # "starttls" or "direct"
         self.args = args
@@ -132,6 +191,13 @@ class Client:
         x.whitespace_keepalive = False
         for plugin in ("xep_0030", "xep_0199", "xep_0203", *plugins):
             x.register_plugin(plugin)
+        if omemo is not None:
+            # OMEMO (XEP-0384) with its device lists and bundles in PEP; initialised at bind.
+            x.omemo_storage = omemo
+            x.register_plugin("xep_0384", module=sys.modules[__name__])
+            x.add_event_handler("omemo_initialized", lambda _: self.inbox.put("omemo_ready", True))
+            for event in ("twomemo_device_list_publish", "oldmemo_device_list_publish"):
+                x.add_event_handler(event, lambda m: self.inbox.put("device_list", m))
         x.register_handler(
             Callback(f"{name} messages", MatchXPath(f"{{{NS_CLIENT}}}message"), self._on_message)
         )
@@ -150,6 +216,11 @@ class Client:
                                         lambda st: self.inbox.put("sm_r", st)))
             x.register_handler(Callback(f"{name} sm a", MatchXPath(f"{{{NS_SM}}}a"),
                                         lambda st: self.inbox.put("sm_a", st)))
+        if "xep_0191" in plugins:
+            # Block list pushes (XEP-0191 3.3-3.5), answered as RFC 6120 8.2.3 requires of any
+            # iq set (slixmpp's plugin only raises the event).
+            x.add_event_handler("blocked", lambda iq: self._on_block_push("blocked", iq))
+            x.add_event_handler("unblocked", lambda iq: self._on_block_push("unblocked", iq))
         if "xep_0280" in plugins:
             x.add_event_handler("carbon_sent", lambda m: self.inbox.put("carbon_sent", m))
             x.add_event_handler("carbon_received", lambda m: self.inbox.put("carbon_received", m))
@@ -168,6 +239,10 @@ class Client:
         else:
             kind = "message"
         self.inbox.put(kind, msg)
+
+    def _on_block_push(self, kind, iq):
+        self.inbox.put(kind, iq)
+        iq.reply().send()
 
     def _on_roster(self, iq):
         if iq["type"] == "set":
@@ -315,7 +390,13 @@ class Run:
         self.a_jid = f"a@{args.domain}"
         self.b_jid = f"b@{args.domain}"
         self.c_jid = f"c@{args.domain}"
+        # Two more accounts, each with two OMEMO devices.
+        self.d_jid = f"d@{args.domain}"
+        self.e_jid = f"e@{args.domain}"
         self.notes = []
+        # Every client made, replaced or disconnected ones too: slixmpp's tasks of a closed
+        # stream may still be finishing, and must not be garbage-collected while pending.
+        self.made = []
         # Every archivable message a sent or received, in the order the server handled them:
         # (direction "out" or "in" seen from a, the other party's bare JID, body). The mam
         # scenario expects exactly these in a's archive.
@@ -325,11 +406,11 @@ class Run:
         self.a_received = {}
 
     # Plugins beyond disco, ping and delay: a uses stream management (with resumption), client
-    # state indication and the archive; a2 carbons; b sends chat states. Stanza-ids are read
-    # with XEP-0359's plugin.
+    # state indication and the archive; a2 carbons; a and a2 blocking; b sends chat states.
+    # Stanza-ids are read with XEP-0359's plugin.
     PLUGINS = {
-        "a": ("xep_0198", "xep_0352", "xep_0313", "xep_0359"),
-        "a2": ("xep_0280", "xep_0359"),
+        "a": ("xep_0198", "xep_0352", "xep_0313", "xep_0359", "xep_0191"),
+        "a2": ("xep_0280", "xep_0359", "xep_0191"),
         "b": ("xep_0085", "xep_0359"),
         "c": ("xep_0359",),
     }
@@ -338,7 +419,20 @@ class Run:
         account = name.rstrip("0123456789")
         jid = {"a": self.a_jid, "b": self.b_jid, "c": self.c_jid}[account]
         password = {"a": self.args.password_a, "b": self.args.password_b, "c": self.args.password_c}[account]
-        return Client(name, jid, password, f"interop-{name}", self.args, mode, self.PLUGINS[name])
+        c = Client(name, jid, password, f"interop-{name}", self.args, mode, self.PLUGINS[name])
+        self.made.append(c)
+        return c
+
+    def omemo_client(self, name, storage):
+        """Device `name` (d1, d2, e1, e2) of account d or e, with OMEMO keeping its keys in
+        `storage`, carbons (XEP-0280) and the archive (XEP-0313)."""
+        account = name.rstrip("0123456789")
+        jid = {"d": self.d_jid, "e": self.e_jid}[account]
+        password = {"d": self.args.password_d, "e": self.args.password_e}[account]
+        c = Client(name, jid, password, f"interop-{name}", self.args, "direct",
+                   ("xep_0280", "xep_0313", "xep_0359"), omemo=storage)
+        self.made.append(c)
+        return c
 
     def a_sent(self, to, body):
         self.a_exchanged.append(("out", str(to), body))
@@ -505,6 +599,33 @@ class Run:
         res = await ping.send(timeout=WAIT)
         check(res["type"] == "result", f"ping answered {short(res)}")
         check(res["from"].full == self.args.domain, f"ping answered from {res['from']}")
+
+    async def account_disco(self):
+        """disco#info through slixmpp's xep_0030: a's own bare JID is a registered account that
+        hosts the archive (urn:xmpp:mam:2, XEP-0313 6.4: where Dino and Conversations look for
+        it); to b, a's account shows only what it is; the server lists urn:xmpp:blocking."""
+        a, b = self.a, self.b
+        disco = a.x.plugin["xep_0030"]
+
+        def identities_and_features(res, who):
+            check(res["type"] == "result", f"{who}: disco#info answered {short(res)}")
+            info = res["disco_info"]
+            return ({(i[0], i[1]) for i in info["identities"]}, set(info["features"]))
+
+        res = await disco.get_info(jid=self.a_jid, timeout=WAIT)
+        check(res["from"].full == self.a_jid, f"a's account answered from {res['from']}")
+        ids, features = identities_and_features(res, "a's own account")
+        check(("account", "registered") in ids, f"a's account: identities {sorted(ids)}, no account/registered")
+        for f in (NS_MAM, NS_MAM + "#extended", NS_SID, NS_DISCO_INFO):
+            check(f in features, f"a's account does not list {f}: {sorted(features)}")
+        ids, features = identities_and_features(
+            await b.x.plugin["xep_0030"].get_info(jid=self.a_jid, timeout=WAIT), "a's account to b")
+        check(("account", "registered") in ids, f"a's account to b: identities {sorted(ids)}")
+        check(NS_MAM not in features, f"a's account shows b its archive: {sorted(features)}")
+        _, features = identities_and_features(
+            await disco.get_info(jid=self.args.domain, timeout=WAIT), "the server")
+        check(NS_BLOCKING in features, f"the server does not list {NS_BLOCKING}: {sorted(features)}")
+        self.notes.append(f"a's account lists {NS_MAM}; the server lists {NS_BLOCKING}")
 
     async def roster_remove(self):
         """a removes b: a gets a push with subscription=remove and b is gone from a's roster."""
@@ -823,6 +944,260 @@ class Run:
         a.x.plugin["xep_0352"].send_active()
         await send_message_barrier(a)
 
+    async def blocking(self):
+        """XEP-0191 through slixmpp's xep_0191: a and a second resource a2 read the (empty) block
+        list; a blocks b, and both get the push. b's message to a comes back as
+        service-unavailable and his ping to a's resource fails the same way; a's message to b
+        comes back as not-acceptable with <blocked/>; neither reaches the other. a2 unblocks b
+        (both get the push) and messages flow again both ways. Last a blocks two more JIDs and
+        unblocks all with an empty <unblock/>: the list is empty again, as the scenarios after
+        this one need."""
+        a, b = self.a, self.b
+        self.a2 = a2 = self.client("a2", "direct")
+        await a2.login()
+        block_a, block_a2 = a.x.plugin["xep_0191"], a2.x.plugin["xep_0191"]
+        for c, plugin in ((a, block_a), (a2, block_a2)):
+            jids = await plugin.get_blocked_jids(timeout=WAIT)
+            check(jids == set(), f"{c.name}: the block list is {jids}, expected it empty")
+
+        def push(kind, jids):
+            want = sorted(jids)
+
+            def pred(iq):
+                got = sorted(str(i["jid"]) for i in iq["block" if kind == "blocked" else "unblock"]["items"])
+                return got == want
+            return pred
+
+        async def pushed(kind, jids, what):
+            for c in (a, a2):
+                iq = await c.inbox.expect(kind, push(kind, jids), f"{c.name}: the {what} push")
+                check(iq["to"].full == c.jid.full, f"{c.name}: a push to {iq['to']}")
+                check(iq["from"].full in ("", self.a_jid), f"{c.name}: a push from {iq['from']}")
+
+        res = await block_a.block(slixmpp.JID(self.b_jid), timeout=WAIT)
+        check(res["type"] == "result", f"a: block answered {short(res)}")
+        await pushed("blocked", [self.b_jid], "block")
+        jids = await block_a2.get_blocked_jids(timeout=WAIT)
+        check(jids == {slixmpp.JID(self.b_jid)}, f"a2: the block list is {jids}, expected b")
+
+        # b writes to a: an error, and nothing for a.
+        tag = uuid.uuid4()
+        mark_a, mark_a2 = len(a.inbox.history), len(a2.inbox.history)
+        bounced = f"blocked b->a {tag}"
+        m = b.x.make_message(mto=self.a_jid, mbody=bounced, mtype="chat")
+        m["id"] = f"bounce-{tag}"
+        m.send()
+        err = await b.inbox.expect("message", lambda m: m["type"] == "error" and m["id"] == f"bounce-{tag}",
+                                   "b: an error for the message to a, who blocked him")
+        check(err["error"]["condition"] == "service-unavailable",
+              f"b: error {err['error']['condition']!r}, expected service-unavailable: {short(err)}")
+        check(err["from"].full == self.a_jid, f"b: the error came from {err['from']}, expected {self.a_jid}")
+        try:
+            await b.x.plugin["xep_0199"].send_ping(a.jid.full, timeout=WAIT)
+            raise Fail("b: a ping to a's resource was answered while a blocks b")
+        except IqError as e:
+            check(e.iq["error"]["condition"] == "service-unavailable",
+                  f"b: ping to a failed with {e.iq['error']['condition']!r}, expected service-unavailable")
+
+        # a writes to b: not-acceptable with <blocked/>, and nothing for b.
+        mark_b = len(b.inbox.history)
+        refused = f"blocked a->b {tag}"
+        m = a.x.make_message(mto=self.b_jid, mbody=refused, mtype="chat")
+        m["id"] = f"refused-{tag}"
+        m.send()
+        err = await a.inbox.expect("message", lambda m: m["type"] == "error" and m["id"] == f"refused-{tag}",
+                                   "a: an error for the message to b, whom a blocked")
+        check(err["error"]["condition"] == "not-acceptable",
+              f"a: error {err['error']['condition']!r}, expected not-acceptable: {short(err)}")
+        check(err.xml.find(f"{{{NS_CLIENT}}}error/{{{NS_BLOCKING_ERRORS}}}blocked") is not None,
+              f"a: the error lacks <blocked xmlns='{NS_BLOCKING_ERRORS}'/>: {short(err)}")
+        # Round trips after both messages: whatever the server made of them has arrived.
+        for c in (b, a, a2):
+            await send_message_barrier(c)
+        leaked = [short(st) for c, mark in ((a, mark_a), (a2, mark_a2)) for k, st in c.inbox.history[mark:]
+                  if k == "message" and body_of(st) == bounced]
+        leaked += [short(st) for k, st in b.inbox.history[mark_b:] if k == "message" and body_of(st) == refused]
+        check(not leaked, f"blocked messages were delivered: {leaked}")
+
+        # a2 unblocks b: both resources are told, and messages flow again.
+        res = await block_a2.unblock(slixmpp.JID(self.b_jid), timeout=WAIT)
+        check(res["type"] == "result", f"a2: unblock answered {short(res)}")
+        await pushed("unblocked", [self.b_jid], "unblock")
+        back = f"unblocked b->a {tag}"
+        b.x.send_message(mto=self.a_jid, mbody=back, mtype="chat")
+        m = await a.inbox.expect("message", lambda m: body_of(m) == back, "a: b's message after the unblock")
+        self.a_got(self.b_jid, m)
+        out = f"unblocked a->b {tag}"
+        a.x.send_message(mto=self.b_jid, mbody=out, mtype="chat")
+        self.a_sent(self.b_jid, out)
+        await b.inbox.expect("message", lambda m: body_of(m) == out, "b: a's message after the unblock")
+
+        # Unblock all: slixmpp's unblock() needs JIDs, so the empty <unblock/> is built here.
+        more = [self.c_jid, "spam.example"]
+        res = await block_a.block([slixmpp.JID(j) for j in more], timeout=WAIT)
+        check(res["type"] == "result", f"a: block answered {short(res)}")
+        await pushed("blocked", more, "second block")
+        iq = a.x.make_iq_set()
+        iq.enable("unblock")
+        res = await iq.send(timeout=WAIT)
+        check(res["type"] == "result", f"a: unblock-all answered {short(res)}")
+        await pushed("unblocked", [], "unblock-all")
+        for c, plugin in ((a, block_a), (a2, block_a2)):
+            jids = await plugin.get_blocked_jids(timeout=WAIT)
+            check(jids == set(), f"{c.name}: the block list after unblock-all is {jids}")
+        await a2.disconnect()
+        self.a2 = None
+        self.notes.append("a blocked b (service-unavailable to b, not-acceptable+blocked to a), "
+                          "pushes to a and a2, then unblocked one and all")
+
+    async def omemo(self):
+        """XEP-0384 OMEMO through slixmpp-omemo, both the eu.siacs.conversations.axolotl and
+        urn:xmpp:omemo:2 versions, all of it kept in hearth's PEP: accounts d and e (mutually
+        subscribed) have two devices each. Every device publishes its device lists and bundles
+        (publish-options with open access, omemo:2 bundles with max_items=max, one item per
+        device) and learns the others' devices from PEP notifications alone, which hearth sends
+        because each client's caps ask for the device list nodes (+notify). d1 encrypts a message
+        to e: e1 and e2 decrypt it, and d2 decrypts the carbon of it; e2 answers and d1, d2 and
+        e1 decrypt that. Then e2 goes offline, d1 sends another, e1 decrypts it live, and e2,
+        back with the same keys, decrypts it from the archive. A stranger (c) reads d's open
+        bundles but not its presence-only nodes."""
+        store = {n: MemoryStorage() for n in ("d1", "d2", "e1", "e2")}
+        devices = {}
+
+        async def up(name):
+            c = self.omemo_client(name, store[name])
+            await c.login()
+            await c.roster()  # as clients do: it gets roster pushes from now on
+            await c.inbox.expect("omemo_ready", lambda _: True,
+                                 f"{name}: OMEMO initialised (device list and bundles published)")
+            c.send_initial_presence()
+            await c.inbox.expect("presence", presence_from(c.jid.full, "available", full=True),
+                                 f"{name}: own initial presence")
+            session = await c.x.plugin["xep_0384"].get_session_manager()
+            own, _ = await session.get_own_device_information()
+            devices[name] = own.device_id
+            return c
+
+        async def knows(c, bare, names):
+            """Waits until `c` knows the devices `names` of `bare` as active in both versions."""
+            want = {devices[n] for n in names}
+            session = await c.x.plugin["xep_0384"].get_session_manager()
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + WAIT
+            while True:
+                infos = await session.get_device_information(bare)
+                active = {i.device_id for i in infos
+                          if dict(i.active).get(NS_OLDMEMO) and dict(i.active).get(NS_TWOMEMO)}
+                if want <= active:
+                    return
+                if loop.time() > deadline:
+                    raise Fail(f"{c.name}: knows {sorted(active)} of {bare}'s devices, "
+                               f"not {sorted(want)} ({', '.join(names)}), from PEP notifications")
+                await asyncio.sleep(0.05)
+
+        def encrypted(m):
+            return m.xml.find(f"{{{NS_OLDMEMO}}}encrypted") is not None
+
+        async def send(c, to, body):
+            plugin = c.x.plugin["xep_0384"]
+            msg = c.x.make_message(mto=slixmpp.JID(to), mbody=body, mtype="chat")
+            enc, errors = await plugin.encrypt_message(msg, slixmpp.JID(to))
+            check(enc is not None and encrypted(enc), f"{c.name}: nothing encrypted: {short(enc)}")
+            check(not errors, f"{c.name}: encryption errors: {errors}")
+            check(body not in str(enc), f"{c.name}: the plaintext is in the stanza: {short(enc)}")
+            enc.send()
+            return enc["id"]
+
+        async def decrypts(c, m, body, what):
+            try:
+                plain, device = await c.x.plugin["xep_0384"].decrypt_message(m)
+            except Exception as e:
+                raise Fail(f"{c.name}: cannot decrypt {what}: {type(e).__name__}: {e}")
+            check(plain["body"] == body, f"{c.name}: {what} decrypts to {plain['body']!r}, not {body!r}")
+            return device
+
+        async def receives(c, sender, body, msg_id, what):
+            m = await c.inbox.expect("message", lambda m: encrypted(m) and m["id"] == msg_id,
+                                     f"{c.name}: {what}")
+            check(m["from"].bare == sender, f"{c.name}: {what} from {m['from']}")
+            await decrypts(c, m, body, what)
+
+        async def carbon(c, body, msg_id, what):
+            w = await c.inbox.expect("carbon_sent", lambda w: w["carbon_sent"]["id"] == msg_id,
+                                     f"{c.name}: the carbon of {what}")
+            await decrypts(c, w["carbon_sent"], body, f"the carbon of {what}")
+
+        d1 = await up("d1")
+        e1 = await up("e1")
+        # Mutual presence subscription: each side's PEP then serves the other's device lists.
+        d1.x.send_presence(pto=self.e_jid, ptype="subscribe")
+        await e1.inbox.expect("presence", presence_from(self.d_jid, "subscribe"), "e1: subscribe from d")
+        e1.x.send_presence(pto=self.d_jid, ptype="subscribed")
+        e1.x.send_presence(pto=self.d_jid, ptype="subscribe")
+        await d1.inbox.expect("presence", presence_from(self.e_jid, "subscribe"), "d1: subscribe from e")
+        d1.x.send_presence(pto=self.e_jid, ptype="subscribed")
+        await d1.inbox.expect("push", push_for(self.e_jid, subscription="both"), "d1: e with subscription both")
+        await e1.inbox.expect("push", push_for(self.d_jid, subscription="both"), "e1: d with subscription both")
+        await knows(d1, self.e_jid, ["e1"])
+        await knows(e1, self.d_jid, ["d1"])
+        d2 = await up("d2")
+        e2 = await up("e2")
+        for c, peer, names in ((d1, self.e_jid, ["e1", "e2"]), (d2, self.e_jid, ["e1", "e2"]),
+                               (e1, self.d_jid, ["d1", "d2"]), (e2, self.d_jid, ["d1", "d2"]),
+                               (d1, self.d_jid, ["d2"]), (e1, self.e_jid, ["e2"])):
+            await knows(c, peer, names)
+        for c in (d1, d2, e1, e2):
+            await c.x.plugin["xep_0280"].enable(timeout=WAIT)
+
+        # The omemo:2 bundles node: one item per device, open to anyone, and presence-only
+        # nodes closed to a stranger.
+        self.c = c = self.client("c", "direct")
+        c.x.register_plugin("xep_0060")
+        await c.login()
+        pubsub = c.x.plugin["xep_0060"]
+        res = await pubsub.get_items(slixmpp.JID(self.d_jid), "urn:xmpp:omemo:2:bundles", timeout=WAIT)
+        ids = sorted(item["id"] for item in res["pubsub"]["items"])
+        check(ids == sorted(str(devices[n]) for n in ("d1", "d2")),
+              f"d's omemo:2 bundles as a stranger reads them: {ids}")
+        try:
+            await pubsub.get_items(slixmpp.JID(self.d_jid), "urn:example:private", timeout=WAIT)
+            raise Fail("c read a node that does not exist")
+        except IqError as e:
+            check(e.condition == "item-not-found", f"c: {short(e.iq)}")
+        await c.disconnect()
+        self.c = None
+
+        body = f"omemo d->e {uuid.uuid4()}"
+        mid = await send(d1, self.e_jid, body)
+        await receives(e1, self.d_jid, body, mid, "d1's message")
+        await receives(e2, self.d_jid, body, mid, "d1's message")
+        await carbon(d2, body, mid, "d1's message")
+        reply = f"omemo e->d {uuid.uuid4()}"
+        mid = await send(e2, self.d_jid, reply)
+        await receives(d1, self.e_jid, reply, mid, "e2's reply")
+        await receives(d2, self.e_jid, reply, mid, "e2's reply")
+        await carbon(e1, reply, mid, "e2's reply")
+
+        # e2 goes away; what d1 sends meanwhile e2 decrypts from the archive.
+        e2_full = e2.jid.full
+        await e2.disconnect()
+        await d1.inbox.expect("presence", presence_from(e2_full, "unavailable", full=True),
+                              "d1: e2's unavailable presence")
+        later = f"omemo while e2 is away {uuid.uuid4()}"
+        mid = await send(d1, self.e_jid, later)
+        await receives(e1, self.d_jid, later, mid, "the message sent while e2 was away")
+        e2 = await up("e2")
+        res = await e2.x.plugin["xep_0313"].retrieve(with_jid=slixmpp.JID(self.d_jid), timeout=WAIT)
+        found = [r["mam_result"]["forwarded"]["stanza"] for r in res["mam"]["results"]]
+        found = [m for m in found if isinstance(m, slixmpp.Message) and m["id"] == mid]
+        check(len(found) == 1, f"e2: the archive holds {len(found)} copies of the message sent while away")
+        await decrypts(e2, found[0], later, "the archived message")
+        for c in (d1, d2, e1, e2):
+            await c.disconnect()
+        self.notes.append(f"devices d1 {devices['d1']}, d2 {devices['d2']}, e1 {devices['e1']}, "
+                          f"e2 {devices['e2']}: both OMEMO versions published; messages, carbons "
+                          f"and an archived message decrypted")
+
     async def shutdown_notice(self):
         """SIGTERM to the server: each connected client gets the stream error
         system-shutdown (RFC 6120 4.9.3.20), then the server closes the connection."""
@@ -855,12 +1230,15 @@ async def main(args):
         ("message_online", run.message_online),
         ("message_offline", run.message_offline),
         ("disco_ping", run.disco_ping),
+        ("account_disco", run.account_disco),
         ("roster_remove", run.roster_remove),
         ("roster_remove_contact", run.roster_remove_contact),
         ("stream_management", run.stream_management),
         ("carbons", run.carbons),
         ("mam", run.mam),
         ("csi", run.csi),
+        ("blocking", run.blocking),
+        ("omemo", run.omemo),
     ]
     if args.server_pid:
         scenarios.append(("shutdown_notice", run.shutdown_notice))
@@ -872,7 +1250,7 @@ async def main(args):
             print(f"FAIL {name}: not run, login failed", flush=True)
             continue
         try:
-            await asyncio.wait_for(fn(), SCENARIO_TIMEOUT)
+            await asyncio.wait_for(fn(), SLOW_SCENARIOS.get(name, SCENARIO_TIMEOUT))
         except Fail as e:
             failed += 1
             print(f"FAIL {name}: {e}", flush=True)
@@ -917,6 +1295,8 @@ def parse_args():
     args.password_a = os.environ["INTEROP_PASSWORD_A"]
     args.password_b = os.environ["INTEROP_PASSWORD_B"]
     args.password_c = os.environ["INTEROP_PASSWORD_C"]
+    args.password_d = os.environ["INTEROP_PASSWORD_D"]
+    args.password_e = os.environ["INTEROP_PASSWORD_E"]
     return args
 
 

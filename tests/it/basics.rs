@@ -103,12 +103,24 @@ fn disco_of(c: &mut Client, to: &str) -> (Vec<(String, String)>, Vec<String>) {
 
 #[test]
 fn an_account_shows_its_owner_the_archive() {
-    // XEP-0313 §6.4: clients (Dino, Conversations) look for the archive on the account.
+    // XEP-0313 §6.4: clients (Dino, Conversations) look for the archive on the account; the
+    // account is also a PEP service (XEP-0163 §6), to everyone.
     let server = server_with("");
     let mut c = alice(&server);
-    let (ids, mut features) = disco_of(&mut c, "alice@localhost");
+    let pep = |features: &mut Vec<String>| {
+        let before = features.len();
+        features.retain(|f| {
+            !f.starts_with("http://jabber.org/protocol/pubsub#") && f != ns::DISCO_ITEMS
+        });
+        before - features.len()
+    };
+    let account = ("account".to_owned(), "registered".to_owned());
+    let pubsub = ("pubsub".to_owned(), "pep".to_owned());
+    let (mut ids, mut features) = disco_of(&mut c, "alice@localhost");
+    ids.sort();
     features.sort();
-    assert_eq!(ids, vec![("account".to_owned(), "registered".to_owned())]);
+    assert_eq!(ids, vec![account.clone(), pubsub.clone()]);
+    assert!(pep(&mut features) > 10, "PEP features missing");
     assert_eq!(
         features,
         vec![
@@ -118,14 +130,17 @@ fn an_account_shows_its_owner_the_archive() {
             "urn:xmpp:sid:0"
         ]
     );
-    // Another account shows what it is, and nothing of what it holds.
-    let (ids, features) = disco_of(&mut c, "bob@localhost");
-    assert_eq!(ids, vec![("account".to_owned(), "registered".to_owned())]);
+    // Another account shows what it is and its PEP service, nothing of what it holds.
+    let (mut ids, mut features) = disco_of(&mut c, "bob@localhost");
+    ids.sort();
+    assert_eq!(ids, vec![account.clone(), pubsub]);
+    assert!(pep(&mut features) > 10, "PEP features missing");
     assert_eq!(features, vec![ns::DISCO_INFO]);
-    // With the archive off, the account lists no archive.
-    let server = server_with("[modules.mam]\nenabled = false\n");
+    // With the archive and PEP off, the account lists neither.
+    let server = server_with("[modules.mam]\nenabled = false\n[modules.pep]\nenabled = false\n");
     let mut c = alice(&server);
-    let (_, features) = disco_of(&mut c, "alice@localhost");
+    let (ids, features) = disco_of(&mut c, "alice@localhost");
+    assert_eq!(ids, vec![account]);
     assert_eq!(features, vec![ns::DISCO_INFO]);
 }
 

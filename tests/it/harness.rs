@@ -20,7 +20,7 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 use std::fmt;
 use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
@@ -386,6 +386,8 @@ pub struct TestServer {
     dir: tempfile::TempDir,
     config: PathBuf,
     child: Option<Child>,
+    /// The umask the server and the CLI run with; the test process's own when `None`.
+    umask: Option<libc::mode_t>,
     /// Everything the server wrote to stdout and stderr, for failure messages.
     log: Arc<Mutex<String>>,
     pub c2s: SocketAddr,
@@ -399,6 +401,11 @@ impl TestServer {
 
     /// Starts a server whose config has `extra` (whole TOML sections) appended.
     pub fn start_with(extra: &str) -> TestServer {
+        TestServer::start_with_umask(extra, None)
+    }
+
+    /// Starts a server, and later runs its CLI, with the umask `umask` in effect.
+    pub fn start_with_umask(extra: &str, umask: Option<libc::mode_t>) -> TestServer {
         let dir = tempfile::tempdir().expect("create a temporary directory");
         let config = dir.path().join("hearth.toml");
         let data_dir = dir.path().join("data");
@@ -413,6 +420,7 @@ impl TestServer {
             dir,
             config,
             child: None,
+            umask,
             log: Arc::default(),
             c2s: unbound,
             c2s_tls: unbound,
@@ -434,11 +442,27 @@ impl TestServer {
         self.log.lock().map(|l| l.clone()).unwrap_or_default()
     }
 
+    /// `hearth --config FILE`, with the umask if one was asked for.
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hearth"));
+        cmd.arg("--config").arg(&self.config);
+        if let Some(mask) = self.umask {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: umask is async-signal-safe and touches no memory of the parent.
+            unsafe {
+                cmd.pre_exec(move || {
+                    libc::umask(mask);
+                    Ok(())
+                });
+            }
+        }
+        cmd
+    }
+
     fn spawn(&mut self) {
         assert!(self.child.is_none(), "the server is already running");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_hearth"))
-            .arg("--config")
-            .arg(&self.config)
+        let mut child = self
+            .command()
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -549,9 +573,8 @@ impl TestServer {
 
     /// Runs `hearth --config FILE args...` with `stdin` as its input; panics after a deadline.
     pub fn cli(&self, args: &[&str], stdin: &str) -> Output {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_hearth"))
-            .arg("--config")
-            .arg(&self.config)
+        let mut child = self
+            .command()
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -832,6 +855,10 @@ impl Client {
     /// A TCP connection to `addr` and nothing else: no stream header sent yet.
     pub fn connect_raw(server: &TestServer, addr: SocketAddr) -> Client {
         let tcp = TcpStream::connect_timeout(&addr, TIMEOUT).expect("connect to hearth");
+        Client::over(server, tcp)
+    }
+
+    fn over(server: &TestServer, tcp: TcpStream) -> Client {
         tcp.set_write_timeout(Some(TIMEOUT))
             .expect("set a write timeout");
         Client {
@@ -844,6 +871,28 @@ impl Client {
             next_id: 0,
             cert: server.cert_path(),
         }
+    }
+
+    /// `connect_raw` from the loopback address `source` (any of 127.0.0.0/8 on Linux): a
+    /// client at another address, as far as the server can tell.
+    fn connect_raw_from(server: &TestServer, addr: SocketAddr, source: IpAddr) -> Client {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("make a socket");
+        socket
+            .bind(&SocketAddr::new(source, 0).into())
+            .unwrap_or_else(|e| panic!("bind to {source}: {e}"));
+        socket
+            .connect_timeout(&addr.into(), TIMEOUT)
+            .expect("connect to hearth");
+        Client::over(server, socket.into())
+    }
+
+    /// `connect_starttls` from the loopback address `source`.
+    pub fn connect_starttls_from(server: &TestServer, source: IpAddr) -> Client {
+        let mut c = Client::connect_raw_from(server, server.c2s, source);
+        c.open_stream();
+        c.starttls();
+        c
     }
 
     /// A plain connection to the STARTTLS port with the stream opened and features read.
@@ -1082,6 +1131,18 @@ impl Client {
         assert_eq!(scram_attr(&server_final, 'v'), expected, "server signature");
         self.open_stream();
         Ok(())
+    }
+
+    /// Starts SCRAM as `user` and returns the server-first message (RFC 5802 §5.1), leaving
+    /// the exchange unfinished.
+    #[track_caller]
+    pub fn scram_server_first(&mut self, user: &str, mechanism: &str) -> String {
+        let mech = format!(" mechanism='{mechanism}'");
+        let reply = self.sasl("auth", &mech, &format!("n,,n={user},r=abcdefgh"));
+        match sasl_step(reply, "challenge") {
+            Ok(challenge) => sasl_text(&challenge),
+            Err(f) => panic!("{mechanism} as {user}: no challenge but {f}"),
+        }
     }
 
     /// PLAIN (RFC 4616); returns the `<failure/>` on failure, restarts the stream on success.

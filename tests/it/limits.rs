@@ -176,7 +176,7 @@ fn a_client_that_never_acknowledges_is_closed_and_its_messages_kept_once() {
 fn a_client_that_asks_and_never_acknowledges_is_closed() {
     let server = TestServer::start_with(
         "[stream_management]\nmax_unacked = 20\n[limits]\nqueue_len = 30\n\
-         [modules.offline]\nmax_per_user = 10\n",
+         [modules.offline]\nmax_per_user = 10\n[modules.mam]\nmax_page = 20\ndefault_page = 20\n",
     );
     server.add_users(&["bob"]);
     let mut bob = Client::user(&server, "bob", "phone");
@@ -323,11 +323,12 @@ fn flood(mut c: Client, chunk: String, bytes: usize) -> std::thread::JoinHandle<
     let t = std::thread::spawn(move || {
         let mut sent = 0;
         while sent < bytes {
-            if c.try_send_raw(chunk.as_bytes()).is_err() || !c.discard_input() {
+            let written = c.try_send_raw(chunk.as_bytes()).is_ok();
+            let _ = tx.send(());
+            if !written || !c.discard_input() {
                 break;
             }
             sent += chunk.len();
-            let _ = tx.send(());
         }
     });
     rx.recv_timeout(TIMEOUT).expect("the flood started");
@@ -483,7 +484,8 @@ fn rosters_are_bounded() {
 fn a_resumed_session_is_within_its_bounds() {
     let server = TestServer::start_with(
         "[stream_management]\nmax_unacked = 20\nack_every = 100\nack_delay_secs = 60\n\
-         [limits]\nqueue_len = 30\n[modules.offline]\nmax_per_user = 25\n",
+         [limits]\nqueue_len = 30\n[modules.offline]\nmax_per_user = 25\n\
+         [modules.mam]\nmax_page = 20\ndefault_page = 20\n",
     );
     server.add_users(&["alice", "bob"]);
     let mut bob = Client::user(&server, "bob", "phone");

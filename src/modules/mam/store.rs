@@ -4,10 +4,10 @@
 //! same B-tree seek.
 
 use crate::error::Error;
-use crate::storage::shapes::KeyVal;
+use crate::storage::shapes::{Index, KeyVal, Queue};
 use crate::storage::tables::META;
-use crate::storage::{Op, Store, Table, Txn, Write};
-use redb::{AccessGuard, ReadableTable, TableDefinition, TableHandle, WriteTransaction};
+use crate::storage::{Op, Store, Txn, Write};
+use redb::{AccessGuard, ReadableTable, TableDefinition, WriteTransaction};
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 
@@ -15,65 +15,15 @@ use std::collections::hash_map::Entry;
 /// addressed, message XML). The id is the microsecond the message was archived, bumped to stay
 /// strictly increasing server-wide (see `mam/mod.rs`), so id order is time order and a time
 /// range is an id range.
-pub static USER_ID_TO_ARCHIVED: Archive = Archive(TableDefinition::new("archive"));
+pub static USER_ID_TO_ARCHIVED: Queue<(u64, &str, &str)> = Queue(TableDefinition::new("archive"));
 /// (localpart, the other party's bare JID, archive id) → nothing. The index that makes a
 /// query `with` one contact (scrolling back through one conversation) a range scan.
-pub static USER_WITH_ID_TO_NOTHING: ByContact =
-    ByContact(TableDefinition::new("archive_by_contact"));
+pub static USER_WITH_ID_TO_NOTHING: Index<()> = Index(TableDefinition::new("archive_by_contact"));
 /// Localpart → bytes of the user's archive (the XML and `with` of its rows), kept by every
 /// append and expiry: what the per-account quota is checked against without reading the rows.
 pub static USER_TO_ARCHIVE_BYTES: KeyVal<u64> = KeyVal(TableDefinition::new("archive_bytes"));
 /// Localpart → XEP-0313 §6 archiving preferences (TOML of `prefs::Prefs`).
 pub static USER_TO_ARCHIVE_PREFS: KeyVal<&str> = KeyVal(TableDefinition::new("archive_prefs"));
-
-pub struct Archive(
-    TableDefinition<'static, (&'static str, u64), (u64, &'static str, &'static str)>,
-);
-pub struct ByContact(TableDefinition<'static, (&'static str, &'static str, u64), ()>);
-
-impl Table for Archive {
-    fn name(&self) -> &str {
-        self.0.name()
-    }
-    fn create(&self, txn: &WriteTransaction) -> Result<(), Error> {
-        txn.open_table(self.0)?;
-        Ok(())
-    }
-    fn delete_user(&self, txn: &WriteTransaction, user: &str) -> Result<(), Error> {
-        txn.open_table(self.0)?
-            .retain_in((user, 0)..=(user, u64::MAX), |_, _| false)?;
-        Ok(())
-    }
-    #[cfg(test)]
-    fn count_user(&self, txn: &redb::ReadTransaction, user: &str) -> Result<usize, Error> {
-        Ok(txn
-            .open_table(self.0)?
-            .range((user, 0)..=(user, u64::MAX))?
-            .count())
-    }
-}
-
-impl Table for ByContact {
-    fn name(&self) -> &str {
-        self.0.name()
-    }
-    fn create(&self, txn: &WriteTransaction) -> Result<(), Error> {
-        txn.open_table(self.0)?;
-        Ok(())
-    }
-    fn delete_user(&self, txn: &WriteTransaction, user: &str) -> Result<(), Error> {
-        txn.open_table(self.0)?
-            .retain_in((user, "", 0)..(user, "\u{10ffff}", 0), |_, _| false)?;
-        Ok(())
-    }
-    #[cfg(test)]
-    fn count_user(&self, txn: &redb::ReadTransaction, user: &str) -> Result<usize, Error> {
-        Ok(txn
-            .open_table(self.0)?
-            .range((user, "", 0)..(user, "\u{10ffff}", 0))?
-            .count())
-    }
-}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Archived {

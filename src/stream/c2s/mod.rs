@@ -63,6 +63,8 @@ struct Conn {
     sasl: Option<Box<dyn Mechanism>>,
     auth_failures: u32,
     out: Vec<u8>,
+    /// When the connection was accepted: login must be done within the login timeout of it.
+    started: Instant,
     last_heard: Instant,
     ping_sent: Option<Instant>,
     pings: u64,
@@ -173,6 +175,7 @@ async fn run(server: Rc<Server>, accepted: Accepted, direct_tls: bool) {
         sasl: None,
         auth_failures: 0,
         out: Vec::new(),
+        started: Instant::now(),
         last_heard: Instant::now(),
         ping_sent: None,
         pings: 0,
@@ -214,9 +217,15 @@ impl Conn {
             (Phase::Bound(_), Some(at)) => {
                 at + Duration::from_secs(limits.keepalive.ping_timeout_secs)
             }
-            _ => self.last_heard + Duration::from_secs(limits.limits.login_timeout_secs),
+            _ => self.login_deadline(),
         };
         ack.map_or(keepalive, |a| a.min(keepalive))
+    }
+
+    /// Until a resource is bound, however busy the client keeps the connection (whitespace
+    /// keepalives included).
+    fn login_deadline(&self) -> Instant {
+        self.started + Duration::from_secs(self.server.config.limits.login_timeout_secs)
     }
 
     /// Waits until the socket has bytes, without holding a buffer meanwhile.
@@ -635,8 +644,7 @@ impl Conn {
                     };
                 }
                 if el.ns == ns::SASL {
-                    self.sasl_failure(F::EncryptionRequired);
-                    return Next::Continue;
+                    return self.sasl_failed(F::EncryptionRequired, None);
                 }
                 Next::Fail(StreamError::with_text(
                     C::NotAuthorized,
@@ -646,6 +654,13 @@ impl Conn {
             Phase::Secure => self.sasl(el),
             Phase::Authenticated(user) => {
                 let user = user.clone();
+                if !self.server.account_exists(&user) {
+                    // Removed after this connection authenticated: it may not bind or resume.
+                    return Next::Fail(StreamError::with_text(
+                        C::NotAuthorized,
+                        "the account was removed",
+                    ));
+                }
                 if el.is("resume", ns::SM) {
                     return self.resume(&user, &el).await;
                 }

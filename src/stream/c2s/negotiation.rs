@@ -1,8 +1,15 @@
 //! Stream negotiation (RFC 6120 §4-7): the stream header and features, STARTTLS, SASL with
 //! throttling, and resource binding.
+//!
+//! Every SASL attempt that does not succeed counts, aborted or malformed ones too: towards
+//! `auth.attempts_per_stream`, past which the stream ends, and towards the throttle of the
+//! source (`stream::throttle`). A source over its limit for an account is answered
+//! `temporary-auth-failure` whether its password was right or not, so the refusal tells it
+//! nothing, and the account's owner elsewhere is not affected.
 
 use super::*;
 use crate::modules::{Cx, Stage};
+use crate::stream::throttle::{Limits, Source};
 
 impl Conn {
     pub(super) async fn start_tls(&mut self) -> bool {
@@ -12,10 +19,7 @@ impl Conn {
         let acceptor = futures_rustls::TlsAcceptor::from(self.server.tls.borrow().clone());
         let handshake = acceptor.accept(tcp);
         let timeout = async {
-            Timer::after(Duration::from_secs(
-                self.server.config.limits.login_timeout_secs,
-            ))
-            .await;
+            Timer::at(self.login_deadline()).await;
             Err(std::io::ErrorKind::TimedOut.into())
         };
         match handshake.or(timeout).await {
@@ -133,34 +137,36 @@ impl Conn {
                 "authenticate first",
             ));
         }
+        let source = Source::from(self.peer.ip());
+        let limits = Limits::of(&self.server.config.auth);
         let data = match el.text().trim() {
             "" | "=" => Some(Vec::new()),
             t => B64.decode(t).ok(),
         };
-        let Some(data) = data else {
-            self.sasl = None;
-            self.sasl_failure(F::IncorrectEncoding);
-            return Next::Continue;
-        };
         let step = match el.name.as_str() {
             "auth" => {
+                if self.sasl.take().is_some() {
+                    // A new exchange abandons the one in progress: that is an attempt too,
+                    // or a client could start exchanges forever.
+                    if let Some(next) = self.count_failure(None) {
+                        return next;
+                    }
+                }
+                let blocked = self.server.throttle.borrow_mut().source_blocked(
+                    source,
+                    &limits,
+                    Instant::now(),
+                );
+                if blocked {
+                    return self.sasl_failed(F::TemporaryAuthFailure, None);
+                }
+                let Some(data) = data else {
+                    return self.sasl_failed(F::IncorrectEncoding, None);
+                };
                 let mech = el.attr("mechanism").unwrap_or_default();
                 let Some(s) = self.start_mechanism(mech) else {
-                    self.sasl_failure(F::InvalidMechanism);
-                    return Next::Continue;
+                    return self.sasl_failed(F::InvalidMechanism, None);
                 };
-                let auth = &self.server.config.auth;
-                let window = Duration::from_secs(auth.throttle_window_secs);
-                let ip_key = format!("ip {}", self.peer.ip());
-                if self
-                    .server
-                    .throttle
-                    .borrow_mut()
-                    .blocked(&ip_key, auth.max_failures, window)
-                {
-                    self.sasl_failure(F::TemporaryAuthFailure);
-                    return Next::Continue;
-                }
                 let sasl = self.sasl.insert(s);
                 if el.text().trim().is_empty() && mech != "PLAIN" {
                     // No initial response: ask for it with an empty challenge.
@@ -169,18 +175,12 @@ impl Conn {
                     sasl.step(&Cx::new(&self.server), &data)
                 }
             }
-            "response" => match self.sasl.as_mut() {
-                Some(s) => s.step(&Cx::new(&self.server), &data),
-                None => {
-                    self.sasl_failure(F::MalformedRequest);
-                    return Next::Continue;
-                }
+            "response" => match (self.sasl.as_mut(), data) {
+                (Some(s), Some(data)) => s.step(&Cx::new(&self.server), &data),
+                (Some(_), None) => return self.sasl_failed(F::IncorrectEncoding, None),
+                (None, _) => return self.sasl_failed(F::MalformedRequest, None),
             },
-            "abort" => {
-                self.sasl = None;
-                self.sasl_failure(F::Aborted);
-                return Next::Continue;
-            }
+            "abort" => return self.sasl_failed(F::Aborted, None),
             _ => {
                 return Next::Fail(StreamError::with_text(
                     C::NotAuthorized,
@@ -199,17 +199,21 @@ impl Conn {
             }
             Step::Success { user, data } => {
                 self.sasl = None;
-                let auth = &self.server.config.auth;
-                let window = Duration::from_secs(auth.throttle_window_secs);
-                let user_key = format!("user {user}");
-                if self
-                    .server
-                    .throttle
-                    .borrow_mut()
-                    .blocked(&user_key, auth.max_failures, window)
-                {
-                    self.sasl_failure(F::TemporaryAuthFailure);
-                    return Next::Continue;
+                let blocked = self.server.throttle.borrow_mut().blocked(
+                    source,
+                    &user,
+                    &limits,
+                    Instant::now(),
+                );
+                if blocked {
+                    return self.sasl_failed(F::TemporaryAuthFailure, Some(&user));
+                }
+                if !self.server.account_exists(&user) {
+                    // Removed while the exchange ran.
+                    return self.sasl_failed(F::NotAuthorized, Some(&user));
+                }
+                if let Some(c) = self.server.conns.borrow_mut().get_mut(&self.id) {
+                    c.user = Some(user.clone());
                 }
                 let mut ok = Element::new("success", ns::SASL);
                 if !data.is_empty() {
@@ -227,27 +231,42 @@ impl Conn {
                 Next::Continue
             }
             Step::Failure(f, user) => {
-                self.sasl = None;
-                self.sasl_failure(f);
-                let window = Duration::from_secs(self.server.config.auth.throttle_window_secs);
-                {
-                    let mut t = self.server.throttle.borrow_mut();
-                    t.fail(format!("ip {}", self.peer.ip()), window);
-                    if let Some(u) = &user {
-                        t.fail(format!("user {u}"), window);
-                    }
-                }
-                log::info!("failed login from {} ({})", self.peer, f.as_str());
-                self.auth_failures += 1;
-                if self.auth_failures >= self.server.config.auth.attempts_per_stream {
-                    return Next::Fail(StreamError::with_text(
-                        C::PolicyViolation,
-                        "too many failed authentication attempts",
-                    ));
-                }
-                Next::Continue
+                let blocked = user.as_deref().is_some_and(|u| {
+                    self.server
+                        .throttle
+                        .borrow_mut()
+                        .blocked(source, u, &limits, Instant::now())
+                });
+                let f = if blocked { F::TemporaryAuthFailure } else { f };
+                self.sasl_failed(f, user.as_deref())
             }
         }
+    }
+
+    /// Answers a failed or aborted attempt and counts it; ends a stream with too many.
+    pub(super) fn sasl_failed(&mut self, condition: F, user: Option<&str>) -> Next {
+        self.sasl = None;
+        self.sasl_failure(condition);
+        log::info!("failed login from {} ({})", self.peer, condition.as_str());
+        self.count_failure(user).unwrap_or(Next::Continue)
+    }
+
+    /// Counts a failed attempt for the stream and the throttle; `Some` ends the stream.
+    fn count_failure(&mut self, user: Option<&str>) -> Option<Next> {
+        let auth = &self.server.config.auth;
+        self.server.throttle.borrow_mut().fail(
+            Source::from(self.peer.ip()),
+            user,
+            &Limits::of(auth),
+            Instant::now(),
+        );
+        self.auth_failures += 1;
+        (self.auth_failures >= auth.attempts_per_stream).then(|| {
+            Next::Fail(StreamError::with_text(
+                C::PolicyViolation,
+                "too many failed authentication attempts",
+            ))
+        })
     }
 
     pub(super) fn pre_bind(&mut self, user: &str, el: Element) -> Next {
