@@ -19,6 +19,10 @@
 //!   `--repeats` queries each, on user1's session: the newest page of 50, a page of 50 that lies
 //!   `--back` messages before the newest (reached once by paging back 250 at a time, which is
 //!   timed too), and the newest page of 50 filtered `with` user2.
+//! - `soak`: everything at once for `--duration` seconds (default 30 minutes): `--sessions`
+//!   idle sessions, traffic between `--pairs` pairs with reconnect churn, and attacks; samples
+//!   the server's memory and checks that nothing acknowledged was lost (see `soak.rs`).
+//!   `--count-accounts` prints how many accounts it needs.
 //!
 //! `--sm` (throughput only) enables XEP-0198 on every session after bind: each session answers
 //! the server's `<r/>` with `<a h='N'/>` (N counts the message, presence and iq stanzas it has
@@ -49,6 +53,9 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Barrier, OnceLock};
 use std::time::{Duration, Instant};
 
+#[path = "hearth-load/soak.rs"]
+mod soak;
+
 #[derive(FromArgs)]
 /// Opens client sessions against an XMPP server and measures it.
 struct Args {
@@ -67,33 +74,35 @@ struct Args {
     /// password of every account
     #[argh(option, default = "String::from(\"password\")")]
     password: String,
-    /// scenario: idle, throughput, latency, offline or mam
+    /// scenario: idle, throughput, latency, offline, mam or soak
     #[argh(option, default = "String::from(\"idle\")")]
     scenario: String,
-    /// idle: number of sessions (and accounts)
-    #[argh(option, default = "100")]
-    sessions: usize,
+    /// idle and soak: number of idle sessions (and accounts; default 100, soak 10000)
+    #[argh(option)]
+    sessions: Option<usize>,
     /// logins in flight at once, per thread
     #[argh(option, default = "32")]
     concurrency: usize,
     /// pid of the server, to report its RSS and CPU time
     #[argh(option)]
     server_pid: Option<u32>,
-    /// throughput and latency: sender/receiver pairs (accounts 1..2*pairs)
+    /// throughput, latency and soak: sender/receiver pairs (accounts 1..2*pairs; soak: after
+    /// the idle accounts)
     #[argh(option, default = "50")]
     pairs: usize,
     /// throughput: messages in flight per sender
     #[argh(option, default = "16")]
     window: u64,
-    /// latency: total messages per second over all pairs
-    #[argh(option, default = "2000.0")]
-    rate: f64,
-    /// throughput and latency: seconds measured
-    #[argh(option, default = "10.0")]
-    duration: f64,
-    /// throughput and latency: seconds of traffic before the measurement window
-    #[argh(option, default = "2.0")]
-    warmup: f64,
+    /// latency and soak: total messages per second over all pairs (default 2000, soak 200)
+    #[argh(option)]
+    rate: Option<f64>,
+    /// throughput and latency: seconds measured (default 10); soak: seconds run (default 1800)
+    #[argh(option)]
+    duration: Option<f64>,
+    /// throughput and latency: seconds of traffic before the measurement window (default 2);
+    /// soak: seconds of the run before memory must stay flat (default a sixth of the run)
+    #[argh(option)]
+    warmup: Option<f64>,
     /// offline: messages sent to the offline account (default 5000); mam: messages archived
     /// (default 1000000)
     #[argh(option)]
@@ -113,6 +122,46 @@ struct Args {
     /// seconds after which a login, a drain or a delivery counts as failed
     #[argh(option, default = "60.0")]
     timeout: f64,
+    /// soak: seconds between samples of the server's memory
+    #[argh(option, default = "15.0")]
+    sample_secs: f64,
+    /// soak: mean seconds a churning session stays before it drops or leaves
+    #[argh(option, default = "60.0")]
+    churn_secs: f64,
+    /// soak: accounts that only log in and out, besides the pairs' receivers
+    #[argh(option, default = "20")]
+    churners: usize,
+    /// soak: seconds between two attacks (each kind in turn)
+    #[argh(option, default = "3.0")]
+    attack_secs: f64,
+    /// soak: print how many accounts the scenario uses (PREFIX1..PREFIXn) and exit
+    #[argh(switch)]
+    count_accounts: bool,
+}
+
+impl Args {
+    fn soak(&self) -> bool {
+        self.scenario == "soak"
+    }
+    fn sessions(&self) -> usize {
+        self.sessions
+            .unwrap_or(if self.soak() { 10_000 } else { 100 })
+    }
+    fn rate(&self) -> f64 {
+        self.rate
+            .unwrap_or(if self.soak() { 200.0 } else { 2000.0 })
+    }
+    fn duration(&self) -> f64 {
+        self.duration
+            .unwrap_or(if self.soak() { 1800.0 } else { 10.0 })
+    }
+    fn warmup(&self) -> f64 {
+        self.warmup.unwrap_or(if self.soak() {
+            self.duration() / 6.0
+        } else {
+            2.0
+        })
+    }
 }
 
 type Tls = TlsStream<TcpStream>;
@@ -223,6 +272,33 @@ fn bad(what: &str) -> std::io::Error {
     std::io::Error::other(what.to_owned())
 }
 
+/// The SCRAM-SHA-1 client-final-message (RFC 5802) answering the base64 `challenge` (the
+/// server-first-message) to `first_bare` (the client-first-message without its GS2 header).
+fn scram_final(password: &str, first_bare: &str, challenge: &str) -> std::io::Result<String> {
+    let server_first = String::from_utf8(
+        B64.decode(challenge.trim())
+            .map_err(|_| bad("challenge not base64"))?,
+    )
+    .map_err(|_| bad("challenge not UTF-8"))?;
+    let (mut nonce, mut salt, mut iters) = ("", Vec::new(), 0u32);
+    for part in server_first.split(',') {
+        match part.split_at_checked(2) {
+            Some(("r=", v)) => nonce = v,
+            Some(("s=", v)) => salt = B64.decode(v).map_err(|_| bad("bad salt"))?,
+            Some(("i=", v)) => iters = v.parse().map_err(|_| bad("bad iteration count"))?,
+            _ => {}
+        }
+    }
+    let salted = pbkdf2::pbkdf2_hmac_array::<Sha1, 20>(password.as_bytes(), &salt, iters);
+    let client_key = hmac(&salted, b"Client Key");
+    let stored = Sha1::digest(&client_key);
+    let without_proof = format!("c=biws,r={nonce}");
+    let auth_message = format!("{first_bare},{server_first},{without_proof}");
+    let sig = hmac(&stored, auth_message.as_bytes());
+    let proof: Vec<u8> = client_key.iter().zip(&sig).map(|(a, b)| a ^ b).collect();
+    Ok(format!("{without_proof},p={}", B64.encode(proof)))
+}
+
 /// Logs in with SCRAM-SHA-1, binds and, if `presence`, sends initial presence.
 async fn login(
     args: &Args,
@@ -252,31 +328,9 @@ async fn login(
     s.write_all(auth.as_bytes()).await?;
     let reply = read_until(&mut s, "</challenge>").await?;
     let challenge = content(&reply, "challenge").ok_or_else(|| bad("no SCRAM challenge"))?;
-    let server_first = String::from_utf8(
-        B64.decode(challenge.trim())
-            .map_err(|_| bad("challenge not base64"))?,
-    )
-    .map_err(|_| bad("challenge not UTF-8"))?;
-    let (mut nonce, mut salt, mut iters) = ("", Vec::new(), 0u32);
-    for part in server_first.split(',') {
-        match part.split_at_checked(2) {
-            Some(("r=", v)) => nonce = v,
-            Some(("s=", v)) => salt = B64.decode(v).map_err(|_| bad("bad salt"))?,
-            Some(("i=", v)) => iters = v.parse().map_err(|_| bad("bad iteration count"))?,
-            _ => {}
-        }
-    }
-    let salted = pbkdf2::pbkdf2_hmac_array::<Sha1, 20>(args.password.as_bytes(), &salt, iters);
-    let client_key = hmac(&salted, b"Client Key");
-    let stored = Sha1::digest(&client_key);
-    let without_proof = format!("c=biws,r={nonce}");
-    let auth_message = format!("{first_bare},{server_first},{without_proof}");
-    let sig = hmac(&stored, auth_message.as_bytes());
-    let proof: Vec<u8> = client_key.iter().zip(&sig).map(|(a, b)| a ^ b).collect();
-    let fin = format!("{without_proof},p={}", B64.encode(proof));
     let response = format!(
         "<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{}</response>",
-        B64.encode(fin)
+        B64.encode(scram_final(&args.password, &first_bare, challenge)?)
     );
     s.write_all(response.as_bytes()).await?;
     let r = read_until(&mut s, "success").await?;
@@ -685,7 +739,7 @@ fn idle(args: &Arc<Args>) -> String {
     let handles = {
         let (args, barrier) = (args.clone(), barrier.clone());
         spawn_threads(&args.clone(), move |t| {
-            let users: Vec<usize> = (1..=args.sessions)
+            let users: Vec<usize> = (1..=args.sessions())
                 .filter(|i| (i - 1) % threads == t)
                 .collect();
             let ex = LocalExecutor::new();
@@ -945,8 +999,8 @@ fn pairs_thread(args: &Arc<Args>, shared: &Arc<Shared>, barrier: &Barrier, t: us
     barrier.wait(); // all logged in
     barrier.wait(); // start is set
     let start = *shared.start.get().expect("the main thread set the start");
-    let warm_end = start + Duration::from_secs_f64(args.warmup);
-    let end = warm_end + Duration::from_secs_f64(args.duration);
+    let warm_end = start + Duration::from_secs_f64(args.warmup());
+    let end = warm_end + Duration::from_secs_f64(args.duration());
     let window = (micros(warm_end), micros(end));
     let latencies = Rc::new(RefCell::new(Vec::new()));
     let (progress_tx, progress_rx) = smol::channel::bounded::<()>(1);
@@ -973,8 +1027,8 @@ fn pairs_thread(args: &Arc<Args>, shared: &Arc<Shared>, barrier: &Barrier, t: us
             )));
             let to = format!("{}{}@{}", args.prefix, 2 * g + 2, args.domain);
             senders.push(if args.scenario == "latency" {
-                let interval = Duration::from_secs_f64(args.pairs as f64 / args.rate);
-                let first = start + Duration::from_secs_f64(g as f64 / args.rate);
+                let interval = Duration::from_secs_f64(args.pairs as f64 / args.rate());
+                let first = start + Duration::from_secs_f64(g as f64 / args.rate());
                 ex.spawn(send_rate(aw, pair.clone(), to, first, interval, end))
             } else {
                 let sm = args.sm.then(|| shared.clone());
@@ -1033,10 +1087,10 @@ fn pairs(args: &Arc<Args>) -> String {
     let start = Instant::now() + Duration::from_millis(50);
     let _ = shared.start.set(start);
     barrier.wait();
-    let warm_end = start + Duration::from_secs_f64(args.warmup);
+    let warm_end = start + Duration::from_secs_f64(args.warmup());
     sleep_until(warm_end);
     let s0 = Snap::take(args, &shared);
-    sleep_until(warm_end + Duration::from_secs_f64(args.duration));
+    sleep_until(warm_end + Duration::from_secs_f64(args.duration()));
     let s1 = Snap::take(args, &shared);
     let mut out = join(handles);
     let secs = s1.at.duration_since(s0.at).as_secs_f64();
@@ -1050,7 +1104,7 @@ fn pairs(args: &Arc<Args>) -> String {
         out.logins_failed
     );
     if args.scenario == "latency" {
-        let _ = write!(line, " rate={}", args.rate);
+        let _ = write!(line, " rate={}", args.rate());
     } else {
         let _ = write!(line, " window={}", args.window);
     }
@@ -1466,6 +1520,10 @@ async fn mam(args: &Arc<Args>, ex: &LocalExecutor<'_>) -> std::io::Result<String
 fn main() {
     EPOCH.get_or_init(Instant::now);
     let args: Arc<Args> = Arc::new(argh::from_env());
+    if args.count_accounts {
+        println!("{}", soak::accounts(&args));
+        return;
+    }
     let host = args.addr.rsplit_once(':').map_or("", |(h, _)| h);
     if !(host.starts_with("127.") || host == "[::1]" || host == "localhost") {
         eprintln!("hearth-load only sends traffic to loopback addresses");
@@ -1477,6 +1535,7 @@ fn main() {
     }
     let line = match args.scenario.as_str() {
         "idle" => idle(&args),
+        "soak" => soak::run(&args),
         "throughput" | "latency" => pairs(&args),
         "offline" => {
             let ex = LocalExecutor::new();
@@ -1499,7 +1558,9 @@ fn main() {
             }
         }
         other => {
-            eprintln!("unknown scenario {other}: use idle, throughput, latency, offline or mam");
+            eprintln!(
+                "unknown scenario {other}: use idle, throughput, latency, offline, mam or soak"
+            );
             std::process::exit(2);
         }
     };
