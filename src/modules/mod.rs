@@ -175,13 +175,6 @@ impl<'a> Cx<'a> {
     /// Sends an iq request from `from` (the server, an account, a service) to `to`; its result
     /// or error, or `remote-server-timeout` after `timeout`, reaches `module`'s
     /// [`Module::iq_response`] with `token`.
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "no module sends iq requests yet; entity caps for PEP will"
-        )
-    )]
     pub fn send_iq(&mut self, module: &'static str, req: IqOut) {
         if let Some(st) = self.router.register_iq(module, req) {
             self.route(st);
