@@ -130,22 +130,28 @@ pub fn localpart(s: &str) -> Result<String, JidError> {
 
 fn domainpart(s: &str) -> Result<String, JidError> {
     let s = s.strip_suffix('.').unwrap_or(s);
+    let ldh = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    };
     let out = if s.starts_with('[') && s.ends_with(']') {
         s[1..s.len() - 1]
             .parse::<std::net::Ipv6Addr>()
             .map_err(|_| JidError("the domainpart is not a valid IPv6 literal"))?;
         s.to_owned()
     } else if s.is_ascii() {
-        if !s
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-        {
+        if !ldh(s) {
             return Err(JidError("the domainpart is not a valid domain name"));
         }
         s.to_ascii_lowercase()
     } else {
+        // UTS #46 lets through ASCII that no host name may contain (controls, quotes, `_`),
+        // also when a fullwidth letter beside it maps to ASCII: the A-label form must be
+        // letters, digits and hyphens, as a pure-ASCII domainpart must.
         let ascii = idna::domain_to_ascii(s)
-            .map_err(|_| JidError("the domainpart is not a valid domain name"))?;
+            .ok()
+            .filter(|a| ldh(a))
+            .ok_or(JidError("the domainpart is not a valid domain name"))?;
         let (unicode, res) = idna::domain_to_unicode(&ascii);
         res.map_err(|_| JidError("the domainpart is not a valid domain name"))?;
         unicode
@@ -215,5 +221,22 @@ mod tests {
             assert!(Jid::parse(bad).is_err(), "{bad:?} accepted");
         }
         assert!(Jid::parse(&format!("{}@localhost", "a".repeat(1024))).is_err());
+    }
+
+    /// Found by the `jid` fuzz target: a fullwidth letter sent the domainpart through IDNA,
+    /// which kept the control characters and NULs after it, and the JID's own text was then
+    /// refused.
+    #[test]
+    fn non_ascii_domain_with_ascii_junk() {
+        for bad in [
+            "\u{ff21}@\u{ff42}\u{f}\0\0\0\0\0\0\0",
+            "a@\u{ff42}_x.example",
+            "a@\u{ff42}'x.example",
+            "a@\u{e9}\u{7f}.example",
+        ] {
+            assert!(Jid::parse(bad).is_err(), "{bad:?} accepted");
+        }
+        let j = Jid::parse("\u{ff21}@\u{ff42}.example").unwrap();
+        assert_eq!(j.to_string(), "a@b.example");
     }
 }
