@@ -79,6 +79,8 @@ pub struct StreamReader {
     /// Set by a restart: the unread bytes must be parsed again even if no `>` arrives, because
     /// the state they were read against is gone.
     restarted: bool,
+    /// Nothing of this stream has been read yet, so a byte order mark may still come.
+    bom_allowed: bool,
 }
 
 const BOM: &[u8] = b"\xEF\xBB\xBF";
@@ -115,6 +117,7 @@ impl StreamReader {
             stream_qname: None,
             stanza_bytes: 0,
             restarted: false,
+            bom_allowed: true,
         }
     }
 
@@ -125,6 +128,7 @@ impl StreamReader {
         self.stream_qname = None;
         self.stanza_bytes = 0;
         self.restarted = true;
+        self.bom_allowed = true;
     }
 
     /// Drops unread bytes as well: after STARTTLS nothing sent in the clear may be used.
@@ -184,7 +188,7 @@ impl StreamReader {
         }
         let before_header = self.stream_qname.is_none();
         let mut skip = 0;
-        if before_header && self.buf.starts_with(BOM) {
+        if self.bom_allowed && self.buf.starts_with(BOM) {
             skip = BOM.len();
         }
         skip += self.buf[skip..]
@@ -194,10 +198,16 @@ impl StreamReader {
         if skip > 0 {
             self.buf.drain(..skip);
         }
+        // Only the stream's first bytes may be a byte order mark: not a second one, and not
+        // one after whitespace, however the bytes were cut into pieces.
+        let partial_bom = self.bom_allowed && BOM.starts_with(&self.buf);
+        if skip > 0 || !partial_bom {
+            self.bom_allowed = false;
+        }
         match self.buf.as_slice() {
             [] | [b'<'] => Ok(()),
             [b'<', next, ..] if chars::can_follow_lt(*next) => Ok(()),
-            partial if before_header && BOM.starts_with(partial) => Ok(()),
+            _ if partial_bom => Ok(()),
             _ if before_header => Err(err(C::NotWellFormed, "not an XML stream")),
             _ => Err(err(C::NotWellFormed, "character data outside a stanza")),
         }
@@ -875,5 +885,22 @@ mod tests {
         let header = HEADER.trim_start_matches("<?xml version='1.0'?>");
         let bare = format!("\n{header}<a/>");
         assert_eq!(run(&[bare.as_bytes()]).unwrap(), want);
+    }
+
+    /// Found by the `xml_reader` fuzz target: a byte order mark was skipped in every piece
+    /// that started with one, so two of them, or one after whitespace, were refused when they
+    /// arrived together and accepted when cut apart.
+    #[test]
+    fn only_the_first_bytes_may_be_a_byte_order_mark() {
+        let input = b"\xEF\xBB\xBF\xEF\xBB\xBF<?sion='1.0'?hxml:lx";
+        assert!(run(&[input]).is_err());
+        assert!(run(&[&input[..2], &input[2..4], &input[4..]]).is_err());
+        let plain = format!("{HEADER}<a/>");
+        for junk in [&b"\xEF\xBB\xBF\xEF\xBB\xBF"[..], b" \xEF\xBB\xBF"] {
+            let bytes = [junk, plain.as_bytes()].concat();
+            for i in 0..=junk.len() {
+                assert!(run(&[&bytes[..i], &bytes[i..]]).is_err(), "split at {i}");
+            }
+        }
     }
 }
