@@ -106,6 +106,15 @@ impl std::str::FromStr for Jid {
     }
 }
 
+/// A PRECIS profile's output for `s`, if that output is itself valid and unchanged by the
+/// profile. Enforcement is not idempotent for every string: NFC may compose what the class
+/// check saw as allowed parts into a code point it refuses (`=` and U+0338 become `≠`). Such a
+/// part would be stored and sent in a form that no longer parses, so it is refused.
+fn settled(s: &str, enforce: impl Fn(&str) -> Option<String>) -> Option<String> {
+    let out = enforce(s)?;
+    (enforce(&out)? == out).then_some(out)
+}
+
 /// RFC 7622 §3.3.1: these may not appear in a localpart even though PRECIS allows them.
 const LOCAL_FORBIDDEN: &[char] = &['"', '&', '\'', '/', ':', '<', '>', '@'];
 
@@ -113,9 +122,9 @@ pub fn localpart(s: &str) -> Result<String, JidError> {
     let out = if s.bytes().all(|b| b.is_ascii_graphic()) {
         s.to_ascii_lowercase()
     } else {
-        UsernameCaseMapped::enforce(s)
-            .map_err(|_| JidError("the localpart has characters a JID may not contain"))?
-            .into_owned()
+        settled(s, |s| UsernameCaseMapped::enforce(s).ok().map(Into::into)).ok_or(JidError(
+            "the localpart has characters a JID may not contain",
+        ))?
     };
     if out.is_empty() || out.len() > MAX_PART {
         return Err(JidError("the localpart must be 1 to 1023 bytes long"));
@@ -166,9 +175,9 @@ pub fn resourcepart(s: &str) -> Result<String, JidError> {
     let out = if s.bytes().all(|b| (0x20..0x7f).contains(&b)) {
         s.to_owned()
     } else {
-        OpaqueString::enforce(s)
-            .map_err(|_| JidError("the resourcepart has characters a JID may not contain"))?
-            .into_owned()
+        settled(s, |s| OpaqueString::enforce(s).ok().map(Into::into)).ok_or(JidError(
+            "the resourcepart has characters a JID may not contain",
+        ))?
     };
     if out.is_empty() || out.len() > MAX_PART {
         return Err(JidError("the resourcepart must be 1 to 1023 bytes long"));
@@ -238,5 +247,20 @@ mod tests {
         }
         let j = Jid::parse("\u{ff21}@\u{ff42}.example").unwrap();
         assert_eq!(j.to_string(), "a@b.example");
+    }
+
+    /// Found by the `jid` fuzz target: PRECIS enforcement composed `=` and U+0338 into `≠`,
+    /// which the profile refuses, so the JID's own text did not parse again.
+    #[test]
+    fn parts_that_enforcement_does_not_settle_are_refused() {
+        for bad in [
+            "a=\u{338}@localhost",
+            "\u{e8}=\u{338}@localhost",
+            "amlxn-%m\u{338}\u{32e}\u{338}\u{32e}\u{311}P.e-mx=\u{338}\u{32e}\u{311}P.e-mx@ample",
+        ] {
+            assert!(Jid::parse(bad).is_err(), "{bad:?} accepted");
+        }
+        let j = Jid::parse("\u{c7}af\u{e9}@localhost/=\u{338}").unwrap();
+        assert_eq!(Jid::parse(&j.to_string()), Ok(j));
     }
 }
