@@ -200,8 +200,8 @@ impl StreamReader {
         }
         // Only the stream's first bytes may be a byte order mark: not a second one, and not
         // one after whitespace, however the bytes were cut into pieces.
-        let partial_bom = self.bom_allowed && BOM.starts_with(&self.buf);
-        if skip > 0 || !partial_bom {
+        let partial_bom = self.bom_allowed && skip == 0 && BOM.starts_with(&self.buf);
+        if !partial_bom {
             self.bom_allowed = false;
         }
         match self.buf.as_slice() {
@@ -895,6 +895,9 @@ mod tests {
         let input = b"\xEF\xBB\xBF\xEF\xBB\xBF<?sion='1.0'?hxml:lx";
         assert!(run(&[input]).is_err());
         assert!(run(&[&input[..2], &input[2..4], &input[4..]]).is_err());
+        let input = b"\n\xEF\xBB";
+        assert!(run(&[input]).is_err());
+        assert!(run(&[&input[..2], &input[2..]]).is_err());
         let plain = format!("{HEADER}<a/>");
         for junk in [&b"\xEF\xBB\xBF\xEF\xBB\xBF"[..], b" \xEF\xBB\xBF"] {
             let bytes = [junk, plain.as_bytes()].concat();
