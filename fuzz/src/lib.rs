@@ -46,10 +46,14 @@ pub fn header(content_ns: &str) -> Vec<u8> {
     h
 }
 
+/// Whitespace as references too: raw, a reader normalises it to spaces (XML 1.0 §3.3.3).
 fn escape_attr(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('\'', "&apos;")
+        .replace('\t', "&#9;")
+        .replace('\n', "&#10;")
+        .replace('\r', "&#13;")
 }
 
 /// What the writer makes of `el` in a stream whose content namespace is `content_ns`.
