@@ -162,7 +162,11 @@ fn domainpart(s: &str) -> Result<String, JidError> {
             .filter(|a| ldh(a))
             .ok_or(JidError("the domainpart is not a valid domain name"))?;
         let (unicode, res) = idna::domain_to_unicode(&ascii);
-        res.map_err(|_| JidError("the domainpart is not a valid domain name"))?;
+        // An A-label in the input may decode to a label that is not valid input itself (one
+        // that starts with `xn--` again): the form kept must lead back to the same A-labels.
+        if res.is_err() || idna::domain_to_ascii(&unicode).ok() != Some(ascii) {
+            return Err(JidError("the domainpart is not a valid domain name"));
+        }
         unicode
     };
     if out.is_empty() || out.len() > MAX_PART || out.split('.').any(str::is_empty) {
@@ -250,7 +254,8 @@ mod tests {
     }
 
     /// Found by the `jid` fuzz target: PRECIS enforcement composed `=` and U+0338 into `≠`,
-    /// which the profile refuses, so the JID's own text did not parse again.
+    /// which the profile refuses, so the JID's own text did not parse again; the same for a
+    /// domainpart through IDNA.
     #[test]
     fn parts_that_enforcement_does_not_settle_are_refused() {
         for bad in [
@@ -260,6 +265,8 @@ mod tests {
         ] {
             assert!(Jid::parse(bad).is_err(), "{bad:?} accepted");
         }
+        // And a domainpart whose A-label decodes to a label that is not valid input.
+        assert!(Jid::parse("\u{3bd}\u{331}@xn--xn--mlxn-dmen.\u{391}").is_err());
         let j = Jid::parse("\u{c7}af\u{e9}@localhost/=\u{338}").unwrap();
         assert_eq!(Jid::parse(&j.to_string()), Ok(j));
     }
