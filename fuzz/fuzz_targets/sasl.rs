@@ -1,8 +1,8 @@
 //! SASL exchanges (`stream::sasl`): every mechanism, with and without channel binding data,
 //! over a sequence of client messages.
 //!
-//! Input: the first byte picks the mechanism (`MECHANISMS`, by its value modulo 5) and, by bit
-//! 3, whether the transport has channel binding data; the rest is the client's messages
+//! Input: the first byte picks the mechanism (`MECHANISMS`, by its low three bits modulo 5)
+//! and, by bit 3, whether the transport has channel binding data; the rest is the client's messages
 //! (already base64-decoded, as the stream hands them over), separated by 0xFF, a byte UTF-8
 //! never uses.
 //!
@@ -142,7 +142,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&first, rest)) = data.split_first() else {
         return;
     };
-    let mechanism = MECHANISMS[usize::from(first) % MECHANISMS.len()];
+    let mechanism = MECHANISMS[usize::from(first & 7) % MECHANISMS.len()];
     let cb = (first & 8 != 0).then(|| CB.to_vec());
     let hash = if mechanism.contains("SHA-1") {
         Hash::Sha1
