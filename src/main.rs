@@ -1,24 +1,9 @@
-//! hearth: a small XMPP server for a family or a small group, in one static binary.
-#![deny(clippy::await_holding_refcell_ref)]
-
-mod admin;
-mod config;
-mod error;
-mod jid;
-mod listener;
-mod modules;
-mod router;
-mod server;
-mod session;
-mod stanza;
-mod storage;
-mod stream;
-mod tls;
-mod xml;
+//! hearth's command line: serve, check the config, manage accounts.
 
 use argh::FromArgs;
-use config::Config;
-use error::Error;
+use hearth::config::{self, Config};
+use hearth::error::Error;
+use hearth::{admin, jid, modules, router, server, storage, stream, tls};
 use std::path::PathBuf;
 
 #[derive(FromArgs)]

@@ -26,6 +26,12 @@ pub struct Out {
     pub sends: Vec<(Jid, Element)>,
 }
 
+impl Default for TestRouter {
+    fn default() -> TestRouter {
+        TestRouter::new()
+    }
+}
+
 impl TestRouter {
     /// Accounts alice and bob, every module with its default config.
     pub fn new() -> TestRouter {

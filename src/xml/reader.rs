@@ -79,6 +79,8 @@ pub struct StreamReader {
     /// Set by a restart: the unread bytes must be parsed again even if no `>` arrives, because
     /// the state they were read against is gone.
     restarted: bool,
+    /// Nothing of this stream has been read yet, so a byte order mark may still come.
+    bom_allowed: bool,
 }
 
 const BOM: &[u8] = b"\xEF\xBB\xBF";
@@ -115,6 +117,7 @@ impl StreamReader {
             stream_qname: None,
             stanza_bytes: 0,
             restarted: false,
+            bom_allowed: true,
         }
     }
 
@@ -125,6 +128,7 @@ impl StreamReader {
         self.stream_qname = None;
         self.stanza_bytes = 0;
         self.restarted = true;
+        self.bom_allowed = true;
     }
 
     /// Drops unread bytes as well: after STARTTLS nothing sent in the clear may be used.
@@ -184,7 +188,7 @@ impl StreamReader {
         }
         let before_header = self.stream_qname.is_none();
         let mut skip = 0;
-        if before_header && self.buf.starts_with(BOM) {
+        if self.bom_allowed && self.buf.starts_with(BOM) {
             skip = BOM.len();
         }
         skip += self.buf[skip..]
@@ -194,10 +198,16 @@ impl StreamReader {
         if skip > 0 {
             self.buf.drain(..skip);
         }
+        // Only the stream's first bytes may be a byte order mark: not a second one, and not
+        // one after whitespace, however the bytes were cut into pieces.
+        let partial_bom = self.bom_allowed && skip == 0 && BOM.starts_with(&self.buf);
+        if !partial_bom {
+            self.bom_allowed = false;
+        }
         match self.buf.as_slice() {
             [] | [b'<'] => Ok(()),
             [b'<', next, ..] if chars::can_follow_lt(*next) => Ok(()),
-            partial if before_header && BOM.starts_with(partial) => Ok(()),
+            _ if partial_bom => Ok(()),
             _ if before_header => Err(err(C::NotWellFormed, "not an XML stream")),
             _ => Err(err(C::NotWellFormed, "character data outside a stanza")),
         }
@@ -205,17 +215,26 @@ impl StreamReader {
 
     /// Parses complete events from `input`; returns how many bytes were used.
     fn parse(&mut self, input: &[u8], out: &mut Vec<StreamEvent>) -> Result<usize, StreamError> {
-        let text =
-            std::str::from_utf8(input).map_err(|_| err(C::NotWellFormed, "invalid UTF-8"))?;
+        // quick-xml drops a byte order mark at the start of its input, without counting it in
+        // its positions. Here input starts wherever the last piece stopped, and a U+FEFF there
+        // is a stanza's text (outside one, `skip_between_stanzas` has dealt with it).
+        let mut lead = 0;
+        if input.starts_with(BOM) {
+            self.text("\u{FEFF}")?;
+            self.stanza_bytes += BOM.len();
+            lead = BOM.len();
+        }
+        let text = std::str::from_utf8(&input[lead..])
+            .map_err(|_| err(C::NotWellFormed, "invalid UTF-8"))?;
         let mut reader = Reader::from_str(text);
         let cfg = reader.config_mut();
         // End tags are matched against our own stack, which outlives this reader.
         cfg.check_end_names = false;
         cfg.allow_unmatched_ends = true;
         cfg.expand_empty_elements = false;
-        let mut consumed = 0;
+        let mut consumed = lead;
         loop {
-            let before = reader.buffer_position() as usize;
+            let before = lead + reader.buffer_position() as usize;
             let event = match reader.read_event() {
                 Ok(Event::Eof) => break,
                 Ok(ev) => ev,
@@ -229,7 +248,7 @@ impl StreamReader {
                 },
                 Err(e) => return Err(err(C::NotWellFormed, &e.to_string())),
             };
-            let after = reader.buffer_position() as usize;
+            let after = lead + reader.buffer_position() as usize;
             if matches!(event, Event::Text(_)) && after == input.len() {
                 // Text runs to the end of what we have; more of it may follow.
                 break;
@@ -875,5 +894,52 @@ mod tests {
         let header = HEADER.trim_start_matches("<?xml version='1.0'?>");
         let bare = format!("\n{header}<a/>");
         assert_eq!(run(&[bare.as_bytes()]).unwrap(), want);
+    }
+
+    /// Found by the `xml_reader` fuzz target: a byte order mark was skipped in every piece
+    /// that started with one, so two of them, or one after whitespace, were refused when they
+    /// arrived together and accepted when cut apart.
+    #[test]
+    fn only_the_first_bytes_may_be_a_byte_order_mark() {
+        let input = b"\xEF\xBB\xBF\xEF\xBB\xBF<?sion='1.0'?hxml:lx";
+        assert!(run(&[input]).is_err());
+        assert!(run(&[&input[..2], &input[2..4], &input[4..]]).is_err());
+        let input = b"\n\xEF\xBB";
+        assert!(run(&[input]).is_err());
+        assert!(run(&[&input[..2], &input[2..]]).is_err());
+        let plain = format!("{HEADER}<a/>");
+        for junk in [&b"\xEF\xBB\xBF\xEF\xBB\xBF"[..], b" \xEF\xBB\xBF"] {
+            let bytes = [junk, plain.as_bytes()].concat();
+            for i in 0..=junk.len() {
+                assert!(run(&[&bytes[..i], &bytes[i..]]).is_err(), "split at {i}");
+            }
+        }
+    }
+
+    /// Found by the `xml_reader` fuzz target: quick-xml drops a U+FEFF at the start of its
+    /// input without counting it, so text that began with one right where a piece began lost
+    /// it, and the stream then read three bytes of markup again as text.
+    #[test]
+    fn text_starting_with_u_feff_at_a_cut() {
+        let stanza = "<message><body>\u{FEFF}b</body><x>\u{FEFF}</x></message><presence/>";
+        let input = format!("{HEADER}{stanza}");
+        let want = run(&[input.as_bytes()]).unwrap();
+        assert_eq!(
+            stanzas(&want),
+            [
+                "<message><body>\u{FEFF}b</body><x>\u{FEFF}</x></message>",
+                "<presence/>"
+            ]
+        );
+        let bytes = input.as_bytes();
+        for i in 0..bytes.len() {
+            assert_eq!(
+                run(&[&bytes[..i], &bytes[i..]]).unwrap(),
+                want,
+                "split at {i}"
+            );
+        }
+        let singles: Vec<&[u8]> = bytes.chunks(1).collect();
+        assert_eq!(run(&singles).unwrap(), want);
     }
 }

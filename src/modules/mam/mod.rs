@@ -25,7 +25,7 @@
 //! messages (see `offline.rs`). With `with`, a query scans the id range and filters; an index
 //! by contact would make per-contact history on huge archives faster (TODO if it shows).
 
-mod prefs;
+pub mod prefs;
 pub mod query;
 pub mod store;
 
