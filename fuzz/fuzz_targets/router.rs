@@ -56,7 +56,7 @@ fn drain(queues: &[(Jid, Receiver<Outbound>)]) {
     for (_, rx) in queues {
         while let Ok(out) = rx.try_recv() {
             if let Outbound::Stanza(el) = out {
-                assert_readable(&el, ns::CLIENT);
+                assert_readable(&el.el, ns::CLIENT);
             }
         }
     }
