@@ -193,6 +193,7 @@ pub struct ModulesConfig {
     pub blocking: crate::modules::blocking::Config,
     pub caps: crate::modules::caps::Config,
     pub pep: crate::modules::pep::Config,
+    pub vcard: crate::modules::vcard::Config,
 }
 
 impl Config {
@@ -358,6 +359,7 @@ impl Config {
             ("modules.pep.max_account_bytes", n(m.pep.max_account_bytes), 1024, 1 << 30,
                 "bytes"),
             ("modules.pep.cache_bytes", n(m.pep.cache_bytes), 0, 1 << 30, "bytes; 0 caches nothing"),
+            ("modules.vcard.max_bytes", n(m.vcard.max_bytes), 1024, 16 << 20, "bytes"),
         ]
     }
 

@@ -23,6 +23,7 @@ pub mod roster;
 #[cfg(test)]
 pub mod testing;
 pub mod time;
+pub mod vcard;
 pub mod version;
 
 use crate::config::Config;
@@ -57,6 +58,9 @@ pub static REGISTRY: &[Entry] = &[
     // caps reads the one, PEP learns from both who follows an account.
     caps::ENTRY,
     pep::ENTRY,
+    // Before presence, which ends the hooks of a client's presence broadcast: the photo hash
+    // goes into the broadcast.
+    vcard::ENTRY,
     presence::ENTRY,
     disco::ENTRY,
     ping::ENTRY,

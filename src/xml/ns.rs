@@ -86,3 +86,13 @@ pub const PUBSUB_ERRORS: &str = "http://jabber.org/protocol/pubsub#errors";
 pub const PUBSUB_NODE_CONFIG: &str = "http://jabber.org/protocol/pubsub#node_config";
 /// XEP-0060 §16.5 (XEP-0223): the FORM_TYPE of publish options.
 pub const PUBSUB_PUBLISH_OPTIONS: &str = "http://jabber.org/protocol/pubsub#publish-options";
+/// XEP-0054 vcard-temp.
+pub const VCARD: &str = "vcard-temp";
+/// XEP-0153 vCard-Based Avatars: the photo hash in presence.
+pub const VCARD_UPDATE: &str = "vcard-temp:x:update";
+/// XEP-0084 User Avatar: the image node and its payload.
+pub const AVATAR_DATA: &str = "urn:xmpp:avatar:data";
+/// XEP-0084 User Avatar: the node describing the current image.
+pub const AVATAR_METADATA: &str = "urn:xmpp:avatar:metadata";
+/// XEP-0398: the server shows PEP avatars to vCard clients.
+pub const PEP_VCARD_CONVERSION: &str = "urn:xmpp:pep-vcard-conversion:0";
