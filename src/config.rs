@@ -194,6 +194,7 @@ pub struct ModulesConfig {
     pub caps: crate::modules::caps::Config,
     pub pep: crate::modules::pep::Config,
     pub vcard: crate::modules::vcard::Config,
+    pub private: crate::modules::private::Config,
 }
 
 impl Config {
@@ -360,6 +361,9 @@ impl Config {
                 "bytes"),
             ("modules.pep.cache_bytes", n(m.pep.cache_bytes), 0, 1 << 30, "bytes; 0 caches nothing"),
             ("modules.vcard.max_bytes", n(m.vcard.max_bytes), 1024, 16 << 20, "bytes"),
+            ("modules.private.max_item_bytes", n(m.private.max_item_bytes), 1024, 16 << 20,
+                "bytes"),
+            ("modules.private.max_items", n(m.private.max_items), 1, 10_000, "elements"),
         ]
     }
 

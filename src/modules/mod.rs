@@ -19,6 +19,7 @@ pub mod offline;
 pub mod pep;
 pub mod ping;
 pub mod presence;
+pub mod private;
 pub mod roster;
 #[cfg(test)]
 pub mod testing;
@@ -61,6 +62,7 @@ pub static REGISTRY: &[Entry] = &[
     // Before presence, which ends the hooks of a client's presence broadcast: the photo hash
     // goes into the broadcast.
     vcard::ENTRY,
+    private::ENTRY,
     presence::ENTRY,
     disco::ENTRY,
     ping::ENTRY,

@@ -69,6 +69,7 @@ fn disco_info_lists_the_identity_and_features() {
         "urn:xmpp:sid:0",
         "urn:xmpp:blocking",
         "vcard-temp",
+        "jabber:iq:private",
     ];
     want.sort_unstable();
     assert_eq!(features, want);
@@ -126,6 +127,9 @@ fn an_account_shows_its_owner_the_archive() {
         features,
         vec![
             ns::DISCO_INFO,
+            "urn:xmpp:bookmarks-conversion:0",
+            "urn:xmpp:bookmarks:1#compat",
+            "urn:xmpp:bookmarks:1#compat-pep",
             "urn:xmpp:mam:2",
             "urn:xmpp:mam:2#extended",
             "urn:xmpp:pep-vcard-conversion:0",

@@ -40,7 +40,8 @@ use crate::jid::Jid;
 use crate::router::Dest;
 use crate::stanza::{Condition, Kind, Origin, Stanza, StanzaError, Type};
 use crate::xml::{Element, ns, reader};
-use node::{Access, Fields, NodeConfig, SendLast, read_form};
+pub use node::Fields;
+use node::{Access, NodeConfig, SendLast, read_form};
 use serde::Deserialize;
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -843,16 +844,49 @@ impl Pep {
         Ok(out)
     }
 
+    /// Every item of `owner`'s `node`, oldest first, whoever may read it: for modules that
+    /// build on PEP (bookmarks for legacy clients, say).
+    pub fn items_of(&self, cx: &Cx, owner: &str, node: &str) -> Vec<(String, Element)> {
+        self.read(cx, owner, node, &[], None).unwrap_or_default()
+    }
+
     /// The item `id` of `owner`'s `node`, whoever may read it.
     pub fn item(&self, cx: &Cx, owner: &str, node: &str, id: &str) -> Option<Element> {
         let mut found = self.read(cx, owner, node, &[id], None).ok()?;
         found.pop().map(|(_, p)| p)
     }
 
+    /// The most items a node keeps (what `pubsub#max_items = max` means).
+    pub fn max_items(&self) -> usize {
+        self.config.max_items
+    }
+
     /// Whether `who` may read `owner`'s `node`, which exists.
     pub fn readable(&self, cx: &Cx, owner: &str, node: &str, who: &Jid) -> bool {
         self.config_of(cx, owner, node)
             .is_some_and(|c| self.may_read(cx, owner, who, &c).is_ok())
+    }
+
+    /// Creates `owner`'s `node` with the configuration `fields`, or changes the configuration
+    /// of the existing node where it differs: for a module that publishes on the owner's
+    /// behalf and must keep the node private whatever a client made of it.
+    pub fn ensure_config(
+        &self,
+        cx: &mut Cx,
+        owner: &str,
+        node: &str,
+        fields: &Fields,
+    ) -> Result<(), StanzaError> {
+        let limit = self.config.max_items;
+        match self.config_of(cx, owner, node) {
+            Some(c) if c.satisfies(fields, limit) => Ok(()),
+            Some(_) => self.configure(cx, owner, node, fields),
+            None => {
+                let mut config = NodeConfig::default();
+                config.apply(fields, limit)?;
+                self.create_node(cx, owner, node, config)
+            }
+        }
     }
 
     fn create(
