@@ -458,6 +458,11 @@ pub trait Module: Any {
     fn timer(&self, _cx: &mut Cx, _token: u64) {}
     /// The account was deleted (with everything stored for it): forget what is cached.
     fn account_removed(&self, _user: &str) {}
+
+    /// An item of `owner`'s PEP `node` was published or retracted, or the node was purged or
+    /// deleted: for modules that keep something in step with a node (see `pep::Pep` for what
+    /// they may read).
+    fn pep_changed(&self, _cx: &mut Cx, _owner: &str, _node: &str) {}
 }
 
 /// A presence stanza of `typ` from `from` to `to`, made by the server for `origin`.

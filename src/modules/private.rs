@@ -13,7 +13,11 @@
 //!   XEP-0402 clients hear of each change. Elements a XEP-0402 client keeps in a room's
 //!   `<extensions/>` survive an edit by a client that does not know them. URL bookmarks,
 //!   which XEP-0402 dropped, are not kept. Without PEP, bookmarks are private data like any.
+//! - XEP-0411 §3: whatever changes the bookmarks, the owner's sessions whose caps ask for
+//!   `storage:bookmarks+notify` get the whole XEP-0048 list as an event of that node, once
+//!   per change (a XEP-0048 write is one change, however many rooms it touches).
 
+use super::caps::Caps;
 use super::pep::{Fields, Pep};
 use super::{Cx, DiscoInfo, Entry, Flow, IqRequest, IqRoute, Module, Target, To};
 use crate::jid::Jid;
@@ -23,8 +27,8 @@ use crate::storage::shapes::Map;
 use crate::xml::{Element, ns, reader};
 use redb::TableDefinition;
 use serde::Deserialize;
-use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeSet, HashMap};
 
 /// (localpart, "name namespace") → the element's XML.
 pub static USER_ELEMENT_TO_XML: Map<&str> = Map(TableDefinition::new("private"));
@@ -57,6 +61,9 @@ pub const ENTRY: Entry = Entry {
             Box::new(Private {
                 config: c.clone(),
                 keys: RefCell::default(),
+                replacing: Cell::new(false),
+                changed_meanwhile: Cell::new(false),
+                next_id: Cell::new(1),
             }) as Box<dyn Module>
         })
     },
@@ -66,6 +73,11 @@ pub struct Private {
     config: Config,
     /// The keys each account has stored, read once: for the count limit.
     keys: RefCell<HashMap<String, BTreeSet<String>>>,
+    /// A XEP-0048 list is being turned into XEP-0402 items...
+    replacing: Cell<bool>,
+    /// ...and the bookmarks changed meanwhile.
+    changed_meanwhile: Cell<bool>,
+    next_id: Cell<u64>,
 }
 
 /// Where an element is kept: its name cannot hold a space, so this is unambiguous.
@@ -145,13 +157,15 @@ pub fn legacy_bookmarks(cx: &Cx, pep: &Pep, owner: &str) -> Element {
 
 /// Makes the owner's XEP-0402 bookmarks those of a XEP-0048 `<storage/>`: publishes the rooms
 /// that are new or changed and retracts those that are gone.
-fn set_bookmarks(
+fn replace_bookmarks(
     cx: &mut Cx,
     pep: &Pep,
     owner: &str,
     storage: &Element,
 ) -> Result<(), StanzaError> {
-    let mut wanted: BTreeMap<String, &Element> = BTreeMap::new();
+    // In the client's order, so that new rooms are published in it; a room named twice is
+    // what its last mention says.
+    let mut wanted: Vec<(String, &Element)> = Vec::new();
     for c in storage
         .elements()
         .filter(|e| e.is("conference", ns::BOOKMARKS_LEGACY))
@@ -161,7 +175,11 @@ fn set_bookmarks(
             .and_then(|j| Jid::parse(j).ok())
             .filter(Jid::is_bare)
             .ok_or_else(|| StanzaError::bad_request("a conference needs the bare JID of a room"))?;
-        wanted.insert(jid.to_string(), c);
+        let jid = jid.to_string();
+        match wanted.iter_mut().find(|(j, _)| *j == jid) {
+            Some(w) => w.1 = c,
+            None => wanted.push((jid, c)),
+        }
     }
     if wanted.len() > pep.max_items() {
         return Err(StanzaError::with_text(
@@ -173,7 +191,7 @@ fn set_bookmarks(
     let current: HashMap<String, Element> =
         pep.items_of(cx, owner, ns::BOOKMARKS).into_iter().collect();
     for (jid, conference) in &wanted {
-        let old = current.get(jid);
+        let old = current.get(jid.as_str());
         let new = to_bookmark(conference, old);
         if old != Some(&new) {
             pep.publish_item(cx, owner, ns::BOOKMARKS, Some(jid), new, None)?;
@@ -181,7 +199,7 @@ fn set_bookmarks(
     }
     let gone: Vec<&str> = current
         .keys()
-        .filter(|id| !wanted.contains_key(*id))
+        .filter(|id| !wanted.iter().any(|(j, _)| j == *id))
         .map(String::as_str)
         .collect();
     if !gone.is_empty() {
@@ -191,6 +209,63 @@ fn set_bookmarks(
 }
 
 impl Private {
+    /// [`replace_bookmarks`], with one XEP-0048 notification for the whole change rather than
+    /// one per room.
+    fn set_bookmarks(
+        &self,
+        cx: &mut Cx,
+        pep: &Pep,
+        owner: &str,
+        storage: &Element,
+    ) -> Result<(), StanzaError> {
+        self.replacing.set(true);
+        let done = replace_bookmarks(cx, pep, owner, storage);
+        self.replacing.set(false);
+        if self.changed_meanwhile.replace(false) {
+            self.tell_legacy_clients(cx, pep, owner);
+        }
+        done
+    }
+
+    /// XEP-0411 §3: the owner's sessions that follow the XEP-0048 PEP node hear of every
+    /// change to the bookmarks, as an event of that node with the whole list.
+    fn tell_legacy_clients(&self, cx: &mut Cx, pep: &Pep, owner: &str) {
+        let wanted = format!("{}+notify", ns::BOOKMARKS_LEGACY);
+        let caps = cx.module::<Caps>();
+        let to: Vec<Jid> = cx
+            .sessions()
+            .available(owner)
+            .map(|s| s.jid.clone())
+            .filter(|j| {
+                caps.and_then(|c| c.features(j))
+                    .is_some_and(|f| f.contains(&wanted))
+            })
+            .collect();
+        if to.is_empty() {
+            return;
+        }
+        let item = Element::new("item", ns::PUBSUB_EVENT)
+            .with_attr("id", "current")
+            .with_child(legacy_bookmarks(cx, pep, owner));
+        let event = Element::new("event", ns::PUBSUB_EVENT).with_child(
+            Element::new("items", ns::PUBSUB_EVENT)
+                .with_attr("node", ns::BOOKMARKS_LEGACY)
+                .with_child(item),
+        );
+        let from = Jid::bare_from(owner, cx.domain()).to_string();
+        for t in to {
+            let n = self.next_id.get();
+            self.next_id.set(n + 1);
+            let el = Element::new("message", ns::CLIENT)
+                .with_attr("type", "headline")
+                .with_attr("id", format!("bookmarks-{n}"))
+                .with_attr("from", from.as_str())
+                .with_attr("to", t.to_string())
+                .with_child(event.clone());
+            cx.send(t, el);
+        }
+    }
+
     /// Runs `f` on `user`'s stored keys, read from the store the first time.
     fn with_keys<R>(
         &self,
@@ -295,7 +370,7 @@ impl Private {
             cx.write(USER_ELEMENT_TO_XML.put(user, &key(e), e.to_xml()));
         }
         if let (Some(pep), Some(b)) = (pep, bookmarks.last()) {
-            set_bookmarks(cx, pep, user, b)?;
+            self.set_bookmarks(cx, pep, user, b)?;
         }
         Ok(())
     }
@@ -333,7 +408,7 @@ impl Private {
                         "publish one item with a <storage xmlns='storage:bookmarks'/>",
                     )));
                 };
-                let done = set_bookmarks(cx, pep, user, storage).map(|()| {
+                let done = self.set_bookmarks(cx, pep, user, storage).map(|()| {
                     let publish = Element::new("publish", ns::PUBSUB)
                         .with_attr("node", ns::BOOKMARKS_LEGACY)
                         .with_child(Element::new("item", ns::PUBSUB).with_attr("id", "current"));
@@ -402,6 +477,17 @@ impl Module for Private {
         }
         cx.send(st.from.clone(), reply);
         Ok(Flow::Handled)
+    }
+
+    fn pep_changed(&self, cx: &mut Cx, owner: &str, node: &str) {
+        if node != ns::BOOKMARKS {
+            return;
+        }
+        if self.replacing.get() {
+            self.changed_meanwhile.set(true);
+        } else if let Some(pep) = cx.module::<Pep>() {
+            self.tell_legacy_clients(cx, pep, owner);
+        }
     }
 
     fn account_removed(&self, user: &str) {
@@ -550,11 +636,12 @@ mod tests {
         let a = t.online("alice", "phone");
         let b = t.online("bob", "pc");
         private_set(&t, &a, LEGACY).assert_sent(&a, "<iq type='result' id='s'/>");
-        // Two rooms, in the XEP-0402 form, in a private node; nothing in private storage.
+        // Two rooms, in the XEP-0402 form and the client's order, in a private node; nothing
+        // in private storage.
         let items = bookmarks(&t, "alice");
         let rooms: Vec<&str> = items.iter().map(|(id, _)| id.as_str()).collect();
-        assert_eq!(rooms, vec!["club@muc.localhost", "family@muc.localhost"]);
-        let family = &items[1].1;
+        assert_eq!(rooms, vec!["family@muc.localhost", "club@muc.localhost"]);
+        let family = &items[0].1;
         assert_eq!(family.attr("autojoin"), Some("true"));
         assert_eq!(family.attr("name"), Some("Family"));
         assert_eq!(
@@ -675,6 +762,98 @@ mod tests {
         let out = t.client(&b, "<iq type='set' id='j' to='alice@localhost'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='storage:bookmarks'><item id='current'><storage xmlns='storage:bookmarks'/></item></publish></pubsub></iq>");
         out.assert_error(&b, "j", Condition::Forbidden);
         assert_eq!(bookmarks(&t, "alice").len(), 2);
+    }
+
+    /// The XEP-0048 lists `who` got as `storage:bookmarks` events: the rooms of each.
+    fn legacy_events(out: &Out, who: &Jid) -> Vec<Vec<String>> {
+        out.to(who)
+            .into_iter()
+            .filter(|m| m.name == "message" && m.attr("type") == Some("headline"))
+            .filter_map(|m| m.child("event", ns::PUBSUB_EVENT))
+            .filter_map(|e| e.child("items", ns::PUBSUB_EVENT))
+            .filter(|i| i.attr("node") == Some(ns::BOOKMARKS_LEGACY))
+            .filter_map(|i| i.child("item", ns::PUBSUB_EVENT))
+            .filter_map(|i| i.child("storage", ns::BOOKMARKS_LEGACY))
+            .map(|s| {
+                s.elements()
+                    .filter_map(|c| c.attr("jid").map(str::to_owned))
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// The XEP-0402 events `who` got: (published ids, retracted ids).
+    fn events(out: &Out, who: &Jid) -> (Vec<String>, Vec<String>) {
+        let mut published = Vec::new();
+        let mut retracted = Vec::new();
+        for items in out
+            .to(who)
+            .into_iter()
+            .filter_map(|m| m.child("event", ns::PUBSUB_EVENT))
+            .filter_map(|e| e.child("items", ns::PUBSUB_EVENT))
+            .filter(|i| i.attr("node") == Some(ns::BOOKMARKS))
+        {
+            for e in items.elements() {
+                let id = e.attr("id").unwrap_or_default().to_owned();
+                match e.name.as_str() {
+                    "item" => published.push(id),
+                    _ => retracted.push(id),
+                }
+            }
+        }
+        (published, retracted)
+    }
+
+    #[test]
+    fn every_client_hears_of_every_change_in_its_own_form() {
+        let t = TestRouter::new();
+        let legacy_notify = format!("{}+notify", ns::BOOKMARKS_LEGACY);
+        let modern_notify = format!("{}+notify", ns::BOOKMARKS);
+        let (old, _) = t.online_with_caps("alice", "old", &[ns::BOOKMARKS_LEGACY, &legacy_notify]);
+        let (new, _) = t.online_with_caps("alice", "new", &[ns::BOOKMARKS, &modern_notify]);
+        let (bob, _) = t.online_with_caps(
+            "bob",
+            "pc",
+            &[
+                ns::BOOKMARKS_LEGACY,
+                &legacy_notify,
+                ns::BOOKMARKS,
+                &modern_notify,
+            ],
+        );
+        // A legacy write: the modern client hears of each room, the legacy one of the list once.
+        let out = private_set(&t, &old, LEGACY);
+        assert_eq!(
+            legacy_events(&out, &old),
+            vec![vec!["family@muc.localhost", "club@muc.localhost"]]
+        );
+        let (mut published, _) = events(&out, &new);
+        published.sort();
+        assert_eq!(
+            published,
+            vec!["club@muc.localhost", "family@muc.localhost"]
+        );
+        assert!(events(&out, &old).0.is_empty());
+        // Nobody else hears of alice's bookmarks.
+        out.assert_nothing_to(&bob);
+        // A modern client removes a room: both hear of it.
+        let out = t.client(&new, "<iq type='set' id='r'><pubsub xmlns='http://jabber.org/protocol/pubsub'><retract node='urn:xmpp:bookmarks:1' notify='true'><item id='club@muc.localhost'/></retract></pubsub></iq>");
+        out.assert_sent(&new, "<iq type='result' id='r'/>");
+        assert_eq!(events(&out, &new).1, vec!["club@muc.localhost"]);
+        assert_eq!(
+            legacy_events(&out, &old),
+            vec![vec!["family@muc.localhost"]]
+        );
+        out.assert_nothing_to(&bob);
+        // Writing the same list again tells nobody of anything.
+        let out = private_set(
+            &t,
+            &old,
+            "<storage xmlns='storage:bookmarks'><conference jid='family@muc.localhost' name='Family' autojoin='true'><nick>Al</nick></conference></storage>",
+        );
+        out.assert_sent(&old, "<iq type='result' id='s'/>");
+        assert!(legacy_events(&out, &old).is_empty());
+        assert_eq!(events(&out, &new), (vec![], vec![]));
     }
 
     #[test]

@@ -77,6 +77,46 @@ impl TestRouter {
         jid
     }
 
+    /// Binds a session and sends initial presence with XEP-0115 caps whose features are
+    /// `features`, answering the server's question about them as a client would. Returns the
+    /// session and what it got once its caps were known.
+    pub fn online_with_caps(&self, user: &str, resource: &str, features: &[&str]) -> (Jid, Out) {
+        use crate::xml::ns;
+        let mut q = Element::new("query", ns::DISCO_INFO).with_child(
+            Element::new("identity", ns::DISCO_INFO)
+                .with_attr("category", "client")
+                .with_attr("type", "pc"),
+        );
+        for f in features {
+            q.push(Element::new("feature", ns::DISCO_INFO).with_attr("var", *f));
+        }
+        let ver = super::caps::sha1_ver(&q);
+        let jid = self.bind(user, resource);
+        let out = self.client(
+            &jid,
+            &format!(
+                "<presence><c xmlns='{}' hash='sha-1' node='https://hearth.example/test' ver='{ver}'/></presence>",
+                super::caps::NS
+            ),
+        );
+        let question = out
+            .to(&jid)
+            .iter()
+            .find(|e| e.name == "iq" && e.attr("type") == Some("get"))
+            .and_then(|e| e.attr("id").map(str::to_owned));
+        match question {
+            Some(id) => {
+                let reply = format!(
+                    "<iq type='result' id='{id}' to='localhost'>{}</iq>",
+                    q.to_xml()
+                );
+                let out = self.client(&jid, &reply);
+                (jid, out)
+            }
+            None => (jid, out),
+        }
+    }
+
     /// The session ends as c2s ends it: the event, then it leaves the session table.
     pub fn close(&self, jid: &Jid) -> Out {
         let out = self.event(jid, SessionEvent::Closed);

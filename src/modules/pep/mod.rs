@@ -276,6 +276,13 @@ fn publish_options(pubsub: &Element) -> Result<Option<Fields>, StanzaError> {
     }
 }
 
+/// Tells every module that `owner`'s `node` changed (`Module::pep_changed`).
+fn changed(cx: &mut Cx, owner: &str, node: &str) {
+    for m in cx.modules() {
+        m.pep_changed(cx, owner, node);
+    }
+}
+
 impl Pep {
     pub fn new(config: Config) -> Pep {
         Pep {
@@ -706,6 +713,7 @@ impl Pep {
             let event = Pep::items_event(node, &id, payload, &config);
             self.notify(cx, owner, to, event);
         }
+        changed(cx, owner, node);
         Ok(id)
     }
 
@@ -765,6 +773,7 @@ impl Pep {
             let to = self.recipients(cx, owner, node, &config);
             self.notify(cx, owner, to, items);
         }
+        changed(cx, owner, node);
         Ok(())
     }
 
@@ -832,9 +841,11 @@ impl Pep {
             .map_err(super::internal("reading PEP items"))?;
         let last = self.last_item(cx, owner, node);
         for (i, xml) in chosen.iter().zip(payloads) {
+            // Published a moment ago, not committed yet: in this step's writes, or the last
+            // item of an earlier step.
+            let xml = xml.or_else(|| store::pending(&cx.effects.writes, owner, node, i.seq));
             let payload = match xml {
                 Some(x) => reader::parse_one(&x),
-                // Published a moment ago, not committed yet: only the last one is at hand.
                 None => last.as_ref().filter(|l| l.0 == i.id).map(|l| l.1.clone()),
             };
             if let Some(p) = payload {
@@ -1054,6 +1065,7 @@ impl Pep {
             let el = Element::new(what, ns::PUBSUB_EVENT).with_attr("node", node);
             self.notify(cx, owner, to, el);
         }
+        changed(cx, owner, node);
         Ok(())
     }
 
