@@ -195,6 +195,7 @@ pub struct ModulesConfig {
     pub pep: crate::modules::pep::Config,
     pub vcard: crate::modules::vcard::Config,
     pub private: crate::modules::private::Config,
+    pub register: crate::modules::register::Config,
 }
 
 impl Config {
@@ -364,6 +365,8 @@ impl Config {
             ("modules.private.max_item_bytes", n(m.private.max_item_bytes), 1024, 16 << 20,
                 "bytes"),
             ("modules.private.max_items", n(m.private.max_items), 1, 10_000, "elements"),
+            ("modules.register.password_interval_secs", m.register.password_interval_secs, 1, DAY,
+                "seconds; each change costs two key derivations"),
         ]
     }
 

@@ -807,6 +807,7 @@ pub async fn apply_trailing(router: &Router, effects: Effects) -> Result<Option<
         mut writes,
         trailing,
         sends,
+        ends,
     } = effects;
     let mut ticket = None;
     if writes.is_empty() && !trailing.is_empty() {
@@ -817,6 +818,9 @@ pub async fn apply_trailing(router: &Router, effects: Effects) -> Result<Option<
     router.store.commit(writes).await?;
     for (to, el) in sends {
         deliver(router, &to, el);
+    }
+    for e in ends {
+        modules::end_logins(router, e);
     }
     Ok(ticket)
 }

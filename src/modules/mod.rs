@@ -20,6 +20,7 @@ pub mod pep;
 pub mod ping;
 pub mod presence;
 pub mod private;
+pub mod register;
 pub mod roster;
 #[cfg(test)]
 pub mod testing;
@@ -31,8 +32,8 @@ use crate::config::Config;
 use crate::jid::Jid;
 use crate::listener::Listener;
 use crate::router::{Dest, Router};
-use crate::session::{Session, Sessions};
-use crate::stanza::{Kind, Origin, Stanza, StanzaError, Type};
+use crate::session::{Outbound, Session, Sessions};
+use crate::stanza::{Kind, Origin, Stanza, StanzaError, StreamError, Type};
 use crate::storage::{Schema, Store, Table, Write};
 use crate::xml::{Element, ns};
 use std::any::Any;
@@ -63,6 +64,7 @@ pub static REGISTRY: &[Entry] = &[
     // goes into the broadcast.
     vcard::ENTRY,
     private::ENTRY,
+    register::ENTRY,
     presence::ENTRY,
     disco::ENTRY,
     ping::ENTRY,
@@ -97,6 +99,35 @@ pub struct Effects {
     pub trailing: Vec<Write>,
     /// Stanzas for one session each, by full JID.
     pub sends: Vec<(Jid, Element)>,
+    /// Logins that end once the writes are durable, after the stanzas are queued.
+    pub ends: Vec<EndLogins>,
+}
+
+/// Every login of an account but one session's ends (see [`Cx::end_logins`]).
+pub struct EndLogins {
+    pub user: String,
+    pub keep: Option<Jid>,
+    pub error: StreamError,
+}
+
+/// Ends logins once the step that asked for it is durable: connections that authenticated
+/// before now may not bind or resume, and every bound session but `keep` is closed with the
+/// error.
+pub fn end_logins(router: &Router, e: EndLogins) {
+    router.sessions_mut().void_logins(&e.user);
+    let queues: Vec<_> = router
+        .sessions()
+        .of(&e.user)
+        .iter()
+        .filter(|s| Some(&s.jid) != e.keep.as_ref())
+        .map(|s| s.tx.clone())
+        .collect();
+    for tx in queues {
+        // A full queue is closed instead: the connection ends either way.
+        if tx.try_send(Outbound::Close(e.error.clone())).is_err() {
+            tx.close();
+        }
+    }
 }
 
 /// The context every hook works in: reads of the server's state, and the record of what the
@@ -182,6 +213,17 @@ impl<'a> Cx<'a> {
 
     pub fn write_trailing(&mut self, w: Write) {
         self.effects.trailing.push(w);
+    }
+
+    /// Ends every login of `user` except the session `keep` once this step's writes are
+    /// durable (a changed password): its bound sessions are closed with `error`, and
+    /// connections that authenticated before cannot bind or resume.
+    pub fn end_logins(&mut self, user: &str, keep: Option<&Jid>, error: StreamError) {
+        self.effects.ends.push(EndLogins {
+            user: user.to_owned(),
+            keep: keep.cloned(),
+            error,
+        });
     }
 
     /// Sends an iq request from `from` (the server, an account, a service) to `to`; its result

@@ -7,7 +7,7 @@ use super::{Cx, Effects, Module, SessionEvent};
 use crate::config::Config;
 use crate::jid::Jid;
 use crate::router::{self, Router};
-use crate::session::Session;
+use crate::session::{Outbound, Session};
 use crate::stanza::{Condition, Origin, Stanza};
 use crate::storage::{Store, accounts};
 use crate::xml::{Element, Node, reader};
@@ -17,6 +17,8 @@ pub struct TestRouter {
     pub router: Router,
     _dir: tempfile::TempDir,
     next_conn: std::cell::Cell<u64>,
+    /// Each session's queue, where only what ends a session arrives (stanzas are in `Out`).
+    queues: std::cell::RefCell<std::collections::HashMap<Jid, smol::channel::Receiver<Outbound>>>,
 }
 
 /// What one step produced.
@@ -52,6 +54,7 @@ impl TestRouter {
             router,
             _dir: dir,
             next_conn: std::cell::Cell::new(1),
+            queues: Default::default(),
         };
         t.step(router::start_modules);
         t
@@ -60,7 +63,8 @@ impl TestRouter {
     /// A bound session `user@localhost/resource`, not yet available.
     pub fn bind(&self, user: &str, resource: &str) -> Jid {
         let jid = Jid::parse(&format!("{user}@localhost/{resource}")).unwrap();
-        let (tx, _rx) = smol::channel::unbounded();
+        let (tx, rx) = smol::channel::unbounded();
+        self.queues.borrow_mut().insert(jid.clone(), rx);
         let conn = self.next_conn.get();
         self.next_conn.set(conn + 1);
         self.router
@@ -117,6 +121,18 @@ impl TestRouter {
         }
     }
 
+    /// The error the server ended session `jid` with, if it did.
+    pub fn ended(&self, jid: &Jid) -> Option<crate::stanza::StreamError> {
+        let queues = self.queues.borrow();
+        let rx = queues.get(jid)?;
+        while let Ok(o) = rx.try_recv() {
+            if let Outbound::Close(e) = o {
+                return Some(e);
+            }
+        }
+        None
+    }
+
     /// The session ends as c2s ends it: the event, then it leaves the session table.
     pub fn close(&self, jid: &Jid) -> Out {
         let out = self.event(jid, SessionEvent::Closed);
@@ -135,9 +151,13 @@ impl TestRouter {
             mut writes,
             trailing,
             sends,
+            ends,
         } = router::finish(cx);
         writes.extend(trailing);
         self.router.store.commit_blocking(writes).unwrap();
+        for e in ends {
+            super::end_logins(&self.router, e);
+        }
         Out { sends }
     }
 

@@ -108,3 +108,5 @@ pub const BOOKMARKS_COMPAT: &str = "urn:xmpp:bookmarks:1#compat";
 pub const BOOKMARKS_COMPAT_PEP: &str = "urn:xmpp:bookmarks:1#compat-pep";
 /// XEP-0411 Bookmarks Conversion.
 pub const BOOKMARKS_CONVERSION: &str = "urn:xmpp:bookmarks-conversion:0";
+/// XEP-0077 In-Band Registration.
+pub const REGISTER: &str = "jabber:iq:register";

@@ -70,6 +70,7 @@ fn disco_info_lists_the_identity_and_features() {
         "urn:xmpp:blocking",
         "vcard-temp",
         "jabber:iq:private",
+        "jabber:iq:register",
     ];
     want.sort_unstable();
     assert_eq!(features, want);
@@ -127,6 +128,7 @@ fn an_account_shows_its_owner_the_archive() {
         features,
         vec![
             ns::DISCO_INFO,
+            "jabber:iq:register",
             "urn:xmpp:bookmarks-conversion:0",
             "urn:xmpp:bookmarks:1#compat",
             "urn:xmpp:bookmarks:1#compat-pep",
@@ -150,7 +152,10 @@ fn an_account_shows_its_owner_the_archive() {
     let (ids, mut features) = disco_of(&mut c, "alice@localhost");
     features.sort();
     assert_eq!(ids, vec![account]);
-    assert_eq!(features, vec![ns::DISCO_INFO, "vcard-temp"]);
+    assert_eq!(
+        features,
+        vec![ns::DISCO_INFO, "jabber:iq:register", "vcard-temp"]
+    );
 }
 
 #[test]
