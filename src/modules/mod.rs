@@ -108,12 +108,18 @@ pub struct EndLogins {
     pub user: String,
     pub keep: Option<Jid>,
     pub error: StreamError,
+    /// The account was deleted.
+    pub removed: bool,
 }
 
-/// Ends logins once the step that asked for it is durable: connections that authenticated
-/// before now may not bind or resume, and every bound session but `keep` is closed with the
-/// error.
+/// Ends logins once the step that asked for it is durable: a deleted account is forgotten
+/// again (by the router and every module: what was read meanwhile is stale), connections
+/// that authenticated before now may not bind or resume, and every bound session but `keep`
+/// is closed with the error.
 pub fn end_logins(router: &Router, e: EndLogins) {
+    if e.removed {
+        router.account_removed(&e.user);
+    }
     router.sessions_mut().void_logins(&e.user);
     let queues: Vec<_> = router
         .sessions()
@@ -223,6 +229,21 @@ impl<'a> Cx<'a> {
             user: user.to_owned(),
             keep: keep.cloned(),
             error,
+            removed: false,
+        });
+    }
+
+    /// Deletes the account `user` and everything every module stored for it. It stops
+    /// existing for routing at once, so that nothing more is stored for it; once the deletion
+    /// is durable, every module forgets it and all its logins end with `error`.
+    pub fn remove_account(&mut self, user: &str, error: StreamError) {
+        self.write(crate::storage::accounts::delete(user));
+        self.router.account_removed(user);
+        self.effects.ends.push(EndLogins {
+            user: user.to_owned(),
+            keep: None,
+            error,
+            removed: true,
         });
     }
 

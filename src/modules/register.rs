@@ -1,5 +1,5 @@
 //! XEP-0077 In-Band Registration v2.4, for the logged-in user only: changing the password
-//! (§3.3). Making accounts in-band is not offered: there is
+//! (§3.3) and removing the account (§3.2). Making accounts in-band is not offered: there is
 //! no stream feature, and a client that has not authenticated cannot send an iq at all (the
 //! operator adds accounts with `hearth user add`).
 //!
@@ -8,10 +8,18 @@
 //!   (each costs two key derivations). Once it is durable, every other login of the account
 //!   ends with `not-authorized`, and a connection that authenticated before cannot bind: who
 //!   knew the old password is out. The session that changed it stays.
+//! - `<remove/>` deletes the account and everything every module stored for it. Contacts are
+//!   told as RFC 6121 §2.5.2 tells them when a contact is removed from a roster: those
+//!   subscribed to the user get `unsubscribed` and unavailable presence from each available
+//!   session, those the user is subscribed to `unsubscribe` (a blocked contact hears
+//!   nothing). The result goes to the requesting session, then every session of the account
+//!   ends with `not-authorized`.
 //!
 //! Requests go to the server or to the user's own bare JID; a request about another account
 //! is `forbidden`. Data forms (§3.3's `jabber:iq:register:changepassword`) are not offered.
 
+use super::presence::cancel_all;
+use super::roster::Roster;
 use super::{Cx, DiscoInfo, Entry, IqRequest, IqRoute, Module, Target, To};
 use crate::jid::{self, Jid};
 use crate::router::Dest;
@@ -167,7 +175,11 @@ impl Module for Register {
             ));
         }
         if iq.payload.has_child("remove", ns::REGISTER) {
-            return Err(StanzaError::new(Condition::NotAllowed));
+            if iq.payload.elements().count() != 1 {
+                return Err(StanzaError::bad_request("<remove/> comes alone"));
+            }
+            self.remove(cx, &user, iq.from);
+            return Ok(None);
         }
         self.change_password(cx, &user, iq.from, iq.payload)
             .map(|()| None)
@@ -175,6 +187,30 @@ impl Module for Register {
 
     fn account_removed(&self, user: &str) {
         self.changed.borrow_mut().remove(user);
+    }
+}
+
+impl Register {
+    fn remove(&self, cx: &mut Cx, user: &str, from: &Jid) {
+        let contacts = match cx.module::<Roster>() {
+            Some(r) => r.with(cx, user, |r| {
+                r.items
+                    .iter()
+                    .filter_map(|(c, it)| Some((Jid::parse(c).ok()?, it.clone())))
+                    .collect()
+            }),
+            None => Vec::new(),
+        };
+        for (contact, item) in contacts {
+            if cx.accepts(user, &contact) {
+                cancel_all(cx, user, &contact, &item);
+            }
+        }
+        cx.remove_account(
+            user,
+            StreamError::with_text(StreamCondition::NotAuthorized, "the account was removed"),
+        );
+        log::info!("{from} removed the account {user}");
     }
 }
 
@@ -189,6 +225,9 @@ mod tests {
             "<iq type='set' id='c' to='localhost'><query xmlns='jabber:iq:register'><username>alice</username><password>{password}</password></query></iq>"
         )
     }
+
+    const REMOVE: &str =
+        "<iq type='set' id='r'><query xmlns='jabber:iq:register'><remove/></query></iq>";
 
     fn stored_key(t: &TestRouter, user: &str) -> Option<String> {
         t.router
@@ -286,5 +325,136 @@ mod tests {
         assert!(has(&a, "localhost"));
         assert!(has(&a, "alice@localhost"));
         assert!(!has(&b, "alice@localhost"));
+    }
+
+    #[test]
+    fn removing_the_account_leaves_nothing_and_tells_the_contacts() {
+        let t = TestRouter::with_users(&["alice", "bob", "carol"]);
+        // Bob and Alice share presence both ways; Carol asked to see Alice's, unanswered.
+        let (ja, jb) = (t.bind("alice", "setup"), t.bind("bob", "setup"));
+        for (from, to, typ) in [
+            (&ja, "bob", "subscribe"),
+            (&jb, "alice", "subscribed"),
+            (&jb, "alice", "subscribe"),
+            (&ja, "bob", "subscribed"),
+        ] {
+            t.client(
+                from,
+                &format!("<presence type='{typ}' to='{to}@localhost'/>"),
+            );
+        }
+        t.close(&ja);
+        t.close(&jb);
+        let c = t.bind("carol", "pc");
+        t.client(&c, "<presence type='subscribe' to='alice@localhost'/>");
+        let a = t.online("alice", "phone");
+        let a2 = t.online("alice", "laptop");
+        let b = t.online("bob", "pc");
+        // Alice stores something in every module there is.
+        t.client(&a, "<iq type='set' id='1'><block xmlns='urn:xmpp:blocking'><item jid='spam.example'/></block></iq>");
+        t.client(
+            &a,
+            "<iq type='set' id='2'><prefs xmlns='urn:xmpp:mam:2' default='always'/></iq>",
+        );
+        t.client(&a, "<iq type='set' id='3'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='urn:example'><item id='1'><x xmlns='urn:example'/></item></publish></pubsub></iq>");
+        t.client(
+            &a,
+            "<iq type='set' id='4'><vCard xmlns='vcard-temp'><FN>Alice</FN></vCard></iq>",
+        );
+        t.client(&a, "<iq type='set' id='5'><query xmlns='jabber:iq:private'><n xmlns='urn:example:notes'>x</n></query></iq>");
+        t.client(
+            &b,
+            "<message to='alice@localhost' type='chat'><body>archived</body></message>",
+        );
+        let dozing = t.bind("alice", "dozing");
+        t.close(&a2);
+        t.close(&dozing);
+        let tables: Vec<String> = t
+            .router
+            .store
+            .rows_of("alice")
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        for table in [
+            "credentials",
+            "roster",
+            "blocklist",
+            "archive",
+            "archive_prefs",
+            "pep_nodes",
+            "pep_items",
+            "vcard",
+            "private",
+        ] {
+            assert!(
+                tables.iter().any(|n| n == table),
+                "nothing of alice in {table}: {tables:?}"
+            );
+        }
+        // Someone else cannot remove her account.
+        let out = t.client(&b, "<iq type='set' id='x' to='alice@localhost'><query xmlns='jabber:iq:register'><remove/></query></iq>");
+        out.assert_error(&b, "x", Condition::Forbidden);
+        assert!(t.router.account_exists("alice"));
+        // <remove/> comes alone.
+        let out = t.client(&a, "<iq type='set' id='y'><query xmlns='jabber:iq:register'><remove/><password>x</password></query></iq>");
+        out.assert_error(&a, "y", Condition::BadRequest);
+        let out = t.client(&a, REMOVE);
+        out.assert_sent(&a, "<iq type='result' id='r'/>");
+        // Nothing of her is left, in any table.
+        assert_eq!(t.router.store.rows_of("alice"), vec![]);
+        assert!(!t.router.account_exists("alice"));
+        // Bob sees her go and loses the subscription both ways; Carol's request is refused.
+        out.assert_sent(
+            &b,
+            "<presence type='unavailable' from='alice@localhost/phone'/>",
+        );
+        out.assert_sent(&b, "<presence type='unsubscribed' from='alice@localhost'/>");
+        out.assert_sent(&b, "<presence type='unsubscribe' from='alice@localhost'/>");
+        let item = crate::modules::roster::USER_CONTACT_TO_ROSTER_ITEM
+            .get(&t.router.store, "bob", "alice@localhost")
+            .unwrap()
+            .map(|s| crate::modules::roster::RosterItem::decode(&s))
+            .unwrap();
+        assert_eq!(
+            item.subscription,
+            crate::modules::roster::Subscription::None
+        );
+        let carol_item = crate::modules::roster::USER_CONTACT_TO_ROSTER_ITEM
+            .get(&t.router.store, "carol", "alice@localhost")
+            .unwrap()
+            .map(|s| crate::modules::roster::RosterItem::decode(&s))
+            .unwrap();
+        assert!(!carol_item.ask);
+        // Her session ends; bob's do not.
+        let e = t.ended(&a).expect("alice's session ends");
+        assert_eq!(e.condition, StreamCondition::NotAuthorized);
+        assert_eq!(t.ended(&b), None);
+        assert!(!t.router.store.rows_of("bob").is_empty());
+        // Messages to her now bounce, and nothing is stored for her.
+        let out = t.client(
+            &b,
+            "<message id='m' to='alice@localhost' type='chat'><body>hello?</body></message>",
+        );
+        out.assert_error(&b, "m", Condition::ServiceUnavailable);
+        t.close(&a);
+        assert_eq!(t.router.store.rows_of("alice"), vec![]);
+    }
+
+    #[test]
+    fn a_blocked_contact_is_not_told_of_the_removal() {
+        let t = TestRouter::with_users(&["alice", "bob"]);
+        let (ja, jb) = (t.bind("alice", "setup"), t.bind("bob", "setup"));
+        t.client(&jb, "<presence type='subscribe' to='alice@localhost'/>");
+        t.client(&ja, "<presence type='subscribed' to='bob@localhost'/>");
+        t.close(&ja);
+        t.close(&jb);
+        let a = t.online("alice", "phone");
+        let b = t.online("bob", "pc");
+        t.client(&a, "<iq type='set' id='1'><block xmlns='urn:xmpp:blocking'><item jid='bob@localhost'/></block></iq>");
+        let out = t.client(&a, REMOVE);
+        out.assert_sent(&a, "<iq type='result' id='r'/>");
+        out.assert_nothing_to(&b);
+        assert_eq!(t.router.store.rows_of("alice"), vec![]);
     }
 }
