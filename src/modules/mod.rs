@@ -14,6 +14,7 @@ pub mod blocking;
 pub mod caps;
 pub mod carbons;
 pub mod disco;
+pub mod extdisco;
 pub mod mam;
 pub mod offline;
 pub mod pep;
@@ -70,6 +71,7 @@ pub static REGISTRY: &[Entry] = &[
     ping::ENTRY,
     time::ENTRY,
     version::ENTRY,
+    extdisco::ENTRY,
     // Before carbons, so that a <received/> copy carries the stanza-id and a forged one is
     // gone from a <sent/> copy; before offline, which ends the hooks for what it stores.
     mam::ENTRY,
@@ -639,7 +641,13 @@ mod tests {
 
     #[test]
     fn every_module_runs_by_default_under_its_own_name() {
+        // But the STUN/TURN one, which needs a server to name.
         let modules = all(&Config::default());
+        assert_eq!(modules.len(), REGISTRY.len() - 1);
+        let mut config = Config::default();
+        config.modules.external_services.host = "turn.example.org".into();
+        config.modules.external_services.types = vec!["stun".into()];
+        let modules = all(&config);
         assert_eq!(modules.len(), REGISTRY.len());
         let mut names: Vec<&str> = modules.iter().map(|m| m.name()).collect();
         let n = names.len();

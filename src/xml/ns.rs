@@ -110,3 +110,5 @@ pub const BOOKMARKS_COMPAT_PEP: &str = "urn:xmpp:bookmarks:1#compat-pep";
 pub const BOOKMARKS_CONVERSION: &str = "urn:xmpp:bookmarks-conversion:0";
 /// XEP-0077 In-Band Registration.
 pub const REGISTER: &str = "jabber:iq:register";
+/// XEP-0215 External Service Discovery.
+pub const EXTDISCO: &str = "urn:xmpp:extdisco:2";
