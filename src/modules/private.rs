@@ -4,7 +4,9 @@
 //!
 //! - Each account keeps XML elements only it reads and writes, one per element name and
 //!   namespace, each at most `max_item_bytes` and at most `max_items` of them; a set with
-//!   several elements stores all or none. Another account's storage is `forbidden`.
+//!   several elements stores all or none (bookmarks among them are published room by room,
+//!   so PEP refusing one, for its byte limit, leaves the rooms before it published and
+//!   stores nothing else). Another account's storage is `forbidden`.
 //! - Bookmarks live in one place, the `urn:xmpp:bookmarks:1` PEP node (whitelist access, one
 //!   item per room, `max_items=max`), which modern clients use directly. The XEP-0048 forms
 //!   are views of it: a `<storage xmlns='storage:bookmarks'/>` read from private storage or
@@ -348,29 +350,30 @@ impl Private {
             .into_iter()
             .partition(|e| e.children.is_empty() && e.attrs.is_empty());
         let max = self.config.max_items;
-        self.with_keys(cx, user, |keys| {
+        let after = self.with_keys(cx, user, |keys| {
             let mut after = keys.clone();
             after.extend(full.iter().map(|e| key(e)));
             for e in &empty {
                 after.remove(&key(e));
             }
-            if after.len() > max {
-                return Err(StanzaError::with_text(
+            match after.len() > max {
+                true => Err(StanzaError::with_text(
                     Condition::PolicyViolation,
                     format!("an account stores at most {max} elements"),
-                ));
+                )),
+                false => Ok(after),
             }
-            *keys = after;
-            Ok(())
         })??;
+        // The bookmarks first: when PEP refuses them, nothing else of the request is stored.
+        if let (Some(pep), Some(b)) = (pep, bookmarks.last()) {
+            self.set_bookmarks(cx, pep, user, b)?;
+        }
+        self.with_keys(cx, user, |keys| *keys = after)?;
         for e in empty {
             cx.write(USER_ELEMENT_TO_XML.delete(user, &key(e)));
         }
         for e in full {
             cx.write(USER_ELEMENT_TO_XML.put(user, &key(e), e.to_xml()));
-        }
-        if let (Some(pep), Some(b)) = (pep, bookmarks.last()) {
-            self.set_bookmarks(cx, pep, user, b)?;
         }
         Ok(())
     }
@@ -854,6 +857,28 @@ mod tests {
         out.assert_sent(&old, "<iq type='result' id='s'/>");
         assert!(legacy_events(&out, &old).is_empty());
         assert_eq!(events(&out, &new), (vec![], vec![]));
+    }
+
+    #[test]
+    fn refused_bookmarks_store_nothing_else_of_the_request() {
+        let mut cfg = ServerConfig::default();
+        cfg.modules.pep.max_items = 2;
+        let t = TestRouter::with_config(cfg, &["alice"]);
+        let a = t.online("alice", "phone");
+        let three: String = (0..3)
+            .map(|i| format!("<conference jid='r{i}@muc.localhost'/>"))
+            .collect();
+        let out = private_set(
+            &t,
+            &a,
+            &format!(
+                "<n xmlns='urn:example:notes'>x</n><storage xmlns='storage:bookmarks'>{three}</storage>"
+            ),
+        );
+        out.assert_error(&a, "s", Condition::PolicyViolation);
+        assert_eq!(rows_besides_credentials(&t, "alice"), vec![]);
+        let out = private_get(&t, &a, "<n xmlns='urn:example:notes'/>");
+        assert!(stored(&out, &a).children.is_empty());
     }
 
     #[test]
