@@ -35,10 +35,13 @@ fn image(n: usize) -> Vec<u8> {
 }
 
 /// Publishes `image` as XEP-0084 clients do: the data item, then the metadata item, both
-/// with `access` as publish options. Returns the id (the image's SHA-1).
+/// with the publish options Conversations sends. Returns the id (the image's SHA-1).
 fn publish_avatar(c: &mut Client, image: &[u8], access: &str) -> String {
     let id = sha1_hex(image);
-    let options = [("pubsub#access_model", access)];
+    let options = [
+        ("pubsub#access_model", access),
+        ("pubsub#notify_delete", "true"),
+    ];
     let data = format!("<data xmlns='{DATA}'>{}</data>", B64.encode(image));
     let reply = publish_iq(c, &publish(DATA, &id, &data, &options));
     assert_matches(&reply, "<iq type='result'/>");
