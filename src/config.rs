@@ -225,6 +225,10 @@ pub struct ModulesConfig {
     pub blocking: crate::modules::blocking::Config,
     pub caps: crate::modules::caps::Config,
     pub pep: crate::modules::pep::Config,
+    pub vcard: crate::modules::vcard::Config,
+    pub private: crate::modules::private::Config,
+    pub register: crate::modules::register::Config,
+    pub external_services: crate::modules::extdisco::Config,
 }
 
 impl Config {
@@ -318,6 +322,7 @@ impl Config {
                 mam.default_page, mam.max_page
             ));
         }
+        self.modules.external_services.validate()?;
         if log_level(&self.server.log_level).is_none() {
             return Err(format!(
                 "server.log_level {:?} is not one of error, warn, info, debug, trace",
@@ -436,6 +441,15 @@ impl Config {
             ("modules.pep.max_account_bytes", n(m.pep.max_account_bytes), 1024, 1 << 30,
                 "bytes"),
             ("modules.pep.cache_bytes", n(m.pep.cache_bytes), 0, 1 << 30, "bytes; 0 caches nothing"),
+            ("modules.vcard.max_bytes", n(m.vcard.max_bytes), 1024, 16 << 20, "bytes"),
+            ("modules.private.max_item_bytes", n(m.private.max_item_bytes), 1024, 16 << 20,
+                "bytes"),
+            ("modules.private.max_items", n(m.private.max_items), 1, 10_000, "elements"),
+            ("modules.external_services.port", m.external_services.port, 1, 65_535, "port"),
+            ("modules.external_services.credentials_ttl_secs",
+                m.external_services.credentials_ttl_secs, 60, 7 * DAY, "seconds"),
+            ("modules.register.password_interval_secs", m.register.password_interval_secs, 1, DAY,
+                "seconds; each change costs two key derivations"),
         ]
     }
 

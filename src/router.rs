@@ -838,6 +838,7 @@ pub async fn apply_trailing(router: &Router, effects: Effects) -> Result<Option<
         mut writes,
         trailing,
         sends,
+        ends,
     } = effects;
     let mut ticket = None;
     if writes.is_empty() && !trailing.is_empty() {
@@ -857,6 +858,9 @@ pub async fn apply_trailing(router: &Router, effects: Effects) -> Result<Option<
     if !unsent.is_empty() {
         // Each round closes a session or stores what it routes, so this ends.
         Box::pin(reroute_unsent(router, unsent)).await;
+    }
+    for e in ends {
+        modules::end_logins(router, e);
     }
     Ok(ticket)
 }

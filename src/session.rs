@@ -157,9 +157,22 @@ pub struct Flags {
 #[derive(Default)]
 pub struct Sessions {
     by_user: HashMap<String, Vec<Session>>,
+    /// How often each account's logins were made void (a password change, a removal): a
+    /// connection that authenticated before cannot bind.
+    voided: HashMap<String, u64>,
 }
 
 impl Sessions {
+    /// What a connection that authenticates as `user` now notes, to compare at bind time.
+    pub fn login_epoch(&self, user: &str) -> u64 {
+        self.voided.get(user).copied().unwrap_or(0)
+    }
+
+    /// Every connection authenticated as `user` so far may no longer bind or resume.
+    pub fn void_logins(&mut self, user: &str) {
+        *self.voided.entry(user.to_owned()).or_default() += 1;
+    }
+
     pub fn of(&self, user: &str) -> &[Session] {
         self.by_user.get(user).map_or(&[], Vec::as_slice)
     }

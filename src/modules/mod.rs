@@ -14,23 +14,27 @@ pub mod blocking;
 pub mod caps;
 pub mod carbons;
 pub mod disco;
+pub mod extdisco;
 pub mod mam;
 pub mod offline;
 pub mod pep;
 pub mod ping;
 pub mod presence;
+pub mod private;
+pub mod register;
 pub mod roster;
 #[cfg(test)]
 pub mod testing;
 pub mod time;
+pub mod vcard;
 pub mod version;
 
 use crate::config::Config;
 use crate::jid::Jid;
 use crate::listener::Listener;
 use crate::router::{Dest, Router};
-use crate::session::{Delivery, Session, Sessions};
-use crate::stanza::{Kind, Origin, Stanza, StanzaError, Type};
+use crate::session::{Delivery, Outbound, Session, Sessions};
+use crate::stanza::{Kind, Origin, Stanza, StanzaError, StreamError, Type};
 use crate::storage::{Schema, Store, Table, Write};
 use crate::xml::{Element, ns};
 use std::any::Any;
@@ -58,11 +62,17 @@ pub static REGISTRY: &[Entry] = &[
     // caps reads the one, PEP learns from both who follows an account.
     caps::ENTRY,
     pep::ENTRY,
+    // Before presence, which ends the hooks of a client's presence broadcast: the photo hash
+    // goes into the broadcast.
+    vcard::ENTRY,
+    private::ENTRY,
+    register::ENTRY,
     presence::ENTRY,
     disco::ENTRY,
     ping::ENTRY,
     time::ENTRY,
     version::ENTRY,
+    extdisco::ENTRY,
     // Before carbons, so that a <received/> copy carries the stanza-id and a forged one is
     // gone from a <sent/> copy; before offline, which ends the hooks for what it stores.
     mam::ENTRY,
@@ -92,6 +102,41 @@ pub struct Effects {
     pub trailing: Vec<Write>,
     /// Stanzas for one session each, by full JID; one delivery may go to several.
     pub sends: Vec<(Jid, Rc<Delivery>)>,
+    /// Logins that end once the writes are durable, after the stanzas are queued.
+    pub ends: Vec<EndLogins>,
+}
+
+/// Every login of an account but one session's ends (see [`Cx::end_logins`]).
+pub struct EndLogins {
+    pub user: String,
+    pub keep: Option<Jid>,
+    pub error: StreamError,
+    /// The account was deleted.
+    pub removed: bool,
+}
+
+/// Ends logins once the step that asked for it is durable: a deleted account is forgotten
+/// again (by the router and every module: what was read meanwhile is stale), connections
+/// that authenticated before now may not bind or resume, and every bound session but `keep`
+/// is closed with the error.
+pub fn end_logins(router: &Router, e: EndLogins) {
+    if e.removed {
+        router.account_removed(&e.user);
+    }
+    router.sessions_mut().void_logins(&e.user);
+    let queues: Vec<_> = router
+        .sessions()
+        .of(&e.user)
+        .iter()
+        .filter(|s| Some(&s.jid) != e.keep.as_ref())
+        .map(|s| s.tx.clone())
+        .collect();
+    for tx in queues {
+        // A full queue is closed instead: the connection ends either way.
+        if tx.try_send(Outbound::Close(e.error.clone())).is_err() {
+            tx.close();
+        }
+    }
 }
 
 /// The context every hook works in: reads of the server's state, and the record of what the
@@ -182,6 +227,32 @@ impl<'a> Cx<'a> {
 
     pub fn write_trailing(&mut self, w: Write) {
         self.effects.trailing.push(w);
+    }
+
+    /// Ends every login of `user` except the session `keep` once this step's writes are
+    /// durable (a changed password): its bound sessions are closed with `error`, and
+    /// connections that authenticated before cannot bind or resume.
+    pub fn end_logins(&mut self, user: &str, keep: Option<&Jid>, error: StreamError) {
+        self.effects.ends.push(EndLogins {
+            user: user.to_owned(),
+            keep: keep.cloned(),
+            error,
+            removed: false,
+        });
+    }
+
+    /// Deletes the account `user` and everything every module stored for it. It stops
+    /// existing for routing at once, so that nothing more is stored for it; once the deletion
+    /// is durable, every module forgets it and all its logins end with `error`.
+    pub fn remove_account(&mut self, user: &str, error: StreamError) {
+        self.write(crate::storage::accounts::delete(user));
+        self.router.account_removed(user);
+        self.effects.ends.push(EndLogins {
+            user: user.to_owned(),
+            keep: None,
+            error,
+            removed: true,
+        });
     }
 
     /// Sends an iq request from `from` (the server, an account, a service) to `to`; its result
@@ -458,6 +529,11 @@ pub trait Module: Any {
     fn timer(&self, _cx: &mut Cx, _token: u64) {}
     /// The account was deleted (with everything stored for it): forget what is cached.
     fn account_removed(&self, _user: &str) {}
+
+    /// An item of `owner`'s PEP `node` was published or retracted, or the node was purged or
+    /// deleted: for modules that keep something in step with a node (see `pep::Pep` for what
+    /// they may read).
+    fn pep_changed(&self, _cx: &mut Cx, _owner: &str, _node: &str) {}
 }
 
 /// A presence stanza of `typ` from `from` to `to`, made by the server for `origin`.
@@ -571,7 +647,13 @@ mod tests {
 
     #[test]
     fn every_module_runs_by_default_under_its_own_name() {
+        // But the STUN/TURN one, which needs a server to name.
         let modules = all(&Config::default());
+        assert_eq!(modules.len(), REGISTRY.len() - 1);
+        let mut config = Config::default();
+        config.modules.external_services.host = "turn.example.org".into();
+        config.modules.external_services.types = vec!["stun".into()];
+        let modules = all(&config);
         assert_eq!(modules.len(), REGISTRY.len());
         let mut names: Vec<&str> = modules.iter().map(|m| m.name()).collect();
         let n = names.len();

@@ -100,7 +100,6 @@ impl KeyVal<&'static str> {
 }
 
 impl Map<&'static str> {
-    #[cfg(test)]
     pub fn get(&self, store: &Store, user: &str, key: &str) -> Result<Option<String>, Error> {
         let txn = store.read()?;
         let t = txn.open_table(self.0)?;

@@ -86,3 +86,29 @@ pub const PUBSUB_ERRORS: &str = "http://jabber.org/protocol/pubsub#errors";
 pub const PUBSUB_NODE_CONFIG: &str = "http://jabber.org/protocol/pubsub#node_config";
 /// XEP-0060 §16.5 (XEP-0223): the FORM_TYPE of publish options.
 pub const PUBSUB_PUBLISH_OPTIONS: &str = "http://jabber.org/protocol/pubsub#publish-options";
+/// XEP-0054 vcard-temp.
+pub const VCARD: &str = "vcard-temp";
+/// XEP-0153 vCard-Based Avatars: the photo hash in presence.
+pub const VCARD_UPDATE: &str = "vcard-temp:x:update";
+/// XEP-0084 User Avatar: the image node and its payload.
+pub const AVATAR_DATA: &str = "urn:xmpp:avatar:data";
+/// XEP-0084 User Avatar: the node describing the current image.
+pub const AVATAR_METADATA: &str = "urn:xmpp:avatar:metadata";
+/// XEP-0398: the server shows PEP avatars to vCard clients.
+pub const PEP_VCARD_CONVERSION: &str = "urn:xmpp:pep-vcard-conversion:0";
+/// XEP-0049 Private XML Storage.
+pub const PRIVATE: &str = "jabber:iq:private";
+/// XEP-0048 Bookmarks, as kept in private storage or in the PEP node of the same name.
+pub const BOOKMARKS_LEGACY: &str = "storage:bookmarks";
+/// XEP-0402 PEP Native Bookmarks: the node and its payload.
+pub const BOOKMARKS: &str = "urn:xmpp:bookmarks:1";
+/// XEP-0402 §5.3: the server unifies private storage bookmarks with XEP-0402 ones...
+pub const BOOKMARKS_COMPAT: &str = "urn:xmpp:bookmarks:1#compat";
+/// ...and XEP-0048 bookmarks in PEP with them.
+pub const BOOKMARKS_COMPAT_PEP: &str = "urn:xmpp:bookmarks:1#compat-pep";
+/// XEP-0411 Bookmarks Conversion.
+pub const BOOKMARKS_CONVERSION: &str = "urn:xmpp:bookmarks-conversion:0";
+/// XEP-0077 In-Band Registration.
+pub const REGISTER: &str = "jabber:iq:register";
+/// XEP-0215 External Service Discovery.
+pub const EXTDISCO: &str = "urn:xmpp:extdisco:2";

@@ -19,11 +19,24 @@ they exchange encrypted messages live, as carbons and through the archive. a and
 plugin (XEP-0191), and a's disco#info on its own bare JID finds the archive (XEP-0313 §6.4,
 as Dino and Conversations look for it). The blocking scenario runs after every scenario that
 reads a's archive and leaves nothing blocked.
+
+Accounts f, g and h try the profile features: f publishes a XEP-0084 avatar with slixmpp's
+plugin, its contact g gets the metadata notification, fetches the image by id and sees it in
+f's vCard (XEP-0054, XEP-0398) and as the photo hash in f's presence (XEP-0153); g sets a
+vCard avatar with the XEP-0153 plugin and f sees its hash and photo. f's bookmarks go both
+ways between XEP-0402 (PEP) and a second resource using XEP-0048 in private storage
+(XEP-0049), and stay f's. h changes its password (XEP-0077): its other session ends, the old
+password no longer logs in, the new one does; then h removes its account and f, its contact,
+sees it go. The server's STUN/TURN service (XEP-0215) gives TURN credentials that verify with
+the shared secret the run script configured.
 """
 
 import argparse
 import asyncio
+import base64
 import datetime
+import hashlib
+import hmac
 import logging
 import os
 import signal
@@ -37,6 +50,7 @@ from omemo.storage import Just, Nothing, Storage
 from slixmpp.exceptions import IqError, IqTimeout
 from slixmpp.plugins import register_plugin
 from slixmpp_omemo import XEP_0384, TrustLevel
+from slixmpp.xmlstream import ET, ElementBase
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
@@ -54,6 +68,12 @@ NS_CHATSTATES = "http://jabber.org/protocol/chatstates"
 NS_BLOCKING = "urn:xmpp:blocking"
 NS_BLOCKING_ERRORS = "urn:xmpp:blocking:errors"
 NS_PUBSUB = "http://jabber.org/protocol/pubsub"
+NS_AVATAR_DATA = "urn:xmpp:avatar:data"
+NS_AVATAR_METADATA = "urn:xmpp:avatar:metadata"
+NS_VCARD_UPDATE = "vcard-temp:x:update"
+NS_BOOKMARKS = "urn:xmpp:bookmarks:1"
+NS_PUBSUB_EVENT = "http://jabber.org/protocol/pubsub#event"
+NS_EXTDISCO = "urn:xmpp:extdisco:2"
 NS_OLDMEMO = "eu.siacs.conversations.axolotl"
 NS_TWOMEMO = "urn:xmpp:omemo:2"
 
@@ -104,6 +124,16 @@ class OmemoPlugin(XEP_0384):
 
 
 register_plugin(OmemoPlugin)
+
+
+class InteropNotes(ElementBase):
+    """An element kept in private storage (XEP-0049) by the private_storage scenario."""
+
+    namespace = "urn:example:interop-notes"
+    name = "notes"
+    plugin_attrib = "interop_notes"
+    interfaces = {"text"}
+    sub_interfaces = interfaces
 
 
 class Fail(Exception):
@@ -393,6 +423,13 @@ class Run:
         # Two more accounts, each with two OMEMO devices.
         self.d_jid = f"d@{args.domain}"
         self.e_jid = f"e@{args.domain}"
+        # Profiles (avatars, vCards, bookmarks) and account self-service.
+        self.f_jid = f"f@{args.domain}"
+        self.g_jid = f"g@{args.domain}"
+        self.h_jid = f"h@{args.domain}"
+        self.f1 = None
+        self.g1 = None
+        self.h1 = None
         self.notes = []
         # Every client made, replaced or disconnected ones too: slixmpp's tasks of a closed
         # stream may still be finishing, and must not be garbage-collected while pending.
@@ -433,6 +470,257 @@ class Run:
                    ("xep_0280", "xep_0313", "xep_0359"), omemo=storage)
         self.made.append(c)
         return c
+
+    def profile_client(self, name, plugins, password=None, mode="direct"):
+        """Resource `name` (f1, f2, g1, h1, ...) of account f, g or h with `plugins`."""
+        account = name.rstrip("0123456789")
+        jid = {"f": self.f_jid, "g": self.g_jid, "h": self.h_jid}[account]
+        if password is None:
+            password = {"f": self.args.password_f, "g": self.args.password_g,
+                        "h": self.args.password_h}[account]
+        c = Client(name, jid, password, f"interop-{name}", self.args, mode, plugins)
+        self.made.append(c)
+        return c
+
+    async def profile_up(self, name, plugins, interests=()):
+        """Logs in, fetches the roster, asks for PEP notifications of `interests` (XEP-0163
+        +notify in its caps) and sends initial presence."""
+        c = self.profile_client(name, plugins)
+        await c.login()
+        await c.roster()
+        for ns in interests:
+            c.x.plugin["xep_0030"].add_feature(f"{ns}+notify")
+        if interests:
+            # Before the presence that carries the caps hash, not in the background.
+            await c.x.plugin["xep_0115"].update_caps(broadcast=False)
+        c.send_initial_presence()
+        await c.inbox.expect("presence", presence_from(c.jid.full, "available", full=True),
+                             f"{name}: own initial presence")
+        return c
+
+    async def befriend(self, c1, c2):
+        """A mutual presence subscription between the accounts of two online clients."""
+        j1, j2 = c1.jid.bare, c2.jid.bare
+        c1.x.send_presence(pto=j2, ptype="subscribe")
+        await c2.inbox.expect("presence", presence_from(j1, "subscribe"), f"{c2.name}: subscribe")
+        c2.x.send_presence(pto=j1, ptype="subscribed")
+        c2.x.send_presence(pto=j1, ptype="subscribe")
+        await c1.inbox.expect("presence", presence_from(j2, "subscribe"), f"{c1.name}: subscribe")
+        c1.x.send_presence(pto=j2, ptype="subscribed")
+        await c1.inbox.expect("push", push_for(j2, subscription="both"), f"{c1.name}: both")
+        await c2.inbox.expect("push", push_for(j1, subscription="both"), f"{c2.name}: both")
+        await c1.inbox.expect("presence", presence_from(c2.jid.full, "available", full=True),
+                              f"{c1.name}: {c2.name}'s presence")
+        await c2.inbox.expect("presence", presence_from(c1.jid.full, "available", full=True),
+                              f"{c2.name}: {c1.name}'s presence")
+
+    async def avatars(self):
+        """XEP-0084 with slixmpp's plugin: f publishes data then metadata; g, subscribed and
+        asking for metadata notifications, gets the new id, fetches the image by item id, and
+        (XEP-0398) finds it as the PHOTO of f's vCard (XEP-0054) and as the photo hash in f's
+        next presence (XEP-0153)."""
+        self.f1 = f = await self.profile_up("f1", ("xep_0084", "xep_0054"))
+        self.g1 = g = await self.profile_up("g1", ("xep_0084", "xep_0054", "xep_0153"))
+        g.x.add_event_handler("avatar_metadata_publish", lambda m: g.inbox.put("avatar_meta", m))
+        await self.befriend(f, g)
+        image = os.urandom(3000)
+        avatar_id = hashlib.sha1(image).hexdigest()
+        await f.x.plugin["xep_0084"].publish_avatar(image, timeout=WAIT)
+        await f.x.plugin["xep_0084"].publish_avatar_metadata(
+            [{"id": avatar_id, "type": "image/png", "bytes": len(image)}], timeout=WAIT)
+
+        def announces(m):
+            items = m.xml.find(f"{{{NS_PUBSUB_EVENT}}}event/{{{NS_PUBSUB_EVENT}}}items")
+            return (m["from"].bare == self.f_jid and items is not None
+                    and any(i.get("id") == avatar_id for i in items))
+
+        await g.inbox.expect("avatar_meta", announces, "g: f's avatar metadata notification")
+        res = await g.x.plugin["xep_0084"].retrieve_avatar(slixmpp.JID(self.f_jid), avatar_id,
+                                                            timeout=WAIT)
+        data = res.xml.find(f".//{{{NS_AVATAR_DATA}}}data")
+        check(data is not None and base64.b64decode(data.text) == image,
+              f"g: the fetched avatar is not the image f published: {short(res)}")
+        vcard = await g.x.plugin["xep_0054"].get_vcard(slixmpp.JID(self.f_jid), cached=False,
+                                                       timeout=WAIT)
+        binval = vcard.xml.find(".//{vcard-temp}PHOTO/{vcard-temp}BINVAL")
+        check(binval is not None and base64.b64decode(binval.text) == image,
+              f"g: f's vCard does not show the PEP avatar: {short(vcard)}")
+        f.x.send_presence(pstatus="with an avatar")
+
+        def hashed(p):
+            photo = p.xml.find(f"{{{NS_VCARD_UPDATE}}}x/{{{NS_VCARD_UPDATE}}}photo")
+            return (p["from"].full == f.jid.full and p["status"] == "with an avatar"
+                    and photo is not None and photo.text == avatar_id)
+
+        await g.inbox.expect("presence", hashed, "g: f's presence with the avatar's hash")
+        self.notes.append(f"avatar {avatar_id[:12]}: notified, fetched by id, in the vCard and presence")
+
+    async def vcard(self):
+        """XEP-0054 and XEP-0153 with slixmpp's plugins: g publishes a vCard, then sets an
+        avatar with the XEP-0153 plugin (vCard PHOTO, then presence); f reads the vCard with its
+        photo and sees the photo's hash in g's presence."""
+        f, g = self.f1, self.g1
+        check(f is not None and g is not None, "the avatars scenario did not leave f and g online")
+        vcard = g.x.plugin["xep_0054"].make_vcard()
+        vcard["FN"] = "Gee Interop"
+        vcard["NICKNAME"] = "gee"
+        await g.x.plugin["xep_0054"].publish_vcard(vcard, timeout=WAIT)
+        image = os.urandom(800)
+        await g.x.plugin["xep_0153"].set_avatar(avatar=image, mtype="image/png", timeout=WAIT)
+
+        def hashed(p):
+            photo = p.xml.find(f"{{{NS_VCARD_UPDATE}}}x/{{{NS_VCARD_UPDATE}}}photo")
+            return (p["from"].bare == self.g_jid and photo is not None
+                    and photo.text == hashlib.sha1(image).hexdigest())
+
+        await f.inbox.expect("presence", hashed, "f: g's presence with its photo's hash")
+        got = await f.x.plugin["xep_0054"].get_vcard(slixmpp.JID(self.g_jid), cached=False,
+                                                     timeout=WAIT)
+        check(got["vcard_temp"]["FN"] == "Gee Interop", f"f reads g's vCard as {short(got)}")
+        binval = got.xml.find(".//{vcard-temp}PHOTO/{vcard-temp}BINVAL")
+        check(binval is not None and base64.b64decode(binval.text) == image,
+              f"f: g's vCard photo is not the image g set: {short(got)}")
+
+    async def bookmarks(self):
+        """XEP-0402 bookmarks published by f1 with XEP-0060 publish-options reach f2, a second
+        resource asking for them (+notify); f2 reads them through slixmpp's XEP-0048 plugin from
+        private storage (XEP-0049), adds one there, and f1 reads both from PEP; g may not."""
+        f1, g = self.f1, self.g1
+        check(f1 is not None and g is not None, "the avatars scenario did not leave f and g online")
+        f2 = await self.profile_up("f2", ("xep_0048", "xep_0049", "xep_0060", "xep_0163"),
+                                   interests=(NS_BOOKMARKS,))
+        room = "family@muc.example.org"
+        conference = ET.fromstring(
+            f"<conference xmlns='{NS_BOOKMARKS}' name='Family' autojoin='true'><nick>eff</nick></conference>")
+        options = f1.x.plugin["xep_0004"].make_form(ftype="submit")
+        for var, value in (("FORM_TYPE", "http://jabber.org/protocol/pubsub#publish-options"),
+                           ("pubsub#persist_items", "true"), ("pubsub#max_items", "max"),
+                           ("pubsub#send_last_published_item", "never"),
+                           ("pubsub#access_model", "whitelist")):
+            options.add_field(var=var, value=value, ftype="hidden" if var == "FORM_TYPE" else None)
+        await f1.x.plugin["xep_0060"].publish(slixmpp.JID(self.f_jid), NS_BOOKMARKS, id=room,
+                                              payload=conference, options=options, timeout=WAIT)
+
+        def bookmark_event(rid):
+            def pred(m):
+                items = m.xml.find(f"{{{NS_PUBSUB_EVENT}}}event/{{{NS_PUBSUB_EVENT}}}items")
+                return (items is not None and items.get("node") == NS_BOOKMARKS
+                        and any(i.get("id") == rid for i in items))
+            return pred
+
+        await f2.inbox.expect("message", bookmark_event(room), "f2: the new bookmark's notification")
+        res = await f2.x.plugin["xep_0048"].get_bookmarks(method="xep_0049", timeout=WAIT)
+        confs = {slixmpp.JID(c["jid"]).bare: c for c in res["private"]["bookmarks"]["conferences"]}
+        check(room in confs and confs[room]["name"] == "Family" and confs[room]["nick"] == "eff",
+              f"f2 reads the private storage bookmarks as {short(res)}")
+        legacy = f2.x.plugin["xep_0048"].stanza.Bookmarks()
+        legacy.add_conference(room, "eff", name="Family", autojoin=True)
+        legacy.add_conference("club@muc.example.org", "effie", name="Club", autojoin=False)
+        await f2.x.plugin["xep_0048"].set_bookmarks(legacy, method="xep_0049", timeout=WAIT)
+        await f2.inbox.expect("message", bookmark_event("club@muc.example.org"),
+                              "f2: the notification of the bookmark it added as XEP-0048")
+        res = await f1.x.plugin["xep_0060"].get_items(slixmpp.JID(self.f_jid), NS_BOOKMARKS,
+                                                      timeout=WAIT)
+        ids = sorted(i["id"] for i in res["pubsub"]["items"])
+        check(ids == ["club@muc.example.org", room], f"f1 reads the XEP-0402 bookmarks {ids}")
+        try:
+            await g.x.plugin["xep_0060"].get_items(slixmpp.JID(self.f_jid), NS_BOOKMARKS,
+                                                   timeout=WAIT)
+            raise Fail("g read f's bookmarks")
+        except IqError as e:
+            check(e.condition == "not-allowed", f"g reading f's bookmarks: {short(e.iq)}")
+        await f2.disconnect()
+
+    async def private_storage(self):
+        """XEP-0049 through slixmpp's plugin: f stores an element of its own and reads it back;
+        g, storing nothing, reads nothing under that name."""
+        f, g = self.f1, self.g1
+        check(f is not None and g is not None, "the avatars scenario did not leave f and g online")
+        for c in (f, g):
+            c.x.register_plugin("xep_0049")
+            c.x.plugin["xep_0049"].register(InteropNotes)
+        notes = InteropNotes()
+        notes["text"] = f"g plays the cello {uuid.uuid4()}"
+        await f.x.plugin["xep_0049"].store(notes, timeout=WAIT)
+        res = await f.x.plugin["xep_0049"].retrieve("interop_notes", timeout=WAIT)
+        check(res["private"]["interop_notes"]["text"] == notes["text"],
+              f"f reads back {short(res)}")
+        res = await g.x.plugin["xep_0049"].retrieve("interop_notes", timeout=WAIT)
+        check(not res["private"]["interop_notes"]["text"], f"g reads f's notes: {short(res)}")
+
+    async def password_change(self):
+        """XEP-0077 with slixmpp's plugin: h1 changes the password; h2, another session, is
+        ended with not-authorized; the old password is refused and the new one logs in."""
+        h1 = await self.profile_up("h1", ("xep_0077",))
+        h2 = await self.profile_up("h2", ())
+        new_password = f"ph-new-{uuid.uuid4()}"
+        res = await h1.x.plugin["xep_0077"].change_password(new_password, jid=self.args.domain,
+                                                            timeout=WAIT)
+        check(res["type"] == "result", f"change_password answered {short(res)}")
+        err = await h2.inbox.expect("stream_error", lambda e: True, "h2: a stream error")
+        check(err["condition"] == "not-authorized", f"h2 ended with {short(err)}")
+        await send_message_barrier(h1)
+        old = self.profile_client("h3", ())
+        try:
+            await old.login()
+            raise Fail("the old password still logs in")
+        except Fail as e:
+            check("authentication failed" in str(e), f"the old password: {e}")
+        old.abort()
+        self.args.password_h = new_password
+        h4 = await self.profile_up("h4", ("xep_0077",))
+        await h4.disconnect()
+        self.h1 = h1
+
+    async def account_removal(self):
+        """XEP-0077 <remove/> with slixmpp's plugin: h, a contact of f, removes its account;
+        its session ends, f sees it go offline and the subscriptions end, and h logs in no
+        more."""
+        f, h = self.f1, self.h1
+        check(f is not None and h is not None, "f or h is not online")
+        await self.befriend(f, h)
+        res = await h.x.plugin["xep_0077"].cancel_registration(jid=self.args.domain, timeout=WAIT)
+        check(res["type"] == "result", f"cancel_registration answered {short(res)}")
+        err = await h.inbox.expect("stream_error", lambda e: True, "h: a stream error")
+        check(err["condition"] == "not-authorized", f"h ended with {short(err)}")
+        await f.inbox.expect("presence", presence_from(h.jid.full, "unavailable", full=True),
+                             "f: h's unavailable presence")
+        await f.inbox.expect("presence", presence_from(self.h_jid, "unsubscribed"),
+                             "f: unsubscribed from h")
+        await f.inbox.expect("push", push_for(self.h_jid, subscription="none"),
+                             "f: h's roster item with subscription none")
+        gone = self.profile_client("h5", ())
+        try:
+            await gone.login()
+            raise Fail("the removed account still logs in")
+        except Fail as e:
+            check("authentication failed" in str(e), f"the removed account: {e}")
+        gone.abort()
+
+    async def external_services(self):
+        """XEP-0215: the server lists the STUN/TURN server the run script configured; the TURN
+        credentials are <expiry>:<user> and base64(HMAC-SHA1(secret, username)), as coturn's
+        use-auth-secret checks them, and they expire in the future."""
+        f = self.f1
+        check(f is not None, "f is not online")
+        iq = f.x.Iq()
+        iq["type"] = "get"
+        iq["to"] = self.args.domain
+        iq.append(ET.fromstring(f"<services xmlns='{NS_EXTDISCO}'/>"))
+        res = await iq.send(timeout=WAIT)
+        services = res.xml.findall(f"{{{NS_EXTDISCO}}}services/{{{NS_EXTDISCO}}}service")
+        turn = [s for s in services if s.get("type") == "turn"]
+        check(turn and any(s.get("type") == "stun" for s in services),
+              f"no STUN and TURN services in {short(res)}")
+        now = datetime.datetime.now(datetime.timezone.utc).timestamp()
+        for s in turn:
+            username, password = s.get("username"), s.get("password")
+            expiry, _, user = username.partition(":")
+            want = base64.b64encode(hmac.new(self.args.turn_secret.encode(), username.encode(),
+                                             hashlib.sha1).digest()).decode()
+            check(password == want, f"TURN password {password!r} is not HMAC-SHA1 of {username!r}")
+            check(user == "f" and int(expiry) > now, f"TURN username {username!r}")
+        self.notes.append(f"{len(services)} services; TURN credentials verify with the secret")
 
     def a_sent(self, to, body):
         self.a_exchanged.append(("out", str(to), body))
@@ -1212,7 +1500,7 @@ class Run:
             await c.inbox.expect("disconnected", lambda r: True, f"{c.name}: the connection closed by the server")
 
     async def close(self):
-        for c in (self.a2, self.c, self.a, self.b):
+        for c in (self.a2, self.c, self.a, self.b, self.f1, self.g1):
             if c is None:
                 continue
             try:
@@ -1239,6 +1527,13 @@ async def main(args):
         ("csi", run.csi),
         ("blocking", run.blocking),
         ("omemo", run.omemo),
+        ("avatars", run.avatars),
+        ("vcard", run.vcard),
+        ("bookmarks", run.bookmarks),
+        ("private_storage", run.private_storage),
+        ("external_services", run.external_services),
+        ("password_change", run.password_change),
+        ("account_removal", run.account_removal),
     ]
     if args.server_pid:
         scenarios.append(("shutdown_notice", run.shutdown_notice))
@@ -1297,6 +1592,10 @@ def parse_args():
     args.password_c = os.environ["INTEROP_PASSWORD_C"]
     args.password_d = os.environ["INTEROP_PASSWORD_D"]
     args.password_e = os.environ["INTEROP_PASSWORD_E"]
+    args.password_f = os.environ["INTEROP_PASSWORD_F"]
+    args.password_g = os.environ["INTEROP_PASSWORD_G"]
+    args.password_h = os.environ["INTEROP_PASSWORD_H"]
+    args.turn_secret = os.environ["INTEROP_TURN_SECRET"]
     return args
 
 

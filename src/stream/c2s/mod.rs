@@ -46,8 +46,9 @@ enum Phase {
     Plain,
     /// TLS is up; SASL is next.
     Secure,
-    /// SASL succeeded as this localpart; binding is next.
-    Authenticated(String),
+    /// SASL succeeded as this localpart, with the account's logins at this epoch (see
+    /// `Sessions::login_epoch`); binding is next.
+    Authenticated(String, u64),
     Bound(Jid),
 }
 
@@ -652,13 +653,20 @@ impl Conn {
                 ))
             }
             Phase::Secure => self.sasl(el),
-            Phase::Authenticated(user) => {
-                let user = user.clone();
+            Phase::Authenticated(user, epoch) => {
+                let (user, epoch) = (user.clone(), *epoch);
                 if !self.server.account_exists(&user) {
                     // Removed after this connection authenticated: it may not bind or resume.
                     return Next::Fail(StreamError::with_text(
                         C::NotAuthorized,
                         "the account was removed",
+                    ));
+                }
+                if self.server.sessions().login_epoch(&user) != epoch {
+                    // The password changed after this connection authenticated.
+                    return Next::Fail(StreamError::with_text(
+                        C::NotAuthorized,
+                        "the password was changed",
                     ));
                 }
                 if el.is("resume", ns::SM) {

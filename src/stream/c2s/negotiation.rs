@@ -88,7 +88,7 @@ impl Conn {
                 features.push(mechs);
                 Some(Stage::Authenticate)
             }
-            Phase::Authenticated(_) | Phase::Bound(_) => {
+            Phase::Authenticated(..) | Phase::Bound(_) => {
                 features.push(Element::new("bind", ns::BIND));
                 features.push(
                     Element::new("session", ns::SESSION)
@@ -225,7 +225,8 @@ impl Conn {
                     self.server.config.server.domain,
                     self.peer
                 );
-                self.phase = Phase::Authenticated(user);
+                let epoch = self.server.sessions().login_epoch(&user);
+                self.phase = Phase::Authenticated(user, epoch);
                 self.reader.restart();
                 self.header_sent = false;
                 Next::Continue
