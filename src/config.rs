@@ -193,6 +193,7 @@ pub struct ModulesConfig {
     pub blocking: crate::modules::blocking::Config,
     pub caps: crate::modules::caps::Config,
     pub pep: crate::modules::pep::Config,
+    pub muc: crate::modules::muc::Config,
 }
 
 impl Config {
@@ -285,6 +286,35 @@ impl Config {
                 mam.default_page, mam.max_page
             ));
         }
+        let muc = &self.modules.muc;
+        if muc.enabled {
+            let d = muc.domain_for(&self.server.domain);
+            let ok = crate::jid::Jid::parse(&d)
+                .is_ok_and(|j| j.local().is_none() && j.is_bare() && j.to_string() == d);
+            if !ok {
+                return Err(format!(
+                    "modules.muc.domain {d:?} is not a domain name in normalised form; set it to \
+                     the name the room service is reached at, such as \"muc.example.org\""
+                ));
+            }
+            if d == self.server.domain {
+                return Err(
+                    "modules.muc.domain must differ from server.domain; use a subdomain such \
+                     as \"muc.example.org\""
+                        .into(),
+                );
+            }
+            for a in &muc.admins {
+                let bare =
+                    crate::jid::Jid::parse(a).is_ok_and(|j| j.local().is_some() && j.is_bare());
+                if !bare {
+                    return Err(format!(
+                        "modules.muc.admins has {a:?}, which is not an account's address such \
+                         as \"alice@example.org\""
+                    ));
+                }
+            }
+        }
         if log_level(&self.server.log_level).is_none() {
             return Err(format!(
                 "server.log_level {:?} is not one of error, warn, info, debug, trace",
@@ -358,6 +388,22 @@ impl Config {
             ("modules.pep.max_account_bytes", n(m.pep.max_account_bytes), 1024, 1 << 30,
                 "bytes"),
             ("modules.pep.cache_bytes", n(m.pep.cache_bytes), 0, 1 << 30, "bytes; 0 caches nothing"),
+            ("modules.muc.max_rooms", n(m.muc.max_rooms), 1, 100_000, "rooms"),
+            ("modules.muc.max_owned_per_user", n(m.muc.max_owned_per_user), 1, 10_000, "rooms"),
+            ("modules.muc.max_joined_per_user", n(m.muc.max_joined_per_user), 1, 10_000, "rooms"),
+            ("modules.muc.max_occupants", n(m.muc.max_occupants), 2, 10_000, "occupants"),
+            ("modules.muc.max_affiliations", n(m.muc.max_affiliations), 1, 100_000, "addresses"),
+            ("modules.muc.max_history", n(m.muc.max_history), 0, 1000, "messages"),
+            ("modules.muc.max_history_bytes", n(m.muc.max_history_bytes), 0, 16 << 20, "bytes"),
+            ("modules.muc.max_nick_bytes", n(m.muc.max_nick_bytes), 1, 1023,
+                "bytes; a nickname is a JID resourcepart"),
+            ("modules.muc.max_subject_bytes", n(m.muc.max_subject_bytes), 0, 65_536, "bytes"),
+            ("modules.muc.max_password_bytes", n(m.muc.max_password_bytes), 1, 1024, "bytes"),
+            ("modules.muc.max_name_bytes", n(m.muc.max_name_bytes), 1, 65_536, "bytes"),
+            ("modules.muc.max_presence_bytes", n(m.muc.max_presence_bytes), 512, 1 << 20,
+                "bytes"),
+            ("modules.muc.messages_per_minute", n(m.muc.messages_per_minute), 1, 100_000,
+                "messages"),
         ]
     }
 

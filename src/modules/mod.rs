@@ -15,6 +15,7 @@ pub mod caps;
 pub mod carbons;
 pub mod disco;
 pub mod mam;
+pub mod muc;
 pub mod offline;
 pub mod pep;
 pub mod ping;
@@ -67,6 +68,8 @@ pub static REGISTRY: &[Entry] = &[
     mam::ENTRY,
     carbons::ENTRY,
     offline::ENTRY,
+    // A hosted service: it acts on what is addressed to its domain, after every hook.
+    muc::ENTRY,
 ];
 
 /// The enabled modules, in hook order.
@@ -508,6 +511,8 @@ mod tests {
             "<iq type='set' id='3'><prefs xmlns='urn:xmpp:mam:2' default='always'/></iq>",
         );
         t.client(&a, "<iq type='set' id='4'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='urn:example'><item id='1'><x xmlns='urn:example'/></item></publish></pubsub></iq>");
+        t.client(&a, "<presence to='r@muc.localhost/alice'><x xmlns='http://jabber.org/protocol/muc'/></presence>");
+        t.client(&a, "<iq type='set' id='5' to='r@muc.localhost'><query xmlns='http://jabber.org/protocol/muc#owner'><x xmlns='jabber:x:data' type='submit'><field var='muc#roomconfig_persistentroom'><value>1</value></field></x></query></iq>");
         t.client(
             &a,
             "<message to='bob@localhost' type='chat'><body>archived</body></message>",
@@ -539,6 +544,7 @@ mod tests {
             "offline",
             "pep_nodes",
             "pep_items",
+            "muc_affiliations",
         ] {
             assert!(
                 stored.iter().any(|n| n == table),

@@ -189,10 +189,13 @@ impl Mam {
 /// Whether a message belongs in an archive (XEP-0313 §5.1.1 with XEP-0334 hints): one-to-one
 /// chat or normal messages with content a user would want back. Pure chat states are not.
 pub fn archivable(msg: &Element) -> bool {
-    if !matches!(stanza_type(msg), "chat" | "normal")
-        || msg.has_child("no-store", ns::HINTS)
-        || msg.has_child("no-permanent-store", ns::HINTS)
-    {
+    matches!(stanza_type(msg), "chat" | "normal") && worth_keeping(msg)
+}
+
+/// Whether a message of any type has content a user would want back (a chat room's archive
+/// asks this of groupchat messages): the XEP-0334 hints, then a body, a marker, OMEMO.
+pub fn worth_keeping(msg: &Element) -> bool {
+    if msg.has_child("no-store", ns::HINTS) || msg.has_child("no-permanent-store", ns::HINTS) {
         return false;
     }
     msg.has_child("store", ns::HINTS)

@@ -233,6 +233,49 @@ impl Archive {
             max_rows,
         })
     }
+
+    /// Deletes every message of `owner` (a chat room that is destroyed).
+    pub fn clear(&'static self, owner: &str) -> Write {
+        Box::new(Clear {
+            archive: self,
+            owners: Owners::One(owner.to_owned()),
+        })
+    }
+
+    /// Deletes the messages of every owner but `keep` (what rooms that went away while the
+    /// server was down left behind).
+    pub fn keep_only(&'static self, keep: Vec<String>) -> Write {
+        Box::new(Clear {
+            archive: self,
+            owners: Owners::AllBut(keep),
+        })
+    }
+
+    /// Every owner with at least one message, in key order.
+    #[cfg(test)]
+    pub fn owners(&self, store: &Store) -> Result<Vec<String>, Error> {
+        owners(&store.read()?.open_table(self.rows)?)
+    }
+}
+
+/// The distinct owners of an archive's rows: one seek per owner, not one read per row.
+fn owners(
+    t: &impl ReadableTable<(&'static str, u64), (u64, &'static str, &'static str)>,
+) -> Result<Vec<String>, Error> {
+    let mut out: Vec<String> = Vec::new();
+    let mut next = t.first()?.map(|(k, _)| k.value().0.to_owned());
+    while let Some(owner) = next.take() {
+        let o = owner.as_str();
+        for row in t.range((o, u64::MAX)..)? {
+            let (k, _) = row?;
+            if k.value().0 != o {
+                next = Some(k.value().0.to_owned());
+                break;
+            }
+        }
+        out.push(owner);
+    }
+    Ok(out)
 }
 
 impl Store {
@@ -304,6 +347,45 @@ struct Expire {
 impl Op for Expire {
     fn apply(&self, txn: &Txn) -> Result<(), Error> {
         expire(self.archive, txn.txn, self.before_ms, self.max_rows)
+    }
+}
+
+#[derive(Debug)]
+enum Owners {
+    One(String),
+    AllBut(Vec<String>),
+}
+
+/// Deletes whole owners' messages (see [`Archive::clear`] and [`Archive::keep_only`]).
+#[derive(Debug)]
+struct Clear {
+    archive: &'static Archive,
+    owners: Owners,
+}
+
+impl Op for Clear {
+    fn apply(&self, txn: &Txn) -> Result<(), Error> {
+        let doomed = match &self.owners {
+            Owners::One(o) => vec![o.clone()],
+            Owners::AllBut(keep) => owners(&txn.txn.open_table(self.archive.rows)?)?
+                .into_iter()
+                .filter(|o| !keep.contains(o))
+                .collect(),
+        };
+        let mut rows = txn.txn.open_table(self.archive.rows)?;
+        let mut index = self
+            .archive
+            .by_with
+            .map(|t| txn.txn.open_table(t))
+            .transpose()?;
+        for o in &doomed {
+            let o = o.as_str();
+            rows.retain_in((o, 0)..=(o, u64::MAX), |_, _| false)?;
+            if let Some(index) = &mut index {
+                index.retain_in((o, "", 0)..(o, "\u{10ffff}", 0), |_, _| false)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -552,11 +634,29 @@ mod tests {
             (A.last_id(&store).unwrap(), OTHER.last_id(&store).unwrap()),
             (5, 6)
         );
-        // Without an index a query for one party reads the rows and filters them.
+        // Without an index the rows are read and `keep` alone filters them.
         let by = OTHER
             .page(&store, "a", Some("x@y"), 0, u64::MAX, false, 10, &all)
             .unwrap();
         assert_eq!(ids(&by), vec![2, 4, 6]);
+        // Clearing one owner leaves the others; keeping only some clears the rest.
+        store
+            .commit_blocking(vec![
+                OTHER.append("b", 7, "x@y/n", "<message/>".into()),
+                OTHER.append("c", 8, "x@y/n", "<message/>".into()),
+                OTHER.clear("b"),
+            ])
+            .unwrap();
+        assert_eq!(OTHER.owners(&store).unwrap(), vec!["a", "c"]);
+        store
+            .commit_blocking(vec![OTHER.keep_only(vec!["c".into()])])
+            .unwrap();
+        assert_eq!(OTHER.owners(&store).unwrap(), vec!["c"]);
+        assert_eq!(
+            A.owners(&store).unwrap(),
+            vec!["a"],
+            "another archive is untouched"
+        );
     }
 
     #[test]

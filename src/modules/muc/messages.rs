@@ -1,0 +1,523 @@
+//! In-room traffic: messages to all occupants (XEP-0045 §7.4) and subject changes (§8.1),
+//! private messages (§7.5), mediated invitations and declines (§7.8.2), voice requests and
+//! their approval (§7.13, §8.6), and iqs to occupant JIDs (§17.4): the self-ping of XEP-0410,
+//! answered by the room, and others forwarded between occupants without showing real JIDs.
+
+use super::forms;
+use super::room::{Affiliated, Affiliation, Occupant, Past, Role, Subject, fold};
+use super::store::ROOM_ARCHIVE;
+use super::{
+    FORWARD_TIMEOUT_MS, Forward, MAX_FORWARDED, MAX_INVITED, MAX_INVITES_PER_MESSAGE, Muc, Out,
+    now_ms,
+};
+use crate::jid::Jid;
+use crate::modules::Cx;
+use crate::router::Dest;
+use crate::stanza::{Condition, Kind, Stanza, StanzaError, Type};
+use crate::xml::{Element, Node, ns};
+
+fn not_in() -> StanzaError {
+    StanzaError::with_text(Condition::NotAcceptable, "you are not in the room")
+}
+
+fn no_room() -> StanzaError {
+    StanzaError::with_text(Condition::ItemNotFound, "no such room")
+}
+
+/// A message as the room relays it: without `from`/`to` (set per copy), without a `<x/>` of
+/// the room's namespace (only the room says that), without a stanza-id claiming to be the
+/// room's.
+fn relayed(el: &Element, room: &Jid) -> Element {
+    let mut m = el.clone();
+    m.remove_attr("from");
+    m.remove_attr("to");
+    let room = room.to_string();
+    m.children.retain(|n| match n {
+        Node::Element(e) => {
+            !(e.is("x", ns::MUC_USER)
+                || e.is("stanza-id", ns::SID) && e.attr("by") == Some(room.as_str()))
+        }
+        Node::Text(_) => false,
+    });
+    m
+}
+
+/// Whether a message belongs in the history a newcomer gets: something to read.
+fn readable(msg: &Element) -> bool {
+    msg.has_child("body", ns::CLIENT) || msg.elements().any(|c| c.ns == ns::OMEMO_LEGACY)
+}
+
+impl Muc {
+    /// Flood control: a token per message, `messages_per_minute` of them refilled a minute.
+    fn flood(&self, o: &mut Occupant, now: u64) -> Result<(), StanzaError> {
+        let cap = self.c.messages_per_minute as f64;
+        let elapsed = now.saturating_sub(o.refilled_ms) as f64;
+        o.tokens = (o.tokens + elapsed * cap / 60_000.0).min(cap);
+        o.refilled_ms = now;
+        if o.tokens < 1.0 {
+            return Err(StanzaError::with_text(
+                Condition::PolicyViolation,
+                "too many messages; wait a moment",
+            ));
+        }
+        o.tokens -= 1.0;
+        Ok(())
+    }
+
+    /// A message to the room's own JID.
+    pub(super) fn room_message(
+        &self,
+        cx: &mut Cx,
+        st: &Stanza,
+        name: &str,
+        out: &mut Out,
+    ) -> Result<(), StanzaError> {
+        match st.typ {
+            Type::Error => Ok(()),
+            Type::Groupchat => self.groupchat(cx, st, name, out),
+            _ => {
+                if let Some(x) = st.el.child("x", ns::MUC_USER) {
+                    if x.has_child("invite", ns::MUC_USER) {
+                        return self.invite(cx, st, name, x, out);
+                    }
+                    if let Some(d) = x.child("decline", ns::MUC_USER) {
+                        self.decline(st, name, d, out);
+                        return Ok(());
+                    }
+                }
+                if let Some(form) = st.el.child("x", ns::DATA_FORMS) {
+                    return self.voice(cx, st, name, form, out);
+                }
+                Err(StanzaError::bad_request(
+                    "messages to everyone in the room are of type groupchat",
+                ))
+            }
+        }
+    }
+
+    fn groupchat(
+        &self,
+        cx: &mut Cx,
+        st: &Stanza,
+        name: &str,
+        out: &mut Out,
+    ) -> Result<(), StanzaError> {
+        let now = now_ms(cx);
+        let mut rooms = self.rooms.borrow_mut();
+        let room = rooms.get_mut(name).ok_or_else(no_room)?;
+        let key = room.sessions.get(&st.from).cloned().ok_or_else(not_in)?;
+        let o = room.occupants.get_mut(&key).ok_or_else(not_in)?;
+        if o.role < Role::Participant {
+            return Err(StanzaError::with_text(
+                Condition::Forbidden,
+                "visitors need voice to speak in this room",
+            ));
+        }
+        let from = room.jid.with_resource(&o.nick).map_err(|_| not_in())?;
+        let is_subject = st.el.has_child("subject", ns::CLIENT)
+            && !st.el.has_child("body", ns::CLIENT)
+            && !st.el.has_child("thread", ns::CLIENT);
+        if is_subject {
+            if !(o.role == Role::Moderator || room.config.change_subject) {
+                return Err(StanzaError::with_text(
+                    Condition::Forbidden,
+                    "only moderators may change the subject",
+                ));
+            }
+            let text = st
+                .el
+                .child("subject", ns::CLIENT)
+                .map(Element::text)
+                .unwrap_or_default();
+            if text.len() > self.c.max_subject_bytes {
+                return Err(StanzaError::with_text(
+                    Condition::NotAcceptable,
+                    format!("subjects are at most {} bytes", self.c.max_subject_bytes),
+                ));
+            }
+            room.subject = Subject {
+                text,
+                by: Some(o.nick.clone()),
+                at_ms: Some(now),
+            };
+        } else {
+            self.flood(o, now)?;
+        }
+        let mut el = relayed(&st.el, &room.jid);
+        if !is_subject && crate::modules::mam::worth_keeping(&el) {
+            if room.config.archiving {
+                let id = self.ids.next(cx);
+                el.push(
+                    Element::new("stanza-id", ns::SID)
+                        .with_attr("by", room.jid.to_string())
+                        .with_attr("id", id.to_string()),
+                );
+                let bare = room.occupants[&key].bare.to_string();
+                // Kept as XEP-0313 §5.1.2 forwards it: from the occupant JID.
+                let mut kept = el.clone();
+                kept.set_attr("from", from.to_string());
+                out.trailing
+                    .push(ROOM_ARCHIVE.append(name, id, &bare, kept.to_xml()));
+            }
+            if readable(&el) && room.config.history_length > 0 {
+                let past = Past {
+                    from: from.clone(),
+                    stamp_ms: now,
+                    bytes: el.to_xml().len(),
+                    msg: el.clone(),
+                };
+                let most = room.config.history_length.min(self.c.max_history);
+                room.remember(past, most, self.c.max_history_bytes);
+            }
+        }
+        for (s, _) in room.all_sessions() {
+            out.send(Kind::Message, Type::Groupchat, from.clone(), &s, el.clone());
+        }
+        if is_subject && room.config.persistent {
+            out.writes.push(self.save(cx, room));
+        }
+        Ok(())
+    }
+
+    /// A message to an occupant JID: a private message (or an error about one).
+    pub(super) fn private(
+        &self,
+        cx: &mut Cx,
+        st: &Stanza,
+        name: &str,
+        nick: &str,
+        out: &mut Out,
+    ) -> Result<(), StanzaError> {
+        let error = st.typ == Type::Error;
+        let quiet = |e: StanzaError| if error { Ok(()) } else { Err(e) };
+        let mut rooms = self.rooms.borrow_mut();
+        let Some(room) = rooms.get_mut(name) else {
+            return quiet(no_room());
+        };
+        let Some(key) = room.sessions.get(&st.from).cloned() else {
+            return quiet(not_in());
+        };
+        if st.typ == Type::Groupchat {
+            return Err(StanzaError::bad_request(
+                "a private message is not of type groupchat",
+            ));
+        }
+        let Some(target) = room.occupants.get(&fold(nick)) else {
+            return quiet(StanzaError::with_text(
+                Condition::ItemNotFound,
+                "nobody by that nickname is in the room",
+            ));
+        };
+        let to: Vec<Jid> = target.sessions.iter().map(|s| s.jid.clone()).collect();
+        let o = room.occupants.get_mut(&key).ok_or_else(not_in)?;
+        if !error {
+            if !room.config.allow_pm.allows(o.role) {
+                return Err(StanzaError::with_text(
+                    Condition::Forbidden,
+                    "private messages are not allowed in this room",
+                ));
+            }
+            self.flood(o, now_ms(cx))?;
+        }
+        let from = room.jid.with_resource(&o.nick).map_err(|_| not_in())?;
+        let mut el = relayed(&st.el, &room.jid);
+        if !error {
+            el.push(Element::new("x", ns::MUC_USER));
+        }
+        for s in to {
+            out.send(Kind::Message, st.typ, from.clone(), &s, el.clone());
+        }
+        Ok(())
+    }
+
+    /// Mediated invitations (XEP-0045 §7.8.2). In a members-only room only admins and owners
+    /// invite, and members when the room allows it; the invitee becomes a member.
+    fn invite(
+        &self,
+        cx: &mut Cx,
+        st: &Stanza,
+        name: &str,
+        x: &Element,
+        out: &mut Out,
+    ) -> Result<(), StanzaError> {
+        let invites: Vec<&Element> = x
+            .elements()
+            .filter(|e| e.is("invite", ns::MUC_USER))
+            .collect();
+        if invites.len() > MAX_INVITES_PER_MESSAGE {
+            return Err(StanzaError::with_text(
+                Condition::PolicyViolation,
+                format!("at most {MAX_INVITES_PER_MESSAGE} invitations at once"),
+            ));
+        }
+        let mut targets = Vec::new();
+        for i in &invites {
+            let to = i
+                .attr("to")
+                .and_then(|t| Jid::parse(t).ok())
+                .ok_or_else(|| StanzaError::new(Condition::JidMalformed))?
+                .bare();
+            match cx.destination(&to) {
+                Dest::Remote => return Err(StanzaError::new(Condition::RemoteServerNotFound)),
+                Dest::Account(u) if !cx.account_exists(u) => {
+                    return Err(StanzaError::with_text(
+                        Condition::ItemNotFound,
+                        format!("{to} does not exist"),
+                    ));
+                }
+                Dest::Account(_) => {}
+                _ => return Err(StanzaError::new(Condition::JidMalformed)),
+            }
+            let reason = i.child("reason", ns::MUC_USER).map(Element::text);
+            targets.push((to, reason));
+        }
+        let mut rooms = self.rooms.borrow_mut();
+        let room = rooms.get_mut(name).ok_or_else(no_room)?;
+        let o = room.occupant_of(&st.from).ok_or_else(not_in)?;
+        let inviter = o.bare.clone();
+        let aff = room.affiliation(&inviter);
+        let adds_members = room.config.members_only;
+        if adds_members
+            && aff < Affiliation::Admin
+            && !(aff == Affiliation::Member && room.config.allow_invites)
+        {
+            return Err(StanzaError::with_text(
+                Condition::Forbidden,
+                "only admins may invite into this room",
+            ));
+        }
+        if adds_members {
+            let new = targets
+                .iter()
+                .filter(|(t, _)| !room.affiliations.contains_key(t))
+                .count();
+            if targets
+                .iter()
+                .any(|(t, _)| room.affiliation(t) == Affiliation::Outcast)
+            {
+                return Err(StanzaError::with_text(
+                    Condition::NotAllowed,
+                    "an invitee is banned from the room",
+                ));
+            }
+            if room.affiliations.len() + new > self.c.max_affiliations {
+                return Err(StanzaError::with_text(
+                    Condition::PolicyViolation,
+                    "the room has as many members as it may",
+                ));
+            }
+        }
+        for (to, reason) in targets {
+            if adds_members && room.affiliation(&to) < Affiliation::Member {
+                let entry = Affiliated {
+                    affiliation: Affiliation::Member,
+                    nick: None,
+                };
+                room.affiliations.insert(to.clone(), entry);
+                self.persist_affiliation(cx, room, &to, out);
+            }
+            room.invited.retain(|(i, _)| *i != to);
+            room.invited.push_back((to.clone(), inviter.clone()));
+            while room.invited.len() > MAX_INVITED {
+                room.invited.pop_front();
+            }
+            let mut inv =
+                Element::new("invite", ns::MUC_USER).with_attr("from", inviter.to_string());
+            if let Some(r) = &reason {
+                inv.push(Element::new("reason", ns::MUC_USER).with_text(r.clone()));
+            }
+            let mut ux = Element::new("x", ns::MUC_USER).with_child(inv);
+            if let Some(pw) = &room.config.password {
+                ux.push(Element::new("password", ns::MUC_USER).with_text(pw.clone()));
+            }
+            let body = format!("{inviter} invites you to the room {}", room.jid);
+            let el = Element::new("message", ns::CLIENT)
+                .with_attr("id", self.fresh_id())
+                .with_child(ux)
+                .with_child(Element::new("body", ns::CLIENT).with_text(body));
+            out.send(Kind::Message, Type::Normal, room.jid.clone(), &to, el);
+        }
+        Ok(())
+    }
+
+    /// A declined invitation goes back to whoever sent it, and only to them.
+    fn decline(&self, st: &Stanza, name: &str, d: &Element, out: &mut Out) {
+        let mut rooms = self.rooms.borrow_mut();
+        let Some(room) = rooms.get_mut(name) else {
+            return;
+        };
+        let invitee = st.from.bare();
+        let Some(i) = room.invited.iter().position(|(t, _)| *t == invitee) else {
+            return;
+        };
+        let named = d
+            .attr("to")
+            .and_then(|t| Jid::parse(t).ok())
+            .map(|t| t.bare());
+        if named.is_some_and(|n| n != room.invited[i].1) {
+            return;
+        }
+        let Some((_, inviter)) = room.invited.remove(i) else {
+            return;
+        };
+        let mut dec = Element::new("decline", ns::MUC_USER).with_attr("from", invitee.to_string());
+        if let Some(r) = d.child("reason", ns::MUC_USER) {
+            dec.push(Element::new("reason", ns::MUC_USER).with_text(r.text()));
+        }
+        let el = Element::new("message", ns::CLIENT)
+            .with_attr("id", self.fresh_id())
+            .with_child(Element::new("x", ns::MUC_USER).with_child(dec));
+        out.send(Kind::Message, Type::Normal, room.jid.clone(), &inviter, el);
+    }
+
+    /// A visitor's voice request goes to the moderators, once until it is answered; a
+    /// moderator's approval gives voice.
+    fn voice(
+        &self,
+        cx: &mut Cx,
+        st: &Stanza,
+        name: &str,
+        form: &Element,
+        out: &mut Out,
+    ) -> Result<(), StanzaError> {
+        let Some(fields) = forms::read(form, ns::MUC_REQUEST)? else {
+            return Ok(());
+        };
+        let mut rooms = self.rooms.borrow_mut();
+        let room = rooms.get_mut(name).ok_or_else(no_room)?;
+        let key = room.sessions.get(&st.from).cloned().ok_or_else(not_in)?;
+        let role = room.occupants[&key].role;
+        if form.attr("type") == Some("submit") && role == Role::Moderator {
+            if let Some(nick) = forms::approved_nick(&fields) {
+                let target = fold(&nick);
+                if room
+                    .occupants
+                    .get(&target)
+                    .is_some_and(|o| o.role == Role::Visitor)
+                {
+                    Muc::set_role(room, &target, Role::Participant, out);
+                }
+            }
+            return Ok(());
+        }
+        if !forms::is_voice_request(&fields) || role != Role::Visitor {
+            return Ok(());
+        }
+        let o = room.occupants.get_mut(&key).ok_or_else(not_in)?;
+        if o.voice_requested {
+            return Ok(());
+        }
+        self.flood(o, now_ms(cx))?;
+        o.voice_requested = true;
+        let approval = forms::voice_approval(&st.from.to_string(), &o.nick);
+        for (s, r) in room.all_sessions() {
+            if r == Role::Moderator {
+                let el = Element::new("message", ns::CLIENT)
+                    .with_attr("id", self.fresh_id())
+                    .with_child(approval.clone());
+                out.send(Kind::Message, Type::Normal, room.jid.clone(), &s, el);
+            }
+        }
+        Ok(())
+    }
+
+    /// An iq to an occupant JID: the self-ping (XEP-0410 §3.3), requests forwarded to the
+    /// occupant, and the answers to forwarded ones.
+    pub(super) fn occupant_iq(
+        &self,
+        cx: &mut Cx,
+        st: &Stanza,
+        name: &str,
+        nick: &str,
+        out: &mut Out,
+    ) -> Result<(), StanzaError> {
+        if !st.is_request() {
+            self.answer_forwarded(st, out);
+            return Ok(());
+        }
+        let now = now_ms(cx);
+        let rooms = self.rooms.borrow();
+        let room = rooms.get(name);
+        let asker = room.and_then(|r| r.occupant_of(&st.from));
+        let payload = st
+            .payload()
+            .ok_or_else(|| StanzaError::bad_request("no payload"))?;
+        if payload.is("ping", ns::PING) && asker.is_some_and(|a| fold(&a.nick) == fold(nick)) {
+            Muc::reply(st, None, out);
+            return Ok(());
+        }
+        let (Some(room), Some(asker)) = (room, asker) else {
+            // §6.5: a non-occupant's disco of an occupant is a bad request.
+            if payload.ns == ns::DISCO_INFO || payload.ns == ns::DISCO_ITEMS {
+                return Err(StanzaError::bad_request("only occupants may ask occupants"));
+            }
+            return Err(not_in());
+        };
+        let target = room.occupant(nick).ok_or_else(|| {
+            StanzaError::with_text(Condition::ItemNotFound, "nobody by that nickname is in")
+        })?;
+        let mut pending = self.forwarded.borrow_mut();
+        while pending
+            .front()
+            .is_some_and(|(_, f)| now.saturating_sub(f.at) > FORWARD_TIMEOUT_MS)
+        {
+            pending.pop_front();
+        }
+        if pending.len() >= MAX_FORWARDED {
+            return Err(StanzaError::new(Condition::ResourceConstraint));
+        }
+        let id = self.fresh_id();
+        let via = room.occupant_jid(&asker.nick);
+        let session = target.current().jid.clone();
+        let f = Forward {
+            asker: st.from.clone(),
+            id: st.id().unwrap_or_default().to_owned(),
+            target: room.occupant_jid(&target.nick),
+            session: session.clone(),
+            via: via.clone(),
+            at: now,
+        };
+        pending.push_back((id.clone(), f));
+        let mut el = st.el.clone();
+        el.set_attr("id", id);
+        out.send(Kind::Iq, st.typ, via, &session, el);
+        Ok(())
+    }
+
+    /// The answer to a forwarded iq goes back to whoever asked, from the occupant asked.
+    fn answer_forwarded(&self, st: &Stanza, out: &mut Out) {
+        let Some(id) = st.id() else {
+            return;
+        };
+        let mut pending = self.forwarded.borrow_mut();
+        let Some(i) = pending
+            .iter()
+            .position(|(k, f)| k == id && f.session == st.from && Some(&f.via) == st.to.as_ref())
+        else {
+            return;
+        };
+        let Some((_, f)) = pending.remove(i) else {
+            return;
+        };
+        let mut el = st.el.clone();
+        el.set_attr("id", f.id);
+        out.send(Kind::Iq, st.typ, f.target, &f.asker, el);
+    }
+
+    /// Tells everyone in the room of a configuration change (XEP-0045 §10.2.1).
+    pub(super) fn notice(room: &super::room::Room, codes: &[u16], out: &mut Out) {
+        if codes.is_empty() {
+            return;
+        }
+        let mut x = Element::new("x", ns::MUC_USER);
+        for c in codes {
+            x.push(Element::new("status", ns::MUC_USER).with_attr("code", c.to_string()));
+        }
+        for (s, _) in room.all_sessions() {
+            let el = Element::new("message", ns::CLIENT)
+                .with_attr("type", "groupchat")
+                .with_child(x.clone());
+            out.send(Kind::Message, Type::Groupchat, room.jid.clone(), &s, el);
+        }
+    }
+}
