@@ -15,6 +15,7 @@ mod files;
 mod login;
 mod mam;
 mod messages;
+mod muc;
 mod offline;
 mod pep;
 mod presence;

@@ -138,6 +138,9 @@ impl Muc {
             return Err(no_room());
         }
         let set = st.typ == crate::stanza::Type::Set;
+        // The one who changed the room hears of success before the presence it caused
+        // (XEP-0045 §8.2, §8.4).
+        let before = out.stanzas.len();
         let answer = match payload.ns.as_str() {
             ns::DISCO_INFO if !set => self.room_info(st, name, payload)?,
             ns::DISCO_ITEMS if !set => Some(Element::new("query", ns::DISCO_ITEMS)),
@@ -149,6 +152,8 @@ impl Muc {
             _ => return Err(StanzaError::service_unavailable()),
         };
         Muc::reply(st, answer, out);
+        let reply = out.stanzas.pop().expect("the reply was just added");
+        out.stanzas.insert(before, reply);
         Ok(())
     }
 
