@@ -519,6 +519,20 @@ mod tests {
         assert!(e.contains("IP:port"), "{e}");
         let e = Config::parse("[modules.offline]\nmax_per_user = 5000").unwrap_err();
         assert!(e.contains("limits.queue_len"), "{e}");
+        let e = Config::parse("[modules.muc]\ndomain = 'localhost'").unwrap_err();
+        assert!(e.contains("must differ from server.domain"), "{e}");
+        let e = Config::parse("[modules.muc]\ndomain = 'Rooms.Example'").unwrap_err();
+        assert!(e.contains("normalised form"), "{e}");
+        let e = Config::parse("[modules.muc]\nadmins = ['example.org']").unwrap_err();
+        assert!(e.contains("not an account's address"), "{e}");
+        let e = Config::parse("[modules.muc]\ncreate = 'everybody'").unwrap_err();
+        assert!(e.contains("expected `anyone` or `admins`"), "{e}");
+        let c = Config::parse("[modules.muc]\nenabled = false\ndomain = 'localhost'").unwrap();
+        assert!(!c.modules.muc.enabled);
+        assert_eq!(
+            Config::default().modules.muc.domain_for("example.org"),
+            "muc.example.org"
+        );
     }
 
     /// `option = value` as TOML: `a.b.c = v` becomes `[a.b]` and `c = v`.

@@ -334,6 +334,7 @@ impl Muc {
                 .map(|(k, o)| (k.clone(), room.affiliation(&o.bare)))
                 .collect();
             let mut reasons: BTreeMap<String, Option<String>> = BTreeMap::new();
+            let mut changed = Vec::new();
             for c in changes {
                 match c {
                     Change::Role { nick, role, reason } => {
@@ -356,11 +357,12 @@ impl Muc {
                         reason,
                     } => {
                         set_entry(&mut room.affiliations, &jid, affiliation, nick.as_deref());
-                        self.persist_affiliation(cx, room, &jid, out);
                         reasons.insert(jid.to_string(), reason);
+                        changed.push(jid);
                     }
                 }
             }
+            self.persist_affiliations(cx, room, &changed, out);
             // What the affiliation changes mean for those in the room (§9.1 to §9.8).
             for (key, was) in before {
                 let Some(o) = room.occupants.get(&key) else {

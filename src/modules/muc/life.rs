@@ -51,18 +51,25 @@ impl Muc {
         store::save(&room.name, &self.record(cx, room))
     }
 
-    /// Writes `jid`'s affiliation with a persistent room, wherever it is kept.
-    pub(super) fn persist_affiliation(&self, cx: &Cx, room: &Room, jid: &Jid, out: &mut Out) {
+    /// Writes the affiliations of `jids` with a persistent room, wherever each is kept: an
+    /// account's in its own row, the others in the room's record, written once.
+    pub(super) fn persist_affiliations(&self, cx: &Cx, room: &Room, jids: &[Jid], out: &mut Out) {
         if !room.config.persistent || room.locked {
             return;
         }
-        match Muc::account(cx, jid) {
-            Some(u) => out.writes.push(store::set_affiliation(
-                u,
-                &room.name,
-                room.affiliations.get(jid),
-            )),
-            None => out.writes.push(self.save(cx, room)),
+        let mut record = false;
+        for jid in jids {
+            match Muc::account(cx, jid) {
+                Some(u) => out.writes.push(store::set_affiliation(
+                    u,
+                    &room.name,
+                    room.affiliations.get(jid),
+                )),
+                None => record = true,
+            }
+        }
+        if record {
+            out.writes.push(self.save(cx, room));
         }
     }
 

@@ -307,6 +307,7 @@ impl Muc {
                 ));
             }
         }
+        let mut added = Vec::new();
         for (to, reason) in targets {
             if adds_members && room.affiliation(&to) < Affiliation::Member {
                 let entry = Affiliated {
@@ -314,7 +315,7 @@ impl Muc {
                     nick: None,
                 };
                 room.affiliations.insert(to.clone(), entry);
-                self.persist_affiliation(cx, room, &to, out);
+                added.push(to.clone());
             }
             room.invited.retain(|(i, _)| *i != to);
             room.invited.push_back((to.clone(), inviter.clone()));
@@ -337,6 +338,7 @@ impl Muc {
                 .with_child(Element::new("body", ns::CLIENT).with_text(body));
             out.send(Kind::Message, Type::Normal, room.jid.clone(), &to, el);
         }
+        self.persist_affiliations(cx, room, &added, out);
         Ok(())
     }
 

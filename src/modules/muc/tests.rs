@@ -1184,3 +1184,43 @@ fn thousands_of_rooms_and_occupants_stay_bounded() {
     assert_eq!(t.module::<super::Muc>().rooms.borrow().len(), 0);
     assert!(t.module::<super::Muc>().joined.borrow().is_empty());
 }
+
+#[test]
+fn affiliations_are_stored_where_they_belong() {
+    let t = router();
+    let (a, _b, _c) = family(&t);
+    let out = admin_set(
+        &t,
+        &a,
+        "family",
+        "<item affiliation='member' jid='dave@localhost' nick='Grandpa'/>\
+         <item affiliation='member' jid='cousin@elsewhere.example'/>\
+         <item affiliation='outcast' jid='spam.example'/>\
+         <item affiliation='none' jid='carol@localhost'/>",
+    );
+    out.assert_sent(&a, "<iq type='result' id='adm'/>");
+    let (rooms, affs) = super::store::load(&t.router.store).unwrap();
+    let record = &rooms.iter().find(|(n, _)| n == "family").unwrap().1;
+    let others: Vec<&str> = record.others.iter().map(|o| o.jid.as_str()).collect();
+    assert_eq!(others, vec!["spam.example", "cousin@elsewhere.example"]);
+    let mut users: Vec<(&str, &str)> = affs
+        .iter()
+        .map(|(u, _, a)| (u.as_str(), a.affiliation.as_str()))
+        .collect();
+    users.sort();
+    assert_eq!(
+        users,
+        vec![("alice", "owner"), ("bob", "member"), ("dave", "member")]
+    );
+    // Someone at the banned domain is kept out.
+    assert_eq!(
+        t.module::<super::Muc>().rooms.borrow()["family"]
+            .affiliation(&Jid::parse("x@spam.example").unwrap()),
+        super::room::Affiliation::Outcast
+    );
+    // Made temporary, the room forgets what it stored; it lives on while people are in.
+    configure(&t, &a, "family", &[("muc#roomconfig_persistentroom", "0")]);
+    let (rooms, affs) = super::store::load(&t.router.store).unwrap();
+    assert!(rooms.is_empty() && affs.is_empty());
+    say(&t, &a, "family", "still here").assert_sent(&a, "<message type='groupchat'/>");
+}
