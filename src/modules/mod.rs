@@ -451,6 +451,9 @@ pub trait Module: Any {
 
     /// Called once when the server starts (to set a first timer, say).
     fn start(&self, _cx: &mut Cx) {}
+    /// Called once when the server shuts down, before the streams are closed: what is sent
+    /// here reaches the clients ahead of their `system-shutdown`.
+    fn stop(&self, _cx: &mut Cx) {}
     /// A timer set with [`Cx::set_timer`] is due.
     fn timer(&self, _cx: &mut Cx, _token: u64) {}
     /// The account was deleted (with everything stored for it): forget what is cached.
