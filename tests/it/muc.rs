@@ -364,6 +364,11 @@ fn the_room_survives_a_restart() {
             "<iq type='result'><query xmlns='{OWNER}'><x xmlns='jabber:x:data'><field var='muc#roomconfig_membersonly'><value>1</value></field></x></query></iq>"
         ),
     );
+    // When the server stops, bob hears he is out of the room (332) before the stream ends.
+    bob.sync();
+    assert!(server.stop().success());
+    bob.expect(&format!("<presence type='unavailable' from='{}/Dad'><x xmlns='{USER}'><status code='110'/><status code='332'/></x></presence>", room("family")));
+    bob.expect_stream_error("system-shutdown");
 }
 
 /// One archive query of the room: (bodies, fin).

@@ -25,7 +25,8 @@
 //! - Storage (`store.rs`): persistent rooms and affiliations, restored at start; temporary
 //!   rooms go when their last occupant leaves, with their archive.
 //! - Sessions: an occupant whose XEP-0198 session is detached stays in; a session that ends
-//!   (or a new session binding the same full JID) leaves every room it was in.
+//!   (or a new session binding the same full JID) leaves every room it was in. When the
+//!   server stops, every occupant is told it is out (332).
 //!
 //! Everything the service sends goes through the router as a stanza from the room (or an
 //! occupant JID), so the recipients' modules (blocking, say) apply to it.
@@ -447,6 +448,24 @@ impl Module for Muc {
         if self.retention_days > 0 {
             cx.set_timer("muc", Duration::from_secs(1), 0);
         }
+    }
+
+    /// XEP-0045 §13.2: each occupant hears, once, that it is out because the service stops.
+    /// What is stored stays; nothing is written.
+    fn stop(&self, cx: &mut Cx) {
+        let mut out = Out::default();
+        for room in self.rooms.borrow_mut().values_mut() {
+            for o in std::mem::take(&mut room.occupants).into_values() {
+                for s in &o.sessions {
+                    let how = occupants::Leaving::default();
+                    let st = occupants::gone(room, &o, &o.nick, &s.jid, true, true, &[332], &how);
+                    out.stanzas.push(st);
+                }
+            }
+            room.sessions.clear();
+        }
+        self.joined.borrow_mut().clear();
+        out.flush(cx);
     }
 
     /// The rooms' archives expire as the accounts' do (`[modules.mam] retention_days`).

@@ -1224,3 +1224,20 @@ fn affiliations_are_stored_where_they_belong() {
     assert!(rooms.is_empty() && affs.is_empty());
     say(&t, &a, "family", "still here").assert_sent(&a, "<message type='groupchat'/>");
 }
+
+#[test]
+fn stopping_the_service_tells_every_occupant_once() {
+    let t = router();
+    let (a, b, c) = family(&t);
+    let out = t.step(|cx| {
+        for m in cx.modules() {
+            m.stop(cx);
+        }
+    });
+    for who in [&a, &b, &c] {
+        assert_eq!(out.to(who).len(), 1, "{}", out.show());
+        out.assert_sent(who, &format!("<presence type='unavailable'><x xmlns='{USER}'><item role='none'/><status code='110'/><status code='332'/></x></presence>"));
+    }
+    // The sessions ending afterwards tell nobody anything more.
+    t.close(&a).assert_nothing_to(&b);
+}
