@@ -114,6 +114,7 @@ impl Muc {
             ));
         }
         let from = room.jid.with_resource(&o.nick).map_err(|_| not_in())?;
+        let sender = o.bare.to_string();
         let is_subject = st.el.has_child("subject", ns::CLIENT)
             && !st.el.has_child("body", ns::CLIENT)
             && !st.el.has_child("thread", ns::CLIENT);
@@ -152,12 +153,11 @@ impl Muc {
                         .with_attr("by", room.jid.to_string())
                         .with_attr("id", id.to_string()),
                 );
-                let bare = room.occupants[&key].bare.to_string();
                 // Kept as XEP-0313 §5.1.2 forwards it: from the occupant JID.
                 let mut kept = el.clone();
                 kept.set_attr("from", from.to_string());
                 out.trailing
-                    .push(ROOM_ARCHIVE.append(name, id, &bare, kept.to_xml()));
+                    .push(ROOM_ARCHIVE.append(name, id, &sender, kept.to_xml()));
             }
             if readable(&el) && room.config.history_length > 0 {
                 let past = Past {
@@ -388,7 +388,7 @@ impl Muc {
         let mut rooms = self.rooms.borrow_mut();
         let room = rooms.get_mut(name).ok_or_else(no_room)?;
         let key = room.sessions.get(&st.from).cloned().ok_or_else(not_in)?;
-        let role = room.occupants[&key].role;
+        let role = room.occupants.get(&key).ok_or_else(not_in)?.role;
         if form.attr("type") == Some("submit") && role == Role::Moderator {
             if let Some(nick) = forms::approved_nick(&fields) {
                 let target = fold(&nick);
