@@ -608,3 +608,308 @@ fn set_entry(affs: &mut BTreeMap<Jid, Affiliated>, jid: &Jid, to: Affiliation, n
         },
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::*;
+    use crate::jid::Jid;
+    use crate::stanza::Condition;
+    use crate::xml::ns;
+
+    #[test]
+    fn a_reserved_room_is_configured_by_form_and_shows_it() {
+        let t = router();
+        let a = t.online("alice", "phone");
+        enter(&t, &a, "family", "Mum");
+        let out = t.client(
+            &a,
+            &format!(
+                "<iq type='get' id='f' to='{}'><query xmlns='{OWNER}'/></iq>",
+                room("family")
+            ),
+        );
+        out.assert_sent(&a, &format!("<iq type='result' id='f'><query xmlns='{OWNER}'><x xmlns='jabber:x:data' type='form'><field var='muc#roomconfig_membersonly'><value>0</value></field><field var='muc#roomconfig_whois'><value>moderators</value></field></x></query></iq>"));
+        let out = configure(&t, &a, "family", PRIVATE);
+        out.assert_sent(&a, "<iq type='result' id='cfg'/>");
+        let out = t.client(&a, &format!("<iq type='get' id='i' to='{}'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>", room("family")));
+        let q = out
+            .only_to(&a)
+            .child("query", ns::DISCO_INFO)
+            .unwrap()
+            .clone();
+        let features: Vec<&str> = q.elements().filter_map(|f| f.attr("var")).collect();
+        for want in [
+            MUC,
+            "muc_membersonly",
+            "muc_nonanonymous",
+            "muc_persistent",
+            "muc_hidden",
+            "muc_unmoderated",
+            "muc_unsecured",
+            ns::MAM,
+            ns::MUC_SELF_PING,
+            ns::MUC_STABLE_ID,
+        ] {
+            assert!(features.contains(&want), "{want} missing: {features:?}");
+        }
+        for not in [
+            "muc_open",
+            "muc_temporary",
+            "muc_public",
+            "muc_semianonymous",
+        ] {
+            assert!(!features.contains(&not), "{not} listed");
+        }
+        out.assert_sent(&a, "<iq><query xmlns='http://jabber.org/protocol/disco#info'><identity category='conference' type='text' name='Family'/><x xmlns='jabber:x:data' type='result'><field var='muc#roominfo_occupants'><value>1</value></field></x></query></iq>");
+        // A hidden room is not listed by the service.
+        let out = t.client(&a, "<iq type='get' id='d' to='muc.localhost'><query xmlns='http://jabber.org/protocol/disco#items'/></iq>");
+        assert!(
+            out.only_to(&a)
+                .child("query", ns::DISCO_ITEMS)
+                .unwrap()
+                .elements()
+                .next()
+                .is_none()
+        );
+        // Others may not read or change the configuration; bogus forms change nothing.
+        let b = t.online("bob", "laptop");
+        let out = t.client(
+            &b,
+            &format!(
+                "<iq type='get' id='f' to='{}'><query xmlns='{OWNER}'/></iq>",
+                room("family")
+            ),
+        );
+        out.assert_error(&b, "f", Condition::Forbidden);
+        for bad in [
+            "<x xmlns='jabber:x:data' type='submit'><field var='muc#roomconfig_persistentroom'><value>maybe</value></field></x>",
+            "<x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE'><value>urn:other</value></field></x>",
+            "<x xmlns='jabber:x:data' type='result'/>",
+            "<nothing/>",
+        ] {
+            let out = t.client(
+                &a,
+                &format!(
+                    "<iq type='set' id='bad' to='{}'><query xmlns='{OWNER}'>{bad}</query></iq>",
+                    room("family")
+                ),
+            );
+            assert_eq!(out.to(&a).len(), 1, "{bad}: {}", out.show());
+            assert_eq!(out.to(&a)[0].attr("type"), Some("error"), "{bad}");
+        }
+        let out = t.client(&a, &format!("<iq type='get' id='i' to='{}'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>", room("family")));
+        out.assert_sent(&a, "<iq><query xmlns='http://jabber.org/protocol/disco#info'><feature var='muc_persistent'/></query></iq>");
+    }
+
+    #[test]
+    fn members_only_refuses_strangers_and_kick_and_ban_remove() {
+        let t = router();
+        let (a, b, c) = family(&t);
+        let d = t.online("dave", "pc");
+        let out = enter(&t, &d, "family", "Stranger");
+        out.assert_error(&d, "j1", Condition::RegistrationRequired);
+        out.assert_nothing_to(&a);
+        // Only moderators kick; a member kicking is refused.
+        let out = admin_set(&t, &c, "family", "<item nick='Dad' role='none'/>");
+        out.assert_error(&c, "adm", Condition::Forbidden);
+        let out = admin_set(
+            &t,
+            &a,
+            "family",
+            "<item nick='Kid' role='none'><reason>bedtime</reason></item>",
+        );
+        out.assert_sent(&a, "<iq type='result' id='adm'/>");
+        out.assert_sent(&c, &format!("<presence type='unavailable' from='{}/Kid'><x xmlns='{USER}'><item role='none' affiliation='member'><actor nick='Mum'/><reason>bedtime</reason></item><status code='110'/><status code='307'/></x></presence>", room("family")));
+        out.assert_sent(&b, &format!("<presence type='unavailable' from='{}/Kid'><x xmlns='{USER}'><status code='307'/></x></presence>", room("family")));
+        // A kicked member comes back; a banned one does not.
+        enter(&t, &c, "family", "Kid").assert_sent(&c, "<presence><x xmlns='http://jabber.org/protocol/muc#user'><status code='110'/></x></presence>");
+        let out = admin_set(
+            &t,
+            &a,
+            "family",
+            "<item affiliation='outcast' jid='carol@localhost'><reason>enough</reason></item>",
+        );
+        out.assert_sent(&c, &format!("<presence type='unavailable' from='{}/Kid'><x xmlns='{USER}'><item affiliation='outcast' role='none'/><status code='110'/><status code='301'/></x></presence>", room("family")));
+        out.assert_sent(&b, "<presence type='unavailable'><x xmlns='http://jabber.org/protocol/muc#user'><status code='301'/></x></presence>");
+        let out = enter(&t, &c, "family", "Kid");
+        out.assert_error(&c, "j1", Condition::Forbidden);
+        out.assert_nothing_to(&b);
+        // Losing membership of a members-only room puts one out (321).
+        let out = admin_set(
+            &t,
+            &a,
+            "family",
+            "<item affiliation='none' jid='bob@localhost'/>",
+        );
+        out.assert_sent(&b, "<presence type='unavailable'><x xmlns='http://jabber.org/protocol/muc#user'><status code='110'/><status code='321'/></x></presence>");
+        // Nobody bans themselves, nor leaves the room without an owner.
+        let out = admin_set(
+            &t,
+            &a,
+            "family",
+            "<item affiliation='outcast' jid='alice@localhost'/>",
+        );
+        out.assert_error(&a, "adm", Condition::Conflict);
+        let out = admin_set(
+            &t,
+            &a,
+            "family",
+            "<item affiliation='member' jid='alice@localhost'/>",
+        );
+        out.assert_error(&a, "adm", Condition::Conflict);
+        // A moderator does not kick themselves either.
+        let out = admin_set(&t, &a, "family", "<item nick='Mum' role='none'/>");
+        out.assert_error(&a, "adm", Condition::Conflict);
+    }
+
+    #[test]
+    fn admins_act_within_their_rank() {
+        let t = router();
+        let (a, b, c) = family(&t);
+        admin_set(&t, &a, "family", "<item affiliation='admin' jid='bob@localhost'/>")
+            .assert_sent(&c, "<presence from='family@muc.localhost/Dad'><x xmlns='http://jabber.org/protocol/muc#user'><item affiliation='admin' role='moderator'/></x></presence>");
+        // An admin may not ban the owner, make admins, or kick the owner.
+        admin_set(
+            &t,
+            &b,
+            "family",
+            "<item affiliation='outcast' jid='alice@localhost'/>",
+        )
+        .assert_error(&b, "adm", Condition::NotAllowed);
+        admin_set(
+            &t,
+            &b,
+            "family",
+            "<item affiliation='admin' jid='carol@localhost'/>",
+        )
+        .assert_error(&b, "adm", Condition::NotAllowed);
+        admin_set(&t, &b, "family", "<item nick='Mum' role='none'/>").assert_error(
+            &b,
+            "adm",
+            Condition::NotAllowed,
+        );
+        // Both in one item, an unknown nickname, a refused item among good ones: nothing changes.
+        admin_set(
+            &t,
+            &a,
+            "family",
+            "<item nick='Kid' role='visitor' affiliation='none' jid='carol@localhost'/>",
+        )
+        .assert_error(&a, "adm", Condition::BadRequest);
+        admin_set(&t, &b, "family", "<item nick='Nobody' role='none'/>").assert_error(
+            &b,
+            "adm",
+            Condition::ItemNotFound,
+        );
+        let out = admin_set(
+            &t,
+            &b,
+            "family",
+            "<item affiliation='outcast' jid='dave@localhost'/><item affiliation='outcast' jid='alice@localhost'/>",
+        );
+        out.assert_error(&b, "adm", Condition::NotAllowed);
+        let out = t.client(&a, &format!("<iq type='get' id='o' to='{}'><query xmlns='{ADMIN}'><item affiliation='outcast'/></query></iq>", room("family")));
+        assert!(
+            out.only_to(&a)
+                .child("query", ADMIN)
+                .unwrap()
+                .elements()
+                .next()
+                .is_none()
+        );
+        // The voice list is for moderators, with real JIDs.
+        let out = t.client(&b, &format!("<iq type='get' id='v' to='{}'><query xmlns='{ADMIN}'><item role='participant'/></query></iq>", room("family")));
+        out.assert_sent(&b, &format!("<iq type='result'><query xmlns='{ADMIN}'><item nick='Kid' role='participant' affiliation='member' jid='carol@localhost/tablet'/></query></iq>"));
+        let out = t.client(&c, &format!("<iq type='get' id='v' to='{}'><query xmlns='{ADMIN}'><item role='participant'/></query></iq>", room("family")));
+        out.assert_error(&c, "v", Condition::Forbidden);
+        // A member's affiliation goes; the owner keeps the room with another owner.
+        admin_set(
+            &t,
+            &a,
+            "family",
+            "<item affiliation='owner' jid='bob@localhost'/>",
+        )
+        .assert_sent(&a, "<iq type='result'/>");
+        admin_set(
+            &t,
+            &a,
+            "family",
+            "<item affiliation='member' jid='alice@localhost'/>",
+        )
+        .assert_sent(&a, "<iq type='result'/>");
+    }
+
+    #[test]
+    fn configuration_changes_are_announced_and_applied() {
+        let t = router();
+        let a = t.online("alice", "phone");
+        let b = t.online("bob", "laptop");
+        create(&t, &a, "club", "Mum", &[]);
+        enter(&t, &b, "club", "Dad");
+        let out = configure(&t, &a, "club", &[("muc#roomconfig_whois", "anyone")]);
+        out.assert_sent(&b, &format!("<message type='groupchat' from='{}'><x xmlns='{USER}'><status code='172'/></x></message>", room("club")));
+        let out = configure(&t, &a, "club", &[("muc#roomconfig_roomname", "Club")]);
+        out.assert_sent(&b, "<message><x xmlns='http://jabber.org/protocol/muc#user'><status code='104'/></x></message>");
+        // Becoming members-only puts non-members out with 322.
+        let out = configure(&t, &a, "club", &[("muc#roomconfig_membersonly", "1")]);
+        out.assert_sent(&b, "<presence type='unavailable'><x xmlns='http://jabber.org/protocol/muc#user'><status code='110'/><status code='322'/></x></presence>");
+        // A password keeps out whoever does not give it.
+        configure(
+            &t,
+            &a,
+            "club",
+            &[
+                ("muc#roomconfig_membersonly", "0"),
+                ("muc#roomconfig_passwordprotectedroom", "1"),
+                ("muc#roomconfig_roomsecret", "cauldron"),
+            ],
+        );
+        enter(&t, &b, "club", "Dad").assert_error(&b, "j1", Condition::NotAuthorized);
+        enter_with(&t, &b, "club", "Dad", "<password>wrong</password>").assert_error(
+            &b,
+            "j1",
+            Condition::NotAuthorized,
+        );
+        enter_with(&t, &b, "club", "Dad", "<password>cauldron</password>").assert_sent(&b, "<presence><x xmlns='http://jabber.org/protocol/muc#user'><status code='110'/></x></presence>");
+    }
+
+    #[test]
+    fn affiliations_are_stored_where_they_belong() {
+        let t = router();
+        let (a, _b, _c) = family(&t);
+        let out = admin_set(
+            &t,
+            &a,
+            "family",
+            "<item affiliation='member' jid='dave@localhost' nick='Grandpa'/>\
+             <item affiliation='member' jid='cousin@elsewhere.example'/>\
+             <item affiliation='outcast' jid='spam.example'/>\
+             <item affiliation='none' jid='carol@localhost'/>",
+        );
+        out.assert_sent(&a, "<iq type='result' id='adm'/>");
+        let (rooms, affs) = super::super::store::load(&t.router.store).unwrap();
+        let record = &rooms.iter().find(|(n, _)| n == "family").unwrap().1;
+        let others: Vec<&str> = record.others.iter().map(|o| o.jid.as_str()).collect();
+        assert_eq!(others, vec!["spam.example", "cousin@elsewhere.example"]);
+        let mut users: Vec<(&str, &str)> = affs
+            .iter()
+            .map(|(u, _, a)| (u.as_str(), a.affiliation.as_str()))
+            .collect();
+        users.sort();
+        assert_eq!(
+            users,
+            vec![("alice", "owner"), ("bob", "member"), ("dave", "member")]
+        );
+        // Someone at the banned domain is kept out.
+        assert_eq!(
+            t.module::<super::super::Muc>().rooms.borrow()["family"]
+                .affiliation(&Jid::parse("x@spam.example").unwrap()),
+            super::super::room::Affiliation::Outcast
+        );
+        // Made temporary, the room forgets what it stored; it lives on while people are in.
+        configure(&t, &a, "family", &[("muc#roomconfig_persistentroom", "0")]);
+        let (rooms, affs) = super::super::store::load(&t.router.store).unwrap();
+        assert!(rooms.is_empty() && affs.is_empty());
+        say(&t, &a, "family", "still here").assert_sent(&a, "<message type='groupchat'/>");
+    }
+}

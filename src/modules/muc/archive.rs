@@ -97,3 +97,93 @@ impl Muc {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::*;
+    use crate::jid::Jid;
+    use crate::stanza::Condition;
+    use crate::xml::{Element, ns};
+    use std::time::Duration;
+
+    #[test]
+    fn the_room_archive_pages_and_minds_who_asks() {
+        let t = router();
+        let (a, b, c) = family(&t);
+        for i in 0..7 {
+            say(&t, &b, "family", &format!("n{i}"));
+            t.skip(Duration::from_millis(5));
+        }
+        // A chat state is relayed, not archived.
+        t.client(&a, &format!("<message type='groupchat' to='{}'><composing xmlns='http://jabber.org/protocol/chatstates'/></message>", room("family")))
+            .assert_sent(&c, "<message><composing xmlns='http://jabber.org/protocol/chatstates'/></message>");
+        let query = |who: &Jid, rsm: &str| {
+            t.client(who, &format!("<iq type='set' id='q' to='{}'><query xmlns='urn:xmpp:mam:2' queryid='f'><set xmlns='http://jabber.org/protocol/rsm'>{rsm}</set></query></iq>", room("family")))
+        };
+        let out = query(&c, "<max>3</max><before/>");
+        let results: Vec<&Element> = out
+            .to(&c)
+            .into_iter()
+            .filter(|e| e.name == "message")
+            .collect();
+        let bodies: Vec<String> = results
+            .iter()
+            .map(|m| {
+                m.child("result", ns::MAM)
+                    .unwrap()
+                    .child("forwarded", ns::FORWARD)
+                    .unwrap()
+                    .child("message", ns::CLIENT)
+                    .unwrap()
+                    .child("body", ns::CLIENT)
+                    .unwrap()
+                    .text()
+            })
+            .collect();
+        assert_eq!(bodies, vec!["n4", "n5", "n6"]);
+        assert_eq!(results[0].attr("from"), Some("family@muc.localhost"));
+        out.assert_sent(&c, &format!("<message><result xmlns='urn:xmpp:mam:2' queryid='f'><forwarded xmlns='urn:xmpp:forward:0'><message xmlns='jabber:client' from='{}/Dad' type='groupchat'><x xmlns='{USER}'><item jid='bob@localhost' affiliation='member'/></x></message></forwarded></result></message>", room("family")));
+        let fin = out
+            .to(&c)
+            .into_iter()
+            .find(|e| e.name == "iq")
+            .unwrap()
+            .child("fin", ns::MAM)
+            .unwrap()
+            .clone();
+        assert_eq!(fin.attr("complete"), None);
+        let first = fin
+            .child("set", ns::RSM)
+            .unwrap()
+            .child("first", ns::RSM)
+            .unwrap()
+            .text();
+        let out = query(&c, &format!("<max>10</max><before>{first}</before>"));
+        assert_eq!(
+            out.to(&c).len(),
+            5,
+            "four older and the fin: {}",
+            out.show()
+        );
+        out.assert_sent(
+            &c,
+            "<iq type='result' id='q'><fin xmlns='urn:xmpp:mam:2' complete='true'/></iq>",
+        );
+        // The stanza-id a member got is the archive's id.
+        let live = say(&t, &a, "family", "latest");
+        let sid = live.to(&c)[0]
+            .child("stanza-id", ns::SID)
+            .unwrap()
+            .attr("id")
+            .unwrap()
+            .to_owned();
+        let out = query(&c, "<max>1</max><before/>");
+        out.assert_sent(
+            &c,
+            &format!("<message><result xmlns='urn:xmpp:mam:2' id='{sid}'/></message>"),
+        );
+        // A stranger may not read a members-only room's archive.
+        let d = t.online("dave", "pc");
+        query(&d, "<max>1</max>").assert_error(&d, "q", Condition::Forbidden);
+    }
+}

@@ -209,3 +209,76 @@ fn without_from(mut msg: Element) -> Element {
     msg.remove_attr("to");
     msg
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::*;
+    use crate::stanza::Condition;
+
+    #[test]
+    fn temporary_rooms_end_with_their_last_occupant_and_owners_destroy_rooms() {
+        let t = router();
+        let a = t.online("alice", "phone");
+        let b = t.online("bob", "laptop");
+        create(&t, &a, "tmp", "Mum", &[]);
+        enter(&t, &b, "tmp", "Dad");
+        say(&t, &a, "tmp", "bye");
+        t.client(
+            &a,
+            &format!("<presence type='unavailable' to='{}/Mum'/>", room("tmp")),
+        );
+        t.client(
+            &b,
+            &format!("<presence type='unavailable' to='{}/Dad'/>", room("tmp")),
+        );
+        // Gone: entering creates it anew.
+        let out = enter(&t, &b, "tmp", "Dad");
+        assert!(codes(out.to(&b)[0]).contains(&"201".to_owned()));
+        // A room whose creator leaves before configuring it is gone too.
+        t.client(
+            &b,
+            &format!("<presence type='unavailable' to='{}/Dad'/>", room("tmp")),
+        );
+        let out = enter(&t, &a, "tmp", "Mum");
+        assert!(codes(out.to(&a)[0]).contains(&"201".to_owned()));
+        // Destroying: each occupant hears it once, with the reason.
+        configure(&t, &a, "tmp", &[("muc#roomconfig_persistentroom", "1")]);
+        enter(&t, &b, "tmp", "Dad");
+        t.client(
+            &b,
+            &format!(
+                "<iq type='set' id='x' to='{}'><query xmlns='{OWNER}'><destroy/></query></iq>",
+                room("tmp")
+            ),
+        )
+        .assert_error(&b, "x", Condition::Forbidden);
+        let out = t.client(&a, &format!("<iq type='set' id='x' to='{}'><query xmlns='{OWNER}'><destroy jid='{}'><reason>moved</reason></destroy></query></iq>", room("tmp"), room("new")));
+        out.assert_sent(&a, "<iq type='result' id='x'/>");
+        out.assert_sent(&b, &format!("<presence type='unavailable' from='{}/Dad'><x xmlns='{USER}'><destroy jid='{}'><reason>moved</reason></destroy></x></presence>", room("tmp"), room("new")));
+        assert_eq!(out.to(&b).len(), 1, "{}", out.show());
+        assert!(
+            t.router
+                .store
+                .rows_of("alice")
+                .iter()
+                .all(|(n, _)| n != "muc_affiliations")
+        );
+    }
+
+    #[test]
+    fn stopping_the_service_tells_every_occupant_once() {
+        let t = router();
+        let (a, b, c) = family(&t);
+        let out = t.step(|cx| {
+            for m in cx.modules() {
+                m.stop(cx);
+            }
+        });
+        for who in [&a, &b, &c] {
+            assert_eq!(out.to(who).len(), 1, "{}", out.show());
+            out.assert_sent(who, &format!("<presence type='unavailable'><x xmlns='{USER}'><item role='none'/><status code='110'/><status code='332'/></x></presence>"));
+        }
+        // The sessions ending afterwards tell nobody anything more.
+        t.close(&a).assert_nothing_to(&b);
+    }
+}

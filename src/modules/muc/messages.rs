@@ -523,3 +523,214 @@ impl Muc {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::*;
+    use crate::jid::Jid;
+    use crate::stanza::Condition;
+    use crate::xml::ns;
+
+    #[test]
+    fn a_moderated_room_silences_visitors_until_a_moderator_gives_voice() {
+        let t = router();
+        let a = t.online("alice", "phone");
+        let b = t.online("bob", "laptop");
+        create(
+            &t,
+            &a,
+            "town",
+            "Mum",
+            &[("muc#roomconfig_moderatedroom", "1")],
+        );
+        let out = enter(&t, &b, "town", "Dad");
+        out.assert_sent(&b, "<presence><x xmlns='http://jabber.org/protocol/muc#user'><item role='visitor'/><status code='110'/></x></presence>");
+        let out = say(&t, &b, "town", "hello?");
+        out.assert_error(&b, "m-hello?", Condition::Forbidden);
+        out.assert_nothing_to(&a);
+        let request = format!(
+            "<message to='{}'><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE'><value>{}</value></field><field var='muc#role'><value>participant</value></field></x></message>",
+            room("town"),
+            ns::MUC_REQUEST
+        );
+        let out = t.client(&b, &request);
+        let form = out.only_to(&a).child("x", ns::DATA_FORMS).unwrap().clone();
+        assert_eq!(form.attr("type"), Some("form"));
+        // Asking again before an answer bothers nobody.
+        t.client(&b, &request).assert_nothing_to(&a);
+        let approve = format!(
+            "<message to='{}'><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE'><value>{}</value></field><field var='muc#role'><value>participant</value></field><field var='muc#jid'><value>bob@localhost/laptop</value></field><field var='muc#roomnick'><value>Dad</value></field><field var='muc#request_allow'><value>true</value></field></x></message>",
+            room("town"),
+            ns::MUC_REQUEST
+        );
+        // A visitor cannot approve his own request.
+        let forged = t.client(&b, &approve);
+        forged.assert_not_sent(&b, "<presence><x xmlns='http://jabber.org/protocol/muc#user'><item role='participant'/></x></presence>");
+        let out = t.client(&a, &approve);
+        out.assert_sent(&b, "<presence from='town@muc.localhost/Dad'><x xmlns='http://jabber.org/protocol/muc#user'><item role='participant'/><status code='110'/></x></presence>");
+        say(&t, &b, "town", "thanks").assert_sent(
+            &a,
+            "<message type='groupchat'><body>thanks</body></message>",
+        );
+        // Voice taken again, by nickname.
+        admin_set(&t, &a, "town", "<item nick='Dad' role='visitor'/>").assert_sent(&b, "<presence><x xmlns='http://jabber.org/protocol/muc#user'><item role='visitor'/></x></presence>");
+        say(&t, &b, "town", "again").assert_error(&b, "m-again", Condition::Forbidden);
+    }
+
+    #[test]
+    fn private_messages_go_between_occupants() {
+        let t = router();
+        let (a, b, c) = family(&t);
+        let out = t.client(
+            &b,
+            &format!(
+                "<message type='chat' id='p' to='{}/kid'><body>psst</body></message>",
+                room("family")
+            ),
+        );
+        out.assert_sent(&c, &format!("<message type='chat' id='p' from='{}/Dad'><body>psst</body><x xmlns='{USER}'/></message>", room("family")));
+        out.assert_nothing_to(&a);
+        t.client(
+            &b,
+            &format!(
+                "<message type='chat' id='p' to='{}/Nobody'><body>x</body></message>",
+                room("family")
+            ),
+        )
+        .assert_error(&b, "p", Condition::ItemNotFound);
+        t.client(
+            &b,
+            &format!(
+                "<message type='groupchat' id='p' to='{}/Kid'><body>x</body></message>",
+                room("family")
+            ),
+        )
+        .assert_error(&b, "p", Condition::BadRequest);
+        let d = t.online("dave", "pc");
+        t.client(
+            &d,
+            &format!(
+                "<message type='chat' id='p' to='{}/Kid'><body>x</body></message>",
+                room("family")
+            ),
+        )
+        .assert_error(&d, "p", Condition::NotAcceptable);
+        configure(
+            &t,
+            &a,
+            "family",
+            &[("muc#roomconfig_allowpm", "moderators")],
+        );
+        t.client(
+            &b,
+            &format!(
+                "<message type='chat' id='p' to='{}/Kid'><body>x</body></message>",
+                room("family")
+            ),
+        )
+        .assert_error(&b, "p", Condition::Forbidden);
+        t.client(
+            &a,
+            &format!(
+                "<message type='chat' id='p' to='{}/Kid'><body>x</body></message>",
+                room("family")
+            ),
+        )
+        .assert_sent(&c, "<message type='chat' from='family@muc.localhost/Mum'/>");
+    }
+
+    #[test]
+    fn invitations_are_mediated_and_declined_to_the_inviter_only() {
+        let t = router();
+        let (a, b, _c) = family(&t);
+        let d = t.online("dave", "pc");
+        // A member may not invite into this members-only room.
+        let invite = |who: &Jid| {
+            t.client(who, &format!("<message id='inv' to='{}'><x xmlns='{USER}'><invite to='dave@localhost'><reason>join us</reason></invite></x></message>", room("family")))
+        };
+        invite(&b).assert_error(&b, "inv", Condition::Forbidden);
+        let out = invite(&a);
+        out.assert_sent(&d, &format!("<message from='{}'><x xmlns='{USER}'><invite from='alice@localhost'><reason>join us</reason></invite></x></message>", room("family")));
+        // The invitee became a member and gets in.
+        enter(&t, &d, "family", "Grandpa").assert_sent(&d, "<presence><x xmlns='http://jabber.org/protocol/muc#user'><item affiliation='member'/><status code='110'/></x></presence>");
+        t.client(
+            &d,
+            &format!(
+                "<presence type='unavailable' to='{}/Grandpa'/>",
+                room("family")
+            ),
+        );
+        // A decline goes to whoever invited, not to anyone named.
+        let out = t.client(&d, &format!("<message to='{}'><x xmlns='{USER}'><decline to='bob@localhost'><reason>busy</reason></decline></x></message>", room("family")));
+        out.assert_nothing_to(&b);
+        out.assert_nothing_to(&a);
+        invite(&a);
+        let out = t.client(&d, &format!("<message to='{}'><x xmlns='{USER}'><decline><reason>busy</reason></decline></x></message>", room("family")));
+        out.assert_sent(&a, &format!("<message from='{}'><x xmlns='{USER}'><decline from='dave@localhost'><reason>busy</reason></decline></x></message>", room("family")));
+        // Invitations to nobody or elsewhere are refused; a direct invitation passes between users.
+        t.client(&a, &format!("<message id='inv' to='{}'><x xmlns='{USER}'><invite to='nobody@localhost'/></x></message>", room("family")))
+            .assert_error(&a, "inv", Condition::ItemNotFound);
+        t.client(&a, &format!("<message id='inv' to='{}'><x xmlns='{USER}'><invite to='x@elsewhere.example'/></x></message>", room("family")))
+            .assert_error(&a, "inv", Condition::RemoteServerNotFound);
+        let out = t.client(
+            &a,
+            &format!(
+                "<message to='dave@localhost'><x xmlns='jabber:x:conference' jid='{}'/></message>",
+                room("family")
+            ),
+        );
+        out.assert_sent(&d, &format!("<message from='alice@localhost/phone'><x xmlns='jabber:x:conference' jid='{}'/></message>", room("family")));
+    }
+
+    #[test]
+    fn self_ping_answers_for_the_room_and_other_iqs_are_forwarded() {
+        let t = router();
+        let (a, b, c) = family(&t);
+        let ping = |who: &Jid, nick: &str| {
+            t.client(
+                who,
+                &format!(
+                    "<iq type='get' id='sp' to='{}/{nick}'><ping xmlns='urn:xmpp:ping'/></iq>",
+                    room("family")
+                ),
+            )
+        };
+        ping(&b, "Dad").assert_sent(
+            &b,
+            "<iq type='result' id='sp' from='family@muc.localhost/Dad'/>",
+        );
+        let d = t.online("dave", "pc");
+        let out = ping(&d, "Dad");
+        out.assert_sent(&d, "<iq type='error' id='sp'><error type='modify' by='family@muc.localhost'><not-acceptable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>");
+        // Out of the room: not joined any more.
+        t.client(
+            &b,
+            &format!("<presence type='unavailable' to='{}/Dad'/>", room("family")),
+        );
+        ping(&b, "Dad").assert_error(&b, "sp", Condition::NotAcceptable);
+        // A version query to another occupant reaches it from the asker's occupant JID, and the
+        // answer comes back from the occupant asked; nobody sees a real JID.
+        let out = t.client(
+            &c,
+            &format!(
+                "<iq type='get' id='v1' to='{}/Mum'><query xmlns='jabber:iq:version'/></iq>",
+                room("family")
+            ),
+        );
+        let fwd = out.only_to(&a).clone();
+        assert_eq!(fwd.attr("from"), Some("family@muc.localhost/Kid"));
+        let id = fwd.attr("id").unwrap().to_owned();
+        assert_ne!(id, "v1");
+        let out = t.client(&a, &format!("<iq type='result' id='{id}' to='{}/Kid'><query xmlns='jabber:iq:version'><name>x</name></query></iq>", room("family")));
+        out.assert_sent(&c, "<iq type='result' id='v1' from='family@muc.localhost/Mum'><query xmlns='jabber:iq:version'/></iq>");
+        // An answer nobody asked for goes nowhere.
+        t.client(
+            &a,
+            &format!("<iq type='result' id='{id}' to='{}/Kid'/>", room("family")),
+        )
+        .assert_nothing_to(&c);
+        // Outsiders may not ask occupants.
+        t.client(&d, &format!("<iq type='get' id='v2' to='{}/Mum'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>", room("family")))
+            .assert_error(&d, "v2", Condition::BadRequest);
+    }
+}

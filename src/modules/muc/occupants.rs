@@ -681,3 +681,233 @@ pub fn subject_to(room: &Room, to: &Jid, out: &mut Out) {
     }
     out.send(Kind::Message, Type::Groupchat, from, to, el);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::*;
+    use crate::modules::SessionEvent;
+    use crate::stanza::Condition;
+    use crate::xml::{Element, ns};
+    use std::time::Duration;
+
+    #[test]
+    fn a_family_room_has_history_subject_and_a_member_list_for_everyone() {
+        let t = router();
+        let (a, b, c) = family(&t);
+        let out = say(&t, &b, "family", "dinner at six");
+        for who in [&a, &b, &c] {
+            out.assert_sent(who, "<message type='groupchat' id='m-dinner at six' from='family@muc.localhost/Dad'><body>dinner at six</body><stanza-id xmlns='urn:xmpp:sid:0' by='family@muc.localhost'/></message>");
+        }
+        let out = t.client(
+            &a,
+            &format!(
+                "<message type='groupchat' to='{}'><subject>Sunday</subject></message>",
+                room("family")
+            ),
+        );
+        out.assert_sent(&c, "<message type='groupchat' from='family@muc.localhost/Mum'><subject>Sunday</subject></message>");
+        // Members other than moderators may not change it.
+        let out = t.client(
+            &c,
+            &format!(
+                "<message type='groupchat' id='s' to='{}'><subject>mine</subject></message>",
+                room("family")
+            ),
+        );
+        out.assert_error(&c, "s", Condition::Forbidden);
+        t.skip(Duration::from_secs(60));
+        say(&t, &a, "family", "bring bread");
+        // Carol's second device: every member message so far, then the subject, with delays.
+        let c2 = t.online("carol", "phone");
+        let out = enter(&t, &c2, "family", "Kid");
+        let msgs: Vec<&Element> = out
+            .to(&c2)
+            .into_iter()
+            .filter(|e| e.name == "message")
+            .collect();
+        assert_eq!(msgs.len(), 3, "{}", out.show());
+        assert_eq!(
+            msgs[0].child("body", ns::CLIENT).unwrap().text(),
+            "dinner at six"
+        );
+        assert_eq!(
+            msgs[0].child("delay", ns::DELAY).unwrap().attr("from"),
+            Some("family@muc.localhost")
+        );
+        assert_eq!(
+            msgs[1].child("body", ns::CLIENT).unwrap().text(),
+            "bring bread"
+        );
+        assert_eq!(
+            msgs[2].child("subject", ns::CLIENT).unwrap().text(),
+            "Sunday"
+        );
+        assert!(msgs[2].child("delay", ns::DELAY).is_some());
+        // Carol's two sessions are one occupant: the others saw no new arrival.
+        out.assert_nothing_to(&b.bare());
+        // History limits: the last one; the last minute; none.
+        let d = t.online("dave", "pc");
+        admin_set(
+            &t,
+            &a,
+            "family",
+            "<item affiliation='member' jid='dave@localhost'/>",
+        );
+        let history = |extra: &str, nick: &str| {
+            let out = enter_with(&t, &d, "family", nick, extra);
+            let bodies: Vec<String> = out
+                .to(&d)
+                .into_iter()
+                .filter_map(|e| e.child("body", ns::CLIENT))
+                .map(Element::text)
+                .collect();
+            t.client(
+                &d,
+                &format!(
+                    "<presence type='unavailable' to='{}/{nick}'/>",
+                    room("family")
+                ),
+            );
+            bodies
+        };
+        assert_eq!(
+            history("<history maxstanzas='1'/>", "D1"),
+            vec!["bring bread"]
+        );
+        assert_eq!(
+            history("<history seconds='30'/>", "D2"),
+            vec!["bring bread"]
+        );
+        assert_eq!(
+            history("<history maxchars='0'/>", "D3"),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            history("<history since='1970-01-01T00:00:00Z'/>", "D4").len(),
+            2
+        );
+        assert_eq!(history("", "D5").len(), 2);
+        // Conversations reads the member, admin and owner lists to encrypt to everyone.
+        for aff in ["member", "admin", "owner"] {
+            let out = t.client(&c, &format!("<iq type='get' id='l' to='{}'><query xmlns='{ADMIN}'><item affiliation='{aff}'/></query></iq>", room("family")));
+            assert_eq!(
+                out.only_to(&c).attr("type"),
+                Some("result"),
+                "{aff}: {}",
+                out.show()
+            );
+        }
+        let out = t.client(&c, &format!("<iq type='get' id='l' to='{}'><query xmlns='{ADMIN}'><item affiliation='member'/></query></iq>", room("family")));
+        out.assert_sent(&c, &format!("<iq type='result' id='l'><query xmlns='{ADMIN}'><item affiliation='member' jid='bob@localhost'/><item affiliation='member' jid='carol@localhost'/><item affiliation='member' jid='dave@localhost'/></query></iq>"));
+        // The ban list is for admins.
+        let out = t.client(&c, &format!("<iq type='get' id='o' to='{}'><query xmlns='{ADMIN}'><item affiliation='outcast'/></query></iq>", room("family")));
+        out.assert_error(&c, "o", Condition::Forbidden);
+    }
+
+    #[test]
+    fn nicknames_conflict_change_and_share() {
+        let t = router();
+        let (a, b, _c) = family(&t);
+        let b2 = t.online("bob", "phone");
+        // Another user's nickname is taken, whatever its case.
+        let d = t.online("dave", "pc");
+        admin_set(
+            &t,
+            &a,
+            "family",
+            "<item affiliation='member' jid='dave@localhost' nick='Grandpa'/>",
+        );
+        enter(&t, &d, "family", "dad").assert_error(&d, "j1", Condition::Conflict);
+        // Bob's second device shares his nickname; nobody sees a second Dad.
+        let out = enter(&t, &b2, "family", "Dad");
+        out.assert_sent(&b2, "<presence from='family@muc.localhost/Dad'><x xmlns='http://jabber.org/protocol/muc#user'><status code='110'/></x></presence>");
+        out.assert_sent(&b, "<presence from='family@muc.localhost/Dad'><x xmlns='http://jabber.org/protocol/muc#user'><status code='110'/></x></presence>");
+        // A nickname reserved by another member is refused too.
+        let out = t.client(
+            &b,
+            &format!("<presence id='g' to='{}/Grandpa'/>", room("family")),
+        );
+        out.assert_error(&b, "g", Condition::Conflict);
+        // Dave reads his reserved nickname.
+        let out = t.client(&d, &format!("<iq type='get' id='n' to='{}'><query xmlns='http://jabber.org/protocol/disco#info' node='x-roomuser-item'/></iq>", room("family")));
+        out.assert_sent(&d, "<iq type='result' id='n'><query xmlns='http://jabber.org/protocol/disco#info' node='x-roomuser-item'><identity name='Grandpa'/></query></iq>");
+        // Bob changes his nickname: everyone sees 303 and the new one; both his sessions follow.
+        let out = t.client(&b, &format!("<presence to='{}/Father'/>", room("family")));
+        out.assert_sent(&a, &format!("<presence type='unavailable' from='{}/Dad'><x xmlns='{USER}'><item nick='Father'/><status code='303'/></x></presence>", room("family")));
+        out.assert_sent(&a, &format!("<presence from='{}/Father'/>", room("family")));
+        for s in [&b, &b2] {
+            out.assert_sent(s, "<presence type='unavailable' from='family@muc.localhost/Dad'><x xmlns='http://jabber.org/protocol/muc#user'><status code='110'/><status code='303'/></x></presence>");
+            out.assert_sent(s, "<presence from='family@muc.localhost/Father'><x xmlns='http://jabber.org/protocol/muc#user'><status code='110'/></x></presence>");
+        }
+        say(&t, &b2, "family", "hi")
+            .assert_sent(&a, "<message from='family@muc.localhost/Father'/>");
+        // A status change is shown to everyone; a join from a session already in is a resync.
+        let out = t.client(
+            &b,
+            &format!(
+                "<presence to='{}/Father'><show>away</show></presence>",
+                room("family")
+            ),
+        );
+        out.assert_sent(&a, &format!("<presence from='{}/Father'><show>away</show><x xmlns='{USER}'><item role='participant'/></x></presence>", room("family")));
+        out.assert_sent(&b, "<presence><show>away</show><x xmlns='http://jabber.org/protocol/muc#user'><status code='110'/></x></presence>");
+        let out = enter(&t, &b, "family", "Father");
+        let presences = out.to(&b).iter().filter(|e| e.name == "presence").count();
+        assert_eq!(presences, 3, "Mum, Kid and itself: {}", out.show());
+        out.assert_sent(&b, "<message type='groupchat'><subject/></message>");
+        // One session leaves: the other stays, and nobody sees Father go.
+        let out = t.client(
+            &b2,
+            &format!(
+                "<presence type='unavailable' to='{}/Father'/>",
+                room("family")
+            ),
+        );
+        out.assert_sent(&b2, "<presence type='unavailable'><x xmlns='http://jabber.org/protocol/muc#user'><status code='110'/></x></presence>");
+        out.assert_not_sent(&a, "<presence type='unavailable'/>");
+        // Nicknames that are empty to the eye or too long are refused.
+        let e = t.online("dave", "pc2");
+        enter(&t, &e, "family", "\u{200B}").assert_error(&e, "j1", Condition::JidMalformed);
+        enter(&t, &e, "family", &"x".repeat(65)).assert_error(&e, "j1", Condition::NotAcceptable);
+    }
+
+    #[test]
+    fn detached_sessions_stay_and_ended_ones_leave() {
+        let t = router();
+        let (a, b, c) = family(&t);
+        // The phone's connection drops: it stays in, and what is said is queued for it.
+        t.event(&c, SessionEvent::Detached).assert_nothing_to(&a);
+        say(&t, &a, "family", "still there?").assert_sent(
+            &c,
+            "<message type='groupchat'><body>still there?</body></message>",
+        );
+        t.event(&c, SessionEvent::Resumed);
+        t.client(
+            &c,
+            &format!(
+                "<iq type='get' id='sp' to='{}/Kid'><ping xmlns='urn:xmpp:ping'/></iq>",
+                room("family")
+            ),
+        )
+        .assert_sent(&c, "<iq type='result' id='sp'/>");
+        // The session ends: the others hear Kid left, once.
+        let out = t.close(&c);
+        out.assert_sent(&a, &format!("<presence type='unavailable' from='{}/Kid'><x xmlns='{USER}'><item role='none'/></x></presence>", room("family")));
+        assert_eq!(out.to(&b).len(), 1, "{}", out.show());
+        // A new session binding the same resource is not in the room.
+        let c = t.online("carol", "tablet");
+        t.client(
+            &c,
+            &format!(
+                "<iq type='get' id='sp' to='{}/Kid'><ping xmlns='urn:xmpp:ping'/></iq>",
+                room("family")
+            ),
+        )
+        .assert_error(&c, "sp", Condition::NotAcceptable);
+        enter(&t, &c, "family", "Kid");
+        let stale = t.bind("carol", "tablet");
+        assert_eq!(stale, c);
+        t.client(&a, &format!("<iq type='get' id='v' to='{}'><query xmlns='{ADMIN}'><item role='participant'/></query></iq>", room("family")))
+            .assert_sent(&a, &format!("<iq type='result'><query xmlns='{ADMIN}'><item nick='Dad'/></query></iq>"));
+    }
+}
