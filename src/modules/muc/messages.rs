@@ -179,7 +179,7 @@ impl Muc {
         Ok(())
     }
 
-    /// A message to an occupant JID: a private message (or an error about one).
+    /// A message to an occupant JID: a private message.
     pub(super) fn private(
         &self,
         cx: &mut Cx,
@@ -188,42 +188,39 @@ impl Muc {
         nick: &str,
         out: &mut Out,
     ) -> Result<(), StanzaError> {
-        let error = st.typ == Type::Error;
-        let quiet = |e: StanzaError| if error { Ok(()) } else { Err(e) };
+        // An error from an occupant's side answers what the room relayed to it, in the room
+        // or privately; it cannot be told which, and passing it on would mark a message to
+        // everyone as failed for its sender because one recipient refused it. It goes no
+        // further.
+        if st.typ == Type::Error {
+            return Ok(());
+        }
         let mut rooms = self.rooms.borrow_mut();
-        let Some(room) = rooms.get_mut(name) else {
-            return quiet(no_room());
-        };
-        let Some(key) = room.sessions.get(&st.from).cloned() else {
-            return quiet(not_in());
-        };
+        let room = rooms.get_mut(name).ok_or_else(no_room)?;
+        let key = room.sessions.get(&st.from).cloned().ok_or_else(not_in)?;
         if st.typ == Type::Groupchat {
             return Err(StanzaError::bad_request(
                 "a private message is not of type groupchat",
             ));
         }
         let Some(target) = room.occupants.get(&fold(nick)) else {
-            return quiet(StanzaError::with_text(
+            return Err(StanzaError::with_text(
                 Condition::ItemNotFound,
                 "nobody by that nickname is in the room",
             ));
         };
         let to: Vec<Jid> = target.sessions.iter().map(|s| s.jid.clone()).collect();
         let o = room.occupants.get_mut(&key).ok_or_else(not_in)?;
-        if !error {
-            if !room.config.allow_pm.allows(o.role) {
-                return Err(StanzaError::with_text(
-                    Condition::Forbidden,
-                    "private messages are not allowed in this room",
-                ));
-            }
-            self.flood(o, now_ms(cx))?;
+        if !room.config.allow_pm.allows(o.role) {
+            return Err(StanzaError::with_text(
+                Condition::Forbidden,
+                "private messages are not allowed in this room",
+            ));
         }
+        self.flood(o, now_ms(cx))?;
         let from = room.jid.with_resource(&o.nick).map_err(|_| not_in())?;
         let mut el = relayed(&st.el, &room.jid);
-        if !error {
-            el.push(Element::new("x", ns::MUC_USER));
-        }
+        el.push(Element::new("x", ns::MUC_USER));
         for s in to {
             out.send(Kind::Message, st.typ, from.clone(), &s, el.clone());
         }
@@ -637,6 +634,25 @@ mod tests {
             ),
         )
         .assert_sent(&c, "<message type='chat' from='family@muc.localhost/Mum'/>");
+    }
+
+    #[test]
+    fn an_error_from_one_occupant_fails_nobody_elses_message() {
+        let t = router();
+        let (a, b, _c) = family(&t);
+        say(&t, &a, "family", "hello all");
+        // Bob's side refuses the copy it was sent: that is for the room to know, not Mum.
+        let out = t.client(
+            &b,
+            &format!(
+                "<message type='error' id='m-hello all' to='{}/Mum'><error type='cancel'>\
+                 <service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error>\
+                 </message>",
+                room("family")
+            ),
+        );
+        out.assert_nothing_to(&a);
+        out.assert_nothing_to(&b);
     }
 
     #[test]
