@@ -186,4 +186,33 @@ mod tests {
         let d = t.online("dave", "pc");
         query(&d, "<max>1</max>").assert_error(&d, "q", Condition::Forbidden);
     }
+
+    #[test]
+    fn old_room_messages_expire_with_the_archive_retention() {
+        let t = router_with(|c| c.modules.mam.retention_days = 1);
+        let (a, _b, _c) = family(&t);
+        say(&t, &a, "family", "old news");
+        let kept = |t: &crate::modules::testing::TestRouter| {
+            super::ROOM_ARCHIVE
+                .page(
+                    &t.router.store,
+                    "family",
+                    None,
+                    0,
+                    u64::MAX,
+                    false,
+                    10,
+                    &|_| true,
+                )
+                .unwrap()
+                .items
+                .len()
+        };
+        assert_eq!(kept(&t), 1);
+        t.skip(Duration::from_secs(90_000));
+        say(&t, &a, "family", "news");
+        assert_eq!(kept(&t), 2);
+        t.advance(Duration::from_secs(2));
+        assert_eq!(kept(&t), 1, "the old one went, the new one stays");
+    }
 }
