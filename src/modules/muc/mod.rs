@@ -32,8 +32,10 @@
 //! occupant JID), so the recipients' modules (blocking, say) apply to it.
 //!
 //! Left out: registration with a room (`jabber:iq:register`), the owner and admin lists as
-//! configuration fields, presence broadcast by role, room avatars, the `#traffic` node, and
-//! federation (rooms see only this server's users).
+//! configuration fields (`muc#admin` sets them), presence broadcast by role, messages about
+//! affiliation changes to users not in the room (101), room avatars, the `#traffic` node, and
+//! federation (rooms see only this server's users). A room whose only owner's account is
+//! deleted keeps no owner.
 
 mod admin;
 mod archive;
