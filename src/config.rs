@@ -229,6 +229,7 @@ pub struct ModulesConfig {
     pub private: crate::modules::private::Config,
     pub register: crate::modules::register::Config,
     pub external_services: crate::modules::extdisco::Config,
+    pub muc: crate::modules::muc::Config,
 }
 
 impl Config {
@@ -323,6 +324,35 @@ impl Config {
             ));
         }
         self.modules.external_services.validate()?;
+        let muc = &self.modules.muc;
+        if muc.enabled {
+            let d = muc.domain_for(&self.server.domain);
+            let ok = crate::jid::Jid::parse(&d)
+                .is_ok_and(|j| j.local().is_none() && j.is_bare() && j.to_string() == d);
+            if !ok {
+                return Err(format!(
+                    "modules.muc.domain {d:?} is not a domain name in normalised form; set it to \
+                     the name the room service is reached at, such as \"muc.example.org\""
+                ));
+            }
+            if d == self.server.domain {
+                return Err(
+                    "modules.muc.domain must differ from server.domain; use a subdomain such \
+                     as \"muc.example.org\""
+                        .into(),
+                );
+            }
+            for a in &muc.admins {
+                let bare =
+                    crate::jid::Jid::parse(a).is_ok_and(|j| j.local().is_some() && j.is_bare());
+                if !bare {
+                    return Err(format!(
+                        "modules.muc.admins has {a:?}, which is not an account's address such \
+                         as \"alice@example.org\""
+                    ));
+                }
+            }
+        }
         if log_level(&self.server.log_level).is_none() {
             return Err(format!(
                 "server.log_level {:?} is not one of error, warn, info, debug, trace",
@@ -450,6 +480,24 @@ impl Config {
                 m.external_services.credentials_ttl_secs, 60, 7 * DAY, "seconds"),
             ("modules.register.password_interval_secs", m.register.password_interval_secs, 1, DAY,
                 "seconds; each change costs two key derivations"),
+            ("modules.muc.max_rooms", n(m.muc.max_rooms), 1, 100_000, "rooms"),
+            ("modules.muc.max_owned_per_user", n(m.muc.max_owned_per_user), 1, 10_000, "rooms"),
+            ("modules.muc.max_joined_per_user", n(m.muc.max_joined_per_user), 1, 10_000, "rooms"),
+            ("modules.muc.max_occupants", n(m.muc.max_occupants), 2, 10_000, "occupants"),
+            ("modules.muc.max_affiliations", n(m.muc.max_affiliations), 1, 100_000, "addresses"),
+            ("modules.muc.max_history", n(m.muc.max_history), 0, 1000, "messages"),
+            ("modules.muc.max_history_bytes", n(m.muc.max_history_bytes), 0, 16 << 20, "bytes"),
+            ("modules.muc.max_archive_bytes_per_room", m.muc.max_archive_bytes_per_room, 10_000,
+                1 << 40, "bytes"),
+            ("modules.muc.max_nick_bytes", n(m.muc.max_nick_bytes), 1, 1023,
+                "bytes; a nickname is a JID resourcepart"),
+            ("modules.muc.max_subject_bytes", n(m.muc.max_subject_bytes), 0, 65_536, "bytes"),
+            ("modules.muc.max_password_bytes", n(m.muc.max_password_bytes), 1, 1024, "bytes"),
+            ("modules.muc.max_name_bytes", n(m.muc.max_name_bytes), 1, 65_536, "bytes"),
+            ("modules.muc.max_presence_bytes", n(m.muc.max_presence_bytes), 512, 1 << 20,
+                "bytes"),
+            ("modules.muc.messages_per_minute", n(m.muc.messages_per_minute), 1, 100_000,
+                "messages"),
         ]
     }
 
@@ -569,6 +617,20 @@ mod tests {
         assert!(e.contains("limits.max_stanza_bytes"), "{e}");
         let e = Config::parse("[limits]\nqueue_bytes = 1000000").unwrap_err();
         assert!(e.contains("modules.offline.max_bytes_per_user"), "{e}");
+        let e = Config::parse("[modules.muc]\ndomain = 'localhost'").unwrap_err();
+        assert!(e.contains("must differ from server.domain"), "{e}");
+        let e = Config::parse("[modules.muc]\ndomain = 'Rooms.Example'").unwrap_err();
+        assert!(e.contains("normalised form"), "{e}");
+        let e = Config::parse("[modules.muc]\nadmins = ['example.org']").unwrap_err();
+        assert!(e.contains("not an account's address"), "{e}");
+        let e = Config::parse("[modules.muc]\ncreate = 'everybody'").unwrap_err();
+        assert!(e.contains("expected `anyone` or `admins`"), "{e}");
+        let c = Config::parse("[modules.muc]\nenabled = false\ndomain = 'localhost'").unwrap();
+        assert!(!c.modules.muc.enabled);
+        assert_eq!(
+            Config::default().modules.muc.domain_for("example.org"),
+            "muc.example.org"
+        );
     }
 
     /// `option = value` as TOML: `a.b.c = v` becomes `[a.b]` and `c = v`.

@@ -60,7 +60,6 @@ impl Jid {
         &self.domain
     }
 
-    #[cfg(test)]
     pub fn resource(&self) -> Option<&str> {
         self.resource.as_deref()
     }

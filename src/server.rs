@@ -219,9 +219,15 @@ async fn wait_for_shutdown(server: &Rc<Server>, mut signals: Signals) -> Result<
     Ok(())
 }
 
-/// Tells every connection `system-shutdown` and gives them a few seconds to say goodbye.
+/// Lets the modules say their last words, then tells every connection `system-shutdown` and
+/// gives them a few seconds to say goodbye.
 fn shutdown(server: &Rc<Server>, ex: &LocalExecutor<'_>) {
     server.closing.set(true);
+    smol::block_on(ex.run(router::run(server, "stopping the modules", |cx| {
+        for m in cx.modules() {
+            m.stop(cx);
+        }
+    })));
     let ids: Vec<u64> = server.conns.borrow().keys().copied().collect();
     for id in ids {
         server.close_conn(id, StreamError::new(StreamCondition::SystemShutdown));

@@ -16,6 +16,7 @@ pub mod carbons;
 pub mod disco;
 pub mod extdisco;
 pub mod mam;
+pub mod muc;
 pub mod offline;
 pub mod pep;
 pub mod ping;
@@ -78,6 +79,8 @@ pub static REGISTRY: &[Entry] = &[
     mam::ENTRY,
     carbons::ENTRY,
     offline::ENTRY,
+    // A hosted service: it acts on what is addressed to its domain, after every hook.
+    muc::ENTRY,
 ];
 
 /// The enabled modules, in hook order.
@@ -525,6 +528,9 @@ pub trait Module: Any {
 
     /// Called once when the server starts (to set a first timer, say).
     fn start(&self, _cx: &mut Cx) {}
+    /// Called once when the server shuts down, before the streams are closed: what is sent
+    /// here reaches the clients ahead of their `system-shutdown`.
+    fn stop(&self, _cx: &mut Cx) {}
     /// A timer set with [`Cx::set_timer`] is due.
     fn timer(&self, _cx: &mut Cx, _token: u64) {}
     /// The account was deleted (with everything stored for it): forget what is cached.
@@ -590,6 +596,8 @@ mod tests {
             "<iq type='set' id='3'><prefs xmlns='urn:xmpp:mam:2' default='always'/></iq>",
         );
         t.client(&a, "<iq type='set' id='4'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='urn:example'><item id='1'><x xmlns='urn:example'/></item></publish></pubsub></iq>");
+        t.client(&a, "<presence to='r@muc.localhost/alice'><x xmlns='http://jabber.org/protocol/muc'/></presence>");
+        t.client(&a, "<iq type='set' id='5' to='r@muc.localhost'><query xmlns='http://jabber.org/protocol/muc#owner'><x xmlns='jabber:x:data' type='submit'><field var='muc#roomconfig_persistentroom'><value>1</value></field></x></query></iq>");
         t.client(
             &a,
             "<message to='bob@localhost' type='chat'><body>archived</body></message>",
@@ -621,6 +629,7 @@ mod tests {
             "offline",
             "pep_nodes",
             "pep_items",
+            "muc_affiliations",
         ] {
             assert!(
                 stored.iter().any(|n| n == table),

@@ -97,6 +97,15 @@ impl Module for Presence {
             Type::Subscribed => in_subscribed(cx, roster, user, &contact),
             Type::Unsubscribe => in_unsubscribe(cx, roster, user, &contact),
             Type::Unsubscribed => in_unsubscribed(cx, roster, user, &contact),
+            // Who refused a session's directed presence (a chat room it may not enter) has
+            // none to withdraw: it leaves the session's bounded set, or refused joins would
+            // fill it.
+            Type::Error => {
+                if let Some(to) = &st.to {
+                    cx.with_session(to, |s| s.directed.remove(&st.from));
+                }
+                return Ok(Flow::Continue);
+            }
             Type::Probe => {
                 let allowed = roster
                     .item(cx, user, &contact)
@@ -666,15 +675,31 @@ mod tests {
         let out = t.client(&a, "<presence id='p5' to='dave@localhost'/>");
         out.assert_nothing_to(&a);
         out.assert_sent(&d, "<presence from='alice@localhost/phone'/>");
+        // An error in answer makes room too: nothing is left to withdraw from there.
+        t.client(&a, "<presence type='unavailable' to='dave@localhost'/>");
+        t.client(&a, "<presence to='dave@localhost/pc'/>");
+        let out = t.client(&a, "<presence id='p6' to='carol@localhost/pc'/>");
+        out.assert_error(&a, "p6", Condition::ResourceConstraint);
+        let out = t.client(
+            &d,
+            "<presence type='error' to='alice@localhost/phone'><error type='cancel'>\
+             <not-allowed xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></presence>",
+        );
+        out.assert_sent(&a, "<presence type='error' from='dave@localhost/pc'/>");
+        let c = t.online("carol", "pc");
+        let out = t.client(&a, "<presence id='p7' to='carol@localhost/pc'/>");
+        out.assert_nothing_to(&a);
+        out.assert_sent(&c, "<presence from='alice@localhost/phone'/>");
         let out = t.close(&a);
         out.assert_sent(
             &b,
             "<presence type='unavailable' from='alice@localhost/phone'/>",
         );
         out.assert_sent(
-            &d,
+            &c,
             "<presence type='unavailable' from='alice@localhost/phone'/>",
         );
+        out.assert_nothing_to(&d);
     }
 
     #[test]

@@ -62,8 +62,25 @@ pub const SID: &str = "urn:xmpp:sid:0";
 pub const RSM: &str = "http://jabber.org/protocol/rsm";
 /// XEP-0004 Data Forms, v2.13.
 pub const DATA_FORMS: &str = "jabber:x:data";
-/// XEP-0045 Multi-User Chat: the `<x/>` a room adds to what it relays, private messages too.
+/// XEP-0045 Multi-User Chat, v1.35: the `<x/>` a client puts in the presence that joins a room.
+pub const MUC: &str = "http://jabber.org/protocol/muc";
+/// XEP-0045: the `<x/>` a room adds to what it relays, private messages too.
 pub const MUC_USER: &str = "http://jabber.org/protocol/muc#user";
+/// XEP-0045 §8, §9: moderators' and admins' requests (roles, affiliations).
+pub const MUC_ADMIN: &str = "http://jabber.org/protocol/muc#admin";
+/// XEP-0045 §10: owners' requests (configuration, destruction).
+pub const MUC_OWNER: &str = "http://jabber.org/protocol/muc#owner";
+/// XEP-0045 §15.5.3: the FORM_TYPE of room configuration forms.
+pub const MUC_ROOMCONFIG: &str = "http://jabber.org/protocol/muc#roomconfig";
+/// XEP-0045 §15.5.4: the FORM_TYPE of a room's extended disco#info.
+pub const MUC_ROOMINFO: &str = "http://jabber.org/protocol/muc#roominfo";
+/// XEP-0045 §15.5.2: the FORM_TYPE of voice requests and their approval.
+pub const MUC_REQUEST: &str = "http://jabber.org/protocol/muc#request";
+/// XEP-0045 §7.4: a room reflects a message with the id its sender gave it.
+pub const MUC_STABLE_ID: &str = "http://jabber.org/protocol/muc#stable_id";
+/// XEP-0410 MUC Self-Ping: the room answers an occupant's ping to its own nickname.
+pub const MUC_SELF_PING: &str = "http://jabber.org/protocol/muc#self-ping-optimization";
+
 /// XEP-0184 Message Delivery Receipts.
 pub const RECEIPTS: &str = "urn:xmpp:receipts";
 /// XEP-0333 Displayed Markers (formerly Chat Markers).

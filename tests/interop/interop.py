@@ -15,7 +15,8 @@ sends one message, for the archive's 'with' filter, and later reads another acco
 PEP node as a stranger. Two more accounts, d and e, have two OMEMO devices each
 (slixmpp-omemo, XEP-0384 in both versions): their keys live in hearth's PEP (XEP-0163), their
 device lists reach each other by PEP notifications filtered by entity caps (XEP-0115), and
-they exchange encrypted messages live, as carbons and through the archive. a and a2 also use slixmpp's blocking
+they exchange encrypted messages live, as carbons and through the archive. a and b chat in a
+room with slixmpp's XEP-0045 plugin, with the room's archive and self-ping. a and a2 also use slixmpp's blocking
 plugin (XEP-0191), and a's disco#info on its own bare JID finds the archive (XEP-0313 §6.4,
 as Dino and Conversations look for it). The blocking scenario runs after every scenario that
 reads a's archive and leaves nothing blocked.
@@ -443,12 +444,13 @@ class Run:
         self.a_received = {}
 
     # Plugins beyond disco, ping and delay: a uses stream management (with resumption), client
-    # state indication and the archive; a2 carbons; a and a2 blocking; b sends chat states.
+    # state indication and the archive; a2 carbons; a and a2 blocking; b sends chat states; a
+    # and b chat in a room (XEP-0045).
     # Stanza-ids are read with XEP-0359's plugin.
     PLUGINS = {
-        "a": ("xep_0198", "xep_0352", "xep_0313", "xep_0359", "xep_0191"),
+        "a": ("xep_0198", "xep_0352", "xep_0313", "xep_0359", "xep_0191", "xep_0045"),
         "a2": ("xep_0280", "xep_0359", "xep_0191"),
-        "b": ("xep_0085", "xep_0359"),
+        "b": ("xep_0085", "xep_0359", "xep_0045"),
         "c": ("xep_0359",),
     }
 
@@ -1486,6 +1488,106 @@ class Run:
                           f"e2 {devices['e2']}: both OMEMO versions published; messages, carbons "
                           f"and an archived message decrypted")
 
+    async def muc(self):
+        """slixmpp's XEP-0045 plugin: a finds the room service in the server's disco items,
+        creates a room (status 201) and configures it through the form it is given (persistent,
+        non-anonymous); b enters with a history request and gets what a said before, a sees b
+        arrive, both talk (the room's stanza-ids on each message), a sends b a private message,
+        b's self-ping (XEP-0410) is answered while b is in and refused once b left, a reads the
+        room's archive (XEP-0313), and b's leaving reaches a."""
+        a, b = self.a, self.b
+        disco = a.x.plugin["xep_0030"]
+        items = await disco.get_items(jid=self.args.domain, timeout=WAIT)
+        services = [str(i[0]) for i in items["disco_items"]["items"]]
+        service = f"muc.{self.args.domain}"
+        check(service in services, f"the server's disco items {services} lack {service}")
+        info = await disco.get_info(jid=service, timeout=WAIT)
+        check("http://jabber.org/protocol/muc" in info["disco_info"]["features"],
+              f"{service} does not say it is a MUC service: {short(info)}")
+        room = slixmpp.JID(f"interop-{uuid.uuid4().hex[:8]}@{service}")
+        muc_a, muc_b = a.x.plugin["xep_0045"], b.x.plugin["xep_0045"]
+        pres, _subject, _occupants, _history = await muc_a.join_muc_wait(room, "Alice", timeout=WAIT)
+        codes = pres["muc"]["status_codes"]
+        check({110, 201} <= set(codes), f"a: a new room's self-presence has codes {codes}")
+        form = await muc_a.get_room_config(room, timeout=WAIT)
+        fields = form.get_fields()
+        for var in ("muc#roomconfig_persistentroom", "muc#roomconfig_whois", "muc#roomconfig_membersonly"):
+            check(var in fields, f"a: the configuration form lacks {var}: {short(form)}")
+        form.set_values({
+            "muc#roomconfig_roomname": "Interop",
+            "muc#roomconfig_persistentroom": True,
+            "muc#roomconfig_whois": "anyone",
+        })
+        await muc_a.set_room_config(room, form, timeout=WAIT)
+        info = await disco.get_info(jid=room, timeout=WAIT)
+        features = info["disco_info"]["features"]
+        for f in ("muc_persistent", "muc_nonanonymous", "muc_open", NS_MAM):
+            check(f in features, f"the room's disco#info lacks {f}: {sorted(features)}")
+
+        before = f"before b {uuid.uuid4()}"
+        a.x.send_message(mto=room, mbody=before, mtype="groupchat")
+        await a.inbox.expect("message", lambda m: m["type"] == "groupchat" and body_of(m) == before,
+                             "a: its own message reflected by the room")
+        b_in = asyncio.Event()
+        a.x.add_event_handler(f"muc::{room}::got_online",
+                              lambda p: p["muc"]["nick"] == "Bob" and b_in.set())
+        b_out = asyncio.Event()
+        a.x.add_event_handler(f"muc::{room}::got_offline",
+                              lambda p: p["muc"]["nick"] == "Bob" and b_out.set())
+        pres, _subject, occupants, history = await muc_b.join_muc_wait(room, "Bob", maxstanzas=10,
+                                                                        timeout=WAIT)
+        codes = pres["muc"]["status_codes"]
+        check({100, 110} <= set(codes), f"b: a non-anonymous room's self-presence has codes {codes}")
+        # The plugin counts b itself among the occupants, after the others.
+        nicks = [p["muc"]["nick"] for p in occupants]
+        check(nicks == ["Alice", "Bob"], f"b: occupants {nicks}")
+        check([body_of(m) for m in history] == [before], f"b: history {[short(m) for m in history]}")
+        await asyncio.wait_for(b_in.wait(), WAIT)
+        check("Bob" in muc_a.get_roster(room), f"a: the room's roster {muc_a.get_roster(room)}")
+
+        said = f"hello room {uuid.uuid4()}"
+        b.x.send_message(mto=room, mbody=said, mtype="groupchat")
+        for c in (a, b):
+            m = await c.inbox.expect("message", lambda m: m["type"] == "groupchat" and body_of(m) == said,
+                                     f"{c.name}: b's message in the room")
+            check(m["from"].resource == "Bob", f"{c.name}: b's message from {m['from']}")
+            sid = m.xml.find(f"{{{NS_SID}}}stanza-id")
+            check(sid is not None and sid.get("by") == str(room),
+                  f"{c.name}: no stanza-id by the room on {short(m)}")
+        private = f"just for you {uuid.uuid4()}"
+        a.x.send_message(mto=slixmpp.JID(f"{room}/Bob"), mbody=private, mtype="chat")
+        m = await b.inbox.expect("message", lambda m: body_of(m) == private, "b: a's private message")
+        check(m["from"].full == f"{room}/Alice" and m["type"] == "chat", f"b: the private message {short(m)}")
+
+        async def self_ping():
+            iq = b.x.Iq()
+            iq["type"] = "get"
+            iq["to"] = f"{room}/Bob"
+            iq.enable("ping")
+            return await iq.send(timeout=WAIT)
+
+        res = await self_ping()
+        check(res["type"] == "result", f"b: self-ping in the room answered {short(res)}")
+
+        res = await a.x.plugin["xep_0313"].retrieve(jid=room, timeout=WAIT)
+        archived = [r["mam_result"]["forwarded"]["stanza"] for r in res["mam"]["results"]]
+        check([body_of(m) for m in archived] == [before, said],
+              f"a: the room's archive holds {[short(m) for m in archived]}")
+
+        muc_b.leave_muc(room, "Bob")
+        await asyncio.wait_for(b_out.wait(), WAIT)
+        try:
+            res = await self_ping()
+            raise Fail(f"b: self-ping after leaving answered {short(res)}")
+        except IqError as e:
+            check(e.condition == "not-acceptable", f"b: self-ping after leaving: {short(e.iq)}")
+        await muc_a.destroy(room, timeout=WAIT)
+        for c in (a, b):
+            c.inbox.drop("message")
+            c.inbox.drop("presence")
+        self.notes.append(f"room {room}: created, configured by form, history, messages with "
+                          f"stanza-ids, a private message, self-ping, its archive, leaving")
+
     async def shutdown_notice(self):
         """SIGTERM to the server: each connected client gets the stream error
         system-shutdown (RFC 6120 4.9.3.20), then the server closes the connection."""
@@ -1527,6 +1629,7 @@ async def main(args):
         ("csi", run.csi),
         ("blocking", run.blocking),
         ("omemo", run.omemo),
+        ("muc", run.muc),
         ("avatars", run.avatars),
         ("vcard", run.vcard),
         ("bookmarks", run.bookmarks),

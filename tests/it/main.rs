@@ -18,6 +18,7 @@ mod limits;
 mod login;
 mod mam;
 mod messages;
+mod muc;
 mod offline;
 mod pep;
 mod presence;
