@@ -744,3 +744,67 @@ fn floods_bogus_input_visitors_and_outcasts_leave_the_room_working() {
     heard(&mut alice, "town", "Mum", "calm again");
     crate::harness::assert_server_ok(&server, "bob");
 }
+
+/// A room's archive is bounded as an account's is: in bytes (a full one keeps its history and
+/// takes nothing new, said once in the log, while the room relays on), and a query for one
+/// sender, which has no index to read from, looks at a bounded number of rows.
+#[test]
+fn a_room_archive_is_bounded_in_bytes_and_in_rows_looked_at() {
+    let server = server_with(
+        "[modules.muc]\nmax_archive_bytes_per_room = 100000\nmessages_per_minute = 1000\n\
+         [modules.mam]\nmax_page = 2\ndefault_page = 2\n",
+    );
+    let mut alice = Client::online(&server, "alice", "phone");
+    family_room(&mut alice);
+    let mut bob = Client::online(&server, "bob", "phone");
+    enter(&mut bob, "family", "Dad");
+    alice.expect(&format!("<presence from='{}/Dad'/>", room("family")));
+    // 250 short ones from alice, then one from bob: 200 rows may be looked at per query.
+    for i in 0..250 {
+        say(&mut alice, "family", &format!("a{i}"));
+        heard(&mut alice, "family", "Mum", &format!("a{i}"));
+    }
+    say(&mut bob, "family", "b0");
+    heard(&mut alice, "family", "Dad", "b0");
+    let with = |c: &mut Client, rsm: &str| {
+        c.iq(
+            &format!("type='set' to='{}'", room("family")),
+            &format!(
+                "<query xmlns='urn:xmpp:mam:2'><x xmlns='jabber:x:data' type='submit'>\
+                 <field var='FORM_TYPE'><value>urn:xmpp:mam:2</value></field>\
+                 <field var='with'><value>bob@localhost</value></field></x>\
+                 <set xmlns='http://jabber.org/protocol/rsm'>{rsm}</set></query>"
+            ),
+        )
+    };
+    let r = with(&mut alice, "<max>2</max>");
+    assert_matches(
+        &r,
+        "<iq type='error'><error><resource-constraint xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>",
+    );
+    let (last, _) = archive_page(&mut alice, "family", "<max>2</max><before/>");
+    assert_eq!(last, ["a249", "b0"]);
+    drain(&mut bob);
+    // Large ones fill the archive: the small ones took about 50 KB of its 100 KB, and 2 of
+    // about 20 KB fit in what is left.
+    let filler = "x".repeat(20_000);
+    let mut archived = Vec::new();
+    for i in 0..5 {
+        alice.send(&format!(
+            "<message type='groupchat' id='big{i}' to='{}'><body>big{i} {filler}</body></message>",
+            room("family")
+        ));
+        let got = bob.expect(&format!("<message type='groupchat' id='big{i}'/>"));
+        archived.push(got.child("stanza-id", "urn:xmpp:sid:0").is_some());
+        alice.expect(&format!("<message type='groupchat' id='big{i}'/>"));
+    }
+    assert_eq!(archived, [true, true, false, false, false]);
+    let (last, fin) = archive_page(&mut bob, "family", "<max>2</max><before/>");
+    let last: Vec<&str> = last.iter().map(|b| &b[..4]).collect();
+    assert_eq!(last, ["big0", "big1"]);
+    assert_eq!(fin.attr("complete"), None);
+    alice.sync();
+    let log = server.log();
+    let full = "the archive of room family is full";
+    assert_eq!(log.matches(full).count(), 1, "{log}");
+}

@@ -105,6 +105,7 @@ impl Muc {
 mod tests {
     use super::super::tests::*;
     use crate::jid::Jid;
+    use crate::modules::testing::{Out, TestRouter};
     use crate::stanza::Condition;
     use crate::xml::{Element, ns};
     use std::time::Duration;
@@ -217,5 +218,185 @@ mod tests {
         assert_eq!(kept(&t), 2);
         t.advance(Duration::from_secs(2));
         assert_eq!(kept(&t), 1, "the old one went, the new one stays");
+    }
+
+    /// A query of the room's archive for a sender is the same attack as `with` a full JID on
+    /// an account's archive (there is no index by sender): it looks at a bounded number of
+    /// rows per result it may hold, and says so when that finds nothing.
+    #[test]
+    fn a_room_archive_query_looks_at_a_bounded_number_of_rows() {
+        let t = router_with(|c| {
+            c.modules.mam.max_page = 2;
+            c.modules.mam.default_page = 2;
+            c.modules.muc.messages_per_minute = 1000;
+        });
+        let (a, b, c) = family(&t);
+        // 250 from bob, then 3 from carol: 200 rows may be looked at per query.
+        for i in 0..250 {
+            say(&t, &b, "family", &format!("b{i}"));
+        }
+        for i in 0..3 {
+            say(&t, &c, "family", &format!("c{i}"));
+        }
+        let with = |jid: &str, set: &str| {
+            t.client(
+                &a,
+                &format!(
+                    "<iq type='set' id='q' to='{}'><query xmlns='urn:xmpp:mam:2'>\
+                     <x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE'>\
+                     <value>urn:xmpp:mam:2</value></field><field var='with'><value>{jid}</value>\
+                     </field></x><set xmlns='http://jabber.org/protocol/rsm'>{set}</set>\
+                     </query></iq>",
+                    room("family")
+                ),
+            )
+        };
+        let out = with("carol@localhost", "<max>2</max>");
+        out.assert_error(&a, "q", Condition::ResourceConstraint);
+        // From the newest end carol's messages are found at once.
+        let out = with("carol@localhost", "<max>2</max><before/>");
+        assert_eq!(
+            out.to(&a).len(),
+            3,
+            "two results and the fin: {}",
+            out.show()
+        );
+        out.assert_sent(
+            &a,
+            "<iq type='result' id='q'><fin xmlns='urn:xmpp:mam:2'/></iq>",
+        );
+        // Bob's match at once from either end.
+        let out = with("bob@localhost", "<max>2</max>");
+        assert_eq!(out.to(&a).len(), 3, "{}", out.show());
+    }
+
+    /// A groupchat message with a short id, however long its body.
+    fn speak(t: &TestRouter, who: &Jid, room_name: &str, id: &str, body: &str) -> Out {
+        t.client(
+            who,
+            &format!(
+                "<message type='groupchat' id='{id}' to='{}'><body>{body}</body></message>",
+                room(room_name)
+            ),
+        )
+    }
+
+    /// A page of the room's archive stops at half of the client's queue in bytes, as an
+    /// account's does.
+    #[test]
+    fn a_room_archive_page_is_cut_by_bytes() {
+        let t = router_with(|c| {
+            c.limits.queue_bytes = 40_000;
+            c.modules.muc.messages_per_minute = 1000;
+        });
+        let (a, b, _c) = family(&t);
+        let filler = "x".repeat(6000);
+        for i in 0..5 {
+            speak(&t, &b, "family", &format!("m{i}"), &format!("m{i}{filler}"));
+        }
+        let query = |rsm: &str| {
+            t.client(
+                &a,
+                &format!(
+                    "<iq type='set' id='q' to='{}'><query xmlns='urn:xmpp:mam:2'>\
+                     <set xmlns='http://jabber.org/protocol/rsm'>{rsm}</set></query></iq>",
+                    room("family")
+                ),
+            )
+        };
+        let ids = |out: &Out| -> Vec<String> {
+            out.to(&a)
+                .into_iter()
+                .filter_map(|m| m.child("result", ns::MAM))
+                .filter_map(|r| r.attr("id").map(str::to_owned))
+                .collect()
+        };
+        // Three of about 6 KB fit in 20 KB.
+        let out = query("<max>10</max>");
+        let first = ids(&out);
+        assert_eq!(first.len(), 3);
+        out.assert_not_sent(&a, "<iq><fin complete='true'/></iq>");
+        let out = query(&format!("<max>10</max><after>{}</after>", first[2]));
+        assert_eq!(ids(&out).len(), 2);
+        out.assert_sent(
+            &a,
+            "<iq type='result' id='q'><fin xmlns='urn:xmpp:mam:2' complete='true'/></iq>",
+        );
+        // By ids, too.
+        let named: String = first
+            .iter()
+            .map(|id| format!("<value>{id}</value>"))
+            .collect();
+        let out = t.client(
+            &a,
+            &format!(
+                "<iq type='set' id='q' to='{}'><query xmlns='urn:xmpp:mam:2'>\
+                 <x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE'>\
+                 <value>urn:xmpp:mam:2</value></field><field var='ids'>{named}{named}</field>\
+                 </x><set xmlns='http://jabber.org/protocol/rsm'><max>1</max></set></query></iq>",
+                room("family")
+            ),
+        );
+        assert_eq!(ids(&out).len(), 1);
+    }
+
+    /// A room's archive is bounded in bytes (`max_archive_bytes_per_room`): a full one keeps
+    /// what it has and takes nothing new, while the room still relays every message; another
+    /// room is not affected, and a room made again under the same name starts empty.
+    #[test]
+    fn a_full_room_archive_keeps_its_history_and_takes_nothing_new() {
+        let t = router_with(|c| c.modules.muc.max_archive_bytes_per_room = 10_000);
+        let (a, b, c) = family(&t);
+        let filler = "x".repeat(3000);
+        let kept = |t: &TestRouter, name: &str| {
+            super::ROOM_ARCHIVE
+                .page(
+                    &t.router.store,
+                    name,
+                    None,
+                    0,
+                    u64::MAX,
+                    false,
+                    100,
+                    &|_| true,
+                )
+                .unwrap()
+                .items
+                .len()
+        };
+        for i in 0..5 {
+            let out = speak(
+                &t,
+                &b,
+                "family",
+                &format!("m{i}"),
+                &format!("m{i} {filler}"),
+            );
+            let got = out.to(&c)[0];
+            assert_eq!(got.child("stanza-id", ns::SID).is_some(), i < 3, "m{i}");
+            assert_eq!(out.to(&a).len(), 1, "relayed all the same");
+        }
+        assert_eq!(kept(&t, "family"), 3);
+        let bytes = super::ROOM_ARCHIVE
+            .bytes(&t.router.store, "family")
+            .unwrap();
+        assert!(bytes <= 10_000 && bytes > 9000, "{bytes}");
+        // Another room has its own room.
+        let d = t.online("dave", "pc");
+        create(&t, &d, "games", "Dave", &[]);
+        let out = speak(&t, &d, "games", "g", &format!("g {filler}"));
+        assert!(out.to(&d)[0].child("stanza-id", ns::SID).is_some());
+        // The temporary room goes with its archive when dave leaves; made again, it archives.
+        t.client(
+            &d,
+            &format!("<presence type='unavailable' to='{}/Dave'/>", room("games")),
+        );
+        assert_eq!(kept(&t, "games"), 0);
+        create(&t, &d, "games", "Dave", &[]);
+        for i in 0..3 {
+            let out = speak(&t, &d, "games", &format!("g{i}"), &format!("g{i} {filler}"));
+            assert!(out.to(&d)[0].child("stanza-id", ns::SID).is_some(), "g{i}");
+        }
+        assert_eq!(kept(&t, "games"), 3);
     }
 }
