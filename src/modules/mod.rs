@@ -104,6 +104,8 @@ pub struct Effects {
     pub sends: Vec<(Jid, Rc<Delivery>)>,
     /// Logins that end once the writes are durable, after the stanzas are queued.
     pub ends: Vec<EndLogins>,
+    /// Stanzas for other servers, queued with the sends.
+    pub remote: Vec<(crate::stream::s2s::Pair, Element)>,
 }
 
 /// Every login of an account but one session's ends (see [`Cx::end_logins`]).
@@ -190,6 +192,12 @@ impl<'a> Cx<'a> {
 
     pub fn account_exists(&self, user: &str) -> bool {
         self.router.account_exists(user)
+    }
+
+    /// Whether stanzas may go to the other server of `domain` (federation, or one of the push
+    /// services).
+    pub fn federates(&self, domain: &str) -> bool {
+        self.router.config.federation.allows(domain)
     }
 
     /// Where the router would take a stanza addressed to `jid`.

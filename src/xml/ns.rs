@@ -4,6 +4,12 @@
 pub const STREAM: &str = "http://etherx.jabber.org/streams";
 /// RFC 6120 §4.8.3: the default content namespace of client streams.
 pub const CLIENT: &str = "jabber:client";
+/// RFC 6120 §4.8.3: the default content namespace of server-to-server streams.
+pub const SERVER: &str = "jabber:server";
+/// XEP-0220 Server Dialback: its elements...
+pub const DIALBACK: &str = "jabber:server:dialback";
+/// ...and its stream feature.
+pub const DIALBACK_FEATURE: &str = "urn:xmpp:features:dialback";
 /// XML 1.0 Namespaces §3: the prefix `xml` is bound to this by definition.
 pub const XML: &str = "http://www.w3.org/XML/1998/namespace";
 /// XML Namespaces §3: the namespace of `xmlns` declarations themselves, which nothing may use.
