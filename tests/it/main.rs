@@ -13,6 +13,7 @@ mod carbons;
 mod csi;
 mod durability;
 mod extdisco;
+mod federation;
 mod files;
 mod limits;
 mod login;
