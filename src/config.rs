@@ -349,6 +349,7 @@ pub struct ModulesConfig {
     pub private: crate::modules::private::Config,
     pub register: crate::modules::register::Config,
     pub external_services: crate::modules::extdisco::Config,
+    pub push: crate::modules::push::Config,
 }
 
 impl Config {
@@ -589,6 +590,13 @@ impl Config {
             ("modules.external_services.port", m.external_services.port, 1, 65_535, "port"),
             ("modules.external_services.credentials_ttl_secs",
                 m.external_services.credentials_ttl_secs, 60, 7 * DAY, "seconds"),
+            ("modules.push.max_per_account", n(m.push.max_per_account), 1, 1000,
+                "registrations"),
+            ("modules.push.max_form_bytes", n(m.push.max_form_bytes), 256, 1 << 20, "bytes"),
+            ("modules.push.min_interval_secs", m.push.min_interval_secs, 0, DAY, "seconds"),
+            ("modules.push.resume_timeout_secs", m.push.resume_timeout_secs, 1, 30 * DAY,
+                "seconds"),
+            ("modules.push.timeout_secs", m.push.timeout_secs, 1, HOUR, "seconds"),
             ("modules.register.password_interval_secs", m.register.password_interval_secs, 1, DAY,
                 "seconds; each change costs two key derivations"),
         ]

@@ -21,6 +21,7 @@ pub mod pep;
 pub mod ping;
 pub mod presence;
 pub mod private;
+pub mod push;
 pub mod register;
 pub mod roster;
 #[cfg(test)]
@@ -77,6 +78,9 @@ pub static REGISTRY: &[Entry] = &[
     // gone from a <sent/> copy; before offline, which ends the hooks for what it stores.
     mam::ENTRY,
     carbons::ENTRY,
+    // Before offline, which ends the hooks for what it stores: a message kept for later is
+    // what a sleeping phone is woken for.
+    push::ENTRY,
     offline::ENTRY,
 ];
 

@@ -118,3 +118,11 @@ pub const BOOKMARKS_CONVERSION: &str = "urn:xmpp:bookmarks-conversion:0";
 pub const REGISTER: &str = "jabber:iq:register";
 /// XEP-0215 External Service Discovery.
 pub const EXTDISCO: &str = "urn:xmpp:extdisco:2";
+/// XEP-0357 Push Notifications, v0.4.
+pub const PUSH: &str = "urn:xmpp:push:0";
+/// XEP-0357 §7: the FORM_TYPE of a notification's summary.
+pub const PUSH_SUMMARY: &str = "urn:xmpp:push:summary";
+/// XEP-0384 OMEMO Encryption, v0.8 and later.
+pub const OMEMO: &str = "urn:xmpp:omemo:2";
+/// XEP-0353 Jingle Message Initiation: a call being proposed.
+pub const JINGLE_MESSAGE: &str = "urn:xmpp:jingle-message:0";
