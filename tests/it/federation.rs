@@ -30,8 +30,12 @@ pub struct Pair {
 
 /// `[federation]` of a server at `me` that knows `other` at `there`, with `more` lines.
 fn federation(me: IpAddr, other: &str, there: IpAddr, more: &str) -> String {
+    let enabled = match more.contains("enabled") {
+        true => "",
+        false => "enabled = true\n",
+    };
     format!(
-        "[federation]\nenabled = true\nlisten = [\"{me}:5269\"]\n\
+        "[federation]\n{enabled}listen = [\"{me}:5269\"]\n\
          hosts = {{ \"{other}\" = \"{there}:5269\" }}\nconnect_timeout_secs = 10\n{more}\n"
     )
 }

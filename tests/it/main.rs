@@ -22,6 +22,7 @@ mod messages;
 mod offline;
 mod pep;
 mod presence;
+mod push;
 mod register;
 mod roster;
 mod smacks;
