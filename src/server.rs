@@ -157,13 +157,19 @@ pub fn serve(config: Config) -> Result<(), Error> {
     let secret = sasl::load_secret(&config.server.data_dir)?;
     sasl::install_decoy(sasl::Decoy::new(secret, config.auth.scram_iterations));
     let tls = tls::load(&config)?;
-    let s2s_tls = s2s::tls::Tls::load(&config)?;
+    // Only a server that talks to others needs their authorities in memory.
+    let s2s_tls = match config.federation.listens() {
+        true => Some(s2s::tls::Tls::load(&config)?),
+        false => None,
+    };
     let router = Router::new(config, store)?;
     let specs = listeners(&router.config, router.modules());
     let bound = listener::bind_all(&specs)?;
     let admin = admin::bind(&router.config)?;
     let server = Rc::new(Server::new(router, tls, specs));
-    server.federation.set_tls(s2s_tls);
+    if let Some(t) = s2s_tls {
+        server.federation.set_tls(t);
+    }
     let ex = Rc::new(LocalExecutor::new());
     // Installed before the listening lines are printed: a SIGTERM from then on must shut the
     // server down gracefully.
@@ -220,9 +226,13 @@ async fn wait_for_shutdown(server: &Rc<Server>, mut signals: Signals) -> Result<
                     }
                     Err(e) => log::error!("keeping the old certificate: {e}"),
                 }
-                match s2s::tls::Tls::load(&server.config) {
-                    Ok(t) => server.federation.set_tls(t),
-                    Err(e) => log::error!("keeping the old certificates for other servers: {e}"),
+                if server.config.federation.listens() {
+                    match s2s::tls::Tls::load(&server.config) {
+                        Ok(t) => server.federation.set_tls(t),
+                        Err(e) => {
+                            log::error!("keeping the old certificates for other servers: {e}")
+                        }
+                    }
                 }
             }
             Ok(_) => break,

@@ -253,3 +253,30 @@ fn stanzas_for_a_server_that_is_down_go_back() {
     drop(silent);
     assert_server_ok(&a, "alice");
 }
+
+#[test]
+fn check_says_what_federation_does() {
+    let p = servers("enabled = false\npush_services = [\"b.test\"]", "", "", "");
+    let out = p.a.cli(&["check"], "");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("federation off: talks only to the push services"),
+        "{text}"
+    );
+    assert!(text.contains("push services: b.test"), "{text}");
+    let addr = p.a.s2s.expect("a listens for the push service");
+    assert!(
+        text.contains(&format!(
+            "s2s {addr}: reachable: an XMPP server answers, and offers STARTTLS"
+        )),
+        "{text}"
+    );
+    let out = p.b.cli(&["check"], "");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("federation on: talks to every other server"),
+        "{text}"
+    );
+    assert!(text.contains("push services: none"), "{text}");
+}

@@ -496,8 +496,14 @@ impl TestServer {
         self.child = Some(child);
         let deadline = Instant::now() + START_TIMEOUT;
         let (mut c2s, mut c2s_tls) = (None, None);
+        // A server that talks to other servers listens for them too (all tests that give it a
+        // [federation] section have it listen).
+        let federates =
+            std::fs::read_to_string(&self.config).is_ok_and(|c| c.contains("[federation]"));
         loop {
-            if let (Some(plain), Some(tls)) = (c2s, c2s_tls) {
+            if let (Some(plain), Some(tls)) = (c2s, c2s_tls)
+                && (!federates || self.s2s.is_some())
+            {
                 (self.c2s, self.c2s_tls) = (plain, tls);
                 return;
             }
