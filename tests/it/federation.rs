@@ -280,3 +280,263 @@ fn check_says_what_federation_does() {
     );
     assert!(text.contains("push services: none"), "{text}");
 }
+
+/// A certificate authority for tests, with its certificate in `ca.pem`.
+struct Authority {
+    dir: tempfile::TempDir,
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl Authority {
+    fn new() -> Authority {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyUsagePurpose};
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "hearth test authority");
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let issuer =
+            rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
+                .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), issuer.pem()).unwrap();
+        Authority { dir, issuer }
+    }
+
+    fn ca(&self) -> String {
+        self.dir.path().join("ca.pem").display().to_string()
+    }
+
+    /// Test clients of `server` trust its certificate by the file it would have made: this
+    /// authority's certificate serves as well.
+    fn trusted_by_clients_of(&self, server: &TestServer) {
+        std::fs::copy(self.ca(), server.data_dir().join("cert.pem")).unwrap();
+    }
+
+    /// A certificate for `domain`, as `[tls]` lines of a config, and its PEM parts.
+    fn issue(&self, domain: &str) -> (String, String, String) {
+        use rcgen::{CertificateParams, ExtendedKeyUsagePurpose};
+        let mut params = CertificateParams::new(vec![domain.to_owned()]).unwrap();
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let (c, k) = (
+            self.dir.path().join(format!("{domain}.pem")),
+            self.dir.path().join(format!("{domain}.key")),
+        );
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        let tls = format!(
+            "[tls]\ncert = {:?}\nkey = {:?}\n",
+            c.display().to_string(),
+            k.display().to_string()
+        );
+        (tls, cert.pem(), key.serialize_pem())
+    }
+}
+
+#[test]
+fn certificates_of_a_trusted_authority_authenticate_with_sasl_external() {
+    let ca = Authority::new();
+    let trust = format!("ca_files = [{:?}]", ca.ca());
+    let p = servers(&trust, &trust, &ca.issue("a.test").0, &ca.issue("b.test").0);
+    ca.trusted_by_clients_of(&p.a);
+    ca.trusted_by_clients_of(&p.b);
+    let mut alice = Client::online(&p.a, "alice", "phone");
+    let mut bob = Client::online(&p.b, "bob", "laptop");
+    alice.send_message("bob@b.test", "chat", "signed");
+    bob.expect("<message from='alice@a.test/phone'><body>signed</body></message>");
+    bob.send_message("alice@a.test", "chat", "sealed");
+    alice.expect("<message from='bob@b.test/laptop'><body>sealed</body></message>");
+    p.a.wait_for_log("b.test accepted a.test (certificate)", 1, TIMEOUT);
+    p.b.wait_for_log("a.test accepted b.test (certificate)", 1, TIMEOUT);
+    // Required valid certificates are there: still accepted.
+    let p = servers(
+        &format!("{trust}\nrequire_valid_certificates = true"),
+        &format!("{trust}\nrequire_valid_certificates = true"),
+        &ca.issue("a.test").0,
+        &ca.issue("b.test").0,
+    );
+    ca.trusted_by_clients_of(&p.a);
+    ca.trusted_by_clients_of(&p.b);
+    let mut alice = Client::online(&p.a, "alice", "phone");
+    let mut bob = Client::online(&p.b, "bob", "laptop");
+    alice.send_message("bob@b.test", "chat", "signed");
+    bob.expect("<message from='alice@a.test/phone'><body>signed</body></message>");
+}
+
+/// A server played by the test: TCP, the stream, STARTTLS, TLS trusting `trust`, with a
+/// client certificate if given; what it reads is kept as text.
+struct Peer {
+    tcp: std::net::TcpStream,
+    tls: Option<rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>>,
+    got: String,
+}
+
+impl Peer {
+    fn connect(
+        addr: SocketAddr,
+        from: &str,
+        to: &str,
+        trust: &str,
+        cert: Option<(String, String)>,
+    ) -> Peer {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+        let tcp = std::net::TcpStream::connect(addr).unwrap();
+        tcp.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let mut p = Peer {
+            tcp,
+            tls: None,
+            got: String::new(),
+        };
+        let header = format!(
+            "<?xml version='1.0'?><stream:stream xmlns='jabber:server' \
+             xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' \
+             from='{from}' to='{to}' version='1.0'>"
+        );
+        p.send(&header);
+        p.until("</stream:features>");
+        p.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
+        p.until("<proceed");
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(trust).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots);
+        let config = match cert {
+            Some((c, k)) => {
+                let chain = CertificateDer::pem_slice_iter(c.as_bytes())
+                    .map(|c| c.unwrap())
+                    .collect();
+                builder
+                    .with_client_auth_cert(
+                        chain,
+                        PrivateKeyDer::from_pem_slice(k.as_bytes()).unwrap(),
+                    )
+                    .unwrap()
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let conn = rustls::ClientConnection::new(
+            std::sync::Arc::new(config),
+            ServerName::try_from(to.to_owned()).unwrap(),
+        )
+        .unwrap();
+        p.tls = Some(rustls::StreamOwned::new(conn, p.tcp.try_clone().unwrap()));
+        p.got.clear();
+        p.send(&header);
+        p.until("</stream:features>");
+        p
+    }
+
+    fn send(&mut self, s: &str) {
+        use std::io::Write;
+        match &mut self.tls {
+            Some(t) => t.write_all(s.as_bytes()).unwrap(),
+            None => self.tcp.write_all(s.as_bytes()).unwrap(),
+        }
+    }
+
+    /// Reads until `needle` has come (or the connection ends, or five seconds pass: then
+    /// it panics with what came).
+    #[track_caller]
+    fn until(&mut self, needle: &str) -> String {
+        use std::io::Read;
+        let mut buf = [0u8; 4096];
+        while !self.got.contains(needle) {
+            let n = match &mut self.tls {
+                Some(t) => t.read(&mut buf),
+                None => self.tcp.read(&mut buf),
+            };
+            match n {
+                Ok(n) if n > 0 => self.got.push_str(&String::from_utf8_lossy(&buf[..n])),
+                _ => panic!("no {needle:?} in {:?}", self.got),
+            }
+        }
+        std::mem::take(&mut self.got)
+    }
+}
+
+#[test]
+fn a_server_that_has_not_authenticated_cannot_send_stanzas() {
+    let p = servers("", "", "", "");
+    let mut alice = Client::online(&p.a, "alice", "phone");
+    let trust = p.a.data_dir().join("cert.pem").display().to_string();
+    let mut evil = Peer::connect(p.a.s2s.unwrap(), "evil.test", "a.test", &trust, None);
+    evil.send("<message from='mallory@evil.test' to='alice@a.test'><body>spoof</body></message>");
+    evil.until("<not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-streams'");
+    alice.sync();
+}
+
+#[test]
+fn a_server_cannot_speak_for_a_domain_it_did_not_prove() {
+    let ca = Authority::new();
+    let trust = format!("ca_files = [{:?}]", ca.ca());
+    let (a_tls, _, _) = ca.issue("a.test");
+    let p = servers(&trust, "", &a_tls, "");
+    ca.trusted_by_clients_of(&p.a);
+    let mut alice = Client::online(&p.a, "alice", "phone");
+    let (_, cert, key) = ca.issue("evil.test");
+    let a_ca = ca.ca();
+    let mut evil = Peer::connect(
+        p.a.s2s.unwrap(),
+        "evil.test",
+        "a.test",
+        &a_ca,
+        Some((cert, key)),
+    );
+    evil.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>");
+    evil.until("<success");
+    evil.send(
+        "<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' \
+         from='evil.test' to='a.test' version='1.0'>",
+    );
+    evil.until("</stream:features>");
+    // What it may say, arrives; what it says for b.test ends the stream.
+    evil.send("<message from='mallory@evil.test' to='alice@a.test'><body>mine</body></message>");
+    alice.expect("<message from='mallory@evil.test'><body>mine</body></message>");
+    evil.send("<message from='bob@b.test' to='alice@a.test'><body>forged</body></message>");
+    evil.until("<invalid-from xmlns='urn:ietf:params:xml:ns:xmpp-streams'");
+    alice.sync();
+}
+
+#[test]
+fn a_dialback_flood_ends_the_connection() {
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let at = silent.local_addr().unwrap();
+    let hosts: Vec<String> = (0..10)
+        .map(|i| format!("\"f{i}.test\" = \"{at}\""))
+        .collect();
+    let (ia, _) = addresses();
+    let a = TestServer::start_domain(
+        "a.test",
+        &format!(
+            "[federation]\nenabled = true\nlisten = [\"{ia}:5269\"]\nhosts = {{ {} }}\n",
+            hosts.join(", ")
+        ),
+    );
+    let trust = a.data_dir().join("cert.pem").display().to_string();
+    let mut flood = Peer::connect(a.s2s.unwrap(), "f0.test", "a.test", &trust, None);
+    // Eight verifications may wait at once (the default); the ninth is one too many.
+    for i in 0..9 {
+        flood.send(&format!(
+            "<db:result from='f{i}.test' to='a.test'>key{i}</db:result>"
+        ));
+    }
+    flood.until("<policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'");
+    a.add_users(&["alice"]);
+    assert_server_ok(&a, "alice");
+    drop(silent);
+}
