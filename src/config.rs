@@ -3,6 +3,7 @@
 
 use crate::error::Error;
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Deserialize, Default)]
@@ -16,6 +17,7 @@ pub struct Config {
     pub keepalive: KeepaliveConfig,
     pub stream_management: StreamManagementConfig,
     pub csi: CsiConfig,
+    pub federation: FederationConfig,
     pub modules: ModulesConfig,
 }
 
@@ -215,6 +217,124 @@ impl Default for CsiConfig {
     }
 }
 
+/// Server-to-server connections (RFC 6120): with other XMPP servers, and with the push
+/// services of phone apps (XEP-0357).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FederationConfig {
+    /// Talk to every other server. Off, the server talks only to `push_services`.
+    pub enabled: bool,
+    /// Domains always talked to, even with federation off: the push services of the apps the
+    /// family uses (for Conversations, p2.siacs.eu).
+    pub push_services: Vec<String>,
+    /// Connections from other servers with STARTTLS, usually port 5269...
+    pub listen: Vec<String>,
+    /// ...and with TLS from the first byte (XEP-0368), usually port 5270.
+    pub listen_tls: Vec<String>,
+    /// Only servers whose certificate a known authority signed for their domain: no dialback
+    /// (XEP-0220) for the others.
+    pub require_valid_certificates: bool,
+    /// PEM files of certificate authorities trusted besides the system's.
+    pub ca_files: Vec<PathBuf>,
+    /// Fixed addresses of servers, instead of DNS: domain → "IP:port", with STARTTLS...
+    pub hosts: BTreeMap<String, String>,
+    /// ...and with TLS from the first byte.
+    pub hosts_tls: BTreeMap<String, String>,
+    /// Connections from other servers, in total and from one IPv4 address or IPv6 /64.
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    /// Other servers connected to at once.
+    pub max_outgoing: usize,
+    /// Bytes of stanzas waiting for one server while the connection to it is made.
+    pub queue_bytes: usize,
+    /// Seconds to connect to a server, secure the connection and be accepted by it.
+    pub connect_timeout_secs: u64,
+    /// A connection that carried nothing for this long is closed.
+    pub idle_timeout_secs: u64,
+    /// Domains one incoming connection may ask to be verified at once (dialback)...
+    pub max_pending_dialback: usize,
+    /// ...and in all.
+    pub max_domains_per_connection: usize,
+    /// What one incoming connection may send per second, after a burst of
+    /// `limits.burst_secs` worth.
+    pub bytes_per_sec: u32,
+    pub stanzas_per_sec: u32,
+}
+
+impl Default for FederationConfig {
+    fn default() -> Self {
+        FederationConfig {
+            enabled: false,
+            push_services: Vec::new(),
+            listen: vec!["0.0.0.0:5269".into(), "[::]:5269".into()],
+            listen_tls: Vec::new(),
+            require_valid_certificates: false,
+            ca_files: Vec::new(),
+            hosts: BTreeMap::new(),
+            hosts_tls: BTreeMap::new(),
+            max_connections: 1000,
+            max_connections_per_ip: 20,
+            max_outgoing: 1000,
+            queue_bytes: 1 << 20,
+            connect_timeout_secs: 30,
+            idle_timeout_secs: 600,
+            max_pending_dialback: 8,
+            max_domains_per_connection: 100,
+            bytes_per_sec: 1 << 20,
+            stanzas_per_sec: 1000,
+        }
+    }
+}
+
+impl FederationConfig {
+    /// Whether stanzas may go to and come from `domain`.
+    pub fn allows(&self, domain: &str) -> bool {
+        self.enabled || self.push_services.iter().any(|d| d == domain)
+    }
+
+    /// Whether the server takes connections from other servers at all: the push services
+    /// answer over connections of their own.
+    pub fn listens(&self) -> bool {
+        self.enabled || !self.push_services.is_empty()
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        for a in self.listen.iter().chain(&self.listen_tls) {
+            a.parse::<std::net::SocketAddr>().map_err(|_| {
+                format!(
+                    "federation listen address {a:?} is not an IP:port pair such as \"0.0.0.0:5269\""
+                )
+            })?;
+        }
+        let domain = |d: &str, what: &str| {
+            crate::jid::Jid::parse(d)
+                .ok()
+                .filter(|j| j.local().is_none() && j.is_bare() && j.to_string() == d)
+                .map(|_| ())
+                .ok_or_else(|| {
+                    format!("{what} {d:?} is not a domain name in normalised form; write it as clients would")
+                })
+        };
+        for d in &self.push_services {
+            domain(d, "federation.push_services entry")?;
+        }
+        for (d, a) in self.hosts.iter().chain(&self.hosts_tls) {
+            domain(d, "federation.hosts entry")?;
+            a.parse::<std::net::SocketAddr>().map_err(|_| {
+                format!("federation.hosts address {a:?} of {d} is not an IP:port pair such as \"192.0.2.1:5269\"")
+            })?;
+        }
+        if self.listens() && self.listen.is_empty() && self.listen_tls.is_empty() {
+            return Err(
+                "federation.listen and federation.listen_tls are both empty; other servers \
+                 (and push services) could not answer"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModulesConfig {
@@ -230,6 +350,7 @@ pub struct ModulesConfig {
     pub register: crate::modules::register::Config,
     pub external_services: crate::modules::extdisco::Config,
     pub muc: crate::modules::muc::Config,
+    pub push: crate::modules::push::Config,
 }
 
 impl Config {
@@ -246,7 +367,8 @@ impl Config {
             let base = path.parent().unwrap_or(Path::new("."));
             cfg.server.data_dir = base.join(&cfg.server.data_dir);
         }
-        for p in [&mut cfg.tls.cert, &mut cfg.tls.key].into_iter().flatten() {
+        let tls = [&mut cfg.tls.cert, &mut cfg.tls.key].into_iter().flatten();
+        for p in tls.chain(cfg.federation.ca_files.iter_mut()) {
             if p.is_relative() {
                 *p = path.parent().unwrap_or(Path::new(".")).join(&*p);
             }
@@ -353,6 +475,7 @@ impl Config {
                 }
             }
         }
+        self.federation.validate()?;
         if log_level(&self.server.log_level).is_none() {
             return Err(format!(
                 "server.log_level {:?} is not one of error, warn, info, debug, trace",
@@ -386,6 +509,12 @@ impl Config {
                 l.queue_bytes, l.max_stanza_bytes
             ));
         }
+        if self.federation.queue_bytes < l.max_stanza_bytes {
+            return Err(format!(
+                "federation.queue_bytes ({}) must be at least limits.max_stanza_bytes ({})",
+                self.federation.queue_bytes, l.max_stanza_bytes
+            ));
+        }
         let offline = &self.modules.offline;
         if offline.max_bytes_per_user >= l.queue_bytes {
             return Err(format!(
@@ -412,6 +541,7 @@ impl Config {
         const DAY: u64 = 24 * HOUR;
         let (s, l, a) = (&self.server, &self.limits, &self.auth);
         let (k, sm, m) = (&self.keepalive, &self.stream_management, &self.modules);
+        let f = &self.federation;
         vec![
             ("server.store_cache_mib", n(s.store_cache_mib), 1, 1024, "MiB of memory"),
             ("limits.max_stanza_bytes", n(l.max_stanza_bytes), 10_000, 16 << 20,
@@ -450,6 +580,18 @@ impl Config {
             ("stream_management.ack_delay_secs", sm.ack_delay_secs, 1, HOUR, "seconds"),
             ("stream_management.max_unacked", n(sm.max_unacked), 1, 1_000_000, "stanzas"),
             ("csi.max_held", n(self.csi.max_held), 1, 100_000, "stanzas"),
+            ("federation.max_connections", n(f.max_connections), 1, 1_000_000, "connections"),
+            ("federation.max_connections_per_ip", n(f.max_connections_per_ip), 1, 1_000_000,
+                "connections"),
+            ("federation.max_outgoing", n(f.max_outgoing), 1, 100_000, "servers"),
+            ("federation.queue_bytes", n(f.queue_bytes), 10_000, 1 << 30, "bytes"),
+            ("federation.connect_timeout_secs", f.connect_timeout_secs, 1, HOUR, "seconds"),
+            ("federation.idle_timeout_secs", f.idle_timeout_secs, 1, DAY, "seconds"),
+            ("federation.max_pending_dialback", n(f.max_pending_dialback), 1, 1000, "domains"),
+            ("federation.max_domains_per_connection", n(f.max_domains_per_connection), 1,
+                100_000, "domains"),
+            ("federation.bytes_per_sec", n(f.bytes_per_sec), 1024, 1 << 30, "bytes a second"),
+            ("federation.stanzas_per_sec", n(f.stanzas_per_sec), 1, 1 << 30, "stanzas a second"),
             ("modules.roster.max_items", n(m.roster.max_items), 1, 100_000, "items"),
             ("modules.offline.max_per_user", n(m.offline.max_per_user), 0, 100_000, "messages"),
             ("modules.offline.max_bytes_per_user", n(m.offline.max_bytes_per_user), 10_000,
@@ -478,6 +620,13 @@ impl Config {
             ("modules.external_services.port", m.external_services.port, 1, 65_535, "port"),
             ("modules.external_services.credentials_ttl_secs",
                 m.external_services.credentials_ttl_secs, 60, 7 * DAY, "seconds"),
+            ("modules.push.max_per_account", n(m.push.max_per_account), 1, 1000,
+                "registrations"),
+            ("modules.push.max_form_bytes", n(m.push.max_form_bytes), 256, 1 << 20, "bytes"),
+            ("modules.push.min_interval_secs", m.push.min_interval_secs, 0, DAY, "seconds"),
+            ("modules.push.resume_timeout_secs", m.push.resume_timeout_secs, 1, 30 * DAY,
+                "seconds"),
+            ("modules.push.timeout_secs", m.push.timeout_secs, 1, HOUR, "seconds"),
             ("modules.register.password_interval_secs", m.register.password_interval_secs, 1, DAY,
                 "seconds; each change costs two key derivations"),
             ("modules.muc.max_rooms", n(m.muc.max_rooms), 1, 100_000, "rooms"),

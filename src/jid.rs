@@ -52,6 +52,15 @@ impl Jid {
         }
     }
 
+    /// The domain alone, as a JID.
+    pub fn domain_jid(&self) -> Jid {
+        Jid {
+            local: None,
+            domain: self.domain.clone(),
+            resource: None,
+        }
+    }
+
     pub fn local(&self) -> Option<&str> {
         self.local.as_deref()
     }

@@ -9,7 +9,7 @@ use crate::session::Outbound;
 use crate::stanza::{StreamCondition, StreamError};
 use crate::storage::Store;
 use crate::stream::throttle::{Source, Throttle};
-use crate::stream::{c2s, sasl};
+use crate::stream::{c2s, s2s, sasl};
 use crate::{admin, modules, tls};
 use async_signal::{Signal, Signals};
 use smol::channel::{Receiver, Sender};
@@ -45,6 +45,8 @@ pub struct Server {
     pub resumable: RefCell<HashMap<String, crate::stream::c2s::Resumable>>,
     /// Set once shutdown begins: listeners stop accepting.
     pub closing: Cell<bool>,
+    /// Server-to-server TLS and dialback keys.
+    pub federation: crate::stream::s2s::State,
     next_conn: Cell<u64>,
 }
 
@@ -65,6 +67,7 @@ impl Server {
             throttle: RefCell::default(),
             resumable: RefCell::default(),
             closing: Cell::new(false),
+            federation: Default::default(),
             next_conn: Cell::new(1),
         }
     }
@@ -134,9 +137,10 @@ impl Server {
     }
 }
 
-/// Every listener: client streams' and the modules'.
+/// Every listener: client streams', other servers' and the modules'.
 pub fn listeners(config: &Config, modules: &[Box<dyn modules::Module>]) -> Vec<Listener> {
     let mut all = c2s::listeners(config);
+    all.extend(s2s::listeners(config));
     all.extend(modules.iter().flat_map(|m| m.listeners()));
     all
 }
@@ -153,11 +157,19 @@ pub fn serve(config: Config) -> Result<(), Error> {
     let secret = sasl::load_secret(&config.server.data_dir)?;
     sasl::install_decoy(sasl::Decoy::new(secret, config.auth.scram_iterations));
     let tls = tls::load(&config)?;
+    // Only a server that talks to others needs their authorities in memory.
+    let s2s_tls = match config.federation.listens() {
+        true => Some(s2s::tls::Tls::load(&config)?),
+        false => None,
+    };
     let router = Router::new(config, store)?;
     let specs = listeners(&router.config, router.modules());
     let bound = listener::bind_all(&specs)?;
     let admin = admin::bind(&router.config)?;
     let server = Rc::new(Server::new(router, tls, specs));
+    if let Some(t) = s2s_tls {
+        server.federation.set_tls(t);
+    }
     let ex = Rc::new(LocalExecutor::new());
     // Installed before the listening lines are printed: a SIGTERM from then on must shut the
     // server down gracefully.
@@ -187,6 +199,8 @@ pub fn serve(config: Config) -> Result<(), Error> {
             ex.spawn(admin::serve(server.clone(), ex.clone(), a))
                 .detach();
         }
+        ex.spawn(s2s::outgoing::connector(server.clone(), ex.clone()))
+            .detach();
         let timers = server.clone();
         ex.spawn(async move { router::run_timers(&timers).await })
             .detach();
@@ -204,13 +218,23 @@ async fn wait_for_shutdown(server: &Rc<Server>, mut signals: Signals) -> Result<
     use smol::stream::StreamExt;
     while let Some(sig) = signals.next().await {
         match sig {
-            Ok(Signal::Hup) => match tls::load(&server.config) {
-                Ok(cfg) => {
-                    *server.tls.borrow_mut() = cfg;
-                    log::info!("reloaded the TLS certificate");
+            Ok(Signal::Hup) => {
+                match tls::load(&server.config) {
+                    Ok(cfg) => {
+                        *server.tls.borrow_mut() = cfg;
+                        log::info!("reloaded the TLS certificate");
+                    }
+                    Err(e) => log::error!("keeping the old certificate: {e}"),
                 }
-                Err(e) => log::error!("keeping the old certificate: {e}"),
-            },
+                if server.config.federation.listens() {
+                    match s2s::tls::Tls::load(&server.config) {
+                        Ok(t) => server.federation.set_tls(t),
+                        Err(e) => {
+                            log::error!("keeping the old certificates for other servers: {e}")
+                        }
+                    }
+                }
+            }
             Ok(_) => break,
             Err(e) => log::error!("signal handling: {e}"),
         }

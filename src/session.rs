@@ -152,6 +152,10 @@ pub struct Flags {
     pub carbons: bool,
     /// XEP-0313: the session queried its archive, so it catches up from there.
     pub mam_queried: bool,
+    /// Seconds the session waits to be resumed (XEP-0198) after losing its connection, when a
+    /// module wants longer than `stream_management.resume_timeout_secs` (push: a phone that
+    /// will be woken may sleep for hours).
+    pub resume_window: Option<u32>,
 }
 
 #[derive(Default)]

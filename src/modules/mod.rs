@@ -22,6 +22,7 @@ pub mod pep;
 pub mod ping;
 pub mod presence;
 pub mod private;
+pub mod push;
 pub mod register;
 pub mod roster;
 #[cfg(test)]
@@ -78,6 +79,9 @@ pub static REGISTRY: &[Entry] = &[
     // gone from a <sent/> copy; before offline, which ends the hooks for what it stores.
     mam::ENTRY,
     carbons::ENTRY,
+    // Before offline, which ends the hooks for what it stores: a message kept for later is
+    // what a sleeping phone is woken for.
+    push::ENTRY,
     offline::ENTRY,
     // A hosted service: it acts on what is addressed to its domain, after every hook.
     muc::ENTRY,
@@ -107,6 +111,8 @@ pub struct Effects {
     pub sends: Vec<(Jid, Rc<Delivery>)>,
     /// Logins that end once the writes are durable, after the stanzas are queued.
     pub ends: Vec<EndLogins>,
+    /// Stanzas for other servers, queued with the sends.
+    pub remote: Vec<(crate::stream::s2s::Pair, Element)>,
 }
 
 /// Every login of an account but one session's ends (see [`Cx::end_logins`]).
@@ -193,6 +199,12 @@ impl<'a> Cx<'a> {
 
     pub fn account_exists(&self, user: &str) -> bool {
         self.router.account_exists(user)
+    }
+
+    /// Whether stanzas may go to the other server of `domain` (federation, or one of the push
+    /// services).
+    pub fn federates(&self, domain: &str) -> bool {
+        self.router.config.federation.allows(domain)
     }
 
     /// Where the router would take a stanza addressed to `jid`.

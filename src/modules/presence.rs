@@ -56,7 +56,12 @@ impl Module for Presence {
             }
             (t, Some(to)) if t.is_subscription() => {
                 let contact = to.bare();
-                if matches!(cx.destination(&contact), Dest::Remote | Dest::Server) {
+                let unreachable = match cx.destination(&contact) {
+                    Dest::Server => true,
+                    Dest::Remote => !cx.federates(contact.domain()),
+                    _ => false,
+                };
+                if unreachable {
                     return Err(StanzaError::new(Condition::RemoteServerNotFound));
                 }
                 let user = local(&st.from).to_owned();
@@ -492,7 +497,7 @@ fn store_or_forget(cx: &mut Cx, roster: &Roster, user: &str, contact: &Jid, it: 
 
 /// RFC 6121 §2.5.2: removing an item cancels both directions of subscription first.
 pub fn cancel_all(cx: &mut Cx, user: &str, contact: &Jid, it: &RosterItem) {
-    if matches!(cx.destination(contact), Dest::Remote) {
+    if matches!(cx.destination(contact), Dest::Remote) && !cx.federates(contact.domain()) {
         return;
     }
     let user_jid = Jid::bare_from(user, cx.domain());

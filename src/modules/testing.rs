@@ -25,6 +25,8 @@ pub struct TestRouter {
 /// What one step produced.
 pub struct Out {
     pub sends: Vec<(Jid, Element)>,
+    /// Stanzas for other servers: (remote domain, stanza).
+    pub remote: Vec<(String, Element)>,
 }
 
 impl Default for TestRouter {
@@ -160,6 +162,7 @@ impl TestRouter {
             trailing,
             sends,
             ends,
+            remote,
         } = router::finish(cx);
         writes.extend(trailing);
         self.router.store.commit_blocking(writes).unwrap();
@@ -167,7 +170,15 @@ impl TestRouter {
         for e in ends {
             super::end_logins(&self.router, e);
         }
-        Out { sends }
+        let remote = remote.into_iter().map(|(p, el)| (p.remote, el)).collect();
+        Out { sends, remote }
+    }
+
+    /// `xml` sent by another server, which authenticated as the domain of its `from`.
+    pub fn remote(&self, xml: &str) -> Out {
+        let el = parse(xml);
+        let from = Jid::parse(el.attr("from").expect("a from")).unwrap();
+        self.step(|cx| router::remote_stanza(cx, el, from))
     }
 
     /// `xml` sent by the client of session `from`, which stamps it as c2s does.

@@ -4,6 +4,12 @@
 pub const STREAM: &str = "http://etherx.jabber.org/streams";
 /// RFC 6120 §4.8.3: the default content namespace of client streams.
 pub const CLIENT: &str = "jabber:client";
+/// RFC 6120 §4.8.3: the default content namespace of server-to-server streams.
+pub const SERVER: &str = "jabber:server";
+/// XEP-0220 Server Dialback: its elements...
+pub const DIALBACK: &str = "jabber:server:dialback";
+/// ...and its stream feature.
+pub const DIALBACK_FEATURE: &str = "urn:xmpp:features:dialback";
 /// XML 1.0 Namespaces §3: the prefix `xml` is bound to this by definition.
 pub const XML: &str = "http://www.w3.org/XML/1998/namespace";
 /// XML Namespaces §3: the namespace of `xmlns` declarations themselves, which nothing may use.
@@ -129,3 +135,11 @@ pub const BOOKMARKS_CONVERSION: &str = "urn:xmpp:bookmarks-conversion:0";
 pub const REGISTER: &str = "jabber:iq:register";
 /// XEP-0215 External Service Discovery.
 pub const EXTDISCO: &str = "urn:xmpp:extdisco:2";
+/// XEP-0357 Push Notifications, v0.4.
+pub const PUSH: &str = "urn:xmpp:push:0";
+/// XEP-0357 §7: the FORM_TYPE of a notification's summary.
+pub const PUSH_SUMMARY: &str = "urn:xmpp:push:summary";
+/// XEP-0384 OMEMO Encryption, v0.8 and later.
+pub const OMEMO: &str = "urn:xmpp:omemo:2";
+/// XEP-0353 Jingle Message Initiation: a call being proposed.
+pub const JINGLE_MESSAGE: &str = "urn:xmpp:jingle-message:0";

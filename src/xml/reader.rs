@@ -51,6 +51,8 @@ pub struct StreamHeader {
     pub to: Option<String>,
     pub from: Option<String>,
     pub version: Option<String>,
+    /// The stream id: only a receiving entity's header has one (RFC 6120 §4.7.3).
+    pub id: Option<String>,
     pub lang: Option<String>,
     /// The namespace of the stream element itself (must be the streams namespace).
     pub stream_ns: String,
@@ -399,6 +401,7 @@ impl StreamReader {
                 to: take(&attrs, "to"),
                 from: take(&attrs, "from"),
                 version: take(&attrs, "version"),
+                id: take(&attrs, "id"),
                 lang: take(&attrs, "xml:lang"),
                 content_ns,
                 stream_ns: ns,

@@ -131,6 +131,30 @@ pub fn stream_header(from: &str, to: Option<&str>, id: &str) -> Vec<u8> {
     out
 }
 
+/// A server-to-server stream header (RFC 6120 §4.7, XEP-0220 §2.1: the `db` prefix declared):
+/// the initiating side's has no id, the receiving side's a fresh one per stream.
+pub fn server_stream_header(from: &str, to: Option<&str>, id: Option<&str>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(b"<?xml version='1.0'?><stream:stream xmlns='");
+    out.extend_from_slice(ns::SERVER.as_bytes());
+    out.extend_from_slice(b"' xmlns:stream='");
+    out.extend_from_slice(ns::STREAM.as_bytes());
+    out.extend_from_slice(b"' xmlns:db='");
+    out.extend_from_slice(ns::DIALBACK.as_bytes());
+    out.extend_from_slice(b"' version='1.0' xml:lang='en' from='");
+    push_attr(&mut out, from);
+    if let Some(to) = to {
+        out.extend_from_slice(b"' to='");
+        push_attr(&mut out, to);
+    }
+    if let Some(id) = id {
+        out.extend_from_slice(b"' id='");
+        push_attr(&mut out, id);
+    }
+    out.extend_from_slice(b"'>");
+    out
+}
+
 pub const STREAM_CLOSE: &[u8] = b"</stream:stream>";
 
 #[cfg(test)]

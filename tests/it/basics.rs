@@ -135,6 +135,7 @@ fn an_account_shows_its_owner_the_archive() {
             "urn:xmpp:mam:2",
             "urn:xmpp:mam:2#extended",
             "urn:xmpp:pep-vcard-conversion:0",
+            "urn:xmpp:push:0",
             "urn:xmpp:sid:0",
             "vcard-temp",
         ]
@@ -154,7 +155,12 @@ fn an_account_shows_its_owner_the_archive() {
     assert_eq!(ids, vec![account]);
     assert_eq!(
         features,
-        vec![ns::DISCO_INFO, "jabber:iq:register", "vcard-temp"]
+        vec![
+            ns::DISCO_INFO,
+            "jabber:iq:register",
+            "urn:xmpp:push:0",
+            "vcard-temp"
+        ]
     );
 }
 

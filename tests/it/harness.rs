@@ -166,7 +166,12 @@ const STREAM_OPEN: &str =
 
 /// The XML declaration and stream header a client opens each stream with.
 pub fn stream_header() -> String {
-    format!("<?xml version='1.0'?>{STREAM_OPEN} to='{DOMAIN}' version='1.0' xml:lang='en'>")
+    stream_header_to(DOMAIN)
+}
+
+/// The same for a server of another domain.
+pub fn stream_header_to(domain: &str) -> String {
+    format!("<?xml version='1.0'?>{STREAM_OPEN} to='{domain}' version='1.0' xml:lang='en'>")
 }
 
 /// Parses a pattern (or any stanza text) in the namespace context of a client stream, so
@@ -392,6 +397,10 @@ pub struct TestServer {
     log: Arc<Mutex<String>>,
     pub c2s: SocketAddr,
     pub c2s_tls: SocketAddr,
+    /// The server-to-server listener, when federation listens.
+    pub s2s: Option<SocketAddr>,
+    /// The domain it serves.
+    pub domain: String,
 }
 
 impl TestServer {
@@ -406,11 +415,20 @@ impl TestServer {
 
     /// Starts a server, and later runs its CLI, with the umask `umask` in effect.
     pub fn start_with_umask(extra: &str, umask: Option<libc::mode_t>) -> TestServer {
+        TestServer::start_as(DOMAIN, extra, umask)
+    }
+
+    /// Starts a server for `domain`, with `extra` appended to its config.
+    pub fn start_domain(domain: &str, extra: &str) -> TestServer {
+        TestServer::start_as(domain, extra, None)
+    }
+
+    fn start_as(domain: &str, extra: &str, umask: Option<libc::mode_t>) -> TestServer {
         let dir = tempfile::tempdir().expect("create a temporary directory");
         let config = dir.path().join("hearth.toml");
         let data_dir = dir.path().join("data");
         let text = format!(
-            "[server]\ndomain = \"{DOMAIN}\"\ndata_dir = {:?}\nlog_level = \"debug\"\n\n\
+            "[server]\ndomain = \"{domain}\"\ndata_dir = {:?}\nlog_level = \"debug\"\n\n\
              [listen]\nc2s = [\"127.0.0.1:0\"]\nc2s_tls = [\"127.0.0.1:0\"]\n\n{extra}\n",
             data_dir.to_str().expect("a UTF-8 temporary path")
         );
@@ -424,6 +442,8 @@ impl TestServer {
             log: Arc::default(),
             c2s: unbound,
             c2s_tls: unbound,
+            s2s: None,
+            domain: domain.to_owned(),
         };
         server.spawn();
         server
@@ -476,8 +496,14 @@ impl TestServer {
         self.child = Some(child);
         let deadline = Instant::now() + START_TIMEOUT;
         let (mut c2s, mut c2s_tls) = (None, None);
+        // A server that talks to other servers listens for them too (all tests that give it a
+        // [federation] section have it listen).
+        let federates =
+            std::fs::read_to_string(&self.config).is_ok_and(|c| c.contains("[federation]"));
         loop {
-            if let (Some(plain), Some(tls)) = (c2s, c2s_tls) {
+            if let (Some(plain), Some(tls)) = (c2s, c2s_tls)
+                && (!federates || self.s2s.is_some())
+            {
                 (self.c2s, self.c2s_tls) = (plain, tls);
                 return;
             }
@@ -495,6 +521,7 @@ impl TestServer {
             match kind {
                 "c2s" => c2s = Some(addr),
                 "c2s_tls" => c2s_tls = Some(addr),
+                "s2s" => self.s2s = Some(addr),
                 _ => {}
             }
         }
@@ -623,7 +650,7 @@ impl TestServer {
     #[track_caller]
     pub fn add_users(&self, users: &[&str]) {
         for u in users {
-            self.add_user(&format!("{u}@{DOMAIN}"), PASSWORD);
+            self.add_user(&format!("{u}@{}", self.domain), PASSWORD);
         }
     }
 }
@@ -828,6 +855,8 @@ pub struct Client {
     pub jid: String,
     next_id: u32,
     cert: PathBuf,
+    /// The server's domain.
+    pub domain: String,
 }
 
 impl Client {
@@ -870,6 +899,7 @@ impl Client {
             jid: String::new(),
             next_id: 0,
             cert: server.cert_path(),
+            domain: server.domain.clone(),
         }
     }
 
@@ -978,7 +1008,7 @@ impl Client {
         let tcp = self.io.tcp().try_clone().expect("clone the TCP socket");
         tcp.set_read_timeout(Some(TIMEOUT))
             .expect("set a read timeout");
-        let name = ServerName::try_from(DOMAIN).expect("a valid server name");
+        let name = ServerName::try_from(self.domain.clone()).expect("a valid server name");
         let conn =
             ClientConnection::new(Client::tls_config(&self.cert, alpn), name).expect("start TLS");
         let mut tls = StreamOwned::new(conn, tcp);
@@ -1000,14 +1030,14 @@ impl Client {
     /// Direct TLS where the stream header travels with the client's last handshake message.
     pub fn connect_tls_pipelined(server: &TestServer) -> Client {
         let mut c = Client::connect_raw(server, server.c2s_tls);
-        c.upgrade_with(true, stream_header().as_bytes());
+        c.upgrade_with(true, stream_header_to(&server.domain).as_bytes());
         c.read_stream_open();
         c
     }
 
     /// Sends a stream header, then reads the server's header and features.
     pub fn open_stream(&mut self) {
-        self.send(&stream_header());
+        self.send(&stream_header_to(&self.domain.clone()));
         self.read_stream_open();
     }
 
@@ -1015,7 +1045,11 @@ impl Client {
         match self.next_event() {
             Event::Header(h) => {
                 assert!(h.is("stream", ns::STREAM), "bad stream header {h}");
-                assert_eq!(h.attr("from"), Some(DOMAIN), "stream header: {h}");
+                assert_eq!(
+                    h.attr("from"),
+                    Some(self.domain.as_str()),
+                    "stream header: {h}"
+                );
                 assert_eq!(h.attr("version"), Some("1.0"), "stream header: {h}");
                 assert!(
                     h.attr("id").is_some_and(|id| !id.is_empty()),
@@ -1229,7 +1263,8 @@ impl Client {
     /// An iq get or set to the server.
     #[track_caller]
     pub fn server_iq(&mut self, kind: &str, payload: &str) -> Element {
-        self.iq(&format!("type='{kind}' to='{DOMAIN}'"), payload)
+        let to = self.domain.clone();
+        self.iq(&format!("type='{kind}' to='{to}'"), payload)
     }
 
     /// A ping to the server whose reply must be the very next stanza: a barrier proving that
@@ -1245,7 +1280,8 @@ impl Client {
     #[track_caller]
     pub fn settle(&mut self) {
         let ping = format!("<ping xmlns='{}'/>", ns::PING);
-        let id = self.send_iq(&format!("type='get' to='{DOMAIN}'"), &ping);
+        let to = self.domain.clone();
+        let id = self.send_iq(&format!("type='get' to='{to}'"), &ping);
         loop {
             let el = self.recv();
             if el.is("iq", ns::CLIENT) && el.attr("id") == Some(id.as_str()) {
@@ -1539,8 +1575,9 @@ impl Client {
     /// skipped): everything the server queued for this client before the ping.
     #[track_caller]
     pub fn messages_until_sync(&mut self) -> Vec<Element> {
+        let to = self.domain.clone();
         let ping = self.send_iq(
-            &format!("type='get' to='{DOMAIN}'"),
+            &format!("type='get' to='{to}'"),
             &format!("<ping xmlns='{}'/>", ns::PING),
         );
         let mut got = Vec::new();

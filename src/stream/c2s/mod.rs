@@ -205,7 +205,7 @@ impl Conn {
     fn deadline(&self) -> Instant {
         let limits = &self.server.config;
         if let Some(at) = self.detached_at {
-            return at + Duration::from_secs(limits.stream_management.resume_timeout_secs);
+            return at + self.resume_window();
         }
         let ack = self.sm.as_ref().and_then(|sm| {
             let since = sm.unrequested_since.filter(|_| !sm.request_outstanding)?;
@@ -221,6 +221,22 @@ impl Conn {
             _ => self.login_deadline(),
         };
         ack.map_or(keepalive, |a| a.min(keepalive))
+    }
+
+    /// How long the session waits to be resumed: the configured window, or the longer one a
+    /// module asked for (push notifications, which wake the phone).
+    fn resume_window(&self) -> Duration {
+        let default = self.server.config.stream_management.resume_timeout_secs;
+        let asked = match &self.phase {
+            Phase::Bound(jid) => self
+                .server
+                .sessions()
+                .get(jid)
+                .filter(|s| s.conn == self.id)
+                .and_then(|s| s.flags.resume_window),
+            _ => None,
+        };
+        Duration::from_secs(asked.map_or(default, |w| u64::from(w).max(default)))
     }
 
     /// Until a resource is bound, however busy the client keeps the connection (whitespace

@@ -1,0 +1,542 @@
+//! Federation between two real servers: `a.test` and `b.test`, each on its own loopback
+//! address (all of 127/8 is loopback on Linux) with port 5269, each told where the other is
+//! by `federation.hosts`. Messages, presence subscriptions and iqs cross; dialback with the
+//! self-signed certificates each makes; SASL EXTERNAL with certificates of a shared test
+//! authority; refusal when valid certificates are required; bounces when the other server is
+//! not there or does not answer; and what a server that misbehaves gets.
+
+use crate::harness::*;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Two loopback addresses no other test of this run uses (and, by the process id, probably
+/// no other run either).
+fn addresses() -> (IpAddr, IpAddr) {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let pid = std::process::id();
+    let (b1, b2) = (16 + (pid % 200) as u8, (pid / 200 % 250) as u8);
+    let b3 = (n % 120) as u8 * 2;
+    (
+        IpAddr::V4(Ipv4Addr::new(127, b1, b2, b3 + 2)),
+        IpAddr::V4(Ipv4Addr::new(127, b1, b2, b3 + 3)),
+    )
+}
+
+pub struct Pair {
+    pub a: TestServer,
+    pub b: TestServer,
+}
+
+/// `[federation]` of a server at `me` that knows `other` at `there`, with `more` lines.
+fn federation(me: IpAddr, other: &str, there: IpAddr, more: &str) -> String {
+    let enabled = match more.contains("enabled") {
+        true => "",
+        false => "enabled = true\n",
+    };
+    format!(
+        "[federation]\n{enabled}listen = [\"{me}:5269\"]\n\
+         hosts = {{ \"{other}\" = \"{there}:5269\" }}\nconnect_timeout_secs = 10\n{more}\n"
+    )
+}
+
+/// `a.test` and `b.test` federating, with users alice@a.test and bob@b.test; `fa` and `fb` go
+/// into their `[federation]` sections, `extra_a` and `extra_b` after them.
+pub fn servers(fa: &str, fb: &str, extra_a: &str, extra_b: &str) -> Pair {
+    let (ia, ib) = addresses();
+    let a = TestServer::start_domain(
+        "a.test",
+        &format!("{}{extra_a}", federation(ia, "b.test", ib, fa)),
+    );
+    let b = TestServer::start_domain(
+        "b.test",
+        &format!("{}{extra_b}", federation(ib, "a.test", ia, fb)),
+    );
+    a.add_users(&["alice"]);
+    b.add_users(&["bob"]);
+    Pair { a, b }
+}
+
+#[test]
+fn messages_presence_and_iqs_cross_with_dialback() {
+    let p = servers("", "", "", "");
+    let mut alice = Client::online(&p.a, "alice", "phone");
+    let mut bob = Client::online(&p.b, "bob", "laptop");
+    alice.send_message("bob@b.test", "chat", "hello from a");
+    let got = bob.expect(
+        "<message from='alice@a.test/phone' to='bob@b.test' type='chat'><body>hello from a</body></message>",
+    );
+    assert!(got.attr("id").is_some());
+    bob.send_message("alice@a.test/phone", "chat", "hello from b");
+    alice.expect(
+        "<message from='bob@b.test/laptop' type='chat'><body>hello from b</body></message>",
+    );
+    // Both servers accepted the other by dialback: their certificates are self-signed.
+    p.a.wait_for_log("b.test accepted a.test (dialback)", 1, TIMEOUT);
+    p.b.wait_for_log("a.test accepted b.test (dialback)", 1, TIMEOUT);
+
+    // An iq to the other server, and one to a client there, with their answers.
+    let r = alice.iq(
+        "type='get' to='b.test'",
+        "<query xmlns='jabber:iq:version'/>",
+    );
+    assert_matches(
+        &r,
+        "<iq type='result' from='b.test'><query xmlns='jabber:iq:version'><name>hearth</name></query></iq>",
+    );
+    let id = alice.send_iq(
+        "type='get' to='bob@b.test/laptop'",
+        "<ping xmlns='urn:xmpp:ping'/>",
+    );
+    let ping =
+        bob.expect("<iq type='get' from='alice@a.test/phone'><ping xmlns='urn:xmpp:ping'/></iq>");
+    bob.send(&format!(
+        "<iq type='result' id='{}' to='alice@a.test/phone'/>",
+        ping.attr("id").unwrap()
+    ));
+    alice.expect(&format!(
+        "<iq type='result' id='{id}' from='bob@b.test/laptop'/>"
+    ));
+    // A request to a resource that is not there is answered by its server.
+    let r = alice.iq(
+        "type='get' to='bob@b.test/gone'",
+        "<ping xmlns='urn:xmpp:ping'/>",
+    );
+    assert_matches(
+        &r,
+        &stanza_error("iq", ANY, "cancel", "service-unavailable"),
+    );
+
+    // A presence subscription, approved: alice then sees bob's presence.
+    alice.send("<presence type='subscribe' to='bob@b.test'/>");
+    alice.expect("<iq type='set'><query xmlns='jabber:iq:roster'><item jid='bob@b.test' ask='subscribe'/></query></iq>");
+    bob.expect("<presence type='subscribe' from='alice@a.test'/>");
+    bob.send("<presence type='subscribed' to='alice@a.test'/>");
+    bob.expect("<iq type='set'><query xmlns='jabber:iq:roster'><item jid='alice@a.test' subscription='from'/></query></iq>");
+    alice.expect_unordered(&[
+        "<iq type='set'><query xmlns='jabber:iq:roster'><item jid='bob@b.test' subscription='to'/></query></iq>",
+        "<presence type='subscribed' from='bob@b.test'/>",
+        "<presence from='bob@b.test/laptop'/>",
+    ]);
+    // bob goes away: alice hears of it.
+    bob.send("<presence type='unavailable'/>");
+    alice.expect("<presence type='unavailable' from='bob@b.test/laptop'/>");
+}
+
+#[test]
+fn a_message_for_someone_offline_there_is_kept_there() {
+    let p = servers("", "", "", "");
+    let mut alice = Client::online(&p.a, "alice", "phone");
+    alice.send_message("bob@b.test", "chat", "while you were out");
+    // Once a's link carried it, b stored it: bob gets it on login.
+    alice.send_message("nobody@b.test", "chat", "x");
+    alice.expect(&stanza_error(
+        "message",
+        ANY,
+        "cancel",
+        "service-unavailable",
+    ));
+    Client::online_expecting(
+        &p.b,
+        "bob",
+        "laptop",
+        &[
+            "<message from='alice@a.test/phone'><body>while you were out</body><delay xmlns='urn:xmpp:delay'/></message>",
+        ],
+    );
+}
+
+#[test]
+fn valid_certificates_required_refuse_self_signed_ones() {
+    // b requires them: a's dialback is refused.
+    let p = servers("", "require_valid_certificates = true", "", "");
+    let mut alice = Client::online(&p.a, "alice", "phone");
+    let id = alice.send_message("bob@b.test", "chat", "hi");
+    alice.expect(&format!(
+        "<message type='error' id='{id}' from='bob@b.test'><error><remote-server-not-found xmlns='{}'/></error></message>",
+        ns::STANZAS
+    ));
+    p.b.wait_for_log("federation.require_valid_certificates is on", 1, TIMEOUT);
+    // a requires them: it does not even go on after seeing b's certificate.
+    let p = servers("require_valid_certificates = true", "", "", "");
+    let mut alice = Client::online(&p.a, "alice", "phone");
+    let id = alice.send_message("bob@b.test", "chat", "hi");
+    alice.expect(&format!(
+        "<message type='error' id='{id}'><error><remote-server-not-found xmlns='{}'/></error></message>",
+        ns::STANZAS
+    ));
+    p.a.wait_for_log("federation.require_valid_certificates is on", 1, TIMEOUT);
+}
+
+#[test]
+fn without_federation_nothing_leaves() {
+    let a = TestServer::start_domain("a.test", "");
+    a.add_users(&["alice"]);
+    let mut alice = Client::online(&a, "alice", "phone");
+    let id = alice.send_message("bob@b.test", "chat", "hi");
+    alice.expect(&format!(
+        "<message type='error' id='{id}'><error><remote-server-not-found xmlns='{}'/></error></message>",
+        ns::STANZAS
+    ));
+    alice.send("<presence type='subscribe' to='bob@b.test'/>");
+    alice.expect(&stanza_error(
+        "presence",
+        NONE,
+        "cancel",
+        "remote-server-not-found",
+    ));
+    assert!(a.s2s.is_none(), "no listener for other servers");
+}
+
+/// A server that is not there: the connection is refused at once. One that accepts the
+/// connection and says nothing: the stanzas wait, within their bound, until the connect
+/// timeout, then go back to their senders.
+#[test]
+fn stanzas_for_a_server_that_is_down_go_back() {
+    let (ia, ib) = addresses();
+    let silent = TcpListener::bind(SocketAddr::new(ib, 0)).unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let a = TestServer::start_domain(
+        "a.test",
+        &format!(
+            "[federation]\nenabled = true\nlisten = [\"{ia}:5269\"]\n\
+             hosts = {{ \"down.test\" = \"{ib}:5269\", \"silent.test\" = \"{silent_addr}\" }}\n\
+             connect_timeout_secs = 2\nqueue_bytes = 20000\n\
+             [limits]\nmax_stanza_bytes = 10000\n"
+        ),
+    );
+    a.add_users(&["alice"]);
+    let mut alice = Client::online(&a, "alice", "phone");
+    let id = alice.send_message("bob@down.test", "chat", "hi");
+    alice.expect(&format!(
+        "<message type='error' id='{id}' from='bob@down.test'><error type='cancel'><remote-server-not-found xmlns='{}'/></error></message>",
+        ns::STANZAS
+    ));
+    // Ten messages of 3000 bytes to the silent one: what does not fit its queue is refused at
+    // once; the rest waits, then times out.
+    let body = "x".repeat(3000);
+    let ids: Vec<String> = (0..10)
+        .map(|_| alice.send_message("bob@silent.test", "chat", &body))
+        .collect();
+    let mut refused = Vec::new();
+    let mut timed_out = Vec::new();
+    for _ in 0..10 {
+        let el = alice.recv_skipping_presence();
+        let id = el.attr("id").unwrap().to_owned();
+        if el
+            .get("error", ns::CLIENT)
+            .child("resource-constraint", ns::STANZAS)
+            .is_some()
+        {
+            refused.push(id);
+        } else {
+            assert_matches(
+                &el,
+                &stanza_error("message", ANY, "wait", "remote-server-timeout"),
+            );
+            timed_out.push(id);
+        }
+    }
+    assert!(
+        !refused.is_empty() && !timed_out.is_empty(),
+        "{refused:?} {timed_out:?}"
+    );
+    assert!(
+        timed_out.len() <= 6,
+        "the queue held more than its bytes: {timed_out:?}"
+    );
+    let mut all: Vec<String> = refused.into_iter().chain(timed_out).collect();
+    all.sort();
+    let mut want = ids;
+    want.sort();
+    assert_eq!(all, want, "every message came back once");
+    drop(silent);
+    assert_server_ok(&a, "alice");
+}
+
+#[test]
+fn check_says_what_federation_does() {
+    let p = servers("enabled = false\npush_services = [\"b.test\"]", "", "", "");
+    let out = p.a.cli(&["check"], "");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("federation off: talks only to the push services"),
+        "{text}"
+    );
+    assert!(text.contains("push services: b.test"), "{text}");
+    let addr = p.a.s2s.expect("a listens for the push service");
+    assert!(
+        text.contains(&format!(
+            "s2s {addr}: reachable: an XMPP server answers, and offers STARTTLS"
+        )),
+        "{text}"
+    );
+    let out = p.b.cli(&["check"], "");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("federation on: talks to every other server"),
+        "{text}"
+    );
+    assert!(text.contains("push services: none"), "{text}");
+}
+
+/// A certificate authority for tests, with its certificate in `ca.pem`.
+struct Authority {
+    dir: tempfile::TempDir,
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl Authority {
+    fn new() -> Authority {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyUsagePurpose};
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "hearth test authority");
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let issuer =
+            rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
+                .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), issuer.pem()).unwrap();
+        Authority { dir, issuer }
+    }
+
+    fn ca(&self) -> String {
+        self.dir.path().join("ca.pem").display().to_string()
+    }
+
+    /// Test clients of `server` trust its certificate by the file it would have made: this
+    /// authority's certificate serves as well.
+    fn trusted_by_clients_of(&self, server: &TestServer) {
+        std::fs::copy(self.ca(), server.data_dir().join("cert.pem")).unwrap();
+    }
+
+    /// A certificate for `domain`, as `[tls]` lines of a config, and its PEM parts.
+    fn issue(&self, domain: &str) -> (String, String, String) {
+        use rcgen::{CertificateParams, ExtendedKeyUsagePurpose};
+        let mut params = CertificateParams::new(vec![domain.to_owned()]).unwrap();
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let (c, k) = (
+            self.dir.path().join(format!("{domain}.pem")),
+            self.dir.path().join(format!("{domain}.key")),
+        );
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        let tls = format!(
+            "[tls]\ncert = {:?}\nkey = {:?}\n",
+            c.display().to_string(),
+            k.display().to_string()
+        );
+        (tls, cert.pem(), key.serialize_pem())
+    }
+}
+
+#[test]
+fn certificates_of_a_trusted_authority_authenticate_with_sasl_external() {
+    let ca = Authority::new();
+    let trust = format!("ca_files = [{:?}]", ca.ca());
+    let p = servers(&trust, &trust, &ca.issue("a.test").0, &ca.issue("b.test").0);
+    ca.trusted_by_clients_of(&p.a);
+    ca.trusted_by_clients_of(&p.b);
+    let mut alice = Client::online(&p.a, "alice", "phone");
+    let mut bob = Client::online(&p.b, "bob", "laptop");
+    alice.send_message("bob@b.test", "chat", "signed");
+    bob.expect("<message from='alice@a.test/phone'><body>signed</body></message>");
+    bob.send_message("alice@a.test", "chat", "sealed");
+    alice.expect("<message from='bob@b.test/laptop'><body>sealed</body></message>");
+    p.a.wait_for_log("b.test accepted a.test (certificate)", 1, TIMEOUT);
+    p.b.wait_for_log("a.test accepted b.test (certificate)", 1, TIMEOUT);
+    // Required valid certificates are there: still accepted.
+    let p = servers(
+        &format!("{trust}\nrequire_valid_certificates = true"),
+        &format!("{trust}\nrequire_valid_certificates = true"),
+        &ca.issue("a.test").0,
+        &ca.issue("b.test").0,
+    );
+    ca.trusted_by_clients_of(&p.a);
+    ca.trusted_by_clients_of(&p.b);
+    let mut alice = Client::online(&p.a, "alice", "phone");
+    let mut bob = Client::online(&p.b, "bob", "laptop");
+    alice.send_message("bob@b.test", "chat", "signed");
+    bob.expect("<message from='alice@a.test/phone'><body>signed</body></message>");
+}
+
+/// A server played by the test: TCP, the stream, STARTTLS, TLS trusting `trust`, with a
+/// client certificate if given; what it reads is kept as text.
+struct Peer {
+    tcp: std::net::TcpStream,
+    tls: Option<rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>>,
+    got: String,
+}
+
+impl Peer {
+    fn connect(
+        addr: SocketAddr,
+        from: &str,
+        to: &str,
+        trust: &str,
+        cert: Option<(String, String)>,
+    ) -> Peer {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+        let tcp = std::net::TcpStream::connect(addr).unwrap();
+        tcp.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let mut p = Peer {
+            tcp,
+            tls: None,
+            got: String::new(),
+        };
+        let header = format!(
+            "<?xml version='1.0'?><stream:stream xmlns='jabber:server' \
+             xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' \
+             from='{from}' to='{to}' version='1.0'>"
+        );
+        p.send(&header);
+        p.until("</stream:features>");
+        p.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
+        p.until("<proceed");
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(trust).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots);
+        let config = match cert {
+            Some((c, k)) => {
+                let chain = CertificateDer::pem_slice_iter(c.as_bytes())
+                    .map(|c| c.unwrap())
+                    .collect();
+                builder
+                    .with_client_auth_cert(
+                        chain,
+                        PrivateKeyDer::from_pem_slice(k.as_bytes()).unwrap(),
+                    )
+                    .unwrap()
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let conn = rustls::ClientConnection::new(
+            std::sync::Arc::new(config),
+            ServerName::try_from(to.to_owned()).unwrap(),
+        )
+        .unwrap();
+        p.tls = Some(rustls::StreamOwned::new(conn, p.tcp.try_clone().unwrap()));
+        p.got.clear();
+        p.send(&header);
+        p.until("</stream:features>");
+        p
+    }
+
+    fn send(&mut self, s: &str) {
+        use std::io::Write;
+        match &mut self.tls {
+            Some(t) => t.write_all(s.as_bytes()).unwrap(),
+            None => self.tcp.write_all(s.as_bytes()).unwrap(),
+        }
+    }
+
+    /// Reads until `needle` has come (or the connection ends, or five seconds pass: then
+    /// it panics with what came).
+    #[track_caller]
+    fn until(&mut self, needle: &str) -> String {
+        use std::io::Read;
+        let mut buf = [0u8; 4096];
+        while !self.got.contains(needle) {
+            let n = match &mut self.tls {
+                Some(t) => t.read(&mut buf),
+                None => self.tcp.read(&mut buf),
+            };
+            match n {
+                Ok(n) if n > 0 => self.got.push_str(&String::from_utf8_lossy(&buf[..n])),
+                _ => panic!("no {needle:?} in {:?}", self.got),
+            }
+        }
+        std::mem::take(&mut self.got)
+    }
+}
+
+#[test]
+fn a_server_that_has_not_authenticated_cannot_send_stanzas() {
+    let p = servers("", "", "", "");
+    let mut alice = Client::online(&p.a, "alice", "phone");
+    let trust = p.a.data_dir().join("cert.pem").display().to_string();
+    let mut evil = Peer::connect(p.a.s2s.unwrap(), "evil.test", "a.test", &trust, None);
+    evil.send("<message from='mallory@evil.test' to='alice@a.test'><body>spoof</body></message>");
+    evil.until("<not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-streams'");
+    alice.sync();
+}
+
+#[test]
+fn a_server_cannot_speak_for_a_domain_it_did_not_prove() {
+    let ca = Authority::new();
+    let trust = format!("ca_files = [{:?}]", ca.ca());
+    let (a_tls, _, _) = ca.issue("a.test");
+    let p = servers(&trust, "", &a_tls, "");
+    ca.trusted_by_clients_of(&p.a);
+    let mut alice = Client::online(&p.a, "alice", "phone");
+    let (_, cert, key) = ca.issue("evil.test");
+    let a_ca = ca.ca();
+    let mut evil = Peer::connect(
+        p.a.s2s.unwrap(),
+        "evil.test",
+        "a.test",
+        &a_ca,
+        Some((cert, key)),
+    );
+    evil.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>");
+    evil.until("<success");
+    evil.send(
+        "<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' \
+         from='evil.test' to='a.test' version='1.0'>",
+    );
+    evil.until("</stream:features>");
+    // What it may say, arrives; what it says for b.test ends the stream.
+    evil.send("<message from='mallory@evil.test' to='alice@a.test'><body>mine</body></message>");
+    alice.expect("<message from='mallory@evil.test'><body>mine</body></message>");
+    evil.send("<message from='bob@b.test' to='alice@a.test'><body>forged</body></message>");
+    evil.until("<invalid-from xmlns='urn:ietf:params:xml:ns:xmpp-streams'");
+    alice.sync();
+}
+
+#[test]
+fn a_dialback_flood_ends_the_connection() {
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let at = silent.local_addr().unwrap();
+    let hosts: Vec<String> = (0..10)
+        .map(|i| format!("\"f{i}.test\" = \"{at}\""))
+        .collect();
+    let (ia, _) = addresses();
+    let a = TestServer::start_domain(
+        "a.test",
+        &format!(
+            "[federation]\nenabled = true\nlisten = [\"{ia}:5269\"]\nhosts = {{ {} }}\n",
+            hosts.join(", ")
+        ),
+    );
+    let trust = a.data_dir().join("cert.pem").display().to_string();
+    let mut flood = Peer::connect(a.s2s.unwrap(), "f0.test", "a.test", &trust, None);
+    // Eight verifications may wait at once (the default); the ninth is one too many.
+    for i in 0..9 {
+        flood.send(&format!(
+            "<db:result from='f{i}.test' to='a.test'>key{i}</db:result>"
+        ));
+    }
+    flood.until("<policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'");
+    a.add_users(&["alice"]);
+    assert_server_ok(&a, "alice");
+    drop(silent);
+}
