@@ -4,6 +4,8 @@
 pub const STREAM: &str = "http://etherx.jabber.org/streams";
 /// RFC 6120 §4.8.3: the default content namespace of client streams.
 pub const CLIENT: &str = "jabber:client";
+/// RFC 7395: the `<open/>` and `<close/>` of a stream over WebSocket.
+pub const FRAMING: &str = "urn:ietf:params:xml:ns:xmpp-framing";
 /// XML 1.0 Namespaces §3: the prefix `xml` is bound to this by definition.
 pub const XML: &str = "http://www.w3.org/XML/1998/namespace";
 /// XML Namespaces §3: the namespace of `xmlns` declarations themselves, which nothing may use.
