@@ -229,6 +229,8 @@ pub struct ModulesConfig {
     pub private: crate::modules::private::Config,
     pub register: crate::modules::register::Config,
     pub external_services: crate::modules::extdisco::Config,
+    pub http: crate::modules::http::Config,
+    pub upload: crate::modules::http::upload::Config,
 }
 
 impl Config {
@@ -323,6 +325,8 @@ impl Config {
             ));
         }
         self.modules.external_services.validate()?;
+        self.modules.http.validate()?;
+        self.modules.upload.validate(&self.server.domain)?;
         if log_level(&self.server.log_level).is_none() {
             return Err(format!(
                 "server.log_level {:?} is not one of error, warn, info, debug, trace",
@@ -450,6 +454,20 @@ impl Config {
                 m.external_services.credentials_ttl_secs, 60, 7 * DAY, "seconds"),
             ("modules.register.password_interval_secs", m.register.password_interval_secs, 1, DAY,
                 "seconds; each change costs two key derivations"),
+            ("modules.http.max_connections", n(m.http.max_connections), 1, 1_000_000,
+                "connections"),
+            ("modules.http.max_connections_per_ip", n(m.http.max_connections_per_ip), 1,
+                1_000_000, "connections"),
+            ("modules.http.max_header_bytes", n(m.http.max_header_bytes), 8192, 1 << 20,
+                "bytes; the HTTP implementation needs at least 8192"),
+            ("modules.http.header_timeout_secs", m.http.header_timeout_secs, 1, HOUR, "seconds"),
+            ("modules.http.idle_timeout_secs", m.http.idle_timeout_secs, 1, DAY, "seconds"),
+            ("modules.upload.max_file_bytes", m.upload.max_file_bytes, 1, 1 << 40, "bytes"),
+            ("modules.upload.quota_bytes", m.upload.quota_bytes, 1, 1 << 44, "bytes"),
+            ("modules.upload.max_slots", n(m.upload.max_slots), 1, 10_000, "slots"),
+            ("modules.upload.slot_timeout_secs", m.upload.slot_timeout_secs, 1, DAY, "seconds"),
+            ("modules.upload.expire_days", m.upload.expire_days, 0, 36_500,
+                "days; 0 keeps files forever"),
         ]
     }
 
