@@ -25,3 +25,4 @@ mod register;
 mod roster;
 mod smacks;
 mod vcard;
+mod websocket;
