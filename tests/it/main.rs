@@ -24,5 +24,6 @@ mod presence;
 mod register;
 mod roster;
 mod smacks;
+mod upload;
 mod vcard;
 mod websocket;
