@@ -888,6 +888,51 @@ mod tests {
     }
 
     #[test]
+    fn files_expire_in_bounded_turns_and_go_with_their_account() {
+        let t = crate::modules::testing::TestRouter::new();
+        let dir = tempfile::tempdir().unwrap();
+        let upload = Upload {
+            domain: "upload.localhost".into(),
+            dir: dir.path().to_owned(),
+            config: Config {
+                expire_days: 1,
+                ..Config::default()
+            },
+            slots: RefCell::default(),
+            files: RefCell::default(),
+        };
+        let created = unix(t.router.now());
+        let n = DELETE_PER_TURN + 3;
+        for i in 0..n {
+            let id = hex(&[i as u8; 16]);
+            std::fs::write(upload.path(&id), b"x").unwrap();
+            let user = if i == 0 { "bob" } else { "alice" };
+            let stored = Stored {
+                user: user.into(),
+                size: 1,
+                created,
+                content_type: "text/plain".into(),
+                name: "x".into(),
+            };
+            upload.files.borrow_mut().insert(id, stored);
+        }
+        let files_on_disk = || std::fs::read_dir(dir.path()).unwrap().count();
+        // Not yet a day old: nothing goes.
+        assert!(!upload.expire(&mut Cx::new(&t.router)));
+        assert_eq!(files_on_disk(), n);
+        upload.account_removed("bob");
+        assert_eq!(files_on_disk(), n - 1);
+        t.skip(Duration::from_secs(86_400));
+        let mut cx = Cx::new(&t.router);
+        assert!(upload.expire(&mut cx), "more are due after one turn");
+        assert_eq!(cx.effects.writes.len(), DELETE_PER_TURN);
+        assert_eq!(files_on_disk(), n - 1 - DELETE_PER_TURN);
+        assert!(!upload.expire(&mut Cx::new(&t.router)));
+        assert_eq!(files_on_disk(), 0);
+        assert!(upload.files.borrow().is_empty());
+    }
+
+    #[test]
     fn ids_are_checked_before_any_path_is_made() {
         assert!(is_id(&hex(&[0xab; 16])));
         for bad in [
