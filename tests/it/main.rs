@@ -27,4 +27,6 @@ mod push;
 mod register;
 mod roster;
 mod smacks;
+mod upload;
 mod vcard;
+mod websocket;

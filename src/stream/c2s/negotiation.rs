@@ -40,8 +40,7 @@ impl Conn {
 
     /// tls-exporter channel binding data (RFC 9266); only defined for TLS 1.3 here.
     pub(super) fn channel_binding(&self) -> Option<Vec<u8>> {
-        let Io::Tls(s) = &self.io else { return None };
-        let conn = s.get_ref().1;
+        let conn = self.io.tls()?;
         if conn.protocol_version() != Some(rustls::ProtocolVersion::TLSv1_3) {
             return None;
         }
@@ -109,7 +108,7 @@ impl Conn {
                 features.push(f);
             }
         }
-        writer::write_element(&features, ns::CLIENT, &mut self.out);
+        self.put(&features);
         Next::Continue
     }
 
@@ -127,7 +126,7 @@ impl Conn {
     pub(super) fn sasl_failure(&mut self, condition: F) {
         let f = Element::new("failure", ns::SASL)
             .with_child(Element::new(condition.as_str(), ns::SASL));
-        writer::write_element(&f, ns::CLIENT, &mut self.out);
+        self.put(&f);
     }
 
     pub(super) fn sasl(&mut self, el: Element) -> Next {
@@ -194,7 +193,7 @@ impl Conn {
                 if !c.is_empty() {
                     ch = ch.with_text(B64.encode(c));
                 }
-                writer::write_element(&ch, ns::CLIENT, &mut self.out);
+                self.put(&ch);
                 Next::Continue
             }
             Step::Success { user, data } => {
@@ -219,7 +218,7 @@ impl Conn {
                 if !data.is_empty() {
                     ok = ok.with_text(B64.encode(data));
                 }
-                writer::write_element(&ok, ns::CLIENT, &mut self.out);
+                self.put(&ok);
                 log::info!(
                     "{user}@{} authenticated from {}",
                     self.server.config.server.domain,
@@ -284,7 +283,7 @@ impl Conn {
                     Ok(r) => r,
                     Err(_) => {
                         let e = StanzaError::bad_request("the resource is not valid");
-                        writer::write_element(&error_reply(&el, &e), ns::CLIENT, &mut self.out);
+                        self.put(&error_reply(&el, &e));
                         return Next::Continue;
                     }
                 },
@@ -300,7 +299,7 @@ impl Conn {
                     crate::stanza::Condition::ResourceConstraint,
                     "this account has as many resources bound as it may have",
                 );
-                writer::write_element(&error_reply(&el, &e), ns::CLIENT, &mut self.out);
+                self.put(&error_reply(&el, &e));
                 return Next::Continue;
             }
             let tx = match self.server.conns.borrow().get(&self.id) {
@@ -322,13 +321,13 @@ impl Conn {
                 Element::new("bind", ns::BIND)
                     .with_child(Element::new("jid", ns::BIND).with_text(full.to_string())),
             );
-            writer::write_element(&reply, ns::CLIENT, &mut self.out);
+            self.put(&reply);
             log::debug!("bound {full}");
             self.phase = Phase::Bound(full);
             return Next::Continue;
         }
         if el.is("iq", ns::CLIENT) && el.child("session", ns::SESSION).is_some() {
-            writer::write_element(&iq_result(&el, None), ns::CLIENT, &mut self.out);
+            self.put(&iq_result(&el, None));
             return Next::Continue;
         }
         Next::Fail(StreamError::with_text(
