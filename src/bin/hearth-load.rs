@@ -4,7 +4,8 @@
 //!
 //! Scenarios:
 //! - `idle`: opens `--sessions` sessions and reports the server's memory per session, the login
-//!   rate and the server's CPU time per login.
+//!   rate and the server's CPU time per login; `--hold` keeps them open a while longer, for a
+//!   look at the server (a heap profile) with the sessions in place.
 //! - `throughput`: `--pairs` pairs (user2k-1 sends to user2k); each sender keeps at most
 //!   `--window` messages in flight (sent but not yet received). Reports delivered messages per
 //!   second and server CPU seconds per 1,000 delivered messages over `--duration` seconds after
@@ -110,6 +111,9 @@ struct Args {
     /// independent executor threads, each with its share of the sessions
     #[argh(option, default = "1")]
     threads: usize,
+    /// idle: seconds to keep the sessions open after measuring (to inspect the server)
+    #[argh(option, default = "0.0")]
+    hold: f64,
     /// seconds after which a login, a drain or a delivery counts as failed
     #[argh(option, default = "60.0")]
     timeout: f64,
@@ -714,6 +718,10 @@ fn idle(args: &Arc<Args>) -> String {
     };
     barrier.wait();
     let after = Snap::take(args, &shared);
+    if args.hold > 0.0 {
+        eprintln!("holding {} sessions for {} s", args.sessions, args.hold);
+        std::thread::sleep(Duration::from_secs_f64(args.hold));
+    }
     barrier.wait();
     let out = join(handles);
     let n = out.logins_ok;
