@@ -1001,10 +1001,8 @@ pub fn deliver(router: &Router, to: &Jid, d: Rc<Delivery>) -> Option<Rc<Delivery
                 .set(u32::try_from(queued + size).unwrap_or(u32::MAX));
             None
         }
-        Err(e) => match e.into_inner() {
-            Outbound::Stanza(d) => Some(d),
-            Outbound::Close(_) => None,
-        },
+        Err(Outbound::Stanza(d)) => Some(d),
+        Err(Outbound::Close(_)) => None,
     }
 }
 
@@ -1254,7 +1252,7 @@ mod tests {
         s.tx.close();
         let rx = t.receiver(s.conn);
         let mut unsent = Vec::new();
-        while let Ok(Outbound::Stanza(d)) = rx.try_recv() {
+        while let Some(Outbound::Stanza(d)) = rx.try_recv() {
             if let Some(el) = Delivery::undelivered(d) {
                 unsent.push((jid.clone(), el));
             }
@@ -1318,7 +1316,7 @@ mod tests {
         let take = |j: &Jid| {
             let conn = t.router.sessions().get(j).unwrap().conn;
             match t.receiver(conn).try_recv() {
-                Ok(Outbound::Stanza(d)) => d,
+                Some(Outbound::Stanza(d)) => d,
                 _ => panic!("nothing queued for {j}"),
             }
         };
@@ -1377,7 +1375,7 @@ mod tests {
         // The request is answered for the session that is gone.
         assert_eq!(queued(&b), 1);
         let conn = t.router.sessions().get(&b).unwrap().conn;
-        let Ok(Outbound::Stanza(d)) = t.receiver(conn).try_recv() else {
+        let Some(Outbound::Stanza(d)) = t.receiver(conn).try_recv() else {
             panic!("no answer");
         };
         assert!(

@@ -5,14 +5,13 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::listener::{self, Listener};
 use crate::router::{self, Router};
-use crate::session::Outbound;
+use crate::session::{self, Outbound, OutboundRx, OutboundTx};
 use crate::stanza::{StreamCondition, StreamError};
 use crate::storage::Store;
 use crate::stream::throttle::{Source, Throttle};
 use crate::stream::{c2s, s2s, sasl};
 use crate::{admin, modules, tls};
 use async_signal::{Signal, Signals};
-use smol::channel::{Receiver, Sender};
 use smol::{LocalExecutor, Timer};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -24,7 +23,7 @@ use std::time::{Duration, Instant};
 
 /// An open connection, of any listener.
 pub struct Conn {
-    pub tx: Sender<Outbound>,
+    pub tx: OutboundTx,
     pub ip: IpAddr,
     pub listener: usize,
     /// The account this connection authenticated as: removing the account or changing its
@@ -73,11 +72,9 @@ impl Server {
     }
 
     /// Registers a new connection of `listener`; returns its id and its queue.
-    pub fn add_conn(&self, listener: usize, ip: IpAddr) -> (u64, Receiver<Outbound>) {
-        // Unbounded because a bounded channel allocates all its slots up front, which would
-        // cost every idle session the memory of a full queue; `router::deliver` enforces the
-        // bound.
-        let (tx, rx) = smol::channel::unbounded();
+    pub fn add_conn(&self, listener: usize, ip: IpAddr) -> (u64, OutboundRx) {
+        // `router::deliver` enforces the bound.
+        let (tx, rx) = session::outbound();
         let id = self.next_conn.get();
         self.next_conn.set(id + 1);
         self.conns.borrow_mut().insert(

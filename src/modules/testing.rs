@@ -19,7 +19,7 @@ pub struct TestRouter {
     next_conn: std::cell::Cell<u64>,
     /// Each session's queue, where only what ends a session arrives (stanzas are in `Out`).
     /// Kept open: a session whose queue is closed is closing. By connection number, from 1.
-    queues: std::cell::RefCell<Vec<(Jid, smol::channel::Receiver<Outbound>)>>,
+    queues: std::cell::RefCell<Vec<(Jid, crate::session::OutboundRx)>>,
 }
 
 /// What one step produced.
@@ -72,7 +72,7 @@ impl TestRouter {
     /// A bound session `user@localhost/resource`, not yet available.
     pub fn bind(&self, user: &str, resource: &str) -> Jid {
         let jid = Jid::parse(&format!("{user}@localhost/{resource}")).unwrap();
-        let (tx, rx) = smol::channel::unbounded();
+        let (tx, rx) = crate::session::outbound();
         self.queues.borrow_mut().push((jid.clone(), rx));
         let conn = self.next_conn.get();
         self.next_conn.set(conn + 1);
@@ -135,7 +135,7 @@ impl TestRouter {
         let queues = self.queues.borrow();
         // The latest session bound under `jid`.
         let (_, rx) = queues.iter().rev().find(|(j, _)| j == jid)?;
-        while let Ok(o) = rx.try_recv() {
+        while let Some(o) = rx.try_recv() {
             if let Outbound::Close(e) = o {
                 return Some(e);
             }
@@ -211,7 +211,7 @@ impl TestRouter {
     }
 
     /// The queue of the session of connection `conn`.
-    pub fn receiver(&self, conn: u64) -> smol::channel::Receiver<crate::session::Outbound> {
+    pub fn receiver(&self, conn: u64) -> crate::session::OutboundRx {
         // Connections are numbered from 1 in the order sessions were bound.
         self.queues.borrow()[conn as usize - 1].1.clone()
     }

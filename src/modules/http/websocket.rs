@@ -88,7 +88,7 @@ pub(super) async fn run(
     upgraded: hyper::upgrade::Upgraded,
     peer: SocketAddr,
     id: u64,
-    rx: smol::channel::Receiver<crate::session::Outbound>,
+    rx: crate::session::OutboundRx,
 ) {
     let Ok(parts) = upgraded.downcast::<HttpIo>() else {
         log::error!("a WebSocket upgrade on an unknown kind of connection");

@@ -29,7 +29,7 @@ use crate::listener::{Accepted, Listener};
 use crate::modules::{Mechanism, SessionEvent};
 use crate::router;
 use crate::server::Server;
-use crate::session::{Delivery, Outbound, Session};
+use crate::session::{Delivery, Outbound, OutboundRx, Session};
 use crate::stanza::{StanzaError, StreamCondition as C, StreamError, error_reply, iq_result};
 use crate::storage::{Store, Ticket};
 use crate::stream::csi::{self, Held};
@@ -69,7 +69,7 @@ struct Conn {
     peer: SocketAddr,
     io: Io,
     reader: StreamReader,
-    rx: Receiver<Outbound>,
+    rx: OutboundRx,
     phase: Phase,
     header_sent: bool,
     sasl: Option<Box<dyn Mechanism>>,
@@ -190,13 +190,7 @@ async fn run(server: Rc<Server>, accepted: Accepted, direct_tls: bool) {
 /// A client stream over a WebSocket (RFC 7395) that the HTTP listener accepted and upgraded,
 /// as connection `id` with its queue `rx`. TLS is up, so SASL comes first; from there on it is
 /// the same stream as over TCP: sessions, limits, stream management, everything.
-pub async fn websocket(
-    server: Rc<Server>,
-    ws: Ws,
-    peer: SocketAddr,
-    id: u64,
-    rx: Receiver<Outbound>,
-) {
+pub async fn websocket(server: Rc<Server>, ws: Ws, peer: SocketAddr, id: u64, rx: OutboundRx) {
     let reader = StreamReader::framed(server.config.xml_limits());
     let io = Io::WebSocket(Box::new(ws));
     let mut conn = Conn::new(server, id, peer, io, reader, rx);
@@ -215,7 +209,7 @@ impl Conn {
         peer: SocketAddr,
         io: Io,
         reader: StreamReader,
-        rx: Receiver<Outbound>,
+        rx: OutboundRx,
     ) -> Conn {
         Conn {
             reader,
@@ -310,7 +304,7 @@ impl Conn {
                         None => std::future::pending().await,
                     }
                 };
-                let queue = async { Wake::Queue(self.rx.recv().await.ok()) };
+                let queue = async { Wake::Queue(self.rx.recv().await) };
                 let timer = async {
                     Timer::at(deadline).await;
                     Wake::Timer
@@ -366,15 +360,15 @@ impl Conn {
                     let mut next = Next::Continue;
                     while self.out.len() < 65536 && !self.over_limits() {
                         match self.rx.try_recv() {
-                            Ok(Outbound::Stanza(d)) => {
+                            Some(Outbound::Stanza(d)) => {
                                 taken += d.size;
                                 self.emit(d);
                             }
-                            Ok(Outbound::Close(e)) => {
+                            Some(Outbound::Close(e)) => {
                                 next = Next::Fail(e);
                                 break;
                             }
-                            Err(_) => break,
+                            None => break,
                         }
                     }
                     self.dequeued(taken);
@@ -847,7 +841,7 @@ impl Conn {
             None => Vec::new(),
         };
         unsent.extend(self.held.take());
-        while let Ok(o) = self.rx.try_recv() {
+        while let Some(o) = self.rx.try_recv() {
             if let Outbound::Stanza(d) = o {
                 unsent.push(d);
             }
