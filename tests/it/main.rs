@@ -26,5 +26,6 @@ mod presence;
 mod push;
 mod register;
 mod roster;
+mod sasl2;
 mod smacks;
 mod vcard;

@@ -246,6 +246,18 @@ impl Module for Mam {
         "mam"
     }
 
+    /// XEP-0386 §3.2: a Bind 2 session is told where the archive stands and catches up from
+    /// it, so offline storage does not send it what the archive holds (see `offline`).
+    fn bind2(&self, cx: &mut Cx, session: &Jid, _request: &Element, bound: &mut Element) {
+        let Some(user) = session.local() else { return };
+        cx.with_session(session, |s| s.flags.mam_queried = true);
+        match self.metadata(cx, user) {
+            Ok(Some(m)) => bound.push(m),
+            Ok(None) => {}
+            Err(_) => log::warn!("{session}: no archive metadata for Bind 2"),
+        }
+    }
+
     fn reads_trailing_writes(&self) -> bool {
         true
     }

@@ -9,13 +9,14 @@
 mod io;
 mod management;
 mod negotiation;
+mod sasl2;
 
 use io::{Credit, Io};
 
 use crate::config::Config;
 use crate::jid::{self, Jid};
 use crate::listener::{Accepted, Listener};
-use crate::modules::{Mechanism, SessionEvent};
+use crate::modules::{Mechanism, Profile, SessionEvent};
 use crate::router;
 use crate::server::Server;
 use crate::session::{Delivery, Outbound, Session};
@@ -62,6 +63,8 @@ struct Conn {
     phase: Phase,
     header_sent: bool,
     sasl: Option<Box<dyn Mechanism>>,
+    /// What negotiation needs until a resource is bound (see `sasl2::Login`).
+    login: Option<Box<sasl2::Login>>,
     auth_failures: u32,
     out: Vec<u8>,
     /// When the connection was accepted: login must be done within the login timeout of it.
@@ -106,6 +109,8 @@ pub struct Handoff {
     reader: StreamReader,
     peer: SocketAddr,
     h: u32,
+    /// XEP-0198 §inline: the SASL2 `<success/>` that the `<resumed/>` goes into.
+    success: Option<Box<Element>>,
     /// Ok when taken over; otherwise the socket comes back to the resuming connection.
     reply: Sender<Result<(), (Io, StreamReader)>>,
 }
@@ -114,6 +119,16 @@ pub struct Handoff {
 pub struct Resumable {
     pub user: String,
     pub tx: Sender<Handoff>,
+}
+
+/// How an attempt to resume a session ended.
+enum Resume {
+    /// The session's task took the socket over.
+    Handed,
+    /// The socket failed meanwhile.
+    Lost,
+    /// Not resumed: the `<failed/>` for the client.
+    Failed(Element),
 }
 
 /// What the read loop does after an event.
@@ -174,6 +189,7 @@ async fn run(server: Rc<Server>, accepted: Accepted, direct_tls: bool) {
         phase: Phase::Plain,
         header_sent: false,
         sasl: None,
+        login: None,
         auth_failures: 0,
         out: Vec::new(),
         started: Instant::now(),
@@ -661,14 +677,17 @@ impl Conn {
                     };
                 }
                 if el.ns == ns::SASL {
-                    return self.sasl_failed(F::EncryptionRequired, None);
+                    return self.sasl_failed(Profile::Sasl, F::EncryptionRequired, None, None);
+                }
+                if el.ns == ns::SASL2 {
+                    return self.sasl_failed(Profile::Sasl2, F::EncryptionRequired, None, None);
                 }
                 Next::Fail(StreamError::with_text(
                     C::NotAuthorized,
                     "STARTTLS and authentication first",
                 ))
             }
-            Phase::Secure => self.sasl(el),
+            Phase::Secure => self.sasl(el).await,
             Phase::Authenticated(user, epoch) => {
                 let (user, epoch) = (user.clone(), *epoch);
                 if !self.server.account_exists(&user) {
@@ -686,7 +705,14 @@ impl Conn {
                     ));
                 }
                 if el.is("resume", ns::SM) {
-                    return self.resume(&user, &el).await;
+                    return match self.resume(&user, &el, None).await {
+                        Resume::Handed => Next::Handed,
+                        Resume::Lost => Next::Lost,
+                        Resume::Failed(failed) => {
+                            self.write_nonza(&failed);
+                            Next::Continue
+                        }
+                    };
                 }
                 if el.ns == ns::SM {
                     self.write_nonza(&smacks::failed("unexpected-request", None));
