@@ -63,8 +63,11 @@ struct Conn {
     phase: Phase,
     header_sent: bool,
     sasl: Option<Box<dyn Mechanism>>,
-    /// What negotiation needs until a resource is bound (see `sasl2::Login`).
-    login: Option<Box<sasl2::Login>>,
+    /// The TLS setup this connection's handshake used (its certificate's channel binding),
+    /// until a resource is bound. Shared, so that a login allocates nothing for it.
+    tls: Option<Rc<crate::tls::ServerTls>>,
+    /// A SASL2 exchange in progress.
+    sasl2: Option<Box<sasl2::Exchange>>,
     auth_failures: u32,
     out: Vec<u8>,
     /// When the connection was accepted: login must be done within the login timeout of it.
@@ -189,7 +192,8 @@ async fn run(server: Rc<Server>, accepted: Accepted, direct_tls: bool) {
         phase: Phase::Plain,
         header_sent: false,
         sasl: None,
-        login: None,
+        tls: None,
+        sasl2: None,
         auth_failures: 0,
         out: Vec::new(),
         started: Instant::now(),

@@ -28,10 +28,7 @@ impl Conn {
                 self.io = Io::Tls(Box::new(stream));
                 self.phase = Phase::Secure;
                 // The certificate this handshake presented, whatever a reload does meanwhile.
-                self.login = Some(Box::new(sasl2::Login {
-                    endpoint: tls.endpoint.clone(),
-                    exchange: None,
-                }));
+                self.tls = Some(tls);
                 // The handshake may have read the client's first bytes along with its last
                 // handshake message: look before waiting for the socket.
                 self.more_ready = true;
@@ -59,7 +56,7 @@ impl Conn {
             exporter: conn
                 .export_keying_material(vec![0u8; 32], b"EXPORTER-Channel-Binding", None)
                 .ok(),
-            endpoint: self.login.as_ref().and_then(|l| l.endpoint.clone()),
+            endpoint: self.tls.as_ref().and_then(|t| t.endpoint.clone()),
         }
     }
 
@@ -230,9 +227,7 @@ impl Conn {
                         return next;
                     }
                 }
-                if let Some(l) = &mut self.login {
-                    l.exchange = None;
-                }
+                self.sasl2 = None;
                 let blocked = self.server.throttle.borrow_mut().source_blocked(
                     source,
                     &limits,
@@ -368,9 +363,7 @@ impl Conn {
         text: Option<&str>,
     ) -> Next {
         self.sasl = None;
-        if let Some(l) = &mut self.login {
-            l.exchange = None;
-        }
+        self.sasl2 = None;
         self.sasl_failure(profile, condition, text);
         log::info!("failed login from {} ({})", self.peer, condition.as_str());
         self.count_failure(user).unwrap_or(Next::Continue)
@@ -477,8 +470,8 @@ impl Conn {
         }
         log::debug!("bound {full}");
         self.phase = Phase::Bound(full.clone());
-        // What was kept for negotiating (the certificate's hash) is no longer needed.
-        self.login = None;
+        // What was kept for negotiating is no longer needed.
+        self.tls = None;
         Ok(full)
     }
 }

@@ -18,14 +18,6 @@
 use super::*;
 use crate::modules::{Profile, Sasl2Login, Stage};
 
-/// What a connection keeps while it negotiates, dropped once a resource is bound.
-pub(super) struct Login {
-    /// `tls-server-end-point` data of the certificate this connection's handshake presented.
-    pub endpoint: Option<Vec<u8>>,
-    /// The SASL2 exchange in progress.
-    pub exchange: Option<Exchange>,
-}
-
 /// A SASL2 `<authenticate/>` whose mechanism still runs.
 pub(super) struct Exchange {
     /// The request, whose inline parts are acted on once authentication succeeds.
@@ -122,14 +114,12 @@ impl Conn {
         let started = [Profile::Sasl2, Profile::Fast]
             .into_iter()
             .find_map(|p| self.start_mechanism(p, mechanism, Some(&request)));
-        if started.is_some()
-            && let Some(login) = &mut self.login
-        {
-            login.exchange = Some(Exchange {
+        if started.is_some() {
+            self.sasl2 = Some(Box::new(Exchange {
                 request,
                 mechanism: mechanism.to_owned(),
                 user_agent,
-            });
+            }));
         }
         Ok(started)
     }
@@ -143,14 +133,14 @@ impl Conn {
         data: Vec<u8>,
         mut mech: Box<dyn Mechanism>,
     ) -> Next {
-        let Some(Exchange {
+        let Some(exchange) = self.sasl2.take() else {
+            return Next::Fail(StreamError::new(C::InternalServerError));
+        };
+        let Exchange {
             request,
             mechanism,
             user_agent,
-        }) = self.login.as_mut().and_then(|l| l.exchange.take())
-        else {
-            return Next::Fail(StreamError::new(C::InternalServerError));
-        };
+        } = *exchange;
         let mut success = Element::new("success", ns::SASL2);
         if !data.is_empty() {
             success.push(Element::new("additional-data", ns::SASL2).with_text(B64.encode(data)));
