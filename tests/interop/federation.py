@@ -16,7 +16,9 @@ other by dialback. What hal exchanged with pat is written to --state for the nex
 
 Round "certificate": after both restarted, the subscription is still there on both sides and
 each server tells its user the other's presence (hearth by probing Prosody), messages cross
-again, iqs too, the archive holds both rounds' messages, and the logs say SASL EXTERNAL.
+again, iqs too, the archive holds both rounds' messages, and the logs say SASL EXTERNAL and
+XEP-0198 stream management on both links, each acknowledging the other's stanzas (Prosody's
+mod_smacks offers it to authenticated streams only, so not in the dialback round).
 
 Prints one `PASS name` / `FAIL name: reason` line per scenario and `N passed, M failed`.
 """
@@ -297,7 +299,17 @@ class Fed:
                                "Prosody accepting hearth's certificate")
             await wait_for_log(p, rf"SASL EXTERNAL with {re.escape(hd)} succeeded",
                                "Prosody's SASL EXTERNAL to hearth")
-            self.notes.append("SASL EXTERNAL both ways (certificates of the test authority)")
+            # XEP-0198 on both links, each acknowledging the other's stanzas: Prosody offers
+            # it to authenticated streams only, so after SASL EXTERNAL and not with dialback.
+            await wait_for_log(h, rf"{re.escape(pd)} acknowledges what {re.escape(hd)} sends "
+                               rf"\(stream management\)", "hearth's link to Prosody")
+            await wait_for_log(h, rf"{re.escape(pd)} asks for acknowledgements",
+                               "Prosody's link to hearth")
+            await wait_for_log(p, r"Received\[s2sin\]: <r ", "Prosody asked for acknowledgements")
+            await wait_for_log(p, r"Received\[s2sout\]: <a [^>]*h='[1-9]",
+                               "hearth's acknowledgement of Prosody's stanzas")
+            self.notes.append("SASL EXTERNAL both ways (certificates of the test authority), "
+                              "stream management on both links")
 
     # --- round "certificate" ----------------------------------------------------------------
 

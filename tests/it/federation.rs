@@ -4,7 +4,9 @@
 //! self-signed certificates each makes; SASL EXTERNAL with certificates of a shared test
 //! authority; refusal when valid certificates are required; bounces when the other server is
 //! not there or does not answer; the archive and carbons with a remote contact; a remote
-//! subscription across restarts of either server; and what a server that misbehaves gets.
+//! subscription across restarts of either server; stream management on the links, and what a
+//! link that dies had not had acknowledged going out again, once; and what a server that
+//! misbehaves gets.
 
 use crate::harness::*;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
@@ -75,6 +77,17 @@ fn messages_presence_and_iqs_cross_with_dialback() {
     // Both servers accepted the other by dialback: their certificates are self-signed.
     p.a.wait_for_log("b.test accepted a.test (dialback)", 1, TIMEOUT);
     p.b.wait_for_log("a.test accepted b.test (dialback)", 1, TIMEOUT);
+    // Each acknowledges what the other sends (XEP-0198), once dialback accepted it.
+    p.a.wait_for_log(
+        "b.test acknowledges what a.test sends (stream management)",
+        1,
+        TIMEOUT,
+    );
+    p.b.wait_for_log(
+        "a.test acknowledges what b.test sends (stream management)",
+        1,
+        TIMEOUT,
+    );
 
     // An iq to the other server, and one to a client there, with their answers.
     let r = alice.iq(
@@ -770,4 +783,238 @@ fn a_subscription_with_a_remote_contact_survives_a_restart_of_either_server() {
     bob.expect("<message from='alice@a.test/phone'><body>back</body></message>");
     bob.send_message("alice@a.test", "chat", "welcome");
     alice.expect("<message from='bob@b.test/laptop'><body>welcome</body></message>");
+}
+
+/// b.test played by the test, for a's links to it: each connection is accepted, secured with
+/// STARTTLS, offers dialback and stream management, and says any dialback key is valid.
+struct FakeServer {
+    listener: TcpListener,
+    tls: std::sync::Arc<rustls::ServerConfig>,
+}
+
+/// One of a's connections to the fake server, authenticated and ready.
+struct FakeLink {
+    tls: rustls::StreamOwned<rustls::ServerConnection, std::net::TcpStream>,
+    got: String,
+}
+
+impl FakeServer {
+    fn new(ip: IpAddr, ca: &Authority) -> FakeServer {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let (_, cert, key) = ca.issue("b.test");
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                CertificateDer::pem_slice_iter(cert.as_bytes())
+                    .map(|c| c.unwrap())
+                    .collect(),
+                PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+            )
+            .unwrap();
+        FakeServer {
+            listener: TcpListener::bind(SocketAddr::new(ip, 0)).unwrap(),
+            tls: std::sync::Arc::new(config),
+        }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap()
+    }
+
+    /// Accepts a's next connection and takes it as far as a's first stanzas.
+    #[track_caller]
+    fn accept(&self) -> FakeLink {
+        use std::io::{Read, Write};
+        self.listener.set_nonblocking(true).unwrap();
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        let mut tcp = loop {
+            match self.listener.accept() {
+                Ok((tcp, _)) => break tcp,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "a did not connect again within {TIMEOUT:?}"
+                    );
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err(e) => panic!("accept: {e}"),
+            }
+        };
+        tcp.set_nonblocking(false).unwrap();
+        tcp.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let header = "<?xml version='1.0'?><stream:stream xmlns='jabber:server' \
+             xmlns:stream='http://etherx.jabber.org/streams' \
+             xmlns:db='jabber:server:dialback' from='b.test' to='a.test' id='s1' version='1.0'>";
+        let mut got = String::new();
+        let mut buf = [0u8; 4096];
+        while !got.contains("<stream:stream") {
+            let n = tcp.read(&mut buf).unwrap();
+            assert!(n > 0, "a closed the connection: {got}");
+            got.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        tcp.write_all(
+            format!(
+                "{header}<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'>\
+                 <required/></starttls></stream:features>"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        while !got.contains("<starttls") {
+            let n = tcp.read(&mut buf).unwrap();
+            assert!(n > 0, "a closed the connection: {got}");
+            got.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        tcp.write_all(b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+            .unwrap();
+        let conn = rustls::ServerConnection::new(self.tls.clone()).unwrap();
+        let mut link = FakeLink {
+            tls: rustls::StreamOwned::new(conn, tcp),
+            got: String::new(),
+        };
+        link.until("<stream:stream");
+        link.send(&format!(
+            "{header}<stream:features><dialback xmlns='urn:xmpp:features:dialback'/>\
+             <sm xmlns='urn:xmpp:sm:3'/></stream:features>"
+        ));
+        link.until("</result>");
+        link.send("<db:result from='b.test' to='a.test' type='valid'/>");
+        link
+    }
+}
+
+impl FakeLink {
+    fn send(&mut self, s: &str) {
+        use std::io::Write;
+        self.tls.write_all(s.as_bytes()).unwrap();
+        self.tls.flush().unwrap();
+    }
+
+    /// Reads until `needle` has come; returns what came up to and including it.
+    #[track_caller]
+    fn until(&mut self, needle: &str) -> String {
+        use std::io::Read;
+        let mut buf = [0u8; 4096];
+        while !self.got.contains(needle) {
+            match self.tls.read(&mut buf) {
+                Ok(n) if n > 0 => self.got.push_str(&String::from_utf8_lossy(&buf[..n])),
+                _ => panic!("no {needle:?} in {:?}", self.got),
+            }
+        }
+        let end = self.got.find(needle).unwrap() + needle.len();
+        let rest = self.got.split_off(end);
+        std::mem::replace(&mut self.got, rest)
+    }
+
+    /// Ends the connection without a word: the other server crashed, or lost its network.
+    fn die(self) {
+        let _ = self.tls.sock.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// A message written to a link that then dies is not lost: the other server offered stream
+/// management and never acknowledged it, so it goes out again over a new link; acknowledged
+/// there, it is done. One whose second link dies unacknowledged too goes back to its sender.
+#[test]
+fn what_a_dead_link_did_not_get_acknowledged_goes_out_again_once() {
+    let ca = Authority::new();
+    let (ia, ib) = addresses();
+    let b = FakeServer::new(ib, &ca);
+    let a = TestServer::start_domain(
+        "a.test",
+        &format!(
+            "[federation]\nenabled = true\nlisten = [\"{ia}:5269\"]\n\
+             hosts = {{ \"b.test\" = \"{}\" }}\nconnect_timeout_secs = 10\n",
+            b.addr()
+        ),
+    );
+    a.add_users(&["alice"]);
+    let mut alice = Client::online(&a, "alice", "phone");
+
+    alice.send_message("bob@b.test", "chat", "one");
+    let mut link = b.accept();
+    link.until("<enable xmlns='urn:xmpp:sm:3'/>");
+    link.send("<enabled xmlns='urn:xmpp:sm:3'/>");
+    assert!(link.until("</message>").contains("<body>one</body>"));
+    link.until("<r xmlns='urn:xmpp:sm:3'/>");
+    link.die();
+
+    // The second link: "one" again, first; acknowledged.
+    let mut link = b.accept();
+    link.until("<enable xmlns='urn:xmpp:sm:3'/>");
+    link.send("<enabled xmlns='urn:xmpp:sm:3'/>");
+    assert!(link.until("</message>").contains("<body>one</body>"));
+    link.until("<r xmlns='urn:xmpp:sm:3'/>");
+    link.send("<a xmlns='urn:xmpp:sm:3' h='1'/>");
+    a.wait_for_log(
+        "1 stanzas for b.test go out again over a new link",
+        1,
+        TIMEOUT,
+    );
+
+    // "two" on the same link, never acknowledged: the third link carries it once more, and
+    // when that one dies too, alice hears of it.
+    let id = alice.send_message("bob@b.test", "chat", "two");
+    assert!(link.until("</message>").contains("<body>two</body>"));
+    link.until("<r xmlns='urn:xmpp:sm:3'/>");
+    link.die();
+    let mut link = b.accept();
+    link.until("<enable xmlns='urn:xmpp:sm:3'/>");
+    link.send("<enabled xmlns='urn:xmpp:sm:3'/>");
+    let again = link.until("</message>");
+    assert!(
+        again.contains("<body>two</body>") && !again.contains("<body>one"),
+        "{again}"
+    );
+    link.until("<r xmlns='urn:xmpp:sm:3'/>");
+    link.die();
+    alice.expect(&format!(
+        "<message type='error' id='{id}' from='bob@b.test'><error type='wait'>\
+         <remote-server-timeout xmlns='{}'/></error></message>",
+        ns::STANZAS
+    ));
+    // Nothing else came back: "one" was delivered.
+    alice.sync();
+    assert_server_ok(&a, "alice");
+}
+
+/// The same with a server that answers stream management with a wrong count: the link ends,
+/// and what it had not acknowledged goes out again.
+#[test]
+fn an_acknowledgement_of_more_than_was_sent_ends_the_link() {
+    let ca = Authority::new();
+    let (ia, ib) = addresses();
+    let b = FakeServer::new(ib, &ca);
+    let a = TestServer::start_domain(
+        "a.test",
+        &format!(
+            "[federation]\nenabled = true\nlisten = [\"{ia}:5269\"]\n\
+             hosts = {{ \"b.test\" = \"{}\" }}\nconnect_timeout_secs = 10\n",
+            b.addr()
+        ),
+    );
+    a.add_users(&["alice"]);
+    let mut alice = Client::online(&a, "alice", "phone");
+    alice.send_message("bob@b.test", "chat", "one");
+    let mut link = b.accept();
+    link.until("<enable xmlns='urn:xmpp:sm:3'/>");
+    link.send("<enabled xmlns='urn:xmpp:sm:3'/>");
+    link.until("<r xmlns='urn:xmpp:sm:3'/>");
+    link.send("<a xmlns='urn:xmpp:sm:3' h='5'/>");
+    let mut link = b.accept();
+    link.until("<enable xmlns='urn:xmpp:sm:3'/>");
+    link.send("<enabled xmlns='urn:xmpp:sm:3'/>");
+    assert!(link.until("</message>").contains("<body>one</body>"));
+    link.until("<r xmlns='urn:xmpp:sm:3'/>");
+    link.send("<a xmlns='urn:xmpp:sm:3' h='1'/>");
+    a.wait_for_log(
+        "it acknowledged 5 stanzas, 1 were unacknowledged",
+        1,
+        TIMEOUT,
+    );
+    alice.sync();
 }
