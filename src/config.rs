@@ -245,7 +245,8 @@ pub struct FederationConfig {
     pub max_connections_per_ip: usize,
     /// Other servers connected to at once.
     pub max_outgoing: usize,
-    /// Bytes of stanzas waiting for one server while the connection to it is made.
+    /// Bytes of stanzas waiting for one server while the connection to it is made, or until
+    /// it acknowledges them (XEP-0198).
     pub queue_bytes: usize,
     /// Seconds to connect to a server, secure the connection and be accepted by it.
     pub connect_timeout_secs: u64,
