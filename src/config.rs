@@ -265,7 +265,8 @@ pub struct FederationConfig {
     pub max_connections_per_ip: usize,
     /// Other servers connected to at once.
     pub max_outgoing: usize,
-    /// Bytes of stanzas waiting for one server while the connection to it is made.
+    /// Bytes of stanzas waiting for one server while the connection to it is made, or until
+    /// it acknowledges them (XEP-0198).
     pub queue_bytes: usize,
     /// Seconds to connect to a server, secure the connection and be accepted by it.
     pub connect_timeout_secs: u64,
@@ -372,6 +373,8 @@ pub struct ModulesConfig {
     pub muc: crate::modules::muc::Config,
     pub push: crate::modules::push::Config,
     pub fast: crate::modules::fast::Config,
+    pub http: crate::modules::http::Config,
+    pub upload: crate::modules::http::upload::Config,
 }
 
 impl Config {
@@ -497,6 +500,8 @@ impl Config {
             }
         }
         self.federation.validate()?;
+        self.modules.http.validate()?;
+        self.modules.upload.validate(&self.server.domain)?;
         if log_level(&self.server.log_level).is_none() {
             return Err(format!(
                 "server.log_level {:?} is not one of error, warn, info, debug, trace",
@@ -686,6 +691,20 @@ impl Config {
                 "bytes"),
             ("modules.muc.messages_per_minute", n(m.muc.messages_per_minute), 1, 100_000,
                 "messages"),
+            ("modules.http.max_connections", n(m.http.max_connections), 1, 1_000_000,
+                "connections"),
+            ("modules.http.max_connections_per_ip", n(m.http.max_connections_per_ip), 1,
+                1_000_000, "connections"),
+            ("modules.http.max_header_bytes", n(m.http.max_header_bytes), 8192, 1 << 20,
+                "bytes; the HTTP implementation needs at least 8192"),
+            ("modules.http.header_timeout_secs", m.http.header_timeout_secs, 1, HOUR, "seconds"),
+            ("modules.http.idle_timeout_secs", m.http.idle_timeout_secs, 1, DAY, "seconds"),
+            ("modules.upload.max_file_bytes", m.upload.max_file_bytes, 1, 1 << 40, "bytes"),
+            ("modules.upload.quota_bytes", m.upload.quota_bytes, 1, 1 << 44, "bytes"),
+            ("modules.upload.max_slots", n(m.upload.max_slots), 1, 10_000, "slots"),
+            ("modules.upload.slot_timeout_secs", m.upload.slot_timeout_secs, 1, DAY, "seconds"),
+            ("modules.upload.expire_days", m.upload.expire_days, 0, 36_500,
+                "days; 0 keeps files forever"),
         ]
     }
 

@@ -184,6 +184,9 @@ pub fn serve(config: Config) -> Result<(), Error> {
     for (i, l) in &bound {
         if let Ok(addr) = l.get_ref().local_addr() {
             let name = server.listeners[*i].name;
+            for m in server.modules() {
+                m.listening(name, addr);
+            }
             let _ = writeln!(stdout, "listening {name} {addr}");
             log::info!("listening for {name} on {addr}");
         }

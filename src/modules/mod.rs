@@ -16,6 +16,7 @@ pub mod carbons;
 pub mod disco;
 pub mod extdisco;
 pub mod fast;
+pub mod http;
 pub mod mam;
 pub mod muc;
 pub mod offline;
@@ -77,6 +78,8 @@ pub static REGISTRY: &[Entry] = &[
     time::ENTRY,
     version::ENTRY,
     extdisco::ENTRY,
+    http::ENTRY,
+    http::upload::ENTRY,
     // Before carbons, so that a <received/> copy carries the stanza-id and a forged one is
     // gone from a <sent/> copy; before offline, which ends the hooks for what it stores.
     mam::ENTRY,
@@ -424,6 +427,8 @@ pub struct DiscoInfo {
     pub items: Vec<(String, Option<&'static str>)>,
     /// Items that are nodes of an entity: (jid, node).
     pub nodes: Vec<(String, String)>,
+    /// XEP-0128 extensions of disco#info: data forms of type `result`.
+    pub forms: Vec<Element>,
 }
 
 /// The SASL profile a client stream offers mechanisms in.
@@ -604,6 +609,9 @@ pub trait Module: Any {
     fn listeners(&self) -> Vec<Listener> {
         Vec::new()
     }
+    /// The listener `name` of this module is bound to `addr` (which tells the port of an
+    /// address configured with port 0).
+    fn listening(&self, _name: &str, _addr: std::net::SocketAddr) {}
 
     /// Called once when the server starts (to set a first timer, say).
     fn start(&self, _cx: &mut Cx) {}

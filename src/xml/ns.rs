@@ -10,6 +10,8 @@ pub const SERVER: &str = "jabber:server";
 pub const DIALBACK: &str = "jabber:server:dialback";
 /// ...and its stream feature.
 pub const DIALBACK_FEATURE: &str = "urn:xmpp:features:dialback";
+/// RFC 7395: the `<open/>` and `<close/>` of a stream over WebSocket.
+pub const FRAMING: &str = "urn:ietf:params:xml:ns:xmpp-framing";
 /// XML 1.0 Namespaces §3: the prefix `xml` is bound to this by definition.
 pub const XML: &str = "http://www.w3.org/XML/1998/namespace";
 /// XML Namespaces §3: the namespace of `xmlns` declarations themselves, which nothing may use.

@@ -19,6 +19,11 @@
 //!
 //! Restricted XML (RFC 6120 §11.1): comments, processing instructions, DOCTYPE and entity
 //! references beyond the five predefined ones end the stream with `restricted-xml`.
+//!
+//! A framed reader (RFC 7395, XMPP over WebSocket) reads the same events from a different
+//! shape: no enclosing stream element, but an empty `<open/>` in the framing namespace for the
+//! header and an empty `<close/>` for its end, with every stanza a top-level element that
+//! declares its own namespace. Everything else (limits, checks, restarts) is the same code.
 
 use super::{Element, Node, chars, ns};
 use crate::stanza::{StreamCondition as C, StreamError};
@@ -83,6 +88,8 @@ pub struct StreamReader {
     restarted: bool,
     /// Nothing of this stream has been read yet, so a byte order mark may still come.
     bom_allowed: bool,
+    /// RFC 7395 framing: `<open/>` and `<close/>` instead of the stream element.
+    framed: bool,
 }
 
 const BOM: &[u8] = b"\xEF\xBB\xBF";
@@ -120,6 +127,15 @@ impl StreamReader {
             stanza_bytes: 0,
             restarted: false,
             bom_allowed: true,
+            framed: false,
+        }
+    }
+
+    /// A reader of RFC 7395 framing (see the module header).
+    pub fn framed(limits: Limits) -> StreamReader {
+        StreamReader {
+            framed: true,
+            ..StreamReader::new(limits)
         }
     }
 
@@ -333,6 +349,9 @@ impl StreamReader {
 
     fn text(&mut self, content: &str) -> Result<(), StreamError> {
         match self.stack.last_mut() {
+            // An empty CDATA section adds no character data: kept as an empty text node, it
+            // would be written as `<x></x>` and read back as `<x/>`, a different element.
+            Some(_) if content.is_empty() => Ok(()),
             Some((el, _)) => {
                 match el.children.last_mut() {
                     Some(Node::Text(t)) => t.push_str(content),
@@ -392,6 +411,9 @@ impl StreamReader {
             }
         };
         let local = local.into_inner();
+        if self.framed && self.stack.is_empty() {
+            return self.framing(qname, local, ns, attrs, empty, out);
+        }
         if self.stream_qname.is_none() {
             let content_ns = match self.resolver.resolve_prefix(None, true) {
                 ResolveResult::Bound(Namespace(n)) => n.to_owned(),
@@ -430,6 +452,65 @@ impl StreamReader {
             self.stack.push((el, qname.to_owned()));
         }
         Ok(())
+    }
+
+    /// A top-level element of a framed stream that may be `<open/>` or `<close/>`: the header
+    /// and the end of the stream; anything else opens a stanza. The framing elements are empty,
+    /// so nothing they declare outlives them.
+    fn framing(
+        &mut self,
+        qname: &str,
+        local: &str,
+        ns: String,
+        attrs: Vec<(String, String)>,
+        empty: bool,
+        out: &mut Vec<StreamEvent>,
+    ) -> Result<(), StreamError> {
+        let framing = ns == ns::FRAMING && matches!(local, "open" | "close");
+        if framing && !empty {
+            return Err(err(
+                C::InvalidXml,
+                "<open/> and <close/> are empty elements",
+            ));
+        }
+        match (self.stream_qname.is_some(), framing, local) {
+            (false, true, "open") => {
+                self.resolver.pop();
+                self.stream_qname = Some(String::new());
+                out.push(StreamEvent::Open(StreamHeader {
+                    to: take(&attrs, "to"),
+                    from: take(&attrs, "from"),
+                    id: take(&attrs, "id"),
+                    version: take(&attrs, "version"),
+                    lang: take(&attrs, "xml:lang"),
+                    stream_ns: ns::STREAM.into(),
+                    content_ns: ns::CLIENT.into(),
+                }));
+                Ok(())
+            }
+            (false, _, _) => Err(err(C::InvalidNamespace, "expected <open/>")),
+            (true, true, "close") => {
+                out.push(StreamEvent::Close);
+                self.restart();
+                Ok(())
+            }
+            (true, true, _) => Err(err(C::InvalidXml, "the stream is already open")),
+            (true, false, _) => {
+                let el = Element {
+                    name: local.to_owned(),
+                    ns,
+                    attrs,
+                    children: Vec::new(),
+                };
+                if empty {
+                    self.resolver.pop();
+                    self.finish(el, out);
+                } else {
+                    self.stack.push((el, qname.to_owned()));
+                }
+                Ok(())
+            }
+        }
     }
 
     /// The attributes of `start`, after its namespace declarations went into the resolver.
@@ -570,6 +651,80 @@ mod tests {
             r.feed(c, &mut out)?;
         }
         Ok(out)
+    }
+
+    #[test]
+    fn framed_streams_open_and_close_with_framing_elements() {
+        let mut r = StreamReader::framed(Limits::default());
+        let mut out = Vec::new();
+        let open =
+            b"<open xmlns='urn:ietf:params:xml:ns:xmpp-framing' to='localhost' version='1.0'/>";
+        r.feed(open, &mut out).unwrap();
+        r.feed(
+            b"<message xmlns='jabber:client' to='a@localhost'><body>hi</body></message>",
+            &mut out,
+        )
+        .unwrap();
+        r.feed(b"<presence/>", &mut out).unwrap();
+        match &out[0] {
+            StreamEvent::Open(h) => {
+                assert_eq!(h.to.as_deref(), Some("localhost"));
+                assert_eq!(h.version.as_deref(), Some("1.0"));
+                assert_eq!(
+                    (h.stream_ns.as_str(), h.content_ns.as_str()),
+                    (ns::STREAM, ns::CLIENT)
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        match (&out[1], &out[2]) {
+            (StreamEvent::Stanza(m), StreamEvent::Stanza(p)) => {
+                assert!(m.is("message", ns::CLIENT), "{m:?}");
+                assert_eq!(
+                    m.child("body", ns::CLIENT).map(|b| b.text()).as_deref(),
+                    Some("hi")
+                );
+                // Nothing declares a namespace for it: a framed stanza declares its own.
+                assert!(p.is("presence", ""), "{p:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+        out.clear();
+        r.feed(
+            b"<close xmlns='urn:ietf:params:xml:ns:xmpp-framing'/>",
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(out, vec![StreamEvent::Close]);
+        // A stream can be opened again (after SASL, say), and a restart expects <open/> again.
+        out.clear();
+        r.feed(open, &mut out).unwrap();
+        r.restart();
+        r.feed(open, &mut out).unwrap();
+        assert!(matches!(
+            out.as_slice(),
+            [StreamEvent::Open(_), StreamEvent::Open(_)]
+        ));
+        let mut r = StreamReader::framed(Limits::default());
+        let e = r
+            .feed(b"<message xmlns='jabber:client'/>", &mut out)
+            .unwrap_err();
+        assert_eq!(e.condition, C::InvalidNamespace);
+        let mut r = StreamReader::framed(Limits::default());
+        let e = r.feed(HEADER.as_bytes(), &mut out).unwrap_err();
+        assert_eq!(e.condition, C::InvalidNamespace);
+        let mut r = StreamReader::framed(Limits::default());
+        r.feed(open, &mut out).unwrap();
+        let e = r.feed(open, &mut out).unwrap_err();
+        assert_eq!(e.condition, C::InvalidXml);
+        let mut r = StreamReader::framed(Limits::default());
+        let e = r
+            .feed(
+                b"<open xmlns='urn:ietf:params:xml:ns:xmpp-framing'><x/></open>",
+                &mut out,
+            )
+            .unwrap_err();
+        assert_eq!(e.condition, C::InvalidXml);
     }
 
     fn stanzas(events: &[StreamEvent]) -> Vec<String> {
@@ -944,5 +1099,14 @@ mod tests {
         }
         let singles: Vec<&[u8]> = bytes.chunks(1).collect();
         assert_eq!(run(&singles).unwrap(), want);
+    }
+
+    /// Found by the `xml_reader` fuzz target: an empty CDATA section became an empty text
+    /// node, written out as `<x></x>`, which reads back as `<x/>`.
+    #[test]
+    fn empty_cdata_adds_no_text() {
+        let input = format!("{HEADER}<message><x><![CDATA[]]></x><y><![CDATA[]]>a</y></message>");
+        let got = run(&[input.as_bytes()]).unwrap();
+        assert_eq!(stanzas(&got), ["<message><x/><y>a</y></message>"]);
     }
 }

@@ -157,6 +157,40 @@ pub fn server_stream_header(from: &str, to: Option<&str>, id: Option<&str>) -> V
 
 pub const STREAM_CLOSE: &[u8] = b"</stream:stream>";
 
+/// A top-level element of a framed stream (RFC 7395 §3.3.3): a WebSocket message of its own,
+/// so it declares every namespace it uses, the `stream:` prefix included.
+pub fn write_framed(el: &Element, out: &mut Vec<u8>) {
+    if el.ns == ns::STREAM {
+        let mut declared = el.clone();
+        declared
+            .attrs
+            .insert(0, ("xmlns:stream".into(), ns::STREAM.into()));
+        write_element(&declared, "", out);
+    } else {
+        write_element(el, "", out);
+    }
+}
+
+/// The response `<open/>` of a framed stream (RFC 7395 §3.4), in place of the stream header.
+pub fn framed_open(from: &str, to: Option<&str>, id: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(192);
+    out.extend_from_slice(b"<open xmlns='");
+    out.extend_from_slice(ns::FRAMING.as_bytes());
+    out.extend_from_slice(b"' version='1.0' xml:lang='en' from='");
+    push_attr(&mut out, from);
+    if let Some(to) = to {
+        out.extend_from_slice(b"' to='");
+        push_attr(&mut out, to);
+    }
+    out.extend_from_slice(b"' id='");
+    push_attr(&mut out, id);
+    out.extend_from_slice(b"'/>");
+    out
+}
+
+/// The end of a framed stream (RFC 7395 §3.6).
+pub const FRAMED_CLOSE: &[u8] = b"<close xmlns='urn:ietf:params:xml:ns:xmpp-framing'/>";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,6 +217,29 @@ mod tests {
             el.to_xml(),
             "<stream:error><conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>"
         );
+    }
+
+    #[test]
+    fn framed_elements_declare_their_namespaces() {
+        let features =
+            Element::new("features", ns::STREAM).with_child(Element::new("bind", ns::BIND));
+        let mut out = Vec::new();
+        write_framed(&features, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "<stream:features xmlns:stream='http://etherx.jabber.org/streams'>\
+             <bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></stream:features>"
+        );
+        let mut out = Vec::new();
+        write_framed(&Element::new("message", ns::CLIENT), &mut out);
+        assert_eq!(out, b"<message xmlns='jabber:client'/>");
+        let open = String::from_utf8(framed_open("localhost", None, "a'b")).unwrap();
+        assert_eq!(
+            open,
+            "<open xmlns='urn:ietf:params:xml:ns:xmpp-framing' version='1.0' xml:lang='en' \
+             from='localhost' id='a&apos;b'/>"
+        );
+        assert!(FRAMED_CLOSE.ends_with(format!("{}'/>", ns::FRAMING).as_bytes()));
     }
 
     #[test]

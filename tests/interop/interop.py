@@ -38,12 +38,14 @@ import base64
 import datetime
 import hashlib
 import hmac
+import io
 import logging
 import os
 import signal
 import ssl
 import sys
 import traceback
+import urllib.request
 import uuid
 
 import slixmpp
@@ -723,6 +725,79 @@ class Run:
             check(password == want, f"TURN password {password!r} is not HMAC-SHA1 of {username!r}")
             check(user == "f" and int(expiry) > now, f"TURN username {username!r}")
         self.notes.append(f"{len(services)} services; TURN credentials verify with the secret")
+
+    async def upload(self):
+        """XEP-0363 with slixmpp's own plugin: it finds the service in the server's disco#items,
+        reads max-file-size, asks for a slot and PUTs the file over HTTPS (aiohttp); the GET URL
+        then serves the same bytes with the type, nosniff and a locked-down CSP."""
+        g = self.profile_client("g3", ("xep_0363",))
+        await g.login()
+        data = os.urandom(300_000)
+        plugin = g.x.plugin["xep_0363"]
+        url = await plugin.upload_file("family photo.jpg", size=len(data), content_type="image/jpeg",
+                                       input_file=io.BytesIO(data), timeout=WAIT)
+        check(plugin.upload_service == f"upload.{self.args.domain}",
+              f"the upload service found is {plugin.upload_service}")
+        check(plugin.max_file_size == 104857600, f"max-file-size read as {plugin.max_file_size}")
+        check(url.startswith(f"https://{self.args.domain}") and url.endswith("/family%20photo.jpg"),
+              f"GET URL {url}")
+
+        def fetch():
+            ctx = ssl.create_default_context(cafile=self.args.ca)
+            with urllib.request.urlopen(url, context=ctx, timeout=WAIT) as r:
+                return r.read(), r.headers
+
+        body, headers = await asyncio.get_running_loop().run_in_executor(None, fetch)
+        check(body == data, f"the download has {len(body)} bytes, not the {len(data)} uploaded")
+        check(headers["Content-Type"] == "image/jpeg", f"Content-Type {headers['Content-Type']}")
+        check(headers["X-Content-Type-Options"] == "nosniff", "no nosniff")
+        check("default-src 'none'" in (headers["Content-Security-Policy"] or ""), "no CSP")
+        await g.disconnect()
+        self.notes.append(f"{len(data)} bytes up with slixmpp's plugin and back byte for byte: {url}")
+
+    async def websocket(self):
+        """XMPP over WebSocket with xmpp.js (@xmpp/client in Node): it finds the endpoint through
+        host-meta (XEP-0156) when the server listens on 443, logs in as f over RFC 7395 framing,
+        says hello to a slixmpp client on TCP, and answers its ping."""
+        g = self.profile_client("g4", ())
+        await g.login()
+        g.send_initial_presence()
+        await g.inbox.expect("presence", presence_from(g.jid.full, "available", full=True),
+                             "g4: own initial presence")
+        env = dict(os.environ,
+                   INTEROP_WS_SERVICE=self.args.ws_service, INTEROP_DOMAIN=self.args.domain,
+                   INTEROP_WS_USER="f", INTEROP_WS_PASSWORD=self.args.password_f,
+                   INTEROP_PEER=g.jid.full, NODE_EXTRA_CA_CERTS=self.args.ca)
+        proc = await asyncio.create_subprocess_exec(
+            "node", "--experimental-websocket", "--no-warnings", "websocket.mjs",
+            cwd=self.args.node_dir, env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        try:
+            line = (await asyncio.wait_for(proc.stdout.readline(), WAIT * 2)).decode().strip()
+            check(line.startswith("online "), f"xmpp.js did not come online: {line!r}; "
+                  f"{(await proc.stderr.read()).decode()[-500:] if not line else ''}")
+            _, jid, uri = (line.split(" ") + [""])[:3]
+            check(jid.startswith(f"{self.f_jid}/"), f"xmpp.js bound {jid}")
+            check(uri.startswith("wss://") and uri.endswith("/xmpp-websocket"),
+                  f"xmpp.js connected to {uri!r}, not the WebSocket endpoint")
+            hello = await g.inbox.expect("message", lambda m: m["body"] == "hello from xmpp.js",
+                                         "g4: the hello from xmpp.js")
+            check(hello["from"].full == jid, f"hello from {hello['from']}")
+            token = uuid.uuid4().hex
+            g.x.send_message(mto=jid, mbody=f"ping {token}", mtype="chat")
+            await g.inbox.expect("message", lambda m: m["body"] == f"pong {token}",
+                                 "g4: the pong from xmpp.js")
+            rest = (await asyncio.wait_for(proc.stdout.read(), WAIT)).decode()
+            check("done" in rest, f"xmpp.js said {rest!r}")
+            code = await asyncio.wait_for(proc.wait(), WAIT)
+            check(code == 0, f"xmpp.js exited {code}")
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        await g.disconnect()
+        how = "through host-meta" if "://" not in self.args.ws_service else "given the URL"
+        self.notes.append(f"xmpp.js over {uri} ({how}) chatted with slixmpp over TCP")
 
     def a_sent(self, to, body):
         self.a_exchanged.append(("out", str(to), body))
@@ -1635,6 +1710,8 @@ async def main(args):
         ("bookmarks", run.bookmarks),
         ("private_storage", run.private_storage),
         ("external_services", run.external_services),
+        ("upload", run.upload),
+        ("websocket", run.websocket),
         ("password_change", run.password_change),
         ("account_removal", run.account_removal),
     ]
@@ -1682,6 +1759,9 @@ def parse_args():
     p.add_argument("--c2s-port", type=int, required=True, help="the STARTTLS port")
     p.add_argument("--tls-port", type=int, required=True, help="the direct TLS port")
     p.add_argument("--ca", required=True, help="the server's certificate (PEM), trusted as the only CA")
+    p.add_argument("--ws-service", required=True,
+                   help="what xmpp.js is given as its service: the domain (host-meta) or a wss:// URL")
+    p.add_argument("--node-dir", required=True, help="where websocket.mjs and its node_modules are")
     p.add_argument("--log", help="write slixmpp's debug log to this file")
     p.add_argument("--server-pid", type=int,
                    help="last, send SIGTERM to this server process and check the clients are told")

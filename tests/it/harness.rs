@@ -126,6 +126,17 @@ impl Element {
                 .all(|p| self.children.iter().any(|c| c.matches(p)))
     }
 
+    /// The element as a WebSocket message: with its namespace declared.
+    pub fn framed(&self) -> String {
+        struct Top<'a>(&'a Element);
+        impl fmt::Display for Top<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.write(f, "")
+            }
+        }
+        Top(self).to_string()
+    }
+
     fn write(&self, f: &mut fmt::Formatter<'_>, parent_ns: &str) -> fmt::Result {
         write!(f, "<{}", self.name)?;
         if self.ns != parent_ns {
@@ -401,6 +412,9 @@ pub struct TestServer {
     pub s2s: Option<SocketAddr>,
     /// The domain it serves.
     pub domain: String,
+    /// The HTTPS listener (uploads, WebSocket, host-meta), unless the config turns it off.
+    pub https: Option<SocketAddr>,
+    expect_https: bool,
 }
 
 impl TestServer {
@@ -427,6 +441,14 @@ impl TestServer {
         let dir = tempfile::tempdir().expect("create a temporary directory");
         let config = dir.path().join("hearth.toml");
         let data_dir = dir.path().join("data");
+        // The web endpoint listens on loopback too, in the test's own [modules.http] if any.
+        const HTTP: &str = "[modules.http]\n";
+        let listen = format!("{HTTP}listen = [\"127.0.0.1:0\"]\n");
+        let extra = match extra.contains(HTTP) {
+            true => extra.replacen(HTTP, &listen, 1),
+            false => format!("{extra}\n{listen}"),
+        };
+        let expect_https = !extra.contains(&format!("{listen}enabled = false"));
         let text = format!(
             "[server]\ndomain = \"{domain}\"\ndata_dir = {:?}\nlog_level = \"debug\"\n\n\
              [listen]\nc2s = [\"127.0.0.1:0\"]\nc2s_tls = [\"127.0.0.1:0\"]\n\n{extra}\n",
@@ -444,6 +466,8 @@ impl TestServer {
             c2s_tls: unbound,
             s2s: None,
             domain: domain.to_owned(),
+            https: None,
+            expect_https,
         };
         server.spawn();
         server
@@ -495,7 +519,7 @@ impl TestServer {
         drain_lines(stderr, self.log.clone(), None);
         self.child = Some(child);
         let deadline = Instant::now() + START_TIMEOUT;
-        let (mut c2s, mut c2s_tls) = (None, None);
+        let (mut c2s, mut c2s_tls, mut https) = (None, None, None);
         // A server that talks to other servers listens for them too (all tests that give it a
         // [federation] section have it listen).
         let federates =
@@ -503,8 +527,9 @@ impl TestServer {
         loop {
             if let (Some(plain), Some(tls)) = (c2s, c2s_tls)
                 && (!federates || self.s2s.is_some())
+                && (https.is_some() || !self.expect_https)
             {
-                (self.c2s, self.c2s_tls) = (plain, tls);
+                (self.c2s, self.c2s_tls, self.https) = (plain, tls, https);
                 return;
             }
             let line = match rx.recv_timeout(remaining(deadline)) {
@@ -522,6 +547,7 @@ impl TestServer {
                 "c2s" => c2s = Some(addr),
                 "c2s_tls" => c2s_tls = Some(addr),
                 "s2s" => self.s2s = Some(addr),
+                "https" => https = Some(addr),
                 _ => {}
             }
         }
@@ -697,6 +723,52 @@ fn drain_lines(
     });
 }
 
+/// The WebSocket opening handshake over `tls`, offering `protocol`; panics if it fails.
+pub fn websocket_handshake(
+    tls: TlsStream,
+    protocol: &str,
+) -> (
+    tungstenite::WebSocket<TlsStream>,
+    tungstenite::handshake::client::Response,
+) {
+    use tungstenite::client::IntoClientRequest;
+    let mut req = format!("wss://{DOMAIN}/xmpp-websocket")
+        .into_client_request()
+        .expect("a WebSocket request");
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        protocol.parse().expect("a header value"),
+    );
+    tungstenite::client::client(req, tls)
+        .unwrap_or_else(|e| panic!("WebSocket handshake with hearth: {e}"))
+}
+
+/// A TLS client configuration trusting exactly the server's certificate, with `alpn`.
+pub fn tls_client(server: &TestServer, alpn: &[&[u8]]) -> Arc<ClientConfig> {
+    let config = Client::tls_config(&server.cert_path(), false);
+    let mut config = (*config).clone();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
+}
+
+/// A TLS connection to `addr` (the HTTPS listener, say), handshake done.
+pub fn tls_connect(server: &TestServer, addr: SocketAddr, alpn: &[&[u8]]) -> TlsStream {
+    let tcp = TcpStream::connect_timeout(&addr, TIMEOUT).expect("connect to hearth");
+    tcp.set_read_timeout(Some(TIMEOUT))
+        .expect("set a read timeout");
+    tcp.set_write_timeout(Some(TIMEOUT))
+        .expect("set a write timeout");
+    let name = ServerName::try_from(DOMAIN).expect("a valid server name");
+    let conn = ClientConnection::new(tls_client(server, alpn), name).expect("start TLS");
+    let mut tls = StreamOwned::new(conn, tcp);
+    while tls.conn.is_handshaking() {
+        tls.conn
+            .complete_io(&mut tls.sock)
+            .unwrap_or_else(|e| panic!("TLS handshake with hearth: {e}"));
+    }
+    tls
+}
+
 fn remaining(deadline: Instant) -> Duration {
     deadline.saturating_duration_since(Instant::now())
 }
@@ -807,9 +879,14 @@ fn sasl_step(el: Element, expected: &str) -> Result<Element, Element> {
 // ---------------------------------------------------------------------------------------------
 // The client
 
+type TlsStream = StreamOwned<ClientConnection, TcpStream>;
+
 enum Io {
     Tcp(TcpStream),
-    Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
+    Tls(Box<TlsStream>),
+    /// RFC 7395: the client reads and writes the stream as if it were a byte stream; `send`
+    /// and `fill` translate between that and the framing (see `framed_out`, `framed_in`).
+    Ws(Box<tungstenite::WebSocket<TlsStream>>),
 }
 
 impl Io {
@@ -817,6 +894,7 @@ impl Io {
         match self {
             Io::Tcp(s) => s,
             Io::Tls(s) => &s.sock,
+            Io::Ws(ws) => &ws.get_ref().sock,
         }
     }
 
@@ -824,8 +902,51 @@ impl Io {
         match self {
             Io::Tcp(s) => s,
             Io::Tls(s) => s.as_mut(),
+            Io::Ws(_) => panic!("a WebSocket carries messages, not a byte stream"),
         }
     }
+}
+
+pub const FRAMING: &str = "urn:ietf:params:xml:ns:xmpp-framing";
+
+/// What a test sends, as a WebSocket message: a stream header becomes `<open/>`, its end
+/// `<close/>`, and a stanza (written in a client stream's namespace context) declares its
+/// namespace itself.
+fn framed_out(text: &str) -> String {
+    let text = text.trim();
+    if text.contains("<stream:stream") {
+        return format!("<open xmlns='{FRAMING}' to='{DOMAIN}' version='1.0'/>");
+    }
+    if text == "</stream:stream>" {
+        return format!("<close xmlns='{FRAMING}'/>");
+    }
+    let el = parse_in(&format!("{STREAM_OPEN}>"), text)
+        .unwrap_or_else(|e| panic!("cannot frame {text:?} for a WebSocket: {e}"));
+    el.framed()
+}
+
+/// A WebSocket message from the server, as the bytes of a client stream: `<open/>` becomes a
+/// stream header with its attributes, `<close/>` the end of the stream.
+fn framed_in(text: &str) -> String {
+    let el = parse_document(text).unwrap_or_else(|e| panic!("unparsable message {text:?}: {e}"));
+    if el.is("open", FRAMING) {
+        assert!(el.children.is_empty(), "<open/> must be empty: {text}");
+        let attrs: String = el
+            .attrs
+            .iter()
+            .map(|(k, v)| format!(" {k}='{}'", escape(v)))
+            .collect();
+        return format!("{STREAM_OPEN}{attrs}>");
+    }
+    if el.is("close", FRAMING) {
+        return "</stream:stream>".into();
+    }
+    // RFC 7395 §3.3.3: a message is one element that declares its own namespace.
+    assert!(
+        text.contains("xmlns='") || text.contains("xmlns=\""),
+        "a message without its namespace: {text}"
+    );
+    text.to_owned()
 }
 
 trait ReadWrite: Read + Write {}
@@ -1012,6 +1133,7 @@ impl Client {
     pub fn tls(&self) -> &ClientConnection {
         match &self.io {
             Io::Tls(s) => &s.conn,
+            Io::Ws(ws) => &ws.get_ref().conn,
             Io::Tcp(_) => panic!("the connection is not TLS"),
         }
     }
@@ -1047,6 +1169,44 @@ impl Client {
         }
         self.io = Io::Tls(Box::new(tls));
         self.buf.clear();
+    }
+
+    /// A WebSocket (RFC 7395) to the HTTPS listener's `/xmpp-websocket`, with the stream
+    /// opened: `features` lists SASL mechanisms.
+    pub fn connect_websocket(server: &TestServer) -> Client {
+        let mut c = Client::websocket_raw(server);
+        c.open_stream();
+        c
+    }
+
+    /// A WebSocket with the `xmpp` subprotocol and nothing sent on it yet.
+    pub fn websocket_raw(server: &TestServer) -> Client {
+        let addr = server.https.expect("the HTTPS listener runs");
+        let mut c = Client::connect_raw(server, addr);
+        c.upgrade(false);
+        let placeholder = Io::Tcp(c.io.tcp().try_clone().expect("clone the TCP socket"));
+        let Io::Tls(tls) = std::mem::replace(&mut c.io, placeholder) else {
+            unreachable!("upgrade makes a TLS connection")
+        };
+        let (ws, response) = websocket_handshake(*tls, "xmpp");
+        assert_eq!(
+            response
+                .headers()
+                .get("sec-websocket-protocol")
+                .map(|v| v.as_bytes()),
+            Some(&b"xmpp"[..]),
+            "{response:?}"
+        );
+        c.io = Io::Ws(Box::new(ws));
+        c
+    }
+
+    /// `connect_websocket`, SCRAM-SHA-256 and `resource` bound.
+    pub fn websocket_user(server: &TestServer, user: &str, resource: &str) -> Client {
+        let mut c = Client::connect_websocket(server);
+        c.auth_scram(user, PASSWORD, "SCRAM-SHA-256");
+        c.bind(Some(resource));
+        c
     }
 
     /// Direct TLS where the stream header travels with the client's last handshake message.
@@ -1329,7 +1489,23 @@ impl Client {
         }
     }
 
+    /// Sends `text` as one WebSocket message, as it is.
+    #[track_caller]
+    pub fn send_ws_text(&mut self, text: &str) {
+        let Io::Ws(ws) = &mut self.io else {
+            panic!("not a WebSocket");
+        };
+        ws.send(tungstenite::Message::text(text))
+            .unwrap_or_else(|e| panic!("send to hearth: {e}"));
+    }
+
     pub fn try_send_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if let Io::Ws(ws) = &mut self.io {
+            let text = framed_out(&String::from_utf8_lossy(bytes));
+            return ws
+                .send(tungstenite::Message::text(text))
+                .map_err(io::Error::other);
+        }
         let stream = self.io.stream();
         stream.write_all(bytes)?;
         stream.flush()
@@ -1346,6 +1522,30 @@ impl Client {
             .tcp()
             .set_read_timeout(Some(wait))
             .expect("set a read timeout");
+        if let Io::Ws(ws) = &mut self.io {
+            use tungstenite::{Error as E, Message};
+            return match ws.read() {
+                Ok(Message::Text(t)) => {
+                    self.buf.extend_from_slice(framed_in(t.as_str()).as_bytes());
+                    Ok(true)
+                }
+                Ok(Message::Binary(b)) => panic!("a binary message from hearth: {b:?}"),
+                Ok(Message::Close(_)) => {
+                    self.eof = true;
+                    Ok(false)
+                }
+                Ok(_) => Ok(true),
+                Err(E::Io(e))
+                    if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
+                {
+                    Err(())
+                }
+                Err(_) => {
+                    self.eof = true;
+                    Ok(false)
+                }
+            };
+        }
         let mut chunk = [0u8; 16384];
         match self.io.stream().read(&mut chunk) {
             Ok(0) => {

@@ -28,4 +28,6 @@ mod register;
 mod roster;
 mod sasl2;
 mod smacks;
+mod upload;
 mod vcard;
+mod websocket;

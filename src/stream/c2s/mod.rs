@@ -5,13 +5,24 @@
 //! With XEP-0198 resumption, a session outlives its TCP connection: when the socket drops,
 //! this task keeps the session (its counters, unacknowledged stanzas and queue) for the
 //! resume window; a new connection that resumes hands its socket over to this task.
+//!
+//! Over a WebSocket (RFC 7395, accepted and upgraded by the HTTP listener, see [`websocket`])
+//! the stream is the same stream: the seam is the transport alone. `Io::WebSocket` reads text
+//! messages as bytes for a framed `StreamReader`, which reports `<open/>` and `<close/>` as the
+//! stream's header and end; every write goes through `put`, `put_header` and `put_close`, which
+//! write `<open/>`, `<close/>` and self-contained elements when the transport frames, and
+//! `Out` keeps where each element ends so that each goes out as a message of its own. The
+//! stream starts at SASL (the WebSocket is already TLS, so no STARTTLS is offered); binding,
+//! stream management (a WebSocket session can be resumed over TCP and back), client state,
+//! limits and the archive do not know the difference.
 
 mod io;
 mod management;
 mod negotiation;
 mod sasl2;
 
-use io::{Credit, Io};
+pub use io::Ws;
+use io::{Credit, Io, Out};
 
 use crate::config::Config;
 use crate::jid::{self, Jid};
@@ -32,7 +43,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use futures_rustls::server::TlsStream;
 use smol::channel::{Receiver, Sender};
 use smol::future::FutureExt;
-use smol::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use smol::io::{AsyncRead, AsyncWriteExt};
 use smol::{Async, Timer};
 use std::collections::VecDeque;
 use std::net::{SocketAddr, TcpStream};
@@ -69,7 +80,7 @@ struct Conn {
     /// A SASL2 exchange in progress.
     sasl2: Option<Box<sasl2::Exchange>>,
     auth_failures: u32,
-    out: Vec<u8>,
+    out: Out,
     /// When the connection was accepted: login must be done within the login timeout of it.
     started: Instant,
     last_heard: Instant,
@@ -182,35 +193,8 @@ async fn run(server: Rc<Server>, accepted: Accepted, direct_tls: bool) {
         id,
         rx,
     } = accepted;
-    let mut conn = Conn {
-        reader: StreamReader::new(server.config.xml_limits()),
-        server: server.clone(),
-        id,
-        peer,
-        io: Io::Plain(stream),
-        rx,
-        phase: Phase::Plain,
-        header_sent: false,
-        sasl: None,
-        tls: None,
-        sasl2: None,
-        auth_failures: 0,
-        out: Vec::new(),
-        started: Instant::now(),
-        last_heard: Instant::now(),
-        ping_sent: None,
-        pings: 0,
-        sm: None,
-        handoffs: None,
-        detached_at: None,
-        inactive: false,
-        held: Held::default(),
-        due: false,
-        more_ready: false,
-        credit: Credit::new(&server.config.limits),
-        processed: 0,
-        pending: VecDeque::new(),
-    };
+    let reader = StreamReader::new(server.config.xml_limits());
+    let mut conn = Conn::new(server, id, peer, Io::Plain(stream), reader, rx);
     log::debug!("connection {id} from {peer}, direct TLS: {direct_tls}");
     // The rare, large futures (handshakes, stanza processing) are boxed so that the task of
     // an idle session is only as large as its wait for input.
@@ -221,7 +205,67 @@ async fn run(server: Rc<Server>, accepted: Accepted, direct_tls: bool) {
     Box::pin(conn.finish()).await;
 }
 
+/// A client stream over a WebSocket (RFC 7395) that the HTTP listener accepted and upgraded,
+/// as connection `id` with its queue `rx`. TLS is up, so SASL comes first; from there on it is
+/// the same stream as over TCP: sessions, limits, stream management, everything.
+pub async fn websocket(
+    server: Rc<Server>,
+    ws: Ws,
+    peer: SocketAddr,
+    id: u64,
+    rx: Receiver<Outbound>,
+) {
+    let reader = StreamReader::framed(server.config.xml_limits());
+    let io = Io::WebSocket(Box::new(ws));
+    let mut conn = Conn::new(server, id, peer, io, reader, rx);
+    log::debug!("connection {id} from {peer} over WebSocket");
+    conn.phase = Phase::Secure;
+    // The upgrade request may have come with the first messages.
+    conn.more_ready = true;
+    conn.serve().await;
+    Box::pin(conn.finish()).await;
+}
+
 impl Conn {
+    fn new(
+        server: Rc<Server>,
+        id: u64,
+        peer: SocketAddr,
+        io: Io,
+        reader: StreamReader,
+        rx: Receiver<Outbound>,
+    ) -> Conn {
+        Conn {
+            reader,
+            credit: Credit::new(&server.config.limits),
+            server,
+            id,
+            peer,
+            io,
+            rx,
+            phase: Phase::Plain,
+            header_sent: false,
+            sasl: None,
+            tls: None,
+            sasl2: None,
+            auth_failures: 0,
+            out: Out::default(),
+            started: Instant::now(),
+            last_heard: Instant::now(),
+            ping_sent: None,
+            pings: 0,
+            sm: None,
+            handoffs: None,
+            detached_at: None,
+            inactive: false,
+            held: Held::default(),
+            due: false,
+            more_ready: false,
+            processed: 0,
+            pending: VecDeque::new(),
+        }
+    }
+
     fn deadline(&self) -> Instant {
         let limits = &self.server.config;
         if let Some(at) = self.detached_at {
@@ -402,7 +446,7 @@ impl Conn {
                     }
                 }
                 Next::End => {
-                    self.out.extend_from_slice(writer::STREAM_CLOSE);
+                    self.put_close();
                     Box::pin(self.close()).await;
                     return;
                 }
@@ -516,7 +560,7 @@ impl Conn {
     /// Writes a stanza and, with stream management, keeps it until the client acknowledges it;
     /// without, the client has it once the socket does.
     fn write_stanza(&mut self, d: Rc<Delivery>) {
-        writer::write_element(&d.el, ns::CLIENT, &mut self.out);
+        self.put(&d.el);
         match &mut self.sm {
             Some(sm) => sm.sent(d),
             None => d.delivered(),
@@ -524,7 +568,7 @@ impl Conn {
     }
 
     fn write_nonza(&mut self, el: &Element) {
-        writer::write_element(el, ns::CLIENT, &mut self.out);
+        self.put(el);
     }
 
     async fn flush_or_lose(&mut self) -> Next {
@@ -568,15 +612,13 @@ impl Conn {
             && (sm.should_request(every) || (full && !sm.request_outstanding))
         {
             sm.requested();
-            writer::write_element(&smacks::r(), ns::CLIENT, &mut self.out);
+            self.put(&smacks::r());
         }
         if self.out.is_empty() {
             return true;
         }
         let limit = Duration::from_secs(self.server.config.limits.write_timeout_secs);
-        let write = async {
-            Some(self.io.write_all(&self.out).await.is_ok() && self.io.flush().await.is_ok())
-        };
+        let write = async { Some(self.io.write_out(&self.out).await.is_ok()) };
         let timeout = async {
             Timer::after(limit).await;
             None
@@ -596,7 +638,7 @@ impl Conn {
             }
         };
         // Idle sessions keep no output buffer.
-        self.out = Vec::new();
+        self.out.release();
         ok
     }
 
@@ -604,9 +646,7 @@ impl Conn {
     async fn close(&mut self) {
         if self.flush().await {
             let limit = Duration::from_secs(self.server.config.limits.write_timeout_secs);
-            let close = async {
-                let _ = self.io.close().await;
-            };
+            let close = self.io.shutdown();
             let timeout = async {
                 Timer::after(limit).await;
             };
@@ -627,8 +667,8 @@ impl Conn {
             self.peer
         );
         self.open_header(None);
-        writer::write_element(&e.to_element(), ns::CLIENT, &mut self.out);
-        self.out.extend_from_slice(writer::STREAM_CLOSE);
+        self.put(&e.to_element());
+        self.put_close();
         self.close().await;
     }
 
@@ -639,9 +679,8 @@ impl Conn {
         }
         self.header_sent = true;
         let id = B64.encode(sasl::random_bytes::<12>());
-        let domain = &self.server.config.server.domain;
-        self.out
-            .extend_from_slice(&writer::stream_header(domain, to, &id));
+        let server = self.server.clone();
+        self.put_header(&server.config.server.domain, to, &id);
     }
 
     async fn handle_events(&mut self, events: &mut Vec<StreamEvent>) -> Next {

@@ -45,10 +45,9 @@ impl Conn {
     /// TLS 1.3: before it, a resumed session may be spliced with another (the triple handshake
     /// attack, RFC 7627) and the bindings prove less.
     pub(super) fn bindings(&self) -> ChannelBindings {
-        let Io::Tls(s) = &self.io else {
+        let Some(conn) = self.io.tls() else {
             return ChannelBindings::default();
         };
-        let conn = s.get_ref().1;
         if conn.protocol_version() != Some(rustls::ProtocolVersion::TLSv1_3) {
             return ChannelBindings::default();
         }
@@ -139,7 +138,7 @@ impl Conn {
         if let Some(stage) = stage {
             self.module_features(stage, &mut features);
         }
-        writer::write_element(&features, ns::CLIENT, &mut self.out);
+        self.put(&features);
         Next::Continue
     }
 
@@ -192,7 +191,7 @@ impl Conn {
                 f
             }
         };
-        writer::write_element(&f, ns::CLIENT, &mut self.out);
+        self.put(&f);
     }
 
     /// SASL in either profile: RFC 6120's `<auth/>`, or XEP-0388's `<authenticate/>` whose
@@ -298,7 +297,7 @@ impl Conn {
                 if !c.is_empty() {
                     ch = ch.with_text(B64.encode(c));
                 }
-                writer::write_element(&ch, ns::CLIENT, &mut self.out);
+                self.put(&ch);
                 Next::Continue
             }
             Step::Success { user, data } => {
@@ -329,7 +328,7 @@ impl Conn {
                 if !data.is_empty() {
                     ok = ok.with_text(B64.encode(data));
                 }
-                writer::write_element(&ok, ns::CLIENT, &mut self.out);
+                self.put(&ok);
                 log::info!(
                     "{user}@{} authenticated from {}",
                     self.server.config.server.domain,
@@ -401,7 +400,7 @@ impl Conn {
                     Ok(r) => r,
                     Err(_) => {
                         let e = StanzaError::bad_request("the resource is not valid");
-                        writer::write_element(&error_reply(&el, &e), ns::CLIENT, &mut self.out);
+                        self.put(&error_reply(&el, &e));
                         return Next::Continue;
                     }
                 },
@@ -410,7 +409,7 @@ impl Conn {
             let full = match self.bind_resource(user, &resource) {
                 Ok(full) => full,
                 Err(Ok(e)) => {
-                    writer::write_element(&error_reply(&el, &e), ns::CLIENT, &mut self.out);
+                    self.put(&error_reply(&el, &e));
                     return Next::Continue;
                 }
                 Err(Err(e)) => return Next::Fail(e),
@@ -419,11 +418,11 @@ impl Conn {
                 Element::new("bind", ns::BIND)
                     .with_child(Element::new("jid", ns::BIND).with_text(full.to_string())),
             );
-            writer::write_element(&reply, ns::CLIENT, &mut self.out);
+            self.put(&reply);
             return Next::Continue;
         }
         if el.is("iq", ns::CLIENT) && el.child("session", ns::SESSION).is_some() {
-            writer::write_element(&iq_result(&el, None), ns::CLIENT, &mut self.out);
+            self.put(&iq_result(&el, None));
             return Next::Continue;
         }
         Next::Fail(StreamError::with_text(
