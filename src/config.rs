@@ -64,13 +64,26 @@ impl Default for ListenConfig {
     }
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
     /// PEM certificate chain; without it a self-signed certificate is made in the data dir.
     pub cert: Option<PathBuf>,
     /// PEM private key matching `cert`.
     pub key: Option<PathBuf>,
+    /// TLS 1.3 session tickets sent after each handshake, with which a client that comes back
+    /// resumes its TLS session (no certificate, no signature); 0 turns resumption off.
+    pub session_tickets: usize,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            cert: None,
+            key: None,
+            session_tickets: 1,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -144,6 +157,11 @@ pub struct AuthConfig {
     pub throttle_window_secs: u64,
     /// PBKDF2 iterations for newly set passwords (RFC 7677 asks for at least 4096).
     pub scram_iterations: u32,
+    /// XEP-0388: longest `<user-agent id=''/>` a client may name its installation with (a
+    /// UUID is 36 bytes).
+    pub max_user_agent_id_bytes: usize,
+    /// XEP-0386: longest `<tag/>`, which becomes the start of the resource.
+    pub max_bind_tag_bytes: usize,
 }
 
 impl Default for AuthConfig {
@@ -154,6 +172,8 @@ impl Default for AuthConfig {
             max_failures_per_source: 30,
             throttle_window_secs: 300,
             scram_iterations: 4096,
+            max_user_agent_id_bytes: 64,
+            max_bind_tag_bytes: 64,
         }
     }
 }
@@ -245,7 +265,8 @@ pub struct FederationConfig {
     pub max_connections_per_ip: usize,
     /// Other servers connected to at once.
     pub max_outgoing: usize,
-    /// Bytes of stanzas waiting for one server while the connection to it is made.
+    /// Bytes of stanzas waiting for one server while the connection to it is made, or until
+    /// it acknowledges them (XEP-0198).
     pub queue_bytes: usize,
     /// Seconds to connect to a server, secure the connection and be accepted by it.
     pub connect_timeout_secs: u64,
@@ -351,6 +372,7 @@ pub struct ModulesConfig {
     pub external_services: crate::modules::extdisco::Config,
     pub muc: crate::modules::muc::Config,
     pub push: crate::modules::push::Config,
+    pub fast: crate::modules::fast::Config,
     pub http: crate::modules::http::Config,
     pub upload: crate::modules::http::upload::Config,
 }
@@ -519,6 +541,14 @@ impl Config {
                 self.federation.queue_bytes, l.max_stanza_bytes
             ));
         }
+        let fast = &self.modules.fast;
+        if fast.rotate_after_secs >= fast.token_ttl_secs {
+            return Err(format!(
+                "modules.fast.rotate_after_secs ({}) must be smaller than \
+                 modules.fast.token_ttl_secs ({}), or tokens would expire before they rotate",
+                fast.rotate_after_secs, fast.token_ttl_secs
+            ));
+        }
         let offline = &self.modules.offline;
         if offline.max_bytes_per_user >= l.queue_bytes {
             return Err(format!(
@@ -548,6 +578,8 @@ impl Config {
         let f = &self.federation;
         vec![
             ("server.store_cache_mib", n(s.store_cache_mib), 1, 1024, "MiB of memory"),
+            ("tls.session_tickets", n(self.tls.session_tickets), 0, 8,
+                "tickets per handshake; 0 turns TLS session resumption off"),
             ("limits.max_stanza_bytes", n(l.max_stanza_bytes), 10_000, 16 << 20,
                 "bytes; RFC 6120 §13.12 asks for at least 10000"),
             ("limits.max_depth", n(l.max_depth), 4, 256, "levels of nesting"),
@@ -577,6 +609,9 @@ impl Config {
             ("auth.scram_iterations", n(a.scram_iterations), 4096, 100_000,
                 "RFC 7677 asks for at least 4096; checking a PLAIN login at more stalls every \
                  connection"),
+            ("auth.max_user_agent_id_bytes", n(a.max_user_agent_id_bytes), 36, 1024, "bytes"),
+            ("auth.max_bind_tag_bytes", n(a.max_bind_tag_bytes), 1, 512,
+                "bytes; the resource has room for 1023"),
             ("keepalive.ping_after_secs", k.ping_after_secs, 1, DAY, "seconds"),
             ("keepalive.ping_timeout_secs", k.ping_timeout_secs, 1, DAY, "seconds"),
             ("stream_management.resume_timeout_secs", sm.resume_timeout_secs, 1, DAY, "seconds"),
@@ -633,6 +668,11 @@ impl Config {
             ("modules.push.timeout_secs", m.push.timeout_secs, 1, HOUR, "seconds"),
             ("modules.register.password_interval_secs", m.register.password_interval_secs, 1, DAY,
                 "seconds; each change costs two key derivations"),
+            ("modules.fast.token_ttl_secs", m.fast.token_ttl_secs, HOUR, 365 * DAY, "seconds"),
+            ("modules.fast.rotate_after_secs", m.fast.rotate_after_secs, 60, 365 * DAY,
+                "seconds"),
+            ("modules.fast.max_clients_per_account", n(m.fast.max_clients_per_account), 1, 1000,
+                "client installations"),
             ("modules.muc.max_rooms", n(m.muc.max_rooms), 1, 100_000, "rooms"),
             ("modules.muc.max_owned_per_user", n(m.muc.max_owned_per_user), 1, 10_000, "rooms"),
             ("modules.muc.max_joined_per_user", n(m.muc.max_joined_per_user), 1, 10_000, "rooms"),

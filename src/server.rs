@@ -18,7 +18,6 @@ use std::collections::HashMap;
 use std::io::Write as _;
 use std::net::IpAddr;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// An open connection, of any listener.
@@ -36,7 +35,7 @@ pub struct Conn {
 /// waiting to be resumed. Derefs to the router.
 pub struct Server {
     pub router: Router,
-    pub tls: RefCell<Arc<rustls::ServerConfig>>,
+    pub tls: RefCell<Rc<tls::ServerTls>>,
     pub listeners: Vec<Listener>,
     pub conns: RefCell<HashMap<u64, Conn>>,
     pub throttle: RefCell<Throttle>,
@@ -57,7 +56,7 @@ impl std::ops::Deref for Server {
 }
 
 impl Server {
-    pub fn new(router: Router, tls: Arc<rustls::ServerConfig>, listeners: Vec<Listener>) -> Server {
+    pub fn new(router: Router, tls: Rc<tls::ServerTls>, listeners: Vec<Listener>) -> Server {
         Server {
             router,
             tls: RefCell::new(tls),

@@ -21,6 +21,10 @@
 //!   `--back` messages before the newest (reached once by paging back 250 at a time, which is
 //!   timed too), and the newest page of 50 filtered `with` user2.
 //!
+//! - `comeback`: a phone's return after its connection dropped, through a proxy that delays
+//!   each direction by `--delay-ms`: time, round trips and bytes from its TCP connect to the
+//!   first message queued for it, for each of `--flows` (see `load/comeback.rs`).
+//!
 //! `--sm` (throughput only) enables XEP-0198 on every session after bind: each session answers
 //! the server's `<r/>` with `<a h='N'/>` (N counts the message, presence and iq stanzas it has
 //! received since), and senders also send their own `<r/>` after every 100 messages.
@@ -68,7 +72,7 @@ struct Args {
     /// password of every account
     #[argh(option, default = "String::from(\"password\")")]
     password: String,
-    /// scenario: idle, throughput, latency, offline or mam
+    /// scenario: idle, throughput, latency, offline, mam or comeback
     #[argh(option, default = "String::from(\"idle\")")]
     scenario: String,
     /// idle: number of sessions (and accounts)
@@ -117,7 +121,26 @@ struct Args {
     /// seconds after which a login, a drain or a delivery counts as failed
     #[argh(option, default = "60.0")]
     timeout: f64,
+    /// comeback: milliseconds the proxy delays each direction
+    #[argh(option, default = "50")]
+    delay_ms: u64,
+    /// comeback: measured comebacks per flow
+    #[argh(option, default = "5")]
+    runs: usize,
+    /// comeback: comma-separated flows (starttls-scram, tls-scram, tls-sasl2-scram, tls-fast,
+    /// tls-fast-pipelined)
+    #[argh(
+        option,
+        default = "String::from(\"starttls-scram,tls-scram,tls-sasl2-scram,tls-fast,tls-fast-pipelined\")"
+    )]
+    flows: String,
+    /// comeback: a TLS client without the session from the last connection (a full handshake)
+    #[argh(switch)]
+    fresh_tls: bool,
 }
+
+#[path = "load/comeback.rs"]
+mod comeback;
 
 type Tls = TlsStream<TcpStream>;
 
@@ -1506,8 +1529,17 @@ fn main() {
                 }
             }
         }
+        "comeback" => match smol::block_on(comeback::run(&args)) {
+            Ok(lines) => lines,
+            Err(e) => {
+                eprintln!("comeback: {e}");
+                std::process::exit(1);
+            }
+        },
         other => {
-            eprintln!("unknown scenario {other}: use idle, throughput, latency, offline or mam");
+            eprintln!(
+                "unknown scenario {other}: use idle, throughput, latency, offline, mam or comeback"
+            );
             std::process::exit(2);
         }
     };

@@ -15,6 +15,7 @@ pub mod caps;
 pub mod carbons;
 pub mod disco;
 pub mod extdisco;
+pub mod fast;
 pub mod http;
 pub mod mam;
 pub mod muc;
@@ -58,6 +59,7 @@ pub struct Entry {
 /// `config.rs`); see `docs/modules.md`.
 pub static REGISTRY: &[Entry] = &[
     auth::ENTRY,
+    fast::ENTRY,
     roster::ENTRY,
     // Before every module that acts on stanzas: what a block stops, nothing else sees.
     blocking::ENTRY,
@@ -429,10 +431,65 @@ pub struct DiscoInfo {
     pub forms: Vec<Element>,
 }
 
+/// The SASL profile a client stream offers mechanisms in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Profile {
+    /// RFC 6120 §6: `<mechanisms/>`, then a stream restart.
+    Sasl,
+    /// XEP-0388 Extensible SASL Profile: `<authentication/>`, with inline features.
+    Sasl2,
+    /// XEP-0484 FAST: mechanisms that take a token the server issued instead of a password,
+    /// offered inside SASL2's `<fast/>`.
+    Fast,
+}
+
+/// What a stream can offer for SASL: the profile, and the channel bindings its TLS gives.
+#[derive(Clone, Copy, Debug)]
+pub struct SaslOffer {
+    pub profile: Profile,
+    /// `tls-exporter` (RFC 9266): TLS 1.3 only here.
+    pub exporter: bool,
+    /// `tls-server-end-point` (RFC 5929), when the certificate's algorithm defines it.
+    pub endpoint: bool,
+}
+
+/// The channel binding data of a stream's TLS session.
+#[derive(Clone, Debug, Default)]
+pub struct ChannelBindings {
+    pub exporter: Option<Vec<u8>>,
+    pub endpoint: Option<Vec<u8>>,
+}
+
+/// An authentication attempt, for the module that offers its mechanism.
+pub struct SaslStart<'a> {
+    pub mechanism: &'a str,
+    pub profile: Profile,
+    pub bindings: &'a ChannelBindings,
+    /// For SASL2 and FAST: the client's `<authenticate/>` (XEP-0388), with its `<user-agent/>`
+    /// and inline requests.
+    pub request: Option<&'a Element>,
+}
+
+/// A SASL2 authentication that succeeded as a whole (XEP-0388 §2.6.1), for the modules that
+/// answer inline requests in its `<success/>`.
+pub struct Sasl2Login<'a> {
+    pub user: &'a str,
+    pub mechanism: &'a str,
+    /// The `<user-agent id=''/>` of the client installation, when it gave a usable one.
+    pub user_agent: Option<&'a str>,
+    /// The client's `<authenticate/>`.
+    pub request: &'a Element,
+    /// What FAST mechanisms the stream offers (a token is only issued for one of them).
+    pub fast: SaslOffer,
+}
+
 /// A SASL mechanism's server side, one per authentication attempt.
 pub trait Mechanism {
     /// Takes the client's next message (base64-decoded).
     fn step(&mut self, cx: &Cx, input: &[u8]) -> crate::stream::sasl::Step;
+    /// SASL2 only: the authentication succeeded as a whole (throttling passed, the account
+    /// exists). What the mechanism records here commits before `success` is sent.
+    fn succeeded(&mut self, _cx: &mut Cx, _login: &Sasl2Login, _success: &mut Element) {}
 }
 
 /// A feature module. Every method has a default, so a module fills in what it uses.
@@ -528,15 +585,25 @@ pub trait Module: Any {
 
     /// Stream features this module offers at `stage` of a client stream.
     fn stream_features(&self, _cx: &Cx, _stage: Stage, _out: &mut Vec<Element>) {}
-    /// SASL mechanisms this module offers, in order of preference; `channel_binding` says
-    /// whether the TLS layer can give channel binding data.
-    fn sasl_mechanisms(&self, _channel_binding: bool) -> &'static [&'static str] {
+    /// SASL mechanisms this module offers in `offer`'s profile, in order of preference.
+    fn sasl_mechanisms(&self, _offer: &SaslOffer) -> &'static [&'static str] {
         &[]
     }
-    /// Starts one of this module's mechanisms; `cb` is the tls-exporter channel binding data.
-    fn sasl_start(&self, _mechanism: &str, _cb: Option<Vec<u8>>) -> Option<Box<dyn Mechanism>> {
+    /// Starts one of the mechanisms this module offers in `start.profile`.
+    fn sasl_start(&self, _start: &SaslStart) -> Option<Box<dyn Mechanism>> {
         None
     }
+    /// XEP-0388: a SASL2 authentication succeeded; the module answers what the client asked
+    /// for inline (a FAST token) by adding to `success`. Writes commit before it is sent.
+    fn sasl2_success(&self, _cx: &mut Cx, _login: &Sasl2Login, _success: &mut Element) {}
+    /// XEP-0386: what a session may have this module enable as it binds (the `var`s of Bind
+    /// 2's inline features).
+    fn bind2_features(&self) -> &'static [&'static str] {
+        &[]
+    }
+    /// XEP-0386: `session` was just bound by Bind 2 with the client's `request`: enable what it
+    /// asks of this module, and add any answer to `bound`.
+    fn bind2(&self, _cx: &mut Cx, _session: &Jid, _request: &Element, _bound: &mut Element) {}
 
     /// Listening sockets this module serves (an HTTP listener, say).
     fn listeners(&self) -> Vec<Listener> {

@@ -56,6 +56,14 @@ pub const HINTS: &str = "urn:xmpp:hints";
 pub const SM: &str = "urn:xmpp:sm:3";
 /// XEP-0352 Client State Indication.
 pub const CSI: &str = "urn:xmpp:csi:0";
+/// XEP-0388 Extensible SASL Profile, v1.0.
+pub const SASL2: &str = "urn:xmpp:sasl:2";
+/// XEP-0386 Bind 2, v1.0.
+pub const BIND2: &str = "urn:xmpp:bind:0";
+/// XEP-0484 Fast Authentication Streamlining Tokens, v0.1.
+pub const FAST: &str = "urn:xmpp:fast:0";
+/// XEP-0440 SASL Channel-Binding Type Capability.
+pub const SASL_CB: &str = "urn:xmpp:sasl-cb:0";
 /// XEP-0280 Message Carbons, v1.0.
 pub const CARBONS: &str = "urn:xmpp:carbons:2";
 /// XEP-0297 Stanza Forwarding, v1.0.

@@ -349,6 +349,9 @@ impl StreamReader {
 
     fn text(&mut self, content: &str) -> Result<(), StreamError> {
         match self.stack.last_mut() {
+            // An empty CDATA section adds no character data: kept as an empty text node, it
+            // would be written as `<x></x>` and read back as `<x/>`, a different element.
+            Some(_) if content.is_empty() => Ok(()),
             Some((el, _)) => {
                 match el.children.last_mut() {
                     Some(Node::Text(t)) => t.push_str(content),
@@ -1096,5 +1099,14 @@ mod tests {
         }
         let singles: Vec<&[u8]> = bytes.chunks(1).collect();
         assert_eq!(run(&singles).unwrap(), want);
+    }
+
+    /// Found by the `xml_reader` fuzz target: an empty CDATA section became an empty text
+    /// node, written out as `<x></x>`, which reads back as `<x/>`.
+    #[test]
+    fn empty_cdata_adds_no_text() {
+        let input = format!("{HEADER}<message><x><![CDATA[]]></x><y><![CDATA[]]>a</y></message>");
+        let got = run(&[input.as_bytes()]).unwrap();
+        assert_eq!(stanzas(&got), ["<message><x/><y>a</y></message>"]);
     }
 }

@@ -3,7 +3,10 @@
 //! by `federation.hosts`. Messages, presence subscriptions and iqs cross; dialback with the
 //! self-signed certificates each makes; SASL EXTERNAL with certificates of a shared test
 //! authority; refusal when valid certificates are required; bounces when the other server is
-//! not there or does not answer; and what a server that misbehaves gets.
+//! not there or does not answer; the archive and carbons with a remote contact; a remote
+//! subscription across restarts of either server; stream management on the links, and what a
+//! link that dies had not had acknowledged going out again, once; and what a server that
+//! misbehaves gets.
 
 use crate::harness::*;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
@@ -74,6 +77,17 @@ fn messages_presence_and_iqs_cross_with_dialback() {
     // Both servers accepted the other by dialback: their certificates are self-signed.
     p.a.wait_for_log("b.test accepted a.test (dialback)", 1, TIMEOUT);
     p.b.wait_for_log("a.test accepted b.test (dialback)", 1, TIMEOUT);
+    // Each acknowledges what the other sends (XEP-0198), once dialback accepted it.
+    p.a.wait_for_log(
+        "b.test acknowledges what a.test sends (stream management)",
+        1,
+        TIMEOUT,
+    );
+    p.b.wait_for_log(
+        "a.test acknowledges what b.test sends (stream management)",
+        1,
+        TIMEOUT,
+    );
 
     // An iq to the other server, and one to a client there, with their answers.
     let r = alice.iq(
@@ -539,4 +553,468 @@ fn a_dialback_flood_ends_the_connection() {
     a.add_users(&["alice"]);
     assert_server_ok(&a, "alice");
     drop(silent);
+}
+
+const MAM: &str = "urn:xmpp:mam:2";
+const SID: &str = "urn:xmpp:sid:0";
+const CARBONS: &str = "urn:xmpp:carbons:2";
+const FORWARD: &str = "urn:xmpp:forward:0";
+
+/// `c`'s account archive of messages with `with`, oldest first: (archive id, the message).
+#[track_caller]
+fn archive_with(c: &mut Client, with: &str) -> Vec<(String, Element)> {
+    let id = c.send_iq(
+        "type='set'",
+        &format!(
+            "<query xmlns='{MAM}' queryid='q'><x xmlns='jabber:x:data' type='submit'>\
+             <field var='FORM_TYPE' type='hidden'><value>{MAM}</value></field>\
+             <field var='with'><value>{with}</value></field></x></query>"
+        ),
+    );
+    let mut items = Vec::new();
+    loop {
+        let el = c.recv();
+        if el.is("iq", ns::CLIENT) && el.attr("id") == Some(id.as_str()) {
+            assert_matches(&el, "<iq type='result'/>");
+            return items;
+        }
+        let r = el.get("result", MAM);
+        let m = r.get("forwarded", FORWARD).get("message", ns::CLIENT);
+        items.push((r.attr("id").unwrap_or_default().to_owned(), m.clone()));
+    }
+}
+
+/// The stanza-ids of `m`, as (by, id).
+fn stanza_ids(m: &Element) -> Vec<(String, String)> {
+    m.children
+        .iter()
+        .filter(|c| c.is("stanza-id", SID))
+        .map(|c| {
+            let a = |n| c.attr(n).unwrap_or_default().to_owned();
+            (a("by"), a("id"))
+        })
+        .collect()
+}
+
+#[track_caller]
+fn enable_carbons(c: &mut Client) {
+    let r = c.iq("type='set'", &format!("<enable xmlns='{CARBONS}'/>"));
+    assert_matches(&r, "<iq type='result'/>");
+}
+
+/// A message between alice and bob, on different servers: each one's archive holds it once,
+/// the recipient's live copy carries its archive's stanza-id and no other, the sender's other
+/// resource gets the <sent/> carbon and the recipient's other resource the <received/> one.
+/// A stanza-id the other server forged in the name of the recipient's archive is dropped.
+#[test]
+fn the_archive_and_carbons_hold_messages_with_a_remote_contact() {
+    let p = servers("", "", "", "");
+    let mut phone = Client::online(&p.a, "alice", "phone");
+    let mut laptop = Client::online(&p.b, "bob", "laptop");
+    let second = |server: &TestServer, user: &str, resource: &str| {
+        let mut c = Client::user(server, user, resource);
+        enable_carbons(&mut c);
+        c.send("<presence/>");
+        c.settle();
+        c
+    };
+    let mut tablet = second(&p.a, "alice", "tablet");
+    let mut desk = second(&p.b, "bob", "desk");
+    phone.settle();
+    laptop.settle();
+
+    // alice's phone to bob's laptop, with a stanza-id in the name of bob's archive that a
+    // (which leaves stanza-ids of other servers alone) passes on and b must not believe.
+    phone.send(&format!(
+        "<message to='bob@b.test/laptop' type='chat' id='m1'><body>one</body>\
+         <stanza-id xmlns='{SID}' by='bob@b.test' id='forged'/></message>"
+    ));
+    let got = laptop.expect(
+        "<message from='alice@a.test/phone' to='bob@b.test/laptop' type='chat' id='m1'><body>one</body></message>",
+    );
+    let sids = stanza_ids(&got);
+    assert_eq!(sids.len(), 1, "{got}");
+    assert_eq!(sids[0].0, "bob@b.test");
+    assert_ne!(sids[0].1, "forged");
+    let bob_one = sids[0].1.clone();
+    tablet.expect(&format!(
+        "<message from='alice@a.test' to='alice@a.test/tablet'><sent xmlns='{CARBONS}'>\
+         <forwarded xmlns='{FORWARD}'><message xmlns='jabber:client' from='alice@a.test/phone' to='bob@b.test/laptop' \
+         id='m1'><body>one</body></message></forwarded></sent></message>"
+    ));
+    desk.expect(&format!(
+        "<message from='bob@b.test' to='bob@b.test/desk'><received xmlns='{CARBONS}'>\
+         <forwarded xmlns='{FORWARD}'><message xmlns='jabber:client' from='alice@a.test/phone' to='bob@b.test/laptop' \
+         id='m1'><body>one</body></message></forwarded></received></message>"
+    ));
+
+    // bob's laptop answers alice's bare JID: both of her resources have priority 0, so both
+    // get the message itself, with her archive's stanza-id.
+    laptop.send("<message to='alice@a.test' type='chat' id='m2'><body>two</body></message>");
+    let on_phone = phone.expect(
+        "<message from='bob@b.test/laptop' to='alice@a.test' type='chat' id='m2'><body>two</body></message>",
+    );
+    let on_tablet = tablet
+        .expect("<message from='bob@b.test/laptop' type='chat' id='m2'><body>two</body></message>");
+    let sids = stanza_ids(&on_phone);
+    assert_eq!(sids.len(), 1, "{on_phone}");
+    assert_eq!(sids[0].0, "alice@a.test");
+    assert_eq!(stanza_ids(&on_tablet), sids, "one archive entry for both");
+    let alice_two = sids[0].1.clone();
+    desk.expect(&format!(
+        "<message from='bob@b.test' to='bob@b.test/desk'><sent xmlns='{CARBONS}'>\
+         <forwarded xmlns='{FORWARD}'><message xmlns='jabber:client' from='bob@b.test/laptop' to='alice@a.test' \
+         id='m2'><body>two</body></message></forwarded></sent></message>"
+    ));
+
+    // Both archives hold both messages, once, in order; the received ones under the ids
+    // their recipients saw.
+    let a = archive_with(&mut phone, "bob@b.test");
+    let bodies: Vec<&str> = a
+        .iter()
+        .map(|(_, m)| m.get("body", ns::CLIENT).text.as_str())
+        .collect();
+    assert_eq!(bodies, ["one", "two"], "{a:?}");
+    assert_matches(
+        &a[0].1,
+        "<message from='alice@a.test/phone' to='bob@b.test/laptop'/>",
+    );
+    assert_eq!(a[1].0, alice_two);
+    let b = archive_with(&mut laptop, "alice@a.test");
+    let bodies: Vec<&str> = b
+        .iter()
+        .map(|(_, m)| m.get("body", ns::CLIENT).text.as_str())
+        .collect();
+    assert_eq!(bodies, ["one", "two"], "{b:?}");
+    assert_eq!(b[0].0, bob_one);
+    assert!(
+        stanza_ids(&b[0].1).is_empty(),
+        "the forged stanza-id is not archived: {}",
+        b[0].1
+    );
+}
+
+/// Reads until a stanza matching `want` comes, skipping the unavailable presence of `gone`
+/// (a server that stops may or may not manage to say its users left).
+#[track_caller]
+fn expect_past_departures(c: &mut Client, want: &str, gone: &str) -> Element {
+    let want = pattern(want);
+    let left = pattern(&format!("<presence type='unavailable' from='{gone}'/>"));
+    loop {
+        let el = c.recv();
+        if el.matches(&want) {
+            return el;
+        }
+        assert!(el.matches(&left), "{}: expected {want}, got {el}", c.jid);
+    }
+}
+
+/// A mutual subscription between alice on a and bob on b: after b restarts, bob's roster
+/// still has alice, and each gets the other's presence when bob comes back (b broadcasts
+/// bob's and probes alice's); the same after a restarts.
+#[test]
+fn a_subscription_with_a_remote_contact_survives_a_restart_of_either_server() {
+    let mut p = servers("", "", "", "");
+    let mut alice = Client::online(&p.a, "alice", "phone");
+    let mut bob = Client::online(&p.b, "bob", "laptop");
+    alice.send("<presence type='subscribe' to='bob@b.test'/>");
+    bob.expect("<presence type='subscribe' from='alice@a.test'/>");
+    bob.send("<presence type='subscribed' to='alice@a.test'/>");
+    bob.send("<presence type='subscribe' to='alice@a.test'/>");
+    alice.expect_unordered(&[
+        "<iq type='set'><query xmlns='jabber:iq:roster'><item jid='bob@b.test' ask='subscribe'/></query></iq>",
+        "<iq type='set'><query xmlns='jabber:iq:roster'><item jid='bob@b.test' subscription='to'/></query></iq>",
+        "<presence type='subscribed' from='bob@b.test'/>",
+        "<presence from='bob@b.test/laptop'/>",
+        "<presence type='subscribe' from='bob@b.test'/>",
+    ]);
+    alice.send("<presence type='subscribed' to='bob@b.test'/>");
+    alice.expect("<iq type='set'><query xmlns='jabber:iq:roster'><item jid='bob@b.test' subscription='both'/></query></iq>");
+    bob.expect_unordered(&[
+        "<iq type='set'><query xmlns='jabber:iq:roster'><item jid='alice@a.test' subscription='from'/></query></iq>",
+        "<iq type='set'><query xmlns='jabber:iq:roster'><item jid='alice@a.test' subscription='from' ask='subscribe'/></query></iq>",
+        "<iq type='set'><query xmlns='jabber:iq:roster'><item jid='alice@a.test' subscription='both'/></query></iq>",
+        "<presence type='subscribed' from='alice@a.test'/>",
+        "<presence from='alice@a.test/phone'/>",
+    ]);
+
+    let both = |c: &mut Client, contact: &str| {
+        let r = c.iq("type='get'", "<query xmlns='jabber:iq:roster'/>");
+        assert_matches(
+            &r,
+            &format!(
+                "<iq type='result'><query xmlns='jabber:iq:roster'><item jid='{contact}' \
+                 subscription='both' ask='{NONE}'/></query></iq>"
+            ),
+        );
+    };
+
+    drop(bob);
+    p.b.restart();
+    let mut bob = Client::user(&p.b, "bob", "laptop");
+    both(&mut bob, "alice@a.test");
+    bob.send("<presence/>");
+    bob.expect_unordered(&[
+        "<presence from='bob@b.test/laptop'/>",
+        "<presence from='alice@a.test/phone'/>",
+    ]);
+    expect_past_departures(
+        &mut alice,
+        "<presence from='bob@b.test/laptop' type='{none}'/>",
+        "bob@b.test/laptop",
+    );
+
+    drop(alice);
+    p.a.restart();
+    let mut alice = Client::user(&p.a, "alice", "phone");
+    both(&mut alice, "bob@b.test");
+    alice.send("<presence/>");
+    alice.expect_unordered(&[
+        "<presence from='alice@a.test/phone'/>",
+        "<presence from='bob@b.test/laptop'/>",
+    ]);
+    expect_past_departures(
+        &mut bob,
+        "<presence from='alice@a.test/phone' type='{none}'/>",
+        "alice@a.test/phone",
+    );
+    // And messages still cross both ways.
+    alice.send_message("bob@b.test", "chat", "back");
+    bob.expect("<message from='alice@a.test/phone'><body>back</body></message>");
+    bob.send_message("alice@a.test", "chat", "welcome");
+    alice.expect("<message from='bob@b.test/laptop'><body>welcome</body></message>");
+}
+
+/// b.test played by the test, for a's links to it: each connection is accepted, secured with
+/// STARTTLS, offers dialback and stream management, and says any dialback key is valid.
+struct FakeServer {
+    listener: TcpListener,
+    tls: std::sync::Arc<rustls::ServerConfig>,
+}
+
+/// One of a's connections to the fake server, authenticated and ready.
+struct FakeLink {
+    tls: rustls::StreamOwned<rustls::ServerConnection, std::net::TcpStream>,
+    got: String,
+}
+
+impl FakeServer {
+    fn new(ip: IpAddr, ca: &Authority) -> FakeServer {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let (_, cert, key) = ca.issue("b.test");
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                CertificateDer::pem_slice_iter(cert.as_bytes())
+                    .map(|c| c.unwrap())
+                    .collect(),
+                PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+            )
+            .unwrap();
+        FakeServer {
+            listener: TcpListener::bind(SocketAddr::new(ip, 0)).unwrap(),
+            tls: std::sync::Arc::new(config),
+        }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap()
+    }
+
+    /// Accepts a's next connection and takes it as far as a's first stanzas.
+    #[track_caller]
+    fn accept(&self) -> FakeLink {
+        use std::io::{Read, Write};
+        self.listener.set_nonblocking(true).unwrap();
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        let mut tcp = loop {
+            match self.listener.accept() {
+                Ok((tcp, _)) => break tcp,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "a did not connect again within {TIMEOUT:?}"
+                    );
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err(e) => panic!("accept: {e}"),
+            }
+        };
+        tcp.set_nonblocking(false).unwrap();
+        tcp.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let header = "<?xml version='1.0'?><stream:stream xmlns='jabber:server' \
+             xmlns:stream='http://etherx.jabber.org/streams' \
+             xmlns:db='jabber:server:dialback' from='b.test' to='a.test' id='s1' version='1.0'>";
+        let mut got = String::new();
+        let mut buf = [0u8; 4096];
+        while !got.contains("<stream:stream") {
+            let n = tcp.read(&mut buf).unwrap();
+            assert!(n > 0, "a closed the connection: {got}");
+            got.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        tcp.write_all(
+            format!(
+                "{header}<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'>\
+                 <required/></starttls></stream:features>"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        while !got.contains("<starttls") {
+            let n = tcp.read(&mut buf).unwrap();
+            assert!(n > 0, "a closed the connection: {got}");
+            got.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        tcp.write_all(b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+            .unwrap();
+        let conn = rustls::ServerConnection::new(self.tls.clone()).unwrap();
+        let mut link = FakeLink {
+            tls: rustls::StreamOwned::new(conn, tcp),
+            got: String::new(),
+        };
+        link.until("<stream:stream");
+        link.send(&format!(
+            "{header}<stream:features><dialback xmlns='urn:xmpp:features:dialback'/>\
+             <sm xmlns='urn:xmpp:sm:3'/></stream:features>"
+        ));
+        link.until("</result>");
+        link.send("<db:result from='b.test' to='a.test' type='valid'/>");
+        link
+    }
+}
+
+impl FakeLink {
+    fn send(&mut self, s: &str) {
+        use std::io::Write;
+        self.tls.write_all(s.as_bytes()).unwrap();
+        self.tls.flush().unwrap();
+    }
+
+    /// Reads until `needle` has come; returns what came up to and including it.
+    #[track_caller]
+    fn until(&mut self, needle: &str) -> String {
+        use std::io::Read;
+        let mut buf = [0u8; 4096];
+        while !self.got.contains(needle) {
+            match self.tls.read(&mut buf) {
+                Ok(n) if n > 0 => self.got.push_str(&String::from_utf8_lossy(&buf[..n])),
+                _ => panic!("no {needle:?} in {:?}", self.got),
+            }
+        }
+        let end = self.got.find(needle).unwrap() + needle.len();
+        let rest = self.got.split_off(end);
+        std::mem::replace(&mut self.got, rest)
+    }
+
+    /// Ends the connection without a word: the other server crashed, or lost its network.
+    fn die(self) {
+        let _ = self.tls.sock.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// A message written to a link that then dies is not lost: the other server offered stream
+/// management and never acknowledged it, so it goes out again over a new link; acknowledged
+/// there, it is done. One whose second link dies unacknowledged too goes back to its sender.
+#[test]
+fn what_a_dead_link_did_not_get_acknowledged_goes_out_again_once() {
+    let ca = Authority::new();
+    let (ia, ib) = addresses();
+    let b = FakeServer::new(ib, &ca);
+    let a = TestServer::start_domain(
+        "a.test",
+        &format!(
+            "[federation]\nenabled = true\nlisten = [\"{ia}:5269\"]\n\
+             hosts = {{ \"b.test\" = \"{}\" }}\nconnect_timeout_secs = 10\n",
+            b.addr()
+        ),
+    );
+    a.add_users(&["alice"]);
+    let mut alice = Client::online(&a, "alice", "phone");
+
+    alice.send_message("bob@b.test", "chat", "one");
+    let mut link = b.accept();
+    link.until("<enable xmlns='urn:xmpp:sm:3'/>");
+    link.send("<enabled xmlns='urn:xmpp:sm:3'/>");
+    assert!(link.until("</message>").contains("<body>one</body>"));
+    link.until("<r xmlns='urn:xmpp:sm:3'/>");
+    link.die();
+
+    // The second link: "one" again, first; acknowledged.
+    let mut link = b.accept();
+    link.until("<enable xmlns='urn:xmpp:sm:3'/>");
+    link.send("<enabled xmlns='urn:xmpp:sm:3'/>");
+    assert!(link.until("</message>").contains("<body>one</body>"));
+    link.until("<r xmlns='urn:xmpp:sm:3'/>");
+    link.send("<a xmlns='urn:xmpp:sm:3' h='1'/>");
+    a.wait_for_log(
+        "1 stanzas for b.test go out again over a new link",
+        1,
+        TIMEOUT,
+    );
+
+    // "two" on the same link, never acknowledged: the third link carries it once more, and
+    // when that one dies too, alice hears of it.
+    let id = alice.send_message("bob@b.test", "chat", "two");
+    assert!(link.until("</message>").contains("<body>two</body>"));
+    link.until("<r xmlns='urn:xmpp:sm:3'/>");
+    link.die();
+    let mut link = b.accept();
+    link.until("<enable xmlns='urn:xmpp:sm:3'/>");
+    link.send("<enabled xmlns='urn:xmpp:sm:3'/>");
+    let again = link.until("</message>");
+    assert!(
+        again.contains("<body>two</body>") && !again.contains("<body>one"),
+        "{again}"
+    );
+    link.until("<r xmlns='urn:xmpp:sm:3'/>");
+    link.die();
+    alice.expect(&format!(
+        "<message type='error' id='{id}' from='bob@b.test'><error type='wait'>\
+         <remote-server-timeout xmlns='{}'/></error></message>",
+        ns::STANZAS
+    ));
+    // Nothing else came back: "one" was delivered.
+    alice.sync();
+    assert_server_ok(&a, "alice");
+}
+
+/// The same with a server that answers stream management with a wrong count: the link ends,
+/// and what it had not acknowledged goes out again.
+#[test]
+fn an_acknowledgement_of_more_than_was_sent_ends_the_link() {
+    let ca = Authority::new();
+    let (ia, ib) = addresses();
+    let b = FakeServer::new(ib, &ca);
+    let a = TestServer::start_domain(
+        "a.test",
+        &format!(
+            "[federation]\nenabled = true\nlisten = [\"{ia}:5269\"]\n\
+             hosts = {{ \"b.test\" = \"{}\" }}\nconnect_timeout_secs = 10\n",
+            b.addr()
+        ),
+    );
+    a.add_users(&["alice"]);
+    let mut alice = Client::online(&a, "alice", "phone");
+    alice.send_message("bob@b.test", "chat", "one");
+    let mut link = b.accept();
+    link.until("<enable xmlns='urn:xmpp:sm:3'/>");
+    link.send("<enabled xmlns='urn:xmpp:sm:3'/>");
+    link.until("<r xmlns='urn:xmpp:sm:3'/>");
+    link.send("<a xmlns='urn:xmpp:sm:3' h='5'/>");
+    let mut link = b.accept();
+    link.until("<enable xmlns='urn:xmpp:sm:3'/>");
+    link.send("<enabled xmlns='urn:xmpp:sm:3'/>");
+    assert!(link.until("</message>").contains("<body>one</body>"));
+    link.until("<r xmlns='urn:xmpp:sm:3'/>");
+    link.send("<a xmlns='urn:xmpp:sm:3' h='1'/>");
+    a.wait_for_log(
+        "it acknowledged 5 stanzas, 1 were unacknowledged",
+        1,
+        TIMEOUT,
+    );
+    alice.sync();
 }

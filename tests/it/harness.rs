@@ -777,13 +777,13 @@ fn remaining(deadline: Instant) -> Duration {
 // SCRAM (RFC 5802) arithmetic
 
 #[derive(Clone, Copy, Debug)]
-enum Hash {
+pub enum Hash {
     Sha1,
     Sha256,
 }
 
 impl Hash {
-    fn hmac(self, key: &[u8], data: &[u8]) -> Vec<u8> {
+    pub fn hmac(self, key: &[u8], data: &[u8]) -> Vec<u8> {
         use hmac::{Hmac, Mac};
         // HMAC takes keys of any length, so new_from_slice cannot fail.
         match self {
@@ -802,7 +802,7 @@ impl Hash {
         }
     }
 
-    fn digest(self, data: &[u8]) -> Vec<u8> {
+    pub fn digest(self, data: &[u8]) -> Vec<u8> {
         use sha2::Digest;
         match self {
             Hash::Sha1 => sha1::Sha1::digest(data).to_vec(),
@@ -813,7 +813,7 @@ impl Hash {
     /// PBKDF2 of the password, computed once per password, salt and count: an account's salt
     /// stays the same, and tests log the same accounts in again and again (in a debug build
     /// this is most of what a login costs the client).
-    fn salted_password(self, password: &str, salt: &[u8], iterations: u32) -> Vec<u8> {
+    pub fn salted_password(self, password: &str, salt: &[u8], iterations: u32) -> Vec<u8> {
         type Key = (bool, String, Vec<u8>, u32);
         static CACHE: std::sync::OnceLock<Mutex<std::collections::HashMap<Key, Vec<u8>>>> =
             std::sync::OnceLock::new();
@@ -849,7 +849,7 @@ impl Hash {
 
 /// The value of `key=` in a SCRAM message (RFC 5802 §5); panics if it is missing.
 #[track_caller]
-fn scram_attr(msg: &str, key: char) -> &str {
+pub fn scram_attr(msg: &str, key: char) -> &str {
     msg.split(',')
         .find_map(|part| part.strip_prefix(key)?.strip_prefix('='))
         .unwrap_or_else(|| panic!("no {key}= in SCRAM message {msg:?}"))
@@ -857,7 +857,7 @@ fn scram_attr(msg: &str, key: char) -> &str {
 
 /// The base64 text of a SASL element, decoded as UTF-8.
 #[track_caller]
-fn sasl_text(el: &Element) -> String {
+pub fn sasl_text(el: &Element) -> String {
     let bytes = B64
         .decode(el.text.trim())
         .unwrap_or_else(|e| panic!("bad base64 in {el}: {e}"));
@@ -981,6 +981,25 @@ pub struct Client {
 }
 
 impl Client {
+    /// A TLS client setup that trusts `server`, with ALPN `xmpp-client`; connections made with
+    /// the same one share its TLS session cache, so the later ones resume (RFC 8446 §2.2).
+    pub fn tls_config_for(server: &TestServer) -> Arc<ClientConfig> {
+        Client::tls_config(&server.cert_path(), true)
+    }
+
+    /// Direct TLS with `config`, where `early` (a stream header, and what a client sends
+    /// without waiting for the features) travels with the client's last handshake message.
+    /// Nothing is read.
+    pub fn connect_tls_with(
+        server: &TestServer,
+        config: Arc<ClientConfig>,
+        early: &[u8],
+    ) -> Client {
+        let mut c = Client::connect_raw(server, server.c2s_tls);
+        c.handshake(config, early);
+        c
+    }
+
     fn tls_config(cert: &Path, alpn: bool) -> Arc<ClientConfig> {
         let mut roots = RootCertStore::empty();
         let certs = CertificateDer::pem_file_iter(cert)
@@ -1127,12 +1146,15 @@ impl Client {
     /// TLS, with `early` queued before the handshake ends: rustls then sends it in the same
     /// flight as its Finished message, so the server reads both at once.
     fn upgrade_with(&mut self, alpn: bool, early: &[u8]) {
+        self.handshake(Client::tls_config(&self.cert, alpn), early);
+    }
+
+    fn handshake(&mut self, config: Arc<ClientConfig>, early: &[u8]) {
         let tcp = self.io.tcp().try_clone().expect("clone the TCP socket");
         tcp.set_read_timeout(Some(TIMEOUT))
             .expect("set a read timeout");
         let name = ServerName::try_from(self.domain.clone()).expect("a valid server name");
-        let conn =
-            ClientConnection::new(Client::tls_config(&self.cert, alpn), name).expect("start TLS");
+        let conn = ClientConnection::new(config, name).expect("start TLS");
         let mut tls = StreamOwned::new(conn, tcp);
         if !early.is_empty() {
             tls.conn
@@ -1201,7 +1223,7 @@ impl Client {
         self.read_stream_open();
     }
 
-    fn read_stream_open(&mut self) {
+    pub fn read_stream_open(&mut self) {
         match self.next_event() {
             Event::Header(h) => {
                 assert!(h.is("stream", ns::STREAM), "bad stream header {h}");

@@ -26,6 +26,7 @@ mod presence;
 mod push;
 mod register;
 mod roster;
+mod sasl2;
 mod smacks;
 mod upload;
 mod vcard;

@@ -155,7 +155,7 @@ pub struct Http {
     /// The port of the first listen address, once bound.
     bound: Cell<Option<u16>>,
     /// The XMPP listeners' TLS configuration last seen, and its HTTP variant.
-    tls: RefCell<Option<(Arc<rustls::ServerConfig>, Arc<rustls::ServerConfig>)>>,
+    tls: RefCell<Option<(Rc<crate::tls::ServerTls>, Arc<rustls::ServerConfig>)>>,
 }
 
 impl Module for Http {
@@ -192,11 +192,11 @@ impl Http {
     fn tls_config(&self, server: &Server) -> Arc<rustls::ServerConfig> {
         let xmpp = server.tls.borrow().clone();
         if let Some((seen, http)) = &*self.tls.borrow()
-            && Arc::ptr_eq(seen, &xmpp)
+            && Rc::ptr_eq(seen, &xmpp)
         {
             return http.clone();
         }
-        let mut http = (*xmpp).clone();
+        let mut http = (*xmpp.config).clone();
         http.alpn_protocols = vec![b"http/1.1".to_vec()];
         let http = Arc::new(http);
         *self.tls.borrow_mut() = Some((xmpp, http.clone()));

@@ -21,9 +21,12 @@
 //! id works (it counts as known); TODO: list uncommitted entries from memory if clients that
 //! query at once after a message turn out to miss it.
 //!
+//! Messages with contacts on other servers are archived as local ones are: what a user sends
+//! there when its domain is reachable (see `federates`), what comes from there once the other
+//! server authenticated its domain.
+//!
 //! Left out: pubsub archives, RSM `index` and `count`, `flip-page`, the `<store/>`
-//! hint on non-message payloads beyond body, markers and OMEMO, and archiving messages to
-//! other servers (there is no server-to-server). A MAM-using session does not get offline
+//! hint on non-message payloads beyond body, markers and OMEMO. A MAM-using session does not get offline
 //! messages (see `offline.rs`). With `with`, a query scans the id range and filters; an index
 //! by contact would make per-contact history on huge archives faster (TODO if it shows).
 
@@ -246,6 +249,18 @@ impl Module for Mam {
         "mam"
     }
 
+    /// XEP-0386 §3.2: a Bind 2 session is told where the archive stands and catches up from
+    /// it, so offline storage does not send it what the archive holds (see `offline`).
+    fn bind2(&self, cx: &mut Cx, session: &Jid, _request: &Element, bound: &mut Element) {
+        let Some(user) = session.local() else { return };
+        cx.with_session(session, |s| s.flags.mam_queried = true);
+        match self.metadata(cx, user) {
+            Ok(Some(m)) => bound.push(m),
+            Ok(None) => {}
+            Err(_) => log::warn!("{session}: no archive metadata for Bind 2"),
+        }
+    }
+
     fn reads_trailing_writes(&self) -> bool {
         true
     }
@@ -288,10 +303,13 @@ impl Module for Mam {
         if !archivable(&st.el) {
             return Ok(Flow::Continue);
         }
-        // Only what the router will deliver: not to other domains or unknown accounts, and
-        // not to the user's own account, whose inbound copy is archived in `message_in`.
+        // Only what the router will deliver or hand to another server: not to unknown
+        // accounts, domains federation does not reach, or the user's own account, whose
+        // inbound copy is archived in `message_in`. A message another server then fails to
+        // take stays archived, as sent: its sender gets the error too.
         let deliverable = match cx.destination(to) {
             Dest::Account(l) | Dest::Session(l) => l != user && cx.account_exists(l),
+            Dest::Remote => cx.federates(to.domain()),
             _ => false,
         };
         if deliverable && self.wanted(cx, user, to) {
@@ -307,6 +325,11 @@ impl Module for Mam {
         st: &mut Stanza,
         _targets: &[Jid],
     ) -> Result<Flow, StanzaError> {
+        if st.origin == Origin::Remote {
+            // Local senders' were removed in `message_out`; one from another server would
+            // otherwise pass for this archive's, and even stop the message being archived.
+            strip_our_stanza_ids(cx, &mut st.el);
+        }
         if !archivable(&st.el) {
             return Ok(Flow::Continue);
         }
@@ -516,6 +539,67 @@ mod tests {
         assert_eq!(out.to(&a).len(), 3, "{}", out.show());
         let out = t.client(&a, &with("carol@localhost", "<max>2</max>"));
         assert_eq!(out.to(&a).len(), 3, "{}", out.show());
+    }
+
+    /// A message to a contact on another server is archived when it leaves for that server,
+    /// not when federation does not reach it; one from there is archived with its stanza-id.
+    #[test]
+    fn messages_with_remote_contacts_are_archived() {
+        use crate::modules::testing::TestRouter;
+        let rows = |t: &TestRouter| {
+            let page = USER_ARCHIVE.page(
+                &t.router.store,
+                "alice",
+                None,
+                0,
+                u64::MAX,
+                false,
+                10,
+                &|_| true,
+            );
+            page.unwrap()
+                .items
+                .iter()
+                .map(|i| i.xml.clone())
+                .collect::<Vec<_>>()
+        };
+        let mut cfg = crate::config::Config::default();
+        cfg.federation.enabled = true;
+        let t = TestRouter::with_config(cfg, &["alice"]);
+        let a = t.online("alice", "phone");
+        let out = t.client(
+            &a,
+            "<message to='pat@b.example' type='chat' id='m1'><body>out</body></message>",
+        );
+        assert_eq!(out.remote.len(), 1, "{}", out.show());
+        // With a stanza-id in the name of alice's archive, which another server cannot give.
+        let out = t.remote(
+            "<message from='pat@b.example/r' to='alice@localhost/phone' type='chat'>\
+             <body>in</body><stanza-id xmlns='urn:xmpp:sid:0' by='alice@localhost' id='1'/>\
+             </message>",
+        );
+        let got = out.only_to(&a);
+        let sids: Vec<_> = got
+            .elements()
+            .filter(|e| e.is("stanza-id", ns::SID))
+            .collect();
+        assert_eq!(sids.len(), 1, "{got:?}");
+        assert_eq!(sids[0].attr("by"), Some("alice@localhost"));
+        assert_ne!(sids[0].attr("id"), Some("1"));
+        let archived = rows(&t);
+        assert_eq!(archived.len(), 2, "{archived:?}");
+        assert!(archived[0].contains(">out<") && archived[0].contains("pat@b.example"));
+        assert!(archived[1].contains(">in<"));
+
+        // Federation off: the message goes back as an error and is not archived.
+        let t = TestRouter::with_users(&["alice"]);
+        let a = t.online("alice", "phone");
+        let out = t.client(
+            &a,
+            "<message to='pat@b.example' type='chat' id='m2'><body>out</body></message>",
+        );
+        out.assert_error(&a, "m2", Condition::RemoteServerNotFound);
+        assert!(rows(&t).is_empty());
     }
 
     #[test]

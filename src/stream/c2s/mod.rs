@@ -19,6 +19,7 @@
 mod io;
 mod management;
 mod negotiation;
+mod sasl2;
 
 pub use io::Ws;
 use io::{Credit, Io, Out};
@@ -26,7 +27,7 @@ use io::{Credit, Io, Out};
 use crate::config::Config;
 use crate::jid::{self, Jid};
 use crate::listener::{Accepted, Listener};
-use crate::modules::{Mechanism, SessionEvent};
+use crate::modules::{Mechanism, Profile, SessionEvent};
 use crate::router;
 use crate::server::Server;
 use crate::session::{Delivery, Outbound, OutboundRx, Session};
@@ -73,6 +74,11 @@ struct Conn {
     phase: Phase,
     header_sent: bool,
     sasl: Option<Box<dyn Mechanism>>,
+    /// The TLS setup this connection's handshake used (its certificate's channel binding),
+    /// until a resource is bound. Shared, so that a login allocates nothing for it.
+    tls: Option<Rc<crate::tls::ServerTls>>,
+    /// A SASL2 exchange in progress.
+    sasl2: Option<Box<sasl2::Exchange>>,
     auth_failures: u32,
     out: Out,
     /// When the connection was accepted: login must be done within the login timeout of it.
@@ -117,6 +123,8 @@ pub struct Handoff {
     reader: StreamReader,
     peer: SocketAddr,
     h: u32,
+    /// XEP-0198 §inline: the SASL2 `<success/>` that the `<resumed/>` goes into.
+    success: Option<Box<Element>>,
     /// Ok when taken over; otherwise the socket comes back to the resuming connection.
     reply: Sender<Result<(), (Io, StreamReader)>>,
 }
@@ -125,6 +133,16 @@ pub struct Handoff {
 pub struct Resumable {
     pub user: String,
     pub tx: Sender<Handoff>,
+}
+
+/// How an attempt to resume a session ended.
+enum Resume {
+    /// The session's task took the socket over.
+    Handed,
+    /// The socket failed meanwhile.
+    Lost,
+    /// Not resumed: the `<failed/>` for the client.
+    Failed(Element),
 }
 
 /// What the read loop does after an event.
@@ -222,6 +240,8 @@ impl Conn {
             phase: Phase::Plain,
             header_sent: false,
             sasl: None,
+            tls: None,
+            sasl2: None,
             auth_failures: 0,
             out: Out::default(),
             started: Instant::now(),
@@ -694,14 +714,17 @@ impl Conn {
                     };
                 }
                 if el.ns == ns::SASL {
-                    return self.sasl_failed(F::EncryptionRequired, None);
+                    return self.sasl_failed(Profile::Sasl, F::EncryptionRequired, None, None);
+                }
+                if el.ns == ns::SASL2 {
+                    return self.sasl_failed(Profile::Sasl2, F::EncryptionRequired, None, None);
                 }
                 Next::Fail(StreamError::with_text(
                     C::NotAuthorized,
                     "STARTTLS and authentication first",
                 ))
             }
-            Phase::Secure => self.sasl(el),
+            Phase::Secure => self.sasl(el).await,
             Phase::Authenticated(user, epoch) => {
                 let (user, epoch) = (user.clone(), *epoch);
                 if !self.server.account_exists(&user) {
@@ -719,7 +742,14 @@ impl Conn {
                     ));
                 }
                 if el.is("resume", ns::SM) {
-                    return self.resume(&user, &el).await;
+                    return match self.resume(&user, &el, None).await {
+                        Resume::Handed => Next::Handed,
+                        Resume::Lost => Next::Lost,
+                        Resume::Failed(failed) => {
+                            self.write_nonza(&failed);
+                            Next::Continue
+                        }
+                    };
                 }
                 if el.ns == ns::SM {
                     self.write_nonza(&smacks::failed("unexpected-request", None));

@@ -7,6 +7,11 @@
 //! domains it authenticated). The same connection answers dialback verification requests
 //! (`db:verify`) for the streams this server opened, which need no authentication.
 //!
+//! XEP-0198 stream management is offered on every secure stream, and enabled once a domain is
+//! authenticated (without resumption): a stanza counts as handled once the router took it,
+//! and `<a/>` answers an `<r/>` only when the writes of what it counts are durable, so the
+//! other server may forget what was acknowledged.
+//!
 //! Bounds: the reader's limits, the rate of `federation.bytes_per_sec` and `stanzas_per_sec`
 //! (beyond it the connection is read more slowly), `federation.max_pending_dialback` domains
 //! being verified at once and `max_domains_per_connection` in all, authentication within the
@@ -50,6 +55,8 @@ struct Incoming {
     pending: HashSet<Pair>,
     verdicts: (Sender<Verdict>, Receiver<Verdict>),
     sasl_failures: u32,
+    /// XEP-0198, once enabled: stanzas handled (wrapping at 2^32).
+    handled: Option<u32>,
     started: Instant,
     last_heard: Instant,
     throttle: Throttle,
@@ -85,6 +92,7 @@ pub async fn run(server: Rc<Server>, accepted: Accepted, direct_tls: bool) {
         pending: HashSet::new(),
         verdicts: smol::channel::unbounded(),
         sasl_failures: 0,
+        handled: None,
         started: Instant::now(),
         last_heard: Instant::now(),
         throttle: Throttle::new(&config.federation, config.limits.burst_secs),
@@ -263,6 +271,7 @@ impl Incoming {
                 Element::new("dialback", ns::DIALBACK_FEATURE)
                     .with_child(Element::new("errors", ns::DIALBACK_FEATURE)),
             );
+            features.push(Element::new("sm", ns::SM));
         }
         self.s.write(&features);
         Next::Continue
@@ -308,10 +317,46 @@ impl Incoming {
             ns::SASL => self.sasl(&el),
             ns::DIALBACK if el.name == "result" => self.dialback_result(&el),
             ns::DIALBACK if el.name == "verify" => self.dialback_verify(&el),
+            ns::SM => self.sm(&el).await,
             ns::CLIENT if matches!(el.name.as_str(), "message" | "presence" | "iq") => {
                 self.stanza(el).await
             }
             _ => Next::Fail(unexpected(&el)),
+        }
+    }
+
+    /// XEP-0198 on this stream: enable (after authentication), and answers to `<r/>`.
+    async fn sm(&mut self, el: &Element) -> Next {
+        use crate::stream::smacks;
+        match (el.name.as_str(), self.handled) {
+            ("enable", None) if !self.authenticated.is_empty() => {
+                log::info!(
+                    "{} asks for acknowledgements of what it sends (stream management)",
+                    self.who()
+                );
+                self.handled = Some(0);
+                self.s.write(&Element::new("enabled", ns::SM));
+                Next::Continue
+            }
+            ("enable", _) => {
+                self.s.write(&smacks::failed("unexpected-request", None));
+                Next::Continue
+            }
+            ("r", Some(h)) => {
+                // What the count covers is durable before the other server may forget it.
+                if let Err(e) = self.server.router.store.barrier().await {
+                    log::error!("s2s connection {}: {e}", self.id);
+                    return Next::Fail(StreamError::new(C::InternalServerError));
+                }
+                self.s.write(&smacks::a(h));
+                Next::Continue
+            }
+            // Nothing is sent to the other server on this stream for it to acknowledge.
+            ("a", Some(_)) => Next::Continue,
+            _ => Next::Fail(StreamError::with_text(
+                C::UnsupportedStanzaType,
+                format!("{} without stream management enabled", el.name),
+            )),
         }
     }
 
@@ -559,8 +604,11 @@ impl Incoming {
         }
         // Whatever the element says, it is the stanza of this envelope.
         el.set_attr("from", from.to_string());
-        // Between servers there is no acknowledgement to hold back for the trailing writes.
+        // An acknowledgement waits for every write (see `sm`), the trailing ones included.
         let _ = router::from_remote(&self.server, from, el).await;
+        if let Some(h) = &mut self.handled {
+            *h = h.wrapping_add(1);
+        }
         Next::Continue
     }
 }

@@ -25,6 +25,10 @@ pub struct Pair {
 pub enum Out {
     /// A stanza, written once the remote server has accepted the local domain.
     Stanza(Element),
+    /// A stanza a link wrote before it died, without the remote server acknowledging it
+    /// (XEP-0198): written once more; if this link dies with it unacknowledged too, it goes
+    /// back to its sender.
+    Again(Element),
     /// A dialback verification request (XEP-0220 §2.1.2), which needs no authentication: the
     /// remote server answers whether `key` is what it gave for the stream `id`.
     Verify {
@@ -95,7 +99,7 @@ impl Links {
                 }
                 Err(e) => match e.into_inner() {
                     Out::Stanza(el) => Err((el, Condition::RemoteServerNotFound)),
-                    Out::Verify { .. } => unreachable!("a stanza was sent"),
+                    _ => unreachable!("a stanza was sent"),
                 },
             };
         }
@@ -110,6 +114,44 @@ impl Links {
         l.queued.set(size);
         let _ = l.tx.try_send(Out::Stanza(el));
         Ok(())
+    }
+
+    /// Queues `els`, which a link of `pair` that died left unacknowledged, for another try
+    /// on a new link, first; gives back what cannot wait (too many links), with the error for
+    /// its sender. Their bytes were within the bound when they were first queued.
+    pub fn send_again(
+        &self,
+        pair: Pair,
+        els: Vec<Element>,
+        max_links: usize,
+    ) -> Vec<(Element, Condition)> {
+        let mut links = self.links.borrow_mut();
+        if !links.contains_key(&pair) && links.len() >= max_links {
+            return els
+                .into_iter()
+                .map(|el| (el, Condition::RemoteServerTimeout))
+                .collect();
+        }
+        if !links.contains_key(&pair) {
+            self.open(&mut links, pair.clone());
+        }
+        let mut refused = Vec::new();
+        for el in els {
+            let Some(l) = links.get(&pair) else {
+                refused.push((el, Condition::RemoteServerTimeout));
+                continue;
+            };
+            let size = weight(&el);
+            match l.tx.try_send(Out::Again(el)) {
+                Ok(()) => l.queued.set(l.queued.get() + size),
+                Err(e) => {
+                    if let Out::Again(el) = e.into_inner() {
+                        refused.push((el, Condition::RemoteServerTimeout));
+                    }
+                }
+            }
+        }
+        refused
     }
 
     /// Asks the authoritative server of `pair.remote` whether `key` is its key for the stream
@@ -230,5 +272,23 @@ mod tests {
             !links.remove(&pair("a.example"), new[0].id),
             "not the current link"
         );
+    }
+
+    #[test]
+    fn second_tries_go_first_on_a_new_link_within_the_links_bound() {
+        let links = Links::default();
+        links.send(pair("a.example"), msg("1"), 1000, 1).unwrap();
+        let first = links.take_new().remove(0);
+        assert!(links.remove(&pair("a.example"), first.id));
+        // Their bytes were checked once: a second try is not refused for them.
+        let refused = links.send_again(pair("a.example"), vec![msg(&"x".repeat(2000))], 1);
+        assert!(refused.is_empty());
+        let again = links.take_new().remove(0);
+        assert!(matches!(again.rx.try_recv(), Ok(Out::Again(_))));
+        assert!(again.queued.get() > 2000);
+        // No room for another link: it goes back with the error for its sender.
+        let refused = links.send_again(pair("b.example"), vec![msg("2")], 1);
+        assert_eq!(refused.len(), 1);
+        assert_eq!(refused[0].1, Condition::RemoteServerTimeout);
     }
 }

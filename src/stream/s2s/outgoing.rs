@@ -11,6 +11,18 @@
 //! waited goes back to its sender as `remote-server-not-found` (or `remote-server-timeout`),
 //! and the link is gone: the next stanza for that domain tries again. A link that carried
 //! nothing for `federation.idle_timeout_secs` closes the same way, with nothing waiting.
+//!
+//! A stanza written to a TCP connection may still be lost: the other server may die, or
+//! close, before it reads it. So when the other server offers XEP-0198 stream management,
+//! the link enables it (without resumption, which servers do not offer each other), asks for
+//! an acknowledgement after each write, and keeps what it wrote until acknowledged; the bytes
+//! kept count against `queue_bytes`. When a link that had been ready dies (or its
+//! acknowledgement does not come within the connect timeout), what it kept, and what still
+//! waited, goes out once more over a new link, first; what was already such a second try goes
+//! back to its sender as `remote-server-timeout`. The other server may so get a stanza twice
+//! (it handled it but its acknowledgement was lost), never none without its sender knowing.
+//! With a server that offers no stream management, a stanza is taken as delivered once
+//! written, and one written to a link that dies is lost.
 
 use super::incoming::Verdict;
 use super::io::Stream;
@@ -64,8 +76,13 @@ struct Outgoing {
     stream_id: String,
     features: Element,
     state: State,
-    /// Stanzas taken from the queue that wait for the stream to be ready.
-    waiting: VecDeque<Element>,
+    /// Stanzas taken from the queue that wait for the stream to be ready, each with whether
+    /// it is a second try (`Out::Again`).
+    waiting: VecDeque<(Element, bool)>,
+    /// XEP-0198, once enabled: what is written is kept until acknowledged.
+    sm: Option<Acks>,
+    /// Whether `<enable/>` was sent (or stream management is not offered): once per stream.
+    sm_tried: bool,
     /// Verification requests that wait for a moment they may be sent.
     verifies: Vec<(String, String, Sender<Verdict>)>,
     /// Verification requests sent, by stream id, with when.
@@ -73,6 +90,18 @@ struct Outgoing {
     /// The moment the stream must be ready by, once something waits for it.
     deadline: Instant,
     last_active: Instant,
+}
+
+/// XEP-0198's outbound side on a link: the other server says how many of our stanzas it
+/// handled (`h`, wrapping at 2^32); ours stay here until it does.
+#[derive(Default)]
+struct Acks {
+    /// Its last `h`.
+    acked: u32,
+    /// Written and not acknowledged, oldest first, each with whether it is a second try.
+    unacked: VecDeque<(Element, bool)>,
+    /// When the outstanding `<r/>` was sent.
+    asked: Option<Instant>,
 }
 
 async fn run(server: Rc<Server>, link: NewLink) {
@@ -84,7 +113,15 @@ async fn run(server: Rc<Server>, link: NewLink) {
         Ok(c) => c,
         Err(Failure(condition, why)) => {
             log::info!("cannot reach {} for {}: {why}", pair.remote, pair.local);
-            return end(&server, link, VecDeque::new(), HashMap::new(), condition).await;
+            return end(
+                &server,
+                link,
+                VecDeque::new(),
+                HashMap::new(),
+                condition,
+                false,
+            )
+            .await;
         }
     };
     let mut c = Outgoing {
@@ -96,12 +133,15 @@ async fn run(server: Rc<Server>, link: NewLink) {
         features,
         state: State::Open,
         waiting: VecDeque::new(),
+        sm: None,
+        sm_tried: false,
         verifies: Vec::new(),
         asked: HashMap::new(),
         deadline,
         last_active: Instant::now(),
     };
     let failure = c.serve().await;
+    let retry = failure.is_some() && c.state == State::Ready;
     let condition = match failure {
         Some(Failure(condition, why)) => {
             log::info!(
@@ -123,33 +163,38 @@ async fn run(server: Rc<Server>, link: NewLink) {
         waiting,
         asked,
         mut verifies,
+        sm,
         ..
     } = c;
     for (_, _, reply) in verifies.drain(..) {
         let _ = reply.try_send((pair.clone(), false));
     }
-    end(&server, link, waiting, asked, condition).await;
+    let mut left = sm.map(|a| a.unacked).unwrap_or_default();
+    left.extend(waiting);
+    end(&server, link, left, asked, condition, retry).await;
 }
 
 /// The link is done: it leaves the router's table (what comes next makes a new one), and
-/// what waited for it fails.
+/// what it still holds (unacknowledged, waiting, queued: in that order) either goes to a new
+/// link, when `retry` (the link had been ready) and for the first time, or back to its
+/// senders.
 async fn end(
     server: &Server,
     link: NewLink,
-    waiting: VecDeque<Element>,
+    mut left: VecDeque<(Element, bool)>,
     asked: HashMap<String, (Instant, Vec<Sender<Verdict>>)>,
     condition: Condition,
+    retry: bool,
 ) {
     server.router.s2s.remove(&link.pair, link.id);
     link.rx.close();
-    let mut undelivered: Vec<(Element, Condition)> =
-        waiting.into_iter().map(|el| (el, condition)).collect();
     let answer = |reply: Sender<Verdict>| {
         let _ = reply.try_send((link.pair.clone(), false));
     };
     while let Ok(o) = link.rx.try_recv() {
         match o {
-            Out::Stanza(el) => undelivered.push((el, condition)),
+            Out::Stanza(el) => left.push_back((el, false)),
+            Out::Again(el) => left.push_back((el, true)),
             Out::Verify { reply, .. } => answer(reply),
         }
     }
@@ -157,6 +202,22 @@ async fn end(
         replies.into_iter().for_each(answer);
     }
     link.queued.set(0);
+    let (again, mut undelivered): (Vec<_>, Vec<_>) =
+        left.into_iter().partition(|(_, tried)| retry && !tried);
+    let again: Vec<Element> = again.into_iter().map(|(el, _)| el).collect();
+    let mut undelivered: Vec<(Element, Condition)> = undelivered
+        .drain(..)
+        .map(|(el, _)| (el, condition))
+        .collect();
+    if !again.is_empty() {
+        log::info!(
+            "{} stanzas for {} go out again over a new link",
+            again.len(),
+            link.pair.remote
+        );
+        let max = server.config.federation.max_outgoing;
+        undelivered.extend(server.router.s2s.send_again(link.pair.clone(), again, max));
+    }
     if !undelivered.is_empty() {
         log::info!(
             "{} stanzas for {} go back to their senders ({})",
@@ -359,9 +420,11 @@ impl Outgoing {
             self.start_auth();
             self.send_verifies();
             if self.state == State::Ready {
-                while let Some(el) = self.waiting.pop_front() {
-                    self.write_stanza(&el);
+                self.enable_sm();
+                while let Some((el, again)) = self.waiting.pop_front() {
+                    self.write_stanza(el, again);
                 }
+                self.request_ack();
             }
             if !self.s.flush().await {
                 return Some(Failure(
@@ -370,12 +433,16 @@ impl Outgoing {
                 ));
             }
             let now = Instant::now();
-            let busy = !self.waiting.is_empty() || !self.asked.is_empty();
+            let ack_asked = self.sm.as_ref().and_then(|a| a.asked);
+            let busy = !self.waiting.is_empty() || !self.asked.is_empty() || ack_asked.is_some();
             let unready = self.state != State::Ready && !self.waiting.is_empty();
             let at = match (unready, busy) {
                 (true, _) => self.deadline,
                 (false, true) => self
                     .oldest_question()
+                    .into_iter()
+                    .chain(ack_asked)
+                    .min()
                     .map_or(now + connect, |t| t + connect),
                 (false, false) => self.last_active + idle,
             };
@@ -421,6 +488,12 @@ impl Outgoing {
                             format!("not accepted within {}s", f.connect_timeout_secs),
                         ));
                     }
+                    if ack_asked.is_some_and(|t| now >= t + connect) {
+                        return Some(Failure(
+                            Condition::RemoteServerTimeout,
+                            format!("no acknowledgement within {}s", f.connect_timeout_secs),
+                        ));
+                    }
                     self.expire_questions(now, connect);
                     if !busy && now >= self.last_active + idle && self.link.rx.is_empty() {
                         log::debug!(
@@ -458,25 +531,84 @@ impl Outgoing {
     }
 
     fn take(&mut self, out: Out) {
-        match out {
-            Out::Stanza(el) => {
-                if self.waiting.is_empty() && self.state != State::Ready {
-                    // Something waits now: the stream has until then to be ready.
-                    let f = &self.server.config.federation;
-                    self.deadline = self
-                        .deadline
-                        .max(Instant::now() + Duration::from_secs(f.connect_timeout_secs));
-                }
-                self.waiting.push_back(el);
-            }
-            Out::Verify { id, key, reply } => self.verifies.push((id, key, reply)),
+        let (el, again) = match out {
+            Out::Stanza(el) => (el, false),
+            Out::Again(el) => (el, true),
+            Out::Verify { id, key, reply } => return self.verifies.push((id, key, reply)),
+        };
+        if self.waiting.is_empty() && self.state != State::Ready {
+            // Something waits now: the stream has until then to be ready.
+            let f = &self.server.config.federation;
+            self.deadline = self
+                .deadline
+                .max(Instant::now() + Duration::from_secs(f.connect_timeout_secs));
+        }
+        self.waiting.push_back((el, again));
+    }
+
+    /// Writes a stanza; under stream management it is kept until acknowledged, its bytes
+    /// still counted in the link's queue.
+    fn write_stanza(&mut self, el: Element, again: bool) {
+        self.s.write(&el);
+        match &mut self.sm {
+            Some(acks) => acks.unacked.push_back((el, again)),
+            None => self.dequeued(&el),
         }
     }
 
-    fn write_stanza(&mut self, el: &Element) {
-        self.s.write(el);
+    fn dequeued(&self, el: &Element) {
         let q = &self.link.queued;
         q.set(q.get().saturating_sub(weight(el)));
+    }
+
+    /// XEP-0198 §3, once the stream is ready: enabled if the other server offers it. Stanzas
+    /// written from now on count, whether it then agrees or not.
+    fn enable_sm(&mut self) {
+        if std::mem::replace(&mut self.sm_tried, true) {
+            return;
+        }
+        if self.features.has_child("sm", ns::SM) {
+            self.s.write(&Element::new("enable", ns::SM));
+            self.sm = Some(Acks::default());
+        }
+    }
+
+    /// Asks for an acknowledgement of what was written, unless one is outstanding (its
+    /// answer covers what it can; the next request the rest).
+    fn request_ack(&mut self) {
+        if let Some(acks) = &mut self.sm
+            && !acks.unacked.is_empty()
+            && acks.asked.is_none()
+        {
+            self.s.write(&crate::stream::smacks::r());
+            acks.asked = Some(Instant::now());
+        }
+    }
+
+    /// The other server's `<a/>`: what it handled leaves the link.
+    fn acknowledged(&mut self, el: &Element) -> Option<Failure> {
+        let Some(acks) = &mut self.sm else {
+            return None;
+        };
+        let h = crate::stream::smacks::h_of(el);
+        let n = h.map(|h| h.wrapping_sub(acks.acked) as usize);
+        let (Some(h), Some(n)) = (h, n.filter(|n| *n <= acks.unacked.len())) else {
+            return Some(Failure(
+                Condition::RemoteServerTimeout,
+                format!(
+                    "it acknowledged {} stanzas, {} were unacknowledged",
+                    el.attr("h").unwrap_or("no number of"),
+                    acks.unacked.len()
+                ),
+            ));
+        };
+        acks.acked = h;
+        acks.asked = None;
+        let done: Vec<Element> = acks.unacked.drain(..n).map(|(el, _)| el).collect();
+        for el in &done {
+            self.dequeued(el);
+        }
+        None
     }
 
     /// Sends the verification requests that wait, when the stream is between negotiations.
@@ -567,6 +699,33 @@ impl Outgoing {
         let refused = |why: String| Some(Failure(Condition::RemoteServerNotFound, why));
         match (self.state, el.ns.as_str(), el.name.as_str()) {
             (_, ns::STREAM, "error") => refused(format!("stream error {}", stream_error_text(&el))),
+            (State::Ready, ns::SM, "enabled") => {
+                log::info!(
+                    "{} acknowledges what {} sends (stream management)",
+                    self.pair().remote,
+                    self.pair().local
+                );
+                None
+            }
+            (State::Ready, ns::SM, "failed") => {
+                log::info!(
+                    "{} refused stream management; what {} writes counts as delivered",
+                    self.pair().remote,
+                    self.pair().local
+                );
+                if let Some(acks) = self.sm.take() {
+                    for (el, _) in &acks.unacked {
+                        self.dequeued(el);
+                    }
+                }
+                None
+            }
+            (State::Ready, ns::SM, "a") => self.acknowledged(&el),
+            (State::Ready, ns::SM, "r") => {
+                // Nothing comes to us on this stream, so nothing was handled.
+                self.s.write(&crate::stream::smacks::a(0));
+                None
+            }
             (_, ns::DIALBACK, "verify") => {
                 let valid = el.attr("type") == Some("valid");
                 let id = el.attr("id").unwrap_or_default();
@@ -597,6 +756,8 @@ impl Outgoing {
                 None
             }
             (State::Restart, ns::STREAM, "features") => {
+                // The features of the authenticated stream say what it offers now.
+                self.features = el;
                 log::info!(
                     "{} accepted {} (certificate)",
                     self.pair().remote,
