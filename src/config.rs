@@ -3,6 +3,7 @@
 
 use crate::error::Error;
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Deserialize, Default)]
@@ -16,6 +17,7 @@ pub struct Config {
     pub keepalive: KeepaliveConfig,
     pub stream_management: StreamManagementConfig,
     pub csi: CsiConfig,
+    pub federation: FederationConfig,
     pub modules: ModulesConfig,
 }
 
@@ -62,13 +64,26 @@ impl Default for ListenConfig {
     }
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
     /// PEM certificate chain; without it a self-signed certificate is made in the data dir.
     pub cert: Option<PathBuf>,
     /// PEM private key matching `cert`.
     pub key: Option<PathBuf>,
+    /// TLS 1.3 session tickets sent after each handshake, with which a client that comes back
+    /// resumes its TLS session (no certificate, no signature); 0 turns resumption off.
+    pub session_tickets: usize,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            cert: None,
+            key: None,
+            session_tickets: 1,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -142,6 +157,11 @@ pub struct AuthConfig {
     pub throttle_window_secs: u64,
     /// PBKDF2 iterations for newly set passwords (RFC 7677 asks for at least 4096).
     pub scram_iterations: u32,
+    /// XEP-0388: longest `<user-agent id=''/>` a client may name its installation with (a
+    /// UUID is 36 bytes).
+    pub max_user_agent_id_bytes: usize,
+    /// XEP-0386: longest `<tag/>`, which becomes the start of the resource.
+    pub max_bind_tag_bytes: usize,
 }
 
 impl Default for AuthConfig {
@@ -152,6 +172,8 @@ impl Default for AuthConfig {
             max_failures_per_source: 30,
             throttle_window_secs: 300,
             scram_iterations: 4096,
+            max_user_agent_id_bytes: 64,
+            max_bind_tag_bytes: 64,
         }
     }
 }
@@ -215,6 +237,125 @@ impl Default for CsiConfig {
     }
 }
 
+/// Server-to-server connections (RFC 6120): with other XMPP servers, and with the push
+/// services of phone apps (XEP-0357).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FederationConfig {
+    /// Talk to every other server. Off, the server talks only to `push_services`.
+    pub enabled: bool,
+    /// Domains always talked to, even with federation off: the push services of the apps the
+    /// family uses (for Conversations, p2.siacs.eu).
+    pub push_services: Vec<String>,
+    /// Connections from other servers with STARTTLS, usually port 5269...
+    pub listen: Vec<String>,
+    /// ...and with TLS from the first byte (XEP-0368), usually port 5270.
+    pub listen_tls: Vec<String>,
+    /// Only servers whose certificate a known authority signed for their domain: no dialback
+    /// (XEP-0220) for the others.
+    pub require_valid_certificates: bool,
+    /// PEM files of certificate authorities trusted besides the system's.
+    pub ca_files: Vec<PathBuf>,
+    /// Fixed addresses of servers, instead of DNS: domain → "IP:port", with STARTTLS...
+    pub hosts: BTreeMap<String, String>,
+    /// ...and with TLS from the first byte.
+    pub hosts_tls: BTreeMap<String, String>,
+    /// Connections from other servers, in total and from one IPv4 address or IPv6 /64.
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    /// Other servers connected to at once.
+    pub max_outgoing: usize,
+    /// Bytes of stanzas waiting for one server while the connection to it is made, or until
+    /// it acknowledges them (XEP-0198).
+    pub queue_bytes: usize,
+    /// Seconds to connect to a server, secure the connection and be accepted by it.
+    pub connect_timeout_secs: u64,
+    /// A connection that carried nothing for this long is closed.
+    pub idle_timeout_secs: u64,
+    /// Domains one incoming connection may ask to be verified at once (dialback)...
+    pub max_pending_dialback: usize,
+    /// ...and in all.
+    pub max_domains_per_connection: usize,
+    /// What one incoming connection may send per second, after a burst of
+    /// `limits.burst_secs` worth.
+    pub bytes_per_sec: u32,
+    pub stanzas_per_sec: u32,
+}
+
+impl Default for FederationConfig {
+    fn default() -> Self {
+        FederationConfig {
+            enabled: false,
+            push_services: Vec::new(),
+            listen: vec!["0.0.0.0:5269".into(), "[::]:5269".into()],
+            listen_tls: Vec::new(),
+            require_valid_certificates: false,
+            ca_files: Vec::new(),
+            hosts: BTreeMap::new(),
+            hosts_tls: BTreeMap::new(),
+            max_connections: 1000,
+            max_connections_per_ip: 20,
+            max_outgoing: 1000,
+            queue_bytes: 1 << 20,
+            connect_timeout_secs: 30,
+            idle_timeout_secs: 600,
+            max_pending_dialback: 8,
+            max_domains_per_connection: 100,
+            bytes_per_sec: 1 << 20,
+            stanzas_per_sec: 1000,
+        }
+    }
+}
+
+impl FederationConfig {
+    /// Whether stanzas may go to and come from `domain`.
+    pub fn allows(&self, domain: &str) -> bool {
+        self.enabled || self.push_services.iter().any(|d| d == domain)
+    }
+
+    /// Whether the server takes connections from other servers at all: the push services
+    /// answer over connections of their own.
+    pub fn listens(&self) -> bool {
+        self.enabled || !self.push_services.is_empty()
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        for a in self.listen.iter().chain(&self.listen_tls) {
+            a.parse::<std::net::SocketAddr>().map_err(|_| {
+                format!(
+                    "federation listen address {a:?} is not an IP:port pair such as \"0.0.0.0:5269\""
+                )
+            })?;
+        }
+        let domain = |d: &str, what: &str| {
+            crate::jid::Jid::parse(d)
+                .ok()
+                .filter(|j| j.local().is_none() && j.is_bare() && j.to_string() == d)
+                .map(|_| ())
+                .ok_or_else(|| {
+                    format!("{what} {d:?} is not a domain name in normalised form; write it as clients would")
+                })
+        };
+        for d in &self.push_services {
+            domain(d, "federation.push_services entry")?;
+        }
+        for (d, a) in self.hosts.iter().chain(&self.hosts_tls) {
+            domain(d, "federation.hosts entry")?;
+            a.parse::<std::net::SocketAddr>().map_err(|_| {
+                format!("federation.hosts address {a:?} of {d} is not an IP:port pair such as \"192.0.2.1:5269\"")
+            })?;
+        }
+        if self.listens() && self.listen.is_empty() && self.listen_tls.is_empty() {
+            return Err(
+                "federation.listen and federation.listen_tls are both empty; other servers \
+                 (and push services) could not answer"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModulesConfig {
@@ -225,6 +366,15 @@ pub struct ModulesConfig {
     pub blocking: crate::modules::blocking::Config,
     pub caps: crate::modules::caps::Config,
     pub pep: crate::modules::pep::Config,
+    pub vcard: crate::modules::vcard::Config,
+    pub private: crate::modules::private::Config,
+    pub register: crate::modules::register::Config,
+    pub external_services: crate::modules::extdisco::Config,
+    pub muc: crate::modules::muc::Config,
+    pub push: crate::modules::push::Config,
+    pub fast: crate::modules::fast::Config,
+    pub http: crate::modules::http::Config,
+    pub upload: crate::modules::http::upload::Config,
 }
 
 impl Config {
@@ -241,7 +391,8 @@ impl Config {
             let base = path.parent().unwrap_or(Path::new("."));
             cfg.server.data_dir = base.join(&cfg.server.data_dir);
         }
-        for p in [&mut cfg.tls.cert, &mut cfg.tls.key].into_iter().flatten() {
+        let tls = [&mut cfg.tls.cert, &mut cfg.tls.key].into_iter().flatten();
+        for p in tls.chain(cfg.federation.ca_files.iter_mut()) {
             if p.is_relative() {
                 *p = path.parent().unwrap_or(Path::new(".")).join(&*p);
             }
@@ -318,6 +469,39 @@ impl Config {
                 mam.default_page, mam.max_page
             ));
         }
+        self.modules.external_services.validate()?;
+        let muc = &self.modules.muc;
+        if muc.enabled {
+            let d = muc.domain_for(&self.server.domain);
+            let ok = crate::jid::Jid::parse(&d)
+                .is_ok_and(|j| j.local().is_none() && j.is_bare() && j.to_string() == d);
+            if !ok {
+                return Err(format!(
+                    "modules.muc.domain {d:?} is not a domain name in normalised form; set it to \
+                     the name the room service is reached at, such as \"muc.example.org\""
+                ));
+            }
+            if d == self.server.domain {
+                return Err(
+                    "modules.muc.domain must differ from server.domain; use a subdomain such \
+                     as \"muc.example.org\""
+                        .into(),
+                );
+            }
+            for a in &muc.admins {
+                let bare =
+                    crate::jid::Jid::parse(a).is_ok_and(|j| j.local().is_some() && j.is_bare());
+                if !bare {
+                    return Err(format!(
+                        "modules.muc.admins has {a:?}, which is not an account's address such \
+                         as \"alice@example.org\""
+                    ));
+                }
+            }
+        }
+        self.federation.validate()?;
+        self.modules.http.validate()?;
+        self.modules.upload.validate(&self.server.domain)?;
         if log_level(&self.server.log_level).is_none() {
             return Err(format!(
                 "server.log_level {:?} is not one of error, warn, info, debug, trace",
@@ -351,6 +535,20 @@ impl Config {
                 l.queue_bytes, l.max_stanza_bytes
             ));
         }
+        if self.federation.queue_bytes < l.max_stanza_bytes {
+            return Err(format!(
+                "federation.queue_bytes ({}) must be at least limits.max_stanza_bytes ({})",
+                self.federation.queue_bytes, l.max_stanza_bytes
+            ));
+        }
+        let fast = &self.modules.fast;
+        if fast.rotate_after_secs >= fast.token_ttl_secs {
+            return Err(format!(
+                "modules.fast.rotate_after_secs ({}) must be smaller than \
+                 modules.fast.token_ttl_secs ({}), or tokens would expire before they rotate",
+                fast.rotate_after_secs, fast.token_ttl_secs
+            ));
+        }
         let offline = &self.modules.offline;
         if offline.max_bytes_per_user >= l.queue_bytes {
             return Err(format!(
@@ -377,8 +575,11 @@ impl Config {
         const DAY: u64 = 24 * HOUR;
         let (s, l, a) = (&self.server, &self.limits, &self.auth);
         let (k, sm, m) = (&self.keepalive, &self.stream_management, &self.modules);
+        let f = &self.federation;
         vec![
             ("server.store_cache_mib", n(s.store_cache_mib), 1, 1024, "MiB of memory"),
+            ("tls.session_tickets", n(self.tls.session_tickets), 0, 8,
+                "tickets per handshake; 0 turns TLS session resumption off"),
             ("limits.max_stanza_bytes", n(l.max_stanza_bytes), 10_000, 16 << 20,
                 "bytes; RFC 6120 §13.12 asks for at least 10000"),
             ("limits.max_depth", n(l.max_depth), 4, 256, "levels of nesting"),
@@ -408,6 +609,9 @@ impl Config {
             ("auth.scram_iterations", n(a.scram_iterations), 4096, 100_000,
                 "RFC 7677 asks for at least 4096; checking a PLAIN login at more stalls every \
                  connection"),
+            ("auth.max_user_agent_id_bytes", n(a.max_user_agent_id_bytes), 36, 1024, "bytes"),
+            ("auth.max_bind_tag_bytes", n(a.max_bind_tag_bytes), 1, 512,
+                "bytes; the resource has room for 1023"),
             ("keepalive.ping_after_secs", k.ping_after_secs, 1, DAY, "seconds"),
             ("keepalive.ping_timeout_secs", k.ping_timeout_secs, 1, DAY, "seconds"),
             ("stream_management.resume_timeout_secs", sm.resume_timeout_secs, 1, DAY, "seconds"),
@@ -415,6 +619,18 @@ impl Config {
             ("stream_management.ack_delay_secs", sm.ack_delay_secs, 1, HOUR, "seconds"),
             ("stream_management.max_unacked", n(sm.max_unacked), 1, 1_000_000, "stanzas"),
             ("csi.max_held", n(self.csi.max_held), 1, 100_000, "stanzas"),
+            ("federation.max_connections", n(f.max_connections), 1, 1_000_000, "connections"),
+            ("federation.max_connections_per_ip", n(f.max_connections_per_ip), 1, 1_000_000,
+                "connections"),
+            ("federation.max_outgoing", n(f.max_outgoing), 1, 100_000, "servers"),
+            ("federation.queue_bytes", n(f.queue_bytes), 10_000, 1 << 30, "bytes"),
+            ("federation.connect_timeout_secs", f.connect_timeout_secs, 1, HOUR, "seconds"),
+            ("federation.idle_timeout_secs", f.idle_timeout_secs, 1, DAY, "seconds"),
+            ("federation.max_pending_dialback", n(f.max_pending_dialback), 1, 1000, "domains"),
+            ("federation.max_domains_per_connection", n(f.max_domains_per_connection), 1,
+                100_000, "domains"),
+            ("federation.bytes_per_sec", n(f.bytes_per_sec), 1024, 1 << 30, "bytes a second"),
+            ("federation.stanzas_per_sec", n(f.stanzas_per_sec), 1, 1 << 30, "stanzas a second"),
             ("modules.roster.max_items", n(m.roster.max_items), 1, 100_000, "items"),
             ("modules.offline.max_per_user", n(m.offline.max_per_user), 0, 100_000, "messages"),
             ("modules.offline.max_bytes_per_user", n(m.offline.max_bytes_per_user), 10_000,
@@ -436,6 +652,59 @@ impl Config {
             ("modules.pep.max_account_bytes", n(m.pep.max_account_bytes), 1024, 1 << 30,
                 "bytes"),
             ("modules.pep.cache_bytes", n(m.pep.cache_bytes), 0, 1 << 30, "bytes; 0 caches nothing"),
+            ("modules.vcard.max_bytes", n(m.vcard.max_bytes), 1024, 16 << 20, "bytes"),
+            ("modules.private.max_item_bytes", n(m.private.max_item_bytes), 1024, 16 << 20,
+                "bytes"),
+            ("modules.private.max_items", n(m.private.max_items), 1, 10_000, "elements"),
+            ("modules.external_services.port", m.external_services.port, 1, 65_535, "port"),
+            ("modules.external_services.credentials_ttl_secs",
+                m.external_services.credentials_ttl_secs, 60, 7 * DAY, "seconds"),
+            ("modules.push.max_per_account", n(m.push.max_per_account), 1, 1000,
+                "registrations"),
+            ("modules.push.max_form_bytes", n(m.push.max_form_bytes), 256, 1 << 20, "bytes"),
+            ("modules.push.min_interval_secs", m.push.min_interval_secs, 0, DAY, "seconds"),
+            ("modules.push.resume_timeout_secs", m.push.resume_timeout_secs, 1, 30 * DAY,
+                "seconds"),
+            ("modules.push.timeout_secs", m.push.timeout_secs, 1, HOUR, "seconds"),
+            ("modules.register.password_interval_secs", m.register.password_interval_secs, 1, DAY,
+                "seconds; each change costs two key derivations"),
+            ("modules.fast.token_ttl_secs", m.fast.token_ttl_secs, HOUR, 365 * DAY, "seconds"),
+            ("modules.fast.rotate_after_secs", m.fast.rotate_after_secs, 60, 365 * DAY,
+                "seconds"),
+            ("modules.fast.max_clients_per_account", n(m.fast.max_clients_per_account), 1, 1000,
+                "client installations"),
+            ("modules.muc.max_rooms", n(m.muc.max_rooms), 1, 100_000, "rooms"),
+            ("modules.muc.max_owned_per_user", n(m.muc.max_owned_per_user), 1, 10_000, "rooms"),
+            ("modules.muc.max_joined_per_user", n(m.muc.max_joined_per_user), 1, 10_000, "rooms"),
+            ("modules.muc.max_occupants", n(m.muc.max_occupants), 2, 10_000, "occupants"),
+            ("modules.muc.max_affiliations", n(m.muc.max_affiliations), 1, 100_000, "addresses"),
+            ("modules.muc.max_history", n(m.muc.max_history), 0, 1000, "messages"),
+            ("modules.muc.max_history_bytes", n(m.muc.max_history_bytes), 0, 16 << 20, "bytes"),
+            ("modules.muc.max_archive_bytes_per_room", m.muc.max_archive_bytes_per_room, 10_000,
+                1 << 40, "bytes"),
+            ("modules.muc.max_nick_bytes", n(m.muc.max_nick_bytes), 1, 1023,
+                "bytes; a nickname is a JID resourcepart"),
+            ("modules.muc.max_subject_bytes", n(m.muc.max_subject_bytes), 0, 65_536, "bytes"),
+            ("modules.muc.max_password_bytes", n(m.muc.max_password_bytes), 1, 1024, "bytes"),
+            ("modules.muc.max_name_bytes", n(m.muc.max_name_bytes), 1, 65_536, "bytes"),
+            ("modules.muc.max_presence_bytes", n(m.muc.max_presence_bytes), 512, 1 << 20,
+                "bytes"),
+            ("modules.muc.messages_per_minute", n(m.muc.messages_per_minute), 1, 100_000,
+                "messages"),
+            ("modules.http.max_connections", n(m.http.max_connections), 1, 1_000_000,
+                "connections"),
+            ("modules.http.max_connections_per_ip", n(m.http.max_connections_per_ip), 1,
+                1_000_000, "connections"),
+            ("modules.http.max_header_bytes", n(m.http.max_header_bytes), 8192, 1 << 20,
+                "bytes; the HTTP implementation needs at least 8192"),
+            ("modules.http.header_timeout_secs", m.http.header_timeout_secs, 1, HOUR, "seconds"),
+            ("modules.http.idle_timeout_secs", m.http.idle_timeout_secs, 1, DAY, "seconds"),
+            ("modules.upload.max_file_bytes", m.upload.max_file_bytes, 1, 1 << 40, "bytes"),
+            ("modules.upload.quota_bytes", m.upload.quota_bytes, 1, 1 << 44, "bytes"),
+            ("modules.upload.max_slots", n(m.upload.max_slots), 1, 10_000, "slots"),
+            ("modules.upload.slot_timeout_secs", m.upload.slot_timeout_secs, 1, DAY, "seconds"),
+            ("modules.upload.expire_days", m.upload.expire_days, 0, 36_500,
+                "days; 0 keeps files forever"),
         ]
     }
 
@@ -555,6 +824,20 @@ mod tests {
         assert!(e.contains("limits.max_stanza_bytes"), "{e}");
         let e = Config::parse("[limits]\nqueue_bytes = 1000000").unwrap_err();
         assert!(e.contains("modules.offline.max_bytes_per_user"), "{e}");
+        let e = Config::parse("[modules.muc]\ndomain = 'localhost'").unwrap_err();
+        assert!(e.contains("must differ from server.domain"), "{e}");
+        let e = Config::parse("[modules.muc]\ndomain = 'Rooms.Example'").unwrap_err();
+        assert!(e.contains("normalised form"), "{e}");
+        let e = Config::parse("[modules.muc]\nadmins = ['example.org']").unwrap_err();
+        assert!(e.contains("not an account's address"), "{e}");
+        let e = Config::parse("[modules.muc]\ncreate = 'everybody'").unwrap_err();
+        assert!(e.contains("expected `anyone` or `admins`"), "{e}");
+        let c = Config::parse("[modules.muc]\nenabled = false\ndomain = 'localhost'").unwrap();
+        assert!(!c.modules.muc.enabled);
+        assert_eq!(
+            Config::default().modules.muc.domain_for("example.org"),
+            "muc.example.org"
+        );
     }
 
     /// `option = value` as TOML: `a.b.c = v` becomes `[a.b]` and `c = v`.

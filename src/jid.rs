@@ -52,6 +52,15 @@ impl Jid {
         }
     }
 
+    /// The domain alone, as a JID.
+    pub fn domain_jid(&self) -> Jid {
+        Jid {
+            local: None,
+            domain: self.domain.clone(),
+            resource: None,
+        }
+    }
+
     pub fn local(&self) -> Option<&str> {
         self.local.as_deref()
     }
@@ -60,7 +69,6 @@ impl Jid {
         &self.domain
     }
 
-    #[cfg(test)]
     pub fn resource(&self) -> Option<&str> {
         self.resource.as_deref()
     }
@@ -106,6 +114,15 @@ impl std::str::FromStr for Jid {
     }
 }
 
+/// A PRECIS profile's output for `s`, if that output is itself valid and unchanged by the
+/// profile. Enforcement is not idempotent for every string: NFC may compose what the class
+/// check saw as allowed parts into a code point it refuses (`=` and U+0338 become `≠`). Such a
+/// part would be stored and sent in a form that no longer parses, so it is refused.
+fn settled(s: &str, enforce: impl Fn(&str) -> Option<String>) -> Option<String> {
+    let out = enforce(s)?;
+    (enforce(&out)? == out).then_some(out)
+}
+
 /// RFC 7622 §3.3.1: these may not appear in a localpart even though PRECIS allows them.
 const LOCAL_FORBIDDEN: &[char] = &['"', '&', '\'', '/', ':', '<', '>', '@'];
 
@@ -113,9 +130,9 @@ pub fn localpart(s: &str) -> Result<String, JidError> {
     let out = if s.bytes().all(|b| b.is_ascii_graphic()) {
         s.to_ascii_lowercase()
     } else {
-        UsernameCaseMapped::enforce(s)
-            .map_err(|_| JidError("the localpart has characters a JID may not contain"))?
-            .into_owned()
+        settled(s, |s| UsernameCaseMapped::enforce(s).ok().map(Into::into)).ok_or(JidError(
+            "the localpart has characters a JID may not contain",
+        ))?
     };
     if out.is_empty() || out.len() > MAX_PART {
         return Err(JidError("the localpart must be 1 to 1023 bytes long"));
@@ -130,24 +147,34 @@ pub fn localpart(s: &str) -> Result<String, JidError> {
 
 fn domainpart(s: &str) -> Result<String, JidError> {
     let s = s.strip_suffix('.').unwrap_or(s);
+    let ldh = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    };
     let out = if s.starts_with('[') && s.ends_with(']') {
         s[1..s.len() - 1]
             .parse::<std::net::Ipv6Addr>()
             .map_err(|_| JidError("the domainpart is not a valid IPv6 literal"))?;
         s.to_owned()
     } else if s.is_ascii() {
-        if !s
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-        {
+        if !ldh(s) {
             return Err(JidError("the domainpart is not a valid domain name"));
         }
         s.to_ascii_lowercase()
     } else {
+        // UTS #46 lets through ASCII that no host name may contain (controls, quotes, `_`),
+        // also when a fullwidth letter beside it maps to ASCII: the A-label form must be
+        // letters, digits and hyphens, as a pure-ASCII domainpart must.
         let ascii = idna::domain_to_ascii(s)
-            .map_err(|_| JidError("the domainpart is not a valid domain name"))?;
+            .ok()
+            .filter(|a| ldh(a))
+            .ok_or(JidError("the domainpart is not a valid domain name"))?;
         let (unicode, res) = idna::domain_to_unicode(&ascii);
-        res.map_err(|_| JidError("the domainpart is not a valid domain name"))?;
+        // An A-label in the input may decode to a label that is not valid input itself (one
+        // that starts with `xn--` again): the form kept must lead back to the same A-labels.
+        if res.is_err() || idna::domain_to_ascii(&unicode).ok() != Some(ascii) {
+            return Err(JidError("the domainpart is not a valid domain name"));
+        }
         unicode
     };
     if out.is_empty() || out.len() > MAX_PART || out.split('.').any(str::is_empty) {
@@ -160,9 +187,9 @@ pub fn resourcepart(s: &str) -> Result<String, JidError> {
     let out = if s.bytes().all(|b| (0x20..0x7f).contains(&b)) {
         s.to_owned()
     } else {
-        OpaqueString::enforce(s)
-            .map_err(|_| JidError("the resourcepart has characters a JID may not contain"))?
-            .into_owned()
+        settled(s, |s| OpaqueString::enforce(s).ok().map(Into::into)).ok_or(JidError(
+            "the resourcepart has characters a JID may not contain",
+        ))?
     };
     if out.is_empty() || out.len() > MAX_PART {
         return Err(JidError("the resourcepart must be 1 to 1023 bytes long"));
@@ -215,5 +242,40 @@ mod tests {
             assert!(Jid::parse(bad).is_err(), "{bad:?} accepted");
         }
         assert!(Jid::parse(&format!("{}@localhost", "a".repeat(1024))).is_err());
+    }
+
+    /// Found by the `jid` fuzz target: a fullwidth letter sent the domainpart through IDNA,
+    /// which kept the control characters and NULs after it, and the JID's own text was then
+    /// refused.
+    #[test]
+    fn non_ascii_domain_with_ascii_junk() {
+        for bad in [
+            "\u{ff21}@\u{ff42}\u{f}\0\0\0\0\0\0\0",
+            "a@\u{ff42}_x.example",
+            "a@\u{ff42}'x.example",
+            "a@\u{e9}\u{7f}.example",
+        ] {
+            assert!(Jid::parse(bad).is_err(), "{bad:?} accepted");
+        }
+        let j = Jid::parse("\u{ff21}@\u{ff42}.example").unwrap();
+        assert_eq!(j.to_string(), "a@b.example");
+    }
+
+    /// Found by the `jid` fuzz target: PRECIS enforcement composed `=` and U+0338 into `≠`,
+    /// which the profile refuses, so the JID's own text did not parse again; the same for a
+    /// domainpart through IDNA.
+    #[test]
+    fn parts_that_enforcement_does_not_settle_are_refused() {
+        for bad in [
+            "a=\u{338}@localhost",
+            "\u{e8}=\u{338}@localhost",
+            "amlxn-%m\u{338}\u{32e}\u{338}\u{32e}\u{311}P.e-mx=\u{338}\u{32e}\u{311}P.e-mx@ample",
+        ] {
+            assert!(Jid::parse(bad).is_err(), "{bad:?} accepted");
+        }
+        // And a domainpart whose A-label decodes to a label that is not valid input.
+        assert!(Jid::parse("\u{3bd}\u{331}@xn--xn--mlxn-dmen.\u{391}").is_err());
+        let j = Jid::parse("\u{c7}af\u{e9}@localhost/=\u{338}").unwrap();
+        assert_eq!(Jid::parse(&j.to_string()), Ok(j));
     }
 }

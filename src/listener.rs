@@ -5,8 +5,7 @@
 
 use crate::error::Error;
 use crate::server::Server;
-use crate::session::Outbound;
-use smol::channel::Receiver;
+use crate::session::OutboundRx;
 use smol::{Async, LocalExecutor};
 use socket2::{Domain, Socket, Type};
 use std::future::Future;
@@ -28,7 +27,7 @@ pub struct Accepted {
     /// The connection's id in `Server::conns`.
     pub id: u64,
     /// The connection's queue: stanzas for it, or the order to close (at shutdown, say).
-    pub rx: Receiver<Outbound>,
+    pub rx: OutboundRx,
 }
 
 pub type Handler = Rc<dyn Fn(Rc<Server>, Accepted) -> Pin<Box<dyn Future<Output = ()>>>>;

@@ -1,24 +1,9 @@
-//! hearth: a small XMPP server for a family or a small group, in one static binary.
-#![deny(clippy::await_holding_refcell_ref)]
-
-mod admin;
-mod config;
-mod error;
-mod jid;
-mod listener;
-mod modules;
-mod router;
-mod server;
-mod session;
-mod stanza;
-mod storage;
-mod stream;
-mod tls;
-mod xml;
+//! hearth's command line: serve, check the config, manage accounts.
 
 use argh::FromArgs;
-use config::Config;
-use error::Error;
+use hearth::config::{self, Config};
+use hearth::error::Error;
+use hearth::{admin, jid, modules, router, server, storage, stream, tls};
 use std::path::PathBuf;
 
 #[derive(FromArgs)]
@@ -192,6 +177,96 @@ fn check(cfg: &Config) -> Result<(), Error> {
             println!("would listen {} {a} ({})", l.name, l.description);
         }
     }
+    federation(cfg);
     println!("config ok");
     Ok(())
+}
+
+/// What `check` says of federation: whether it is on, which push services are talked to, the
+/// DNS records other servers will find, and whether the server-to-server addresses are taken.
+fn federation(cfg: &Config) {
+    let f = &cfg.federation;
+    match (f.enabled, f.push_services.is_empty()) {
+        (true, _) => println!("federation on: talks to every other server"),
+        (false, true) => println!("federation off: talks to no other server"),
+        (false, false) => println!("federation off: talks only to the push services"),
+    }
+    match f.push_services.is_empty() {
+        true => println!("push services: none (phones that sleep get no notifications)"),
+        false => println!("push services: {}", f.push_services.join(", ")),
+    }
+    if !f.listens() {
+        return;
+    }
+    match stream::s2s::tls::Tls::load(cfg) {
+        Ok(t) => println!(
+            "certificate authorities trusted for other servers: {}",
+            t.authorities
+        ),
+        Err(e) => println!("certificates for other servers: {e}"),
+    }
+    let domain = &cfg.server.domain;
+    for (service, kind) in [
+        ("_xmpps-server._tcp", "direct TLS"),
+        ("_xmpp-server._tcp", "STARTTLS"),
+    ] {
+        match stream::s2s::resolve::srv(&format!("{service}.{domain}")) {
+            Some(records) => {
+                for r in records {
+                    println!("dns {service}.{domain} -> {}:{} ({kind})", r.target, r.port);
+                }
+            }
+            None => println!("dns {service}.{domain}: no record"),
+        }
+    }
+    for (a, direct) in f
+        .listen
+        .iter()
+        .map(|a| (a, false))
+        .chain(f.listen_tls.iter().map(|a| (a, true)))
+    {
+        let Ok(addr) = a.parse::<std::net::SocketAddr>() else {
+            continue;
+        };
+        println!("s2s {addr}: {}", probe(addr, direct, domain));
+    }
+}
+
+/// Whether something answers at `addr` (the server itself, normally), or it could be bound.
+fn probe(addr: std::net::SocketAddr, direct_tls: bool, domain: &str) -> String {
+    use std::io::{Read, Write};
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+    let target = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port())
+        }
+        _ => addr,
+    };
+    let wait = std::time::Duration::from_secs(2);
+    match TcpStream::connect_timeout(&target, wait) {
+        Ok(mut s) if !direct_tls => {
+            let _ = s.set_read_timeout(Some(wait));
+            let header = format!(
+                "<?xml version='1.0'?><stream:stream xmlns='jabber:server' \
+                 xmlns:stream='http://etherx.jabber.org/streams' to='{domain}' version='1.0'>"
+            );
+            let _ = s.write_all(header.as_bytes());
+            let mut buf = [0u8; 1024];
+            let n = s.read(&mut buf).unwrap_or(0);
+            let reply = String::from_utf8_lossy(&buf[..n]);
+            match (reply.contains("<stream:stream"), reply.contains("starttls")) {
+                (true, true) => "reachable: an XMPP server answers, and offers STARTTLS".into(),
+                (true, false) => "reachable: an XMPP server answers, but offers no STARTTLS".into(),
+                (false, _) => "taken by something that does not speak XMPP".into(),
+            }
+        }
+        Ok(_) => "reachable: something accepts connections (direct TLS)".into(),
+        Err(_) => match TcpListener::bind(addr) {
+            Ok(_) => "free: nothing answers yet; the server will listen there".into(),
+            Err(e) => format!("cannot be bound ({e}); check the address and the port's owner"),
+        },
+    }
 }

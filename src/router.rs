@@ -25,8 +25,11 @@
 //! | full JID, gone         | chat/normal as to the bare JID; headline | service-unavailable     |
 //! |                        | dropped; groupchat: service-unavailable  |                         |
 //! | hosted service         | the service's module                     | the service's module    |
-//! | another domain         | remote-server-not-found                  | remote-server-not-found |
+//! | another domain         | its server, if federation allows it (else remote-server-not-found)  |
 //!
+//! Stanzas from other servers (origin `Remote`, their `from` checked against the domain the
+//! connection authenticated) take the same way, without outbound hooks; one addressed to yet
+//! another domain is refused: this server relays nothing between others.
 //! Presence to a bare JID goes to its available sessions, to a full JID to that session, once
 //! the presence module has taken what is its own (subscriptions, probes). iq results and
 //! errors go to a connected full JID, or to the module that sent the request.
@@ -93,6 +96,8 @@ pub struct Router {
     /// Hosted services' domains, to the index of their module.
     services: HashMap<String, usize>,
     pending: RefCell<HashMap<String, PendingIq>>,
+    /// Queues to other servers (see `stream::s2s`).
+    pub s2s: crate::stream::s2s::Links,
     timers: RefCell<BinaryHeap<Reverse<TimerEntry>>>,
     /// Wakes the timer task when a timer earlier than all others is set.
     timer_wake: (smol::channel::Sender<()>, smol::channel::Receiver<()>),
@@ -155,6 +160,7 @@ impl Router {
             modules,
             services,
             pending: RefCell::default(),
+            s2s: Default::default(),
             timers: RefCell::default(),
             timer_wake: smol::channel::bounded(1),
             next_id: Cell::new(1),
@@ -354,6 +360,76 @@ pub async fn from_client(router: &Router, from: &Jid, el: Element) -> Option<Tic
     }
 }
 
+/// Handles one stanza another server sent on behalf of `from`, whose domain the connection
+/// authenticated. Returns the ticket of trailing writes, as [`from_client`] does.
+pub async fn from_remote(router: &Router, from: Jid, el: Element) -> Option<Ticket> {
+    let effects = {
+        let mut cx = Cx::new(router);
+        remote_stanza(&mut cx, el, from);
+        finish(cx)
+    };
+    match apply_trailing(router, effects).await {
+        Ok(ticket) => ticket,
+        Err(e) => {
+            log::error!("a stanza from another server not processed: {e}");
+            None
+        }
+    }
+}
+
+/// Reads the envelope of a stanza from another server and routes it; an envelope RFC 6120
+/// forbids is answered with its error, as a client's is.
+pub fn remote_stanza(cx: &mut Cx, el: Element, from: Jid) {
+    match Stanza::parse(el, from.clone(), Origin::Remote) {
+        Ok(st) => cx.route(st),
+        Err(rejected) => {
+            if let Some(e) = &rejected.error
+                && rejected.el.attr("type") != Some("error")
+                && let Some(to) = rejected.el.attr("to").and_then(|t| Jid::parse(t).ok())
+            {
+                let mut reply = crate::stanza::error_reply(&rejected.el, e);
+                reply.set_attr("from", to.to_string());
+                let kind = match rejected.el.name.as_str() {
+                    "presence" => Kind::Presence,
+                    "iq" => Kind::Iq,
+                    _ => Kind::Message,
+                };
+                cx.route(Stanza::new(
+                    kind,
+                    Type::Error,
+                    to,
+                    from,
+                    Origin::Server,
+                    reply,
+                ));
+            }
+        }
+    }
+}
+
+/// Stanzas that could not go to another server, each with why: their senders get the error
+/// (what RFC 6120 would not answer, nothing).
+pub async fn bounce_remote(router: &Router, undelivered: Vec<(Element, Condition)>) {
+    run(router, "bouncing stanzas for another server", |cx| {
+        for (el, condition) in undelivered {
+            let Some(from) = el.attr("from").and_then(|f| Jid::parse(f).ok()) else {
+                continue;
+            };
+            let Ok(st) = Stanza::parse(el, from, Origin::Server) else {
+                continue;
+            };
+            let answered = match st.kind {
+                Kind::Presence => st.typ == Type::Available || st.typ.is_subscription(),
+                _ => true,
+            };
+            if answered {
+                bounce(cx, &st, &StanzaError::new(condition));
+            }
+        }
+    })
+    .await;
+}
+
 /// Stanzas whose handling reads what earlier stanzas wrote without waiting for the disk:
 /// initial presence (offline messages stored a moment ago must be delivered now, not at the
 /// next login) and iq queries of modules that ask for it (the archive).
@@ -447,7 +523,7 @@ fn try_route(cx: &mut Cx, st: &mut Stanza) -> Result<(), StanzaError> {
     }
     let to = st.target();
     match router.destination(&to) {
-        Dest::Remote => remote(st),
+        Dest::Remote => remote(cx, st, &to),
         Dest::Service(i) => {
             if let Some(p) = response(router, st) {
                 answer(cx, p, st);
@@ -481,17 +557,35 @@ fn placeholder(st: &Stanza) -> Stanza {
     }
 }
 
-/// Another domain: there is no server-to-server connection (yet), so what expects an answer
-/// gets `remote-server-not-found`.
-fn remote(st: &Stanza) -> Result<(), StanzaError> {
+/// Another domain: its server, if federation allows it (or it is a push service), once this
+/// step's writes are durable; otherwise what expects an answer gets `remote-server-not-found`.
+/// Nothing is relayed from one other server to another.
+fn remote(cx: &mut Cx, st: &mut Stanza, to: &Jid) -> Result<(), StanzaError> {
     let answered = match st.kind {
         Kind::Presence => st.typ == Type::Available || st.typ.is_subscription(),
         _ => true,
     };
-    match answered {
-        true => Err(StanzaError::new(Condition::RemoteServerNotFound)),
-        false => Ok(()),
+    let router = cx.router();
+    let ours = matches!(
+        router.destination(&st.from.domain_jid()),
+        Dest::Server | Dest::Service(_)
+    );
+    if st.origin == Origin::Remote || !ours || !router.config.federation.allows(to.domain()) {
+        return match answered {
+            true => Err(StanzaError::new(Condition::RemoteServerNotFound)),
+            false => Ok(()),
+        };
     }
+    let shallow = st.el.shallow();
+    let mut el = std::mem::replace(&mut st.el, shallow);
+    el.set_attr("from", st.from.to_string());
+    el.set_attr("to", to.to_string());
+    let pair = crate::stream::s2s::Pair {
+        local: st.from.domain().to_owned(),
+        remote: to.domain().to_owned(),
+    };
+    cx.effects.remote.push((pair, el));
+    Ok(())
 }
 
 fn response(router: &Router, st: &Stanza) -> Option<PendingIq> {
@@ -838,6 +932,8 @@ pub async fn apply_trailing(router: &Router, effects: Effects) -> Result<Option<
         mut writes,
         trailing,
         sends,
+        ends,
+        remote,
     } = effects;
     let mut ticket = None;
     if writes.is_empty() && !trailing.is_empty() {
@@ -857,6 +953,23 @@ pub async fn apply_trailing(router: &Router, effects: Effects) -> Result<Option<
     if !unsent.is_empty() {
         // Each round closes a session or stores what it routes, so this ends.
         Box::pin(reroute_unsent(router, unsent)).await;
+    }
+    let federation = &router.config.federation;
+    let mut refused = Vec::new();
+    for (pair, el) in remote {
+        if let Err(r) = router
+            .s2s
+            .send(pair, el, federation.queue_bytes, federation.max_outgoing)
+        {
+            refused.push(r);
+        }
+    }
+    if !refused.is_empty() {
+        // Errors go to local senders only, so this ends.
+        Box::pin(bounce_remote(router, refused)).await;
+    }
+    for e in ends {
+        modules::end_logins(router, e);
     }
     Ok(ticket)
 }
@@ -888,10 +1001,8 @@ pub fn deliver(router: &Router, to: &Jid, d: Rc<Delivery>) -> Option<Rc<Delivery
                 .set(u32::try_from(queued + size).unwrap_or(u32::MAX));
             None
         }
-        Err(e) => match e.into_inner() {
-            Outbound::Stanza(d) => Some(d),
-            Outbound::Close(_) => None,
-        },
+        Err(Outbound::Stanza(d)) => Some(d),
+        Err(Outbound::Close(_)) => None,
     }
 }
 
@@ -1141,7 +1252,7 @@ mod tests {
         s.tx.close();
         let rx = t.receiver(s.conn);
         let mut unsent = Vec::new();
-        while let Ok(Outbound::Stanza(d)) = rx.try_recv() {
+        while let Some(Outbound::Stanza(d)) = rx.try_recv() {
             if let Some(el) = Delivery::undelivered(d) {
                 unsent.push((jid.clone(), el));
             }
@@ -1205,7 +1316,7 @@ mod tests {
         let take = |j: &Jid| {
             let conn = t.router.sessions().get(j).unwrap().conn;
             match t.receiver(conn).try_recv() {
-                Ok(Outbound::Stanza(d)) => d,
+                Some(Outbound::Stanza(d)) => d,
                 _ => panic!("nothing queued for {j}"),
             }
         };
@@ -1264,7 +1375,7 @@ mod tests {
         // The request is answered for the session that is gone.
         assert_eq!(queued(&b), 1);
         let conn = t.router.sessions().get(&b).unwrap().conn;
-        let Ok(Outbound::Stanza(d)) = t.receiver(conn).try_recv() else {
+        let Some(Outbound::Stanza(d)) = t.receiver(conn).try_recv() else {
             panic!("no answer");
         };
         assert!(

@@ -5,26 +5,24 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::listener::{self, Listener};
 use crate::router::{self, Router};
-use crate::session::Outbound;
+use crate::session::{self, Outbound, OutboundRx, OutboundTx};
 use crate::stanza::{StreamCondition, StreamError};
 use crate::storage::Store;
 use crate::stream::throttle::{Source, Throttle};
-use crate::stream::{c2s, sasl};
+use crate::stream::{c2s, s2s, sasl};
 use crate::{admin, modules, tls};
 use async_signal::{Signal, Signals};
-use smol::channel::{Receiver, Sender};
 use smol::{LocalExecutor, Timer};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io::Write as _;
 use std::net::IpAddr;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// An open connection, of any listener.
 pub struct Conn {
-    pub tx: Sender<Outbound>,
+    pub tx: OutboundTx,
     pub ip: IpAddr,
     pub listener: usize,
     /// The account this connection authenticated as: removing the account or changing its
@@ -37,7 +35,7 @@ pub struct Conn {
 /// waiting to be resumed. Derefs to the router.
 pub struct Server {
     pub router: Router,
-    pub tls: RefCell<Arc<rustls::ServerConfig>>,
+    pub tls: RefCell<Rc<tls::ServerTls>>,
     pub listeners: Vec<Listener>,
     pub conns: RefCell<HashMap<u64, Conn>>,
     pub throttle: RefCell<Throttle>,
@@ -45,6 +43,8 @@ pub struct Server {
     pub resumable: RefCell<HashMap<String, crate::stream::c2s::Resumable>>,
     /// Set once shutdown begins: listeners stop accepting.
     pub closing: Cell<bool>,
+    /// Server-to-server TLS and dialback keys.
+    pub federation: crate::stream::s2s::State,
     next_conn: Cell<u64>,
 }
 
@@ -56,7 +56,7 @@ impl std::ops::Deref for Server {
 }
 
 impl Server {
-    pub fn new(router: Router, tls: Arc<rustls::ServerConfig>, listeners: Vec<Listener>) -> Server {
+    pub fn new(router: Router, tls: Rc<tls::ServerTls>, listeners: Vec<Listener>) -> Server {
         Server {
             router,
             tls: RefCell::new(tls),
@@ -65,16 +65,15 @@ impl Server {
             throttle: RefCell::default(),
             resumable: RefCell::default(),
             closing: Cell::new(false),
+            federation: Default::default(),
             next_conn: Cell::new(1),
         }
     }
 
     /// Registers a new connection of `listener`; returns its id and its queue.
-    pub fn add_conn(&self, listener: usize, ip: IpAddr) -> (u64, Receiver<Outbound>) {
-        // Unbounded because a bounded channel allocates all its slots up front, which would
-        // cost every idle session the memory of a full queue; `router::deliver` enforces the
-        // bound.
-        let (tx, rx) = smol::channel::unbounded();
+    pub fn add_conn(&self, listener: usize, ip: IpAddr) -> (u64, OutboundRx) {
+        // `router::deliver` enforces the bound.
+        let (tx, rx) = session::outbound();
         let id = self.next_conn.get();
         self.next_conn.set(id + 1);
         self.conns.borrow_mut().insert(
@@ -134,9 +133,10 @@ impl Server {
     }
 }
 
-/// Every listener: client streams' and the modules'.
+/// Every listener: client streams', other servers' and the modules'.
 pub fn listeners(config: &Config, modules: &[Box<dyn modules::Module>]) -> Vec<Listener> {
     let mut all = c2s::listeners(config);
+    all.extend(s2s::listeners(config));
     all.extend(modules.iter().flat_map(|m| m.listeners()));
     all
 }
@@ -153,11 +153,19 @@ pub fn serve(config: Config) -> Result<(), Error> {
     let secret = sasl::load_secret(&config.server.data_dir)?;
     sasl::install_decoy(sasl::Decoy::new(secret, config.auth.scram_iterations));
     let tls = tls::load(&config)?;
+    // Only a server that talks to others needs their authorities in memory.
+    let s2s_tls = match config.federation.listens() {
+        true => Some(s2s::tls::Tls::load(&config)?),
+        false => None,
+    };
     let router = Router::new(config, store)?;
     let specs = listeners(&router.config, router.modules());
     let bound = listener::bind_all(&specs)?;
     let admin = admin::bind(&router.config)?;
     let server = Rc::new(Server::new(router, tls, specs));
+    if let Some(t) = s2s_tls {
+        server.federation.set_tls(t);
+    }
     let ex = Rc::new(LocalExecutor::new());
     // Installed before the listening lines are printed: a SIGTERM from then on must shut the
     // server down gracefully.
@@ -173,6 +181,9 @@ pub fn serve(config: Config) -> Result<(), Error> {
     for (i, l) in &bound {
         if let Ok(addr) = l.get_ref().local_addr() {
             let name = server.listeners[*i].name;
+            for m in server.modules() {
+                m.listening(name, addr);
+            }
             let _ = writeln!(stdout, "listening {name} {addr}");
             log::info!("listening for {name} on {addr}");
         }
@@ -187,6 +198,8 @@ pub fn serve(config: Config) -> Result<(), Error> {
             ex.spawn(admin::serve(server.clone(), ex.clone(), a))
                 .detach();
         }
+        ex.spawn(s2s::outgoing::connector(server.clone(), ex.clone()))
+            .detach();
         let timers = server.clone();
         ex.spawn(async move { router::run_timers(&timers).await })
             .detach();
@@ -204,13 +217,23 @@ async fn wait_for_shutdown(server: &Rc<Server>, mut signals: Signals) -> Result<
     use smol::stream::StreamExt;
     while let Some(sig) = signals.next().await {
         match sig {
-            Ok(Signal::Hup) => match tls::load(&server.config) {
-                Ok(cfg) => {
-                    *server.tls.borrow_mut() = cfg;
-                    log::info!("reloaded the TLS certificate");
+            Ok(Signal::Hup) => {
+                match tls::load(&server.config) {
+                    Ok(cfg) => {
+                        *server.tls.borrow_mut() = cfg;
+                        log::info!("reloaded the TLS certificate");
+                    }
+                    Err(e) => log::error!("keeping the old certificate: {e}"),
                 }
-                Err(e) => log::error!("keeping the old certificate: {e}"),
-            },
+                if server.config.federation.listens() {
+                    match s2s::tls::Tls::load(&server.config) {
+                        Ok(t) => server.federation.set_tls(t),
+                        Err(e) => {
+                            log::error!("keeping the old certificates for other servers: {e}")
+                        }
+                    }
+                }
+            }
             Ok(_) => break,
             Err(e) => log::error!("signal handling: {e}"),
         }
@@ -219,9 +242,15 @@ async fn wait_for_shutdown(server: &Rc<Server>, mut signals: Signals) -> Result<
     Ok(())
 }
 
-/// Tells every connection `system-shutdown` and gives them a few seconds to say goodbye.
+/// Lets the modules say their last words, then tells every connection `system-shutdown` and
+/// gives them a few seconds to say goodbye.
 fn shutdown(server: &Rc<Server>, ex: &LocalExecutor<'_>) {
     server.closing.set(true);
+    smol::block_on(ex.run(router::run(server, "stopping the modules", |cx| {
+        for m in cx.modules() {
+            m.stop(cx);
+        }
+    })));
     let ids: Vec<u64> = server.conns.borrow().keys().copied().collect();
     for id in ids {
         server.close_conn(id, StreamError::new(StreamCondition::SystemShutdown));

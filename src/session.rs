@@ -9,16 +9,158 @@
 use crate::jid::Jid;
 use crate::stanza::StreamError;
 use crate::xml::{Element, Node};
-use smol::channel::Sender;
-use std::cell::Cell;
-use std::collections::{BTreeSet, HashMap};
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::rc::Rc;
+use std::task::{Poll, Waker};
 
 pub enum Outbound {
-    /// A pointer, so that the queue's slots stay small: each idle session keeps one block of them.
+    /// A pointer, so that the queue's slots stay small.
     Stanza(Rc<Delivery>),
     /// Ends the stream with this error (a conflicting login, shutdown, removal of the account).
     Close(StreamError),
+}
+
+/// A connection's queue of [`Outbound`]: what the router and the modules send it, in order.
+/// Everything runs on the event loop, so it is a `VecDeque` behind an `Rc`, and an empty queue
+/// keeps no buffer: an idle session costs the `Rc` alone, where an async-channel costs a
+/// 768-byte channel and a 1.2 KiB block of slots.
+///
+/// Closed by either end ([`OutboundTx::close`], [`OutboundRx::close`]) or when every handle
+/// of one end is gone. After it is closed nothing more goes in; what is in it can still be
+/// taken out, then the receiver sees the end.
+pub fn outbound() -> (OutboundTx, OutboundRx) {
+    let shared = Rc::new(Shared {
+        items: RefCell::default(),
+        waker: Cell::new(None),
+        closed: Cell::new(false),
+        senders: Cell::new(1),
+        receivers: Cell::new(1),
+    });
+    (OutboundTx(shared.clone()), OutboundRx(shared))
+}
+
+struct Shared {
+    items: RefCell<VecDeque<Outbound>>,
+    /// The task waiting in [`OutboundRx::recv`].
+    waker: Cell<Option<Waker>>,
+    closed: Cell<bool>,
+    senders: Cell<usize>,
+    receivers: Cell<usize>,
+}
+
+impl Shared {
+    fn close(&self) -> bool {
+        let was = self.closed.replace(true);
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+        !was
+    }
+}
+
+pub struct OutboundTx(Rc<Shared>);
+
+impl OutboundTx {
+    /// Queues `item`; gives it back if the queue is closed.
+    pub fn try_send(&self, item: Outbound) -> Result<(), Outbound> {
+        if self.0.closed.get() {
+            return Err(item);
+        }
+        self.0.items.borrow_mut().push_back(item);
+        if let Some(w) = self.0.waker.take() {
+            w.wake();
+        }
+        Ok(())
+    }
+
+    /// Closes the queue; true if this closed it.
+    pub fn close(&self) -> bool {
+        self.0.close()
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.0.closed.get()
+    }
+
+    /// Items waiting.
+    pub fn len(&self) -> usize {
+        self.0.items.borrow().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Clone for OutboundTx {
+    fn clone(&self) -> Self {
+        self.0.senders.set(self.0.senders.get() + 1);
+        OutboundTx(self.0.clone())
+    }
+}
+
+impl Drop for OutboundTx {
+    fn drop(&mut self) {
+        self.0.senders.set(self.0.senders.get() - 1);
+        if self.0.senders.get() == 0 {
+            self.0.close();
+        }
+    }
+}
+
+pub struct OutboundRx(Rc<Shared>);
+
+impl OutboundRx {
+    /// The next item, or None once the queue is closed and empty.
+    pub fn try_recv(&self) -> Option<Outbound> {
+        let mut items = self.0.items.borrow_mut();
+        let item = items.pop_front();
+        if items.is_empty() && items.capacity() > 0 {
+            // What an idle session keeps: nothing.
+            *items = VecDeque::new();
+        }
+        item
+    }
+
+    /// Waits for the next item; None once the queue is closed and empty.
+    pub async fn recv(&self) -> Option<Outbound> {
+        std::future::poll_fn(|cx| {
+            if let Some(item) = self.try_recv() {
+                return Poll::Ready(Some(item));
+            }
+            if self.0.closed.get() {
+                return Poll::Ready(None);
+            }
+            self.0.waker.set(Some(cx.waker().clone()));
+            Poll::Pending
+        })
+        .await
+    }
+
+    pub fn close(&self) -> bool {
+        self.0.close()
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.0.closed.get()
+    }
+}
+
+impl Clone for OutboundRx {
+    fn clone(&self) -> Self {
+        self.0.receivers.set(self.0.receivers.get() + 1);
+        OutboundRx(self.0.clone())
+    }
+}
+
+impl Drop for OutboundRx {
+    fn drop(&mut self) {
+        self.0.receivers.set(self.0.receivers.get() - 1);
+        if self.0.receivers.get() == 0 {
+            self.0.close();
+        }
+    }
 }
 
 /// A stanza for one or more sessions.
@@ -77,7 +219,7 @@ pub fn weight(el: &Element) -> usize {
 pub struct Session {
     pub conn: u64,
     pub jid: Jid,
-    pub tx: Sender<Outbound>,
+    pub tx: OutboundTx,
     /// Sent initial presence and has not gone unavailable since (RFC 6121 §4.2).
     pub available: bool,
     pub priority: i8,
@@ -101,7 +243,7 @@ impl Session {
     }
 
     /// A session just bound: not available, with no module state yet.
-    pub fn new(conn: u64, jid: Jid, tx: Sender<Outbound>) -> Session {
+    pub fn new(conn: u64, jid: Jid, tx: OutboundTx) -> Session {
         Session {
             conn,
             jid,
@@ -152,14 +294,31 @@ pub struct Flags {
     pub carbons: bool,
     /// XEP-0313: the session queried its archive, so it catches up from there.
     pub mam_queried: bool,
+    /// Seconds the session waits to be resumed (XEP-0198) after losing its connection, when a
+    /// module wants longer than `stream_management.resume_timeout_secs` (push: a phone that
+    /// will be woken may sleep for hours).
+    pub resume_window: Option<u32>,
 }
 
 #[derive(Default)]
 pub struct Sessions {
     by_user: HashMap<String, Vec<Session>>,
+    /// How often each account's logins were made void (a password change, a removal): a
+    /// connection that authenticated before cannot bind.
+    voided: HashMap<String, u64>,
 }
 
 impl Sessions {
+    /// What a connection that authenticates as `user` now notes, to compare at bind time.
+    pub fn login_epoch(&self, user: &str) -> u64 {
+        self.voided.get(user).copied().unwrap_or(0)
+    }
+
+    /// Every connection authenticated as `user` so far may no longer bind or resume.
+    pub fn void_logins(&mut self, user: &str) {
+        *self.voided.entry(user.to_owned()).or_default() += 1;
+    }
+
     pub fn of(&self, user: &str) -> &[Session] {
         self.by_user.get(user).map_or(&[], Vec::as_slice)
     }
@@ -195,6 +354,8 @@ impl Sessions {
             .iter()
             .position(|s| s.jid == session.jid)
             .map(|i| list.swap_remove(i));
+        // One slot per device: a push into an empty Vec would take four.
+        list.reserve_exact(1);
         list.push(session);
         old
     }
@@ -246,6 +407,63 @@ mod tests {
             let (w, xml) = (weight(&el), el.to_xml().len());
             assert!(w >= xml && w <= 2 * xml + 200, "{w} for {xml} bytes");
         }
+    }
+
+    #[test]
+    fn the_outbound_queue_keeps_order_closes_and_frees_its_buffer() {
+        let (tx, rx) = outbound();
+        let close = |t: &str| {
+            Outbound::Close(StreamError::with_text(
+                crate::stanza::StreamCondition::Conflict,
+                t,
+            ))
+        };
+        let text = |o: Option<Outbound>| match o {
+            Some(Outbound::Close(e)) => e.to_string(),
+            _ => String::new(),
+        };
+        for i in 0..100 {
+            assert!(tx.try_send(close(&i.to_string())).is_ok());
+        }
+        assert_eq!(tx.len(), 100);
+        for i in 0..100 {
+            assert!(text(rx.try_recv()).contains(&i.to_string()));
+        }
+        assert!(rx.try_recv().is_none());
+        assert_eq!(
+            rx.0.items.borrow().capacity(),
+            0,
+            "an empty queue keeps no buffer"
+        );
+        // A receiver waiting is woken by a send, and by the close.
+        let tx2 = tx.clone();
+        let got = smol::block_on(async {
+            let wait = rx.recv();
+            let send = async {
+                smol::future::yield_now().await;
+                assert!(tx2.try_send(close("late")).is_ok());
+            };
+            smol::future::zip(wait, send).await.0
+        });
+        assert!(text(got).contains("late"));
+        assert!(tx.try_send(close("kept")).is_ok());
+        assert!(tx.close() && !tx2.close());
+        assert!(tx.try_send(close("refused")).is_err());
+        assert!(
+            text(smol::block_on(rx.recv())).contains("kept"),
+            "what was in stays"
+        );
+        assert!(smol::block_on(rx.recv()).is_none());
+        // The last sender gone closes it, and so does the receiver gone.
+        let (tx, rx) = outbound();
+        let tx2 = tx.clone();
+        drop(tx);
+        assert!(!rx.is_closed());
+        drop(tx2);
+        assert!(rx.is_closed() && smol::block_on(rx.recv()).is_none());
+        let (tx, rx) = outbound();
+        drop(rx);
+        assert!(tx.is_closed() && tx.try_send(close("x")).is_err());
     }
 
     #[test]

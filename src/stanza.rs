@@ -330,6 +330,9 @@ pub enum Origin {
     Account,
     /// The server's own answer (an error bounce, an iq the server or a module sends).
     Server,
+    /// Sent by another server on behalf of `from`, whose domain that server authenticated as:
+    /// it passes the inbound hooks of a local addressee, never outbound ones.
+    Remote,
 }
 
 /// An element whose envelope RFC 6120 forbids, with the error to answer it with, if any.

@@ -4,7 +4,8 @@
 //!
 //! Scenarios:
 //! - `idle`: opens `--sessions` sessions and reports the server's memory per session, the login
-//!   rate and the server's CPU time per login.
+//!   rate and the server's CPU time per login; `--hold` keeps them open a while longer, for a
+//!   look at the server (a heap profile) with the sessions in place.
 //! - `throughput`: `--pairs` pairs (user2k-1 sends to user2k); each sender keeps at most
 //!   `--window` messages in flight (sent but not yet received). Reports delivered messages per
 //!   second and server CPU seconds per 1,000 delivered messages over `--duration` seconds after
@@ -23,6 +24,10 @@
 //!   idle sessions, traffic between `--pairs` pairs with reconnect churn, and attacks; samples
 //!   the server's memory and checks that nothing acknowledged was lost (see `soak.rs`).
 //!   `--count-accounts` prints how many accounts it needs.
+//!
+//! - `comeback`: a phone's return after its connection dropped, through a proxy that delays
+//!   each direction by `--delay-ms`: time, round trips and bytes from its TCP connect to the
+//!   first message queued for it, for each of `--flows` (see `hearth-load/comeback.rs`).
 //!
 //! `--sm` (throughput only) enables XEP-0198 on every session after bind: each session answers
 //! the server's `<r/>` with `<a h='N'/>` (N counts the message, presence and iq stanzas it has
@@ -74,7 +79,7 @@ struct Args {
     /// password of every account
     #[argh(option, default = "String::from(\"password\")")]
     password: String,
-    /// scenario: idle, throughput, latency, offline, mam or soak
+    /// scenario: idle, throughput, latency, offline, mam, soak or comeback
     #[argh(option, default = "String::from(\"idle\")")]
     scenario: String,
     /// idle and soak: number of idle sessions (and accounts; default 100, soak 10000)
@@ -119,6 +124,9 @@ struct Args {
     /// independent executor threads, each with its share of the sessions
     #[argh(option, default = "1")]
     threads: usize,
+    /// idle: seconds to keep the sessions open after measuring (to inspect the server)
+    #[argh(option, default = "0.0")]
+    hold: f64,
     /// seconds after which a login, a drain or a delivery counts as failed
     #[argh(option, default = "60.0")]
     timeout: f64,
@@ -137,6 +145,22 @@ struct Args {
     /// soak: print how many accounts the scenario uses (PREFIX1..PREFIXn) and exit
     #[argh(switch)]
     count_accounts: bool,
+    /// comeback: milliseconds the proxy delays each direction
+    #[argh(option, default = "50")]
+    delay_ms: u64,
+    /// comeback: measured comebacks per flow
+    #[argh(option, default = "5")]
+    runs: usize,
+    /// comeback: comma-separated flows (starttls-scram, tls-scram, tls-sasl2-scram, tls-fast,
+    /// tls-fast-pipelined)
+    #[argh(
+        option,
+        default = "String::from(\"starttls-scram,tls-scram,tls-sasl2-scram,tls-fast,tls-fast-pipelined\")"
+    )]
+    flows: String,
+    /// comeback: a TLS client without the session from the last connection (a full handshake)
+    #[argh(switch)]
+    fresh_tls: bool,
 }
 
 impl Args {
@@ -163,6 +187,9 @@ impl Args {
         })
     }
 }
+
+#[path = "hearth-load/comeback.rs"]
+mod comeback;
 
 type Tls = TlsStream<TcpStream>;
 
@@ -768,6 +795,10 @@ fn idle(args: &Arc<Args>) -> String {
     };
     barrier.wait();
     let after = Snap::take(args, &shared);
+    if args.hold > 0.0 {
+        eprintln!("holding {} sessions for {} s", args.sessions(), args.hold);
+        std::thread::sleep(Duration::from_secs_f64(args.hold));
+    }
     barrier.wait();
     let out = join(handles);
     let n = out.logins_ok;
@@ -1557,9 +1588,16 @@ fn main() {
                 }
             }
         }
+        "comeback" => match smol::block_on(comeback::run(&args)) {
+            Ok(lines) => lines,
+            Err(e) => {
+                eprintln!("comeback: {e}");
+                std::process::exit(1);
+            }
+        },
         other => {
             eprintln!(
-                "unknown scenario {other}: use idle, throughput, latency, offline, mam or soak"
+                "unknown scenario {other}: use idle, throughput, latency, offline, mam, soak or comeback"
             );
             std::process::exit(2);
         }

@@ -3,7 +3,7 @@
 //! 4616). The mechanisms themselves are in `stream/sasl.rs`; this module offers them to client
 //! streams and looks up the stored credentials. c2s only offers SASL over TLS.
 
-use super::{Cx, Entry, Mechanism, Module};
+use super::{Cx, Entry, Mechanism, Module, Profile, SaslOffer, SaslStart};
 use crate::stream::sasl::{self, Sasl, Step};
 
 pub const ENTRY: Entry = Entry {
@@ -31,11 +31,18 @@ impl Module for Auth {
         "auth"
     }
 
-    fn sasl_mechanisms(&self, channel_binding: bool) -> &'static [&'static str] {
-        sasl::mechanisms(channel_binding)
+    fn sasl_mechanisms(&self, offer: &SaslOffer) -> &'static [&'static str] {
+        match offer.profile {
+            Profile::Sasl | Profile::Sasl2 => sasl::mechanisms(offer.exporter),
+            Profile::Fast => &[],
+        }
     }
 
-    fn sasl_start(&self, mechanism: &str, cb: Option<Vec<u8>>) -> Option<Box<dyn Mechanism>> {
-        Sasl::start(mechanism, cb, &self.domain).map(|s| Box::new(s) as Box<dyn Mechanism>)
+    fn sasl_start(&self, start: &SaslStart) -> Option<Box<dyn Mechanism>> {
+        if start.profile == Profile::Fast {
+            return None;
+        }
+        let cb = start.bindings.exporter.clone();
+        Sasl::start(start.mechanism, cb, &self.domain).map(|s| Box::new(s) as Box<dyn Mechanism>)
     }
 }

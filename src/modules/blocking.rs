@@ -105,7 +105,8 @@ fn blocked_error() -> StanzaError {
         .with_app(Element::new("blocked", ns::BLOCKING_ERRORS))
 }
 
-fn items_of(payload: &Element) -> Result<Vec<String>, StanzaError> {
+/// The JIDs of a `<block/>` or `<unblock/>` payload, normalised.
+pub fn items_of(payload: &Element) -> Result<Vec<String>, StanzaError> {
     payload
         .elements()
         .filter(|e| e.is("item", ns::BLOCKING))

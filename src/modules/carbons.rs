@@ -66,6 +66,18 @@ impl Module for Carbons {
     fn name(&self) -> &'static str {
         "carbons"
     }
+
+    fn bind2_features(&self) -> &'static [&'static str] {
+        &[ns::CARBONS]
+    }
+
+    /// XEP-0386 §3.2: carbons enabled as the session binds, so that nothing falls between the
+    /// bind and an `<enable/>` iq.
+    fn bind2(&self, cx: &mut Cx, session: &Jid, request: &Element, _bound: &mut Element) {
+        if request.child("enable", ns::CARBONS).is_some() {
+            cx.with_session(session, |s| s.flags.carbons = true);
+        }
+    }
     fn disco(&self, _cx: &Cx, target: &Target, info: &mut DiscoInfo) {
         if *target == Target::Server {
             info.features.push(ns::CARBONS);

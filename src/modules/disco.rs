@@ -108,6 +108,9 @@ impl Module for Disco {
         for f in info.features {
             q.push(Element::new("feature", ns::DISCO_INFO).with_attr("var", f));
         }
+        for form in info.forms {
+            q.push(form);
+        }
         Ok(Some(q))
     }
 }

@@ -14,23 +14,31 @@ pub mod blocking;
 pub mod caps;
 pub mod carbons;
 pub mod disco;
+pub mod extdisco;
+pub mod fast;
+pub mod http;
 pub mod mam;
+pub mod muc;
 pub mod offline;
 pub mod pep;
 pub mod ping;
 pub mod presence;
+pub mod private;
+pub mod push;
+pub mod register;
 pub mod roster;
 #[cfg(test)]
 pub mod testing;
 pub mod time;
+pub mod vcard;
 pub mod version;
 
 use crate::config::Config;
 use crate::jid::Jid;
 use crate::listener::Listener;
 use crate::router::{Dest, Router};
-use crate::session::{Delivery, Session, Sessions};
-use crate::stanza::{Kind, Origin, Stanza, StanzaError, Type};
+use crate::session::{Delivery, Outbound, Session, Sessions};
+use crate::stanza::{Kind, Origin, Stanza, StanzaError, StreamError, Type};
 use crate::storage::{Schema, Store, Table, Write};
 use crate::xml::{Element, ns};
 use std::any::Any;
@@ -51,6 +59,7 @@ pub struct Entry {
 /// `config.rs`); see `docs/modules.md`.
 pub static REGISTRY: &[Entry] = &[
     auth::ENTRY,
+    fast::ENTRY,
     roster::ENTRY,
     // Before every module that acts on stanzas: what a block stops, nothing else sees.
     blocking::ENTRY,
@@ -58,16 +67,29 @@ pub static REGISTRY: &[Entry] = &[
     // caps reads the one, PEP learns from both who follows an account.
     caps::ENTRY,
     pep::ENTRY,
+    // Before presence, which ends the hooks of a client's presence broadcast: the photo hash
+    // goes into the broadcast.
+    vcard::ENTRY,
+    private::ENTRY,
+    register::ENTRY,
     presence::ENTRY,
     disco::ENTRY,
     ping::ENTRY,
     time::ENTRY,
     version::ENTRY,
+    extdisco::ENTRY,
+    http::ENTRY,
+    http::upload::ENTRY,
     // Before carbons, so that a <received/> copy carries the stanza-id and a forged one is
     // gone from a <sent/> copy; before offline, which ends the hooks for what it stores.
     mam::ENTRY,
     carbons::ENTRY,
+    // Before offline, which ends the hooks for what it stores: a message kept for later is
+    // what a sleeping phone is woken for.
+    push::ENTRY,
     offline::ENTRY,
+    // A hosted service: it acts on what is addressed to its domain, after every hook.
+    muc::ENTRY,
 ];
 
 /// The enabled modules, in hook order.
@@ -92,6 +114,43 @@ pub struct Effects {
     pub trailing: Vec<Write>,
     /// Stanzas for one session each, by full JID; one delivery may go to several.
     pub sends: Vec<(Jid, Rc<Delivery>)>,
+    /// Logins that end once the writes are durable, after the stanzas are queued.
+    pub ends: Vec<EndLogins>,
+    /// Stanzas for other servers, queued with the sends.
+    pub remote: Vec<(crate::stream::s2s::Pair, Element)>,
+}
+
+/// Every login of an account but one session's ends (see [`Cx::end_logins`]).
+pub struct EndLogins {
+    pub user: String,
+    pub keep: Option<Jid>,
+    pub error: StreamError,
+    /// The account was deleted.
+    pub removed: bool,
+}
+
+/// Ends logins once the step that asked for it is durable: a deleted account is forgotten
+/// again (by the router and every module: what was read meanwhile is stale), connections
+/// that authenticated before now may not bind or resume, and every bound session but `keep`
+/// is closed with the error.
+pub fn end_logins(router: &Router, e: EndLogins) {
+    if e.removed {
+        router.account_removed(&e.user);
+    }
+    router.sessions_mut().void_logins(&e.user);
+    let queues: Vec<_> = router
+        .sessions()
+        .of(&e.user)
+        .iter()
+        .filter(|s| Some(&s.jid) != e.keep.as_ref())
+        .map(|s| s.tx.clone())
+        .collect();
+    for tx in queues {
+        // A full queue is closed instead: the connection ends either way.
+        if tx.try_send(Outbound::Close(e.error.clone())).is_err() {
+            tx.close();
+        }
+    }
 }
 
 /// The context every hook works in: reads of the server's state, and the record of what the
@@ -147,6 +206,12 @@ impl<'a> Cx<'a> {
         self.router.account_exists(user)
     }
 
+    /// Whether stanzas may go to the other server of `domain` (federation, or one of the push
+    /// services).
+    pub fn federates(&self, domain: &str) -> bool {
+        self.router.config.federation.allows(domain)
+    }
+
     /// Where the router would take a stanza addressed to `jid`.
     pub fn destination<'j>(&self, jid: &'j Jid) -> Dest<'j> {
         self.router.destination(jid)
@@ -182,6 +247,32 @@ impl<'a> Cx<'a> {
 
     pub fn write_trailing(&mut self, w: Write) {
         self.effects.trailing.push(w);
+    }
+
+    /// Ends every login of `user` except the session `keep` once this step's writes are
+    /// durable (a changed password): its bound sessions are closed with `error`, and
+    /// connections that authenticated before cannot bind or resume.
+    pub fn end_logins(&mut self, user: &str, keep: Option<&Jid>, error: StreamError) {
+        self.effects.ends.push(EndLogins {
+            user: user.to_owned(),
+            keep: keep.cloned(),
+            error,
+            removed: false,
+        });
+    }
+
+    /// Deletes the account `user` and everything every module stored for it. It stops
+    /// existing for routing at once, so that nothing more is stored for it; once the deletion
+    /// is durable, every module forgets it and all its logins end with `error`.
+    pub fn remove_account(&mut self, user: &str, error: StreamError) {
+        self.write(crate::storage::accounts::delete(user));
+        self.router.account_removed(user);
+        self.effects.ends.push(EndLogins {
+            user: user.to_owned(),
+            keep: None,
+            error,
+            removed: true,
+        });
     }
 
     /// Sends an iq request from `from` (the server, an account, a service) to `to`; its result
@@ -336,12 +427,69 @@ pub struct DiscoInfo {
     pub items: Vec<(String, Option<&'static str>)>,
     /// Items that are nodes of an entity: (jid, node).
     pub nodes: Vec<(String, String)>,
+    /// XEP-0128 extensions of disco#info: data forms of type `result`.
+    pub forms: Vec<Element>,
+}
+
+/// The SASL profile a client stream offers mechanisms in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Profile {
+    /// RFC 6120 §6: `<mechanisms/>`, then a stream restart.
+    Sasl,
+    /// XEP-0388 Extensible SASL Profile: `<authentication/>`, with inline features.
+    Sasl2,
+    /// XEP-0484 FAST: mechanisms that take a token the server issued instead of a password,
+    /// offered inside SASL2's `<fast/>`.
+    Fast,
+}
+
+/// What a stream can offer for SASL: the profile, and the channel bindings its TLS gives.
+#[derive(Clone, Copy, Debug)]
+pub struct SaslOffer {
+    pub profile: Profile,
+    /// `tls-exporter` (RFC 9266): TLS 1.3 only here.
+    pub exporter: bool,
+    /// `tls-server-end-point` (RFC 5929), when the certificate's algorithm defines it.
+    pub endpoint: bool,
+}
+
+/// The channel binding data of a stream's TLS session.
+#[derive(Clone, Debug, Default)]
+pub struct ChannelBindings {
+    pub exporter: Option<Vec<u8>>,
+    pub endpoint: Option<Vec<u8>>,
+}
+
+/// An authentication attempt, for the module that offers its mechanism.
+pub struct SaslStart<'a> {
+    pub mechanism: &'a str,
+    pub profile: Profile,
+    pub bindings: &'a ChannelBindings,
+    /// For SASL2 and FAST: the client's `<authenticate/>` (XEP-0388), with its `<user-agent/>`
+    /// and inline requests.
+    pub request: Option<&'a Element>,
+}
+
+/// A SASL2 authentication that succeeded as a whole (XEP-0388 §2.6.1), for the modules that
+/// answer inline requests in its `<success/>`.
+pub struct Sasl2Login<'a> {
+    pub user: &'a str,
+    pub mechanism: &'a str,
+    /// The `<user-agent id=''/>` of the client installation, when it gave a usable one.
+    pub user_agent: Option<&'a str>,
+    /// The client's `<authenticate/>`.
+    pub request: &'a Element,
+    /// What FAST mechanisms the stream offers (a token is only issued for one of them).
+    pub fast: SaslOffer,
 }
 
 /// A SASL mechanism's server side, one per authentication attempt.
 pub trait Mechanism {
     /// Takes the client's next message (base64-decoded).
     fn step(&mut self, cx: &Cx, input: &[u8]) -> crate::stream::sasl::Step;
+    /// SASL2 only: the authentication succeeded as a whole (throttling passed, the account
+    /// exists). What the mechanism records here commits before `success` is sent.
+    fn succeeded(&mut self, _cx: &mut Cx, _login: &Sasl2Login, _success: &mut Element) {}
 }
 
 /// A feature module. Every method has a default, so a module fills in what it uses.
@@ -437,27 +585,48 @@ pub trait Module: Any {
 
     /// Stream features this module offers at `stage` of a client stream.
     fn stream_features(&self, _cx: &Cx, _stage: Stage, _out: &mut Vec<Element>) {}
-    /// SASL mechanisms this module offers, in order of preference; `channel_binding` says
-    /// whether the TLS layer can give channel binding data.
-    fn sasl_mechanisms(&self, _channel_binding: bool) -> &'static [&'static str] {
+    /// SASL mechanisms this module offers in `offer`'s profile, in order of preference.
+    fn sasl_mechanisms(&self, _offer: &SaslOffer) -> &'static [&'static str] {
         &[]
     }
-    /// Starts one of this module's mechanisms; `cb` is the tls-exporter channel binding data.
-    fn sasl_start(&self, _mechanism: &str, _cb: Option<Vec<u8>>) -> Option<Box<dyn Mechanism>> {
+    /// Starts one of the mechanisms this module offers in `start.profile`.
+    fn sasl_start(&self, _start: &SaslStart) -> Option<Box<dyn Mechanism>> {
         None
     }
+    /// XEP-0388: a SASL2 authentication succeeded; the module answers what the client asked
+    /// for inline (a FAST token) by adding to `success`. Writes commit before it is sent.
+    fn sasl2_success(&self, _cx: &mut Cx, _login: &Sasl2Login, _success: &mut Element) {}
+    /// XEP-0386: what a session may have this module enable as it binds (the `var`s of Bind
+    /// 2's inline features).
+    fn bind2_features(&self) -> &'static [&'static str] {
+        &[]
+    }
+    /// XEP-0386: `session` was just bound by Bind 2 with the client's `request`: enable what it
+    /// asks of this module, and add any answer to `bound`.
+    fn bind2(&self, _cx: &mut Cx, _session: &Jid, _request: &Element, _bound: &mut Element) {}
 
     /// Listening sockets this module serves (an HTTP listener, say).
     fn listeners(&self) -> Vec<Listener> {
         Vec::new()
     }
+    /// The listener `name` of this module is bound to `addr` (which tells the port of an
+    /// address configured with port 0).
+    fn listening(&self, _name: &str, _addr: std::net::SocketAddr) {}
 
     /// Called once when the server starts (to set a first timer, say).
     fn start(&self, _cx: &mut Cx) {}
+    /// Called once when the server shuts down, before the streams are closed: what is sent
+    /// here reaches the clients ahead of their `system-shutdown`.
+    fn stop(&self, _cx: &mut Cx) {}
     /// A timer set with [`Cx::set_timer`] is due.
     fn timer(&self, _cx: &mut Cx, _token: u64) {}
     /// The account was deleted (with everything stored for it): forget what is cached.
     fn account_removed(&self, _user: &str) {}
+
+    /// An item of `owner`'s PEP `node` was published or retracted, or the node was purged or
+    /// deleted: for modules that keep something in step with a node (see `pep::Pep` for what
+    /// they may read).
+    fn pep_changed(&self, _cx: &mut Cx, _owner: &str, _node: &str) {}
 }
 
 /// A presence stanza of `typ` from `from` to `to`, made by the server for `origin`.
@@ -514,6 +683,8 @@ mod tests {
             "<iq type='set' id='3'><prefs xmlns='urn:xmpp:mam:2' default='always'/></iq>",
         );
         t.client(&a, "<iq type='set' id='4'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='urn:example'><item id='1'><x xmlns='urn:example'/></item></publish></pubsub></iq>");
+        t.client(&a, "<presence to='r@muc.localhost/alice'><x xmlns='http://jabber.org/protocol/muc'/></presence>");
+        t.client(&a, "<iq type='set' id='5' to='r@muc.localhost'><query xmlns='http://jabber.org/protocol/muc#owner'><x xmlns='jabber:x:data' type='submit'><field var='muc#roomconfig_persistentroom'><value>1</value></field></x></query></iq>");
         t.client(
             &a,
             "<message to='bob@localhost' type='chat'><body>archived</body></message>",
@@ -545,6 +716,7 @@ mod tests {
             "offline",
             "pep_nodes",
             "pep_items",
+            "muc_affiliations",
         ] {
             assert!(
                 stored.iter().any(|n| n == table),
@@ -571,7 +743,13 @@ mod tests {
 
     #[test]
     fn every_module_runs_by_default_under_its_own_name() {
+        // But the STUN/TURN one, which needs a server to name.
         let modules = all(&Config::default());
+        assert_eq!(modules.len(), REGISTRY.len() - 1);
+        let mut config = Config::default();
+        config.modules.external_services.host = "turn.example.org".into();
+        config.modules.external_services.types = vec!["stun".into()];
+        let modules = all(&config);
         assert_eq!(modules.len(), REGISTRY.len());
         let mut names: Vec<&str> = modules.iter().map(|m| m.name()).collect();
         let n = names.len();

@@ -56,7 +56,12 @@ impl Module for Presence {
             }
             (t, Some(to)) if t.is_subscription() => {
                 let contact = to.bare();
-                if matches!(cx.destination(&contact), Dest::Remote | Dest::Server) {
+                let unreachable = match cx.destination(&contact) {
+                    Dest::Server => true,
+                    Dest::Remote => !cx.federates(contact.domain()),
+                    _ => false,
+                };
+                if unreachable {
                     return Err(StanzaError::new(Condition::RemoteServerNotFound));
                 }
                 let user = local(&st.from).to_owned();
@@ -97,6 +102,15 @@ impl Module for Presence {
             Type::Subscribed => in_subscribed(cx, roster, user, &contact),
             Type::Unsubscribe => in_unsubscribe(cx, roster, user, &contact),
             Type::Unsubscribed => in_unsubscribed(cx, roster, user, &contact),
+            // Who refused a session's directed presence (a chat room it may not enter) has
+            // none to withdraw: it leaves the session's bounded set, or refused joins would
+            // fill it.
+            Type::Error => {
+                if let Some(to) = &st.to {
+                    cx.with_session(to, |s| s.directed.remove(&st.from));
+                }
+                return Ok(Flow::Continue);
+            }
             Type::Probe => {
                 let allowed = roster
                     .item(cx, user, &contact)
@@ -483,7 +497,7 @@ fn store_or_forget(cx: &mut Cx, roster: &Roster, user: &str, contact: &Jid, it: 
 
 /// RFC 6121 §2.5.2: removing an item cancels both directions of subscription first.
 pub fn cancel_all(cx: &mut Cx, user: &str, contact: &Jid, it: &RosterItem) {
-    if matches!(cx.destination(contact), Dest::Remote) {
+    if matches!(cx.destination(contact), Dest::Remote) && !cx.federates(contact.domain()) {
         return;
     }
     let user_jid = Jid::bare_from(user, cx.domain());
@@ -666,15 +680,31 @@ mod tests {
         let out = t.client(&a, "<presence id='p5' to='dave@localhost'/>");
         out.assert_nothing_to(&a);
         out.assert_sent(&d, "<presence from='alice@localhost/phone'/>");
+        // An error in answer makes room too: nothing is left to withdraw from there.
+        t.client(&a, "<presence type='unavailable' to='dave@localhost'/>");
+        t.client(&a, "<presence to='dave@localhost/pc'/>");
+        let out = t.client(&a, "<presence id='p6' to='carol@localhost/pc'/>");
+        out.assert_error(&a, "p6", Condition::ResourceConstraint);
+        let out = t.client(
+            &d,
+            "<presence type='error' to='alice@localhost/phone'><error type='cancel'>\
+             <not-allowed xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></presence>",
+        );
+        out.assert_sent(&a, "<presence type='error' from='dave@localhost/pc'/>");
+        let c = t.online("carol", "pc");
+        let out = t.client(&a, "<presence id='p7' to='carol@localhost/pc'/>");
+        out.assert_nothing_to(&a);
+        out.assert_sent(&c, "<presence from='alice@localhost/phone'/>");
         let out = t.close(&a);
         out.assert_sent(
             &b,
             "<presence type='unavailable' from='alice@localhost/phone'/>",
         );
         out.assert_sent(
-            &d,
+            &c,
             "<presence type='unavailable' from='alice@localhost/phone'/>",
         );
+        out.assert_nothing_to(&d);
     }
 
     #[test]

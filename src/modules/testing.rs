@@ -7,7 +7,7 @@ use super::{Cx, Effects, Module, SessionEvent};
 use crate::config::Config;
 use crate::jid::Jid;
 use crate::router::{self, Router};
-use crate::session::Session;
+use crate::session::{Outbound, Session};
 use crate::stanza::{Condition, Origin, Stanza};
 use crate::storage::{Store, accounts};
 use crate::xml::{Element, Node, reader};
@@ -17,13 +17,22 @@ pub struct TestRouter {
     pub router: Router,
     _dir: tempfile::TempDir,
     next_conn: std::cell::Cell<u64>,
-    /// The sessions' queues, kept open: a session whose queue is closed is closing.
-    queues: std::cell::RefCell<Vec<smol::channel::Receiver<crate::session::Outbound>>>,
+    /// Each session's queue, where only what ends a session arrives (stanzas are in `Out`).
+    /// Kept open: a session whose queue is closed is closing. By connection number, from 1.
+    queues: std::cell::RefCell<Vec<(Jid, crate::session::OutboundRx)>>,
 }
 
 /// What one step produced.
 pub struct Out {
     pub sends: Vec<(Jid, Element)>,
+    /// Stanzas for other servers: (remote domain, stanza).
+    pub remote: Vec<(String, Element)>,
+}
+
+impl Default for TestRouter {
+    fn default() -> TestRouter {
+        TestRouter::new()
+    }
 }
 
 impl TestRouter {
@@ -63,8 +72,8 @@ impl TestRouter {
     /// A bound session `user@localhost/resource`, not yet available.
     pub fn bind(&self, user: &str, resource: &str) -> Jid {
         let jid = Jid::parse(&format!("{user}@localhost/{resource}")).unwrap();
-        let (tx, rx) = smol::channel::unbounded();
-        self.queues.borrow_mut().push(rx);
+        let (tx, rx) = crate::session::outbound();
+        self.queues.borrow_mut().push((jid.clone(), rx));
         let conn = self.next_conn.get();
         self.next_conn.set(conn + 1);
         self.router
@@ -79,6 +88,59 @@ impl TestRouter {
         let jid = self.bind(user, resource);
         self.client(&jid, "<presence/>");
         jid
+    }
+
+    /// Binds a session and sends initial presence with XEP-0115 caps whose features are
+    /// `features`, answering the server's question about them as a client would. Returns the
+    /// session and what it got once its caps were known.
+    pub fn online_with_caps(&self, user: &str, resource: &str, features: &[&str]) -> (Jid, Out) {
+        use crate::xml::ns;
+        let mut q = Element::new("query", ns::DISCO_INFO).with_child(
+            Element::new("identity", ns::DISCO_INFO)
+                .with_attr("category", "client")
+                .with_attr("type", "pc"),
+        );
+        for f in features {
+            q.push(Element::new("feature", ns::DISCO_INFO).with_attr("var", *f));
+        }
+        let ver = super::caps::sha1_ver(&q);
+        let jid = self.bind(user, resource);
+        let out = self.client(
+            &jid,
+            &format!(
+                "<presence><c xmlns='{}' hash='sha-1' node='https://hearth.example/test' ver='{ver}'/></presence>",
+                super::caps::NS
+            ),
+        );
+        let question = out
+            .to(&jid)
+            .iter()
+            .find(|e| e.name == "iq" && e.attr("type") == Some("get"))
+            .and_then(|e| e.attr("id").map(str::to_owned));
+        match question {
+            Some(id) => {
+                let reply = format!(
+                    "<iq type='result' id='{id}' to='localhost'>{}</iq>",
+                    q.to_xml()
+                );
+                let out = self.client(&jid, &reply);
+                (jid, out)
+            }
+            None => (jid, out),
+        }
+    }
+
+    /// The error the server ended session `jid` with, if it did.
+    pub fn ended(&self, jid: &Jid) -> Option<crate::stanza::StreamError> {
+        let queues = self.queues.borrow();
+        // The latest session bound under `jid`.
+        let (_, rx) = queues.iter().rev().find(|(j, _)| j == jid)?;
+        while let Some(o) = rx.try_recv() {
+            if let Outbound::Close(e) = o {
+                return Some(e);
+            }
+        }
+        None
     }
 
     /// The session ends as c2s ends it: the event, then it leaves the session table.
@@ -99,11 +161,24 @@ impl TestRouter {
             mut writes,
             trailing,
             sends,
+            ends,
+            remote,
         } = router::finish(cx);
         writes.extend(trailing);
         self.router.store.commit_blocking(writes).unwrap();
         let sends = sends.into_iter().map(|(j, d)| (j, d.el.clone())).collect();
-        Out { sends }
+        for e in ends {
+            super::end_logins(&self.router, e);
+        }
+        let remote = remote.into_iter().map(|(p, el)| (p.remote, el)).collect();
+        Out { sends, remote }
+    }
+
+    /// `xml` sent by another server, which authenticated as the domain of its `from`.
+    pub fn remote(&self, xml: &str) -> Out {
+        let el = parse(xml);
+        let from = Jid::parse(el.attr("from").expect("a from")).unwrap();
+        self.step(|cx| router::remote_stanza(cx, el, from))
     }
 
     /// `xml` sent by the client of session `from`, which stamps it as c2s does.
@@ -136,9 +211,9 @@ impl TestRouter {
     }
 
     /// The queue of the session of connection `conn`.
-    pub fn receiver(&self, conn: u64) -> smol::channel::Receiver<crate::session::Outbound> {
+    pub fn receiver(&self, conn: u64) -> crate::session::OutboundRx {
         // Connections are numbered from 1 in the order sessions were bound.
-        self.queues.borrow()[conn as usize - 1].clone()
+        self.queues.borrow()[conn as usize - 1].1.clone()
     }
 
     /// The running module of type `T`.

@@ -86,7 +86,10 @@ impl Ticket {
 }
 
 pub struct Store {
-    db: Arc<Database>,
+    /// Taken by [`Store::close`]: redb records its allocator state only when the database is
+    /// dropped, and without that record the next open walks the whole file to rebuild it (a
+    /// second and tens of MiB of cache for a few GB of archive).
+    db: RefCell<Option<Arc<Database>>>,
     tx: RefCell<Option<mpsc::Sender<Job>>>,
     thread: RefCell<Option<std::thread::JoinHandle<()>>>,
     #[cfg(test)]
@@ -177,7 +180,7 @@ impl Store {
             .spawn(move || writer(&writer_db, &schema, &rx))
             .map_err(|e| Error::Storage(format!("cannot start the storage thread: {e}")))?;
         Ok(Store {
-            db,
+            db: RefCell::new(Some(db)),
             tx: RefCell::new(Some(tx)),
             thread: RefCell::new(Some(thread)),
             #[cfg(test)]
@@ -227,16 +230,32 @@ impl Store {
         smol::block_on(self.commit(writes))
     }
 
-    /// Stops the writer after it has committed everything already submitted.
+    /// Stops the writer after it has committed everything already submitted, then closes the
+    /// database so that the next open finds it shut down cleanly. Reads fail from then on.
     pub fn close(&self) {
         self.tx.borrow_mut().take();
         if let Some(t) = self.thread.borrow_mut().take() {
             let _ = t.join();
         }
+        // The writer's handle went with its thread, so this one is the last.
+        let db = self.db.borrow_mut().take().map(Arc::try_unwrap);
+        match db {
+            Some(Ok(db)) => {
+                if let Err(e) = db.close() {
+                    log::error!("closing the data store: {e}; the next start will check it");
+                }
+            }
+            Some(Err(_)) => log::error!("the data store is still in use; it was not closed"),
+            None => {}
+        }
     }
 
     pub(crate) fn read(&self) -> Result<redb::ReadTransaction, Error> {
-        Ok(self.db.begin_read()?)
+        let db = self.db.borrow();
+        let db = db
+            .as_ref()
+            .ok_or_else(|| Error::Storage("the store is closed".into()))?;
+        Ok(db.begin_read()?)
     }
 
     /// Rows of `user` in every table, by table name, leaving out empty tables.

@@ -34,6 +34,27 @@ pub struct Index<V: Value + 'static>(
 
 named_debug!(Index);
 
+/// A table in one of the shapes whose keys do not start with an account's localpart but with
+/// something else's name (a chat room's): deleting an account leaves it alone, since a row of
+/// it is not the account's even when the names are equal.
+pub struct Unowned<S>(pub S);
+
+impl<S: Table> Table for Unowned<S> {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+    fn create(&self, txn: &WriteTransaction) -> Result<(), Error> {
+        self.0.create(txn)
+    }
+    fn delete_user(&self, _txn: &WriteTransaction, _user: &str) -> Result<(), Error> {
+        Ok(())
+    }
+    #[cfg(test)]
+    fn count_user(&self, _txn: &redb::ReadTransaction, _user: &str) -> Result<usize, Error> {
+        Ok(0)
+    }
+}
+
 /// The key ranges holding every row of `user`, for each shape.
 fn keyval_range(user: &str) -> std::ops::RangeInclusive<&str> {
     user..=user
@@ -94,13 +115,20 @@ impl KeyVal<&'static str> {
         Box::new(KvPut {
             table: self,
             user: user.to_owned(),
-            value,
+            value: Some(value),
+        })
+    }
+
+    pub fn delete(&'static self, user: &str) -> Write {
+        Box::new(KvPut {
+            table: self,
+            user: user.to_owned(),
+            value: None,
         })
     }
 }
 
 impl Map<&'static str> {
-    #[cfg(test)]
     pub fn get(&self, store: &Store, user: &str, key: &str) -> Result<Option<String>, Error> {
         let txn = store.read()?;
         let t = txn.open_table(self.0)?;
@@ -210,14 +238,17 @@ impl Queue<Stamped> {
 struct KvPut {
     table: &'static KeyVal<&'static str>,
     user: String,
-    value: String,
+    /// None deletes the key.
+    value: Option<String>,
 }
 
 impl Op for KvPut {
     fn apply(&self, txn: &Txn) -> Result<(), Error> {
-        txn.txn
-            .open_table(self.table.0)?
-            .insert(self.user.as_str(), self.value.as_str())?;
+        let mut t = txn.txn.open_table(self.table.0)?;
+        match &self.value {
+            Some(v) => drop(t.insert(self.user.as_str(), v.as_str())?),
+            None => drop(t.remove(self.user.as_str())?),
+        }
         Ok(())
     }
 }

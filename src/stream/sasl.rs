@@ -117,6 +117,19 @@ fn decoy() -> &'static Decoy {
 
 pub const SECRET_LEN: usize = 32;
 
+/// HMAC-SHA-256 under the server's secret of `label` and `parts` (each length-prefixed, so
+/// that no two inputs run together): values only this server can make, the same after a
+/// restart.
+pub fn server_hmac(label: &str, parts: &[&[u8]]) -> Vec<u8> {
+    let mut data = label.as_bytes().to_vec();
+    data.push(0);
+    for p in parts {
+        data.extend_from_slice(&u32::try_from(p.len()).unwrap_or(u32::MAX).to_be_bytes());
+        data.extend_from_slice(p);
+    }
+    Hash::Sha256.hmac(&decoy().secret, &data)
+}
+
 /// The server's secret for decoys, from the file `secret` in the data directory, made on the
 /// first start. It must outlive restarts: a decoy salt that changed would give away that the
 /// name is not an account.
@@ -189,6 +202,7 @@ pub fn derive_credentials(password: &str, iterations: u32) -> Result<Credentials
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FailureCondition {
     Aborted,
+    CredentialsExpired,
     EncryptionRequired,
     IncorrectEncoding,
     InvalidAuthzid,
@@ -202,6 +216,7 @@ impl FailureCondition {
     pub fn as_str(self) -> &'static str {
         match self {
             FailureCondition::Aborted => "aborted",
+            FailureCondition::CredentialsExpired => "credentials-expired",
             FailureCondition::EncryptionRequired => "encryption-required",
             FailureCondition::IncorrectEncoding => "incorrect-encoding",
             FailureCondition::InvalidAuthzid => "invalid-authzid",
@@ -455,7 +470,7 @@ fn keys_of(creds: Option<&Credentials>, hash: Hash) -> Option<Keys> {
     })
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

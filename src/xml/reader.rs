@@ -19,6 +19,11 @@
 //!
 //! Restricted XML (RFC 6120 §11.1): comments, processing instructions, DOCTYPE and entity
 //! references beyond the five predefined ones end the stream with `restricted-xml`.
+//!
+//! A framed reader (RFC 7395, XMPP over WebSocket) reads the same events from a different
+//! shape: no enclosing stream element, but an empty `<open/>` in the framing namespace for the
+//! header and an empty `<close/>` for its end, with every stanza a top-level element that
+//! declares its own namespace. Everything else (limits, checks, restarts) is the same code.
 
 use super::{Element, Node, chars, ns};
 use crate::stanza::{StreamCondition as C, StreamError};
@@ -51,6 +56,8 @@ pub struct StreamHeader {
     pub to: Option<String>,
     pub from: Option<String>,
     pub version: Option<String>,
+    /// The stream id: only a receiving entity's header has one (RFC 6120 §4.7.3).
+    pub id: Option<String>,
     pub lang: Option<String>,
     /// The namespace of the stream element itself (must be the streams namespace).
     pub stream_ns: String,
@@ -79,6 +86,10 @@ pub struct StreamReader {
     /// Set by a restart: the unread bytes must be parsed again even if no `>` arrives, because
     /// the state they were read against is gone.
     restarted: bool,
+    /// Nothing of this stream has been read yet, so a byte order mark may still come.
+    bom_allowed: bool,
+    /// RFC 7395 framing: `<open/>` and `<close/>` instead of the stream element.
+    framed: bool,
 }
 
 const BOM: &[u8] = b"\xEF\xBB\xBF";
@@ -115,6 +126,16 @@ impl StreamReader {
             stream_qname: None,
             stanza_bytes: 0,
             restarted: false,
+            bom_allowed: true,
+            framed: false,
+        }
+    }
+
+    /// A reader of RFC 7395 framing (see the module header).
+    pub fn framed(limits: Limits) -> StreamReader {
+        StreamReader {
+            framed: true,
+            ..StreamReader::new(limits)
         }
     }
 
@@ -125,6 +146,7 @@ impl StreamReader {
         self.stream_qname = None;
         self.stanza_bytes = 0;
         self.restarted = true;
+        self.bom_allowed = true;
     }
 
     /// Drops unread bytes as well: after STARTTLS nothing sent in the clear may be used.
@@ -184,7 +206,7 @@ impl StreamReader {
         }
         let before_header = self.stream_qname.is_none();
         let mut skip = 0;
-        if before_header && self.buf.starts_with(BOM) {
+        if self.bom_allowed && self.buf.starts_with(BOM) {
             skip = BOM.len();
         }
         skip += self.buf[skip..]
@@ -194,10 +216,16 @@ impl StreamReader {
         if skip > 0 {
             self.buf.drain(..skip);
         }
+        // Only the stream's first bytes may be a byte order mark: not a second one, and not
+        // one after whitespace, however the bytes were cut into pieces.
+        let partial_bom = self.bom_allowed && skip == 0 && BOM.starts_with(&self.buf);
+        if !partial_bom {
+            self.bom_allowed = false;
+        }
         match self.buf.as_slice() {
             [] | [b'<'] => Ok(()),
             [b'<', next, ..] if chars::can_follow_lt(*next) => Ok(()),
-            partial if before_header && BOM.starts_with(partial) => Ok(()),
+            _ if partial_bom => Ok(()),
             _ if before_header => Err(err(C::NotWellFormed, "not an XML stream")),
             _ => Err(err(C::NotWellFormed, "character data outside a stanza")),
         }
@@ -205,17 +233,26 @@ impl StreamReader {
 
     /// Parses complete events from `input`; returns how many bytes were used.
     fn parse(&mut self, input: &[u8], out: &mut Vec<StreamEvent>) -> Result<usize, StreamError> {
-        let text =
-            std::str::from_utf8(input).map_err(|_| err(C::NotWellFormed, "invalid UTF-8"))?;
+        // quick-xml drops a byte order mark at the start of its input, without counting it in
+        // its positions. Here input starts wherever the last piece stopped, and a U+FEFF there
+        // is a stanza's text (outside one, `skip_between_stanzas` has dealt with it).
+        let mut lead = 0;
+        if input.starts_with(BOM) {
+            self.text("\u{FEFF}")?;
+            self.stanza_bytes += BOM.len();
+            lead = BOM.len();
+        }
+        let text = std::str::from_utf8(&input[lead..])
+            .map_err(|_| err(C::NotWellFormed, "invalid UTF-8"))?;
         let mut reader = Reader::from_str(text);
         let cfg = reader.config_mut();
         // End tags are matched against our own stack, which outlives this reader.
         cfg.check_end_names = false;
         cfg.allow_unmatched_ends = true;
         cfg.expand_empty_elements = false;
-        let mut consumed = 0;
+        let mut consumed = lead;
         loop {
-            let before = reader.buffer_position() as usize;
+            let before = lead + reader.buffer_position() as usize;
             let event = match reader.read_event() {
                 Ok(Event::Eof) => break,
                 Ok(ev) => ev,
@@ -229,7 +266,7 @@ impl StreamReader {
                 },
                 Err(e) => return Err(err(C::NotWellFormed, &e.to_string())),
             };
-            let after = reader.buffer_position() as usize;
+            let after = lead + reader.buffer_position() as usize;
             if matches!(event, Event::Text(_)) && after == input.len() {
                 // Text runs to the end of what we have; more of it may follow.
                 break;
@@ -312,6 +349,9 @@ impl StreamReader {
 
     fn text(&mut self, content: &str) -> Result<(), StreamError> {
         match self.stack.last_mut() {
+            // An empty CDATA section adds no character data: kept as an empty text node, it
+            // would be written as `<x></x>` and read back as `<x/>`, a different element.
+            Some(_) if content.is_empty() => Ok(()),
             Some((el, _)) => {
                 match el.children.last_mut() {
                     Some(Node::Text(t)) => t.push_str(content),
@@ -371,6 +411,9 @@ impl StreamReader {
             }
         };
         let local = local.into_inner();
+        if self.framed && self.stack.is_empty() {
+            return self.framing(qname, local, ns, attrs, empty, out);
+        }
         if self.stream_qname.is_none() {
             let content_ns = match self.resolver.resolve_prefix(None, true) {
                 ResolveResult::Bound(Namespace(n)) => n.to_owned(),
@@ -380,6 +423,7 @@ impl StreamReader {
                 to: take(&attrs, "to"),
                 from: take(&attrs, "from"),
                 version: take(&attrs, "version"),
+                id: take(&attrs, "id"),
                 lang: take(&attrs, "xml:lang"),
                 content_ns,
                 stream_ns: ns,
@@ -408,6 +452,65 @@ impl StreamReader {
             self.stack.push((el, qname.to_owned()));
         }
         Ok(())
+    }
+
+    /// A top-level element of a framed stream that may be `<open/>` or `<close/>`: the header
+    /// and the end of the stream; anything else opens a stanza. The framing elements are empty,
+    /// so nothing they declare outlives them.
+    fn framing(
+        &mut self,
+        qname: &str,
+        local: &str,
+        ns: String,
+        attrs: Vec<(String, String)>,
+        empty: bool,
+        out: &mut Vec<StreamEvent>,
+    ) -> Result<(), StreamError> {
+        let framing = ns == ns::FRAMING && matches!(local, "open" | "close");
+        if framing && !empty {
+            return Err(err(
+                C::InvalidXml,
+                "<open/> and <close/> are empty elements",
+            ));
+        }
+        match (self.stream_qname.is_some(), framing, local) {
+            (false, true, "open") => {
+                self.resolver.pop();
+                self.stream_qname = Some(String::new());
+                out.push(StreamEvent::Open(StreamHeader {
+                    to: take(&attrs, "to"),
+                    from: take(&attrs, "from"),
+                    id: take(&attrs, "id"),
+                    version: take(&attrs, "version"),
+                    lang: take(&attrs, "xml:lang"),
+                    stream_ns: ns::STREAM.into(),
+                    content_ns: ns::CLIENT.into(),
+                }));
+                Ok(())
+            }
+            (false, _, _) => Err(err(C::InvalidNamespace, "expected <open/>")),
+            (true, true, "close") => {
+                out.push(StreamEvent::Close);
+                self.restart();
+                Ok(())
+            }
+            (true, true, _) => Err(err(C::InvalidXml, "the stream is already open")),
+            (true, false, _) => {
+                let el = Element {
+                    name: local.to_owned(),
+                    ns,
+                    attrs,
+                    children: Vec::new(),
+                };
+                if empty {
+                    self.resolver.pop();
+                    self.finish(el, out);
+                } else {
+                    self.stack.push((el, qname.to_owned()));
+                }
+                Ok(())
+            }
+        }
     }
 
     /// The attributes of `start`, after its namespace declarations went into the resolver.
@@ -548,6 +651,80 @@ mod tests {
             r.feed(c, &mut out)?;
         }
         Ok(out)
+    }
+
+    #[test]
+    fn framed_streams_open_and_close_with_framing_elements() {
+        let mut r = StreamReader::framed(Limits::default());
+        let mut out = Vec::new();
+        let open =
+            b"<open xmlns='urn:ietf:params:xml:ns:xmpp-framing' to='localhost' version='1.0'/>";
+        r.feed(open, &mut out).unwrap();
+        r.feed(
+            b"<message xmlns='jabber:client' to='a@localhost'><body>hi</body></message>",
+            &mut out,
+        )
+        .unwrap();
+        r.feed(b"<presence/>", &mut out).unwrap();
+        match &out[0] {
+            StreamEvent::Open(h) => {
+                assert_eq!(h.to.as_deref(), Some("localhost"));
+                assert_eq!(h.version.as_deref(), Some("1.0"));
+                assert_eq!(
+                    (h.stream_ns.as_str(), h.content_ns.as_str()),
+                    (ns::STREAM, ns::CLIENT)
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        match (&out[1], &out[2]) {
+            (StreamEvent::Stanza(m), StreamEvent::Stanza(p)) => {
+                assert!(m.is("message", ns::CLIENT), "{m:?}");
+                assert_eq!(
+                    m.child("body", ns::CLIENT).map(|b| b.text()).as_deref(),
+                    Some("hi")
+                );
+                // Nothing declares a namespace for it: a framed stanza declares its own.
+                assert!(p.is("presence", ""), "{p:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+        out.clear();
+        r.feed(
+            b"<close xmlns='urn:ietf:params:xml:ns:xmpp-framing'/>",
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(out, vec![StreamEvent::Close]);
+        // A stream can be opened again (after SASL, say), and a restart expects <open/> again.
+        out.clear();
+        r.feed(open, &mut out).unwrap();
+        r.restart();
+        r.feed(open, &mut out).unwrap();
+        assert!(matches!(
+            out.as_slice(),
+            [StreamEvent::Open(_), StreamEvent::Open(_)]
+        ));
+        let mut r = StreamReader::framed(Limits::default());
+        let e = r
+            .feed(b"<message xmlns='jabber:client'/>", &mut out)
+            .unwrap_err();
+        assert_eq!(e.condition, C::InvalidNamespace);
+        let mut r = StreamReader::framed(Limits::default());
+        let e = r.feed(HEADER.as_bytes(), &mut out).unwrap_err();
+        assert_eq!(e.condition, C::InvalidNamespace);
+        let mut r = StreamReader::framed(Limits::default());
+        r.feed(open, &mut out).unwrap();
+        let e = r.feed(open, &mut out).unwrap_err();
+        assert_eq!(e.condition, C::InvalidXml);
+        let mut r = StreamReader::framed(Limits::default());
+        let e = r
+            .feed(
+                b"<open xmlns='urn:ietf:params:xml:ns:xmpp-framing'><x/></open>",
+                &mut out,
+            )
+            .unwrap_err();
+        assert_eq!(e.condition, C::InvalidXml);
     }
 
     fn stanzas(events: &[StreamEvent]) -> Vec<String> {
@@ -875,5 +1052,61 @@ mod tests {
         let header = HEADER.trim_start_matches("<?xml version='1.0'?>");
         let bare = format!("\n{header}<a/>");
         assert_eq!(run(&[bare.as_bytes()]).unwrap(), want);
+    }
+
+    /// Found by the `xml_reader` fuzz target: a byte order mark was skipped in every piece
+    /// that started with one, so two of them, or one after whitespace, were refused when they
+    /// arrived together and accepted when cut apart.
+    #[test]
+    fn only_the_first_bytes_may_be_a_byte_order_mark() {
+        let input = b"\xEF\xBB\xBF\xEF\xBB\xBF<?sion='1.0'?hxml:lx";
+        assert!(run(&[input]).is_err());
+        assert!(run(&[&input[..2], &input[2..4], &input[4..]]).is_err());
+        let input = b"\n\xEF\xBB";
+        assert!(run(&[input]).is_err());
+        assert!(run(&[&input[..2], &input[2..]]).is_err());
+        let plain = format!("{HEADER}<a/>");
+        for junk in [&b"\xEF\xBB\xBF\xEF\xBB\xBF"[..], b" \xEF\xBB\xBF"] {
+            let bytes = [junk, plain.as_bytes()].concat();
+            for i in 0..=junk.len() {
+                assert!(run(&[&bytes[..i], &bytes[i..]]).is_err(), "split at {i}");
+            }
+        }
+    }
+
+    /// Found by the `xml_reader` fuzz target: quick-xml drops a U+FEFF at the start of its
+    /// input without counting it, so text that began with one right where a piece began lost
+    /// it, and the stream then read three bytes of markup again as text.
+    #[test]
+    fn text_starting_with_u_feff_at_a_cut() {
+        let stanza = "<message><body>\u{FEFF}b</body><x>\u{FEFF}</x></message><presence/>";
+        let input = format!("{HEADER}{stanza}");
+        let want = run(&[input.as_bytes()]).unwrap();
+        assert_eq!(
+            stanzas(&want),
+            [
+                "<message><body>\u{FEFF}b</body><x>\u{FEFF}</x></message>",
+                "<presence/>"
+            ]
+        );
+        let bytes = input.as_bytes();
+        for i in 0..bytes.len() {
+            assert_eq!(
+                run(&[&bytes[..i], &bytes[i..]]).unwrap(),
+                want,
+                "split at {i}"
+            );
+        }
+        let singles: Vec<&[u8]> = bytes.chunks(1).collect();
+        assert_eq!(run(&singles).unwrap(), want);
+    }
+
+    /// Found by the `xml_reader` fuzz target: an empty CDATA section became an empty text
+    /// node, written out as `<x></x>`, which reads back as `<x/>`.
+    #[test]
+    fn empty_cdata_adds_no_text() {
+        let input = format!("{HEADER}<message><x><![CDATA[]]></x><y><![CDATA[]]>a</y></message>");
+        let got = run(&[input.as_bytes()]).unwrap();
+        assert_eq!(stanzas(&got), ["<message><x/><y>a</y></message>"]);
     }
 }

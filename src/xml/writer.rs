@@ -13,23 +13,49 @@
 //! reader, which validates them, and from constants in the code, so only debug builds check them.
 
 use super::{Element, Node, chars, ns};
-use quick_xml::escape::escape;
 
-/// Escaped character data or attribute value, without characters outside `Char`.
-fn push_value(out: &mut Vec<u8>, value: &str) {
-    if is_plain(value.as_bytes()) {
+/// Escaped character data, without characters outside `Char`. A carriage return is written
+/// as a reference: raw, it would reach the recipient as a line feed (XML 1.0 §2.11).
+fn push_text(out: &mut Vec<u8>, value: &str) {
+    push_escaped(out, value, false);
+}
+
+/// An escaped attribute value, without characters outside `Char`. Tab, line feed and carriage
+/// return are written as references: raw, they would reach the recipient as spaces (XML 1.0
+/// §3.3.3), and the value read here would not be the value read there.
+fn push_attr(out: &mut Vec<u8>, value: &str) {
+    push_escaped(out, value, true);
+}
+
+fn push_escaped(out: &mut Vec<u8>, value: &str, attr: bool) {
+    if is_plain(value.as_bytes(), attr) {
         out.extend_from_slice(value.as_bytes());
         return;
     }
     let clean = chars::replace_non_chars(value);
-    out.extend_from_slice(escape(clean.as_ref()).as_bytes());
+    let mut tmp = [0u8; 4];
+    for c in clean.chars() {
+        let escaped = match c {
+            '<' => "&lt;",
+            '>' => "&gt;",
+            '&' => "&amp;",
+            '\'' => "&apos;",
+            '"' => "&quot;",
+            '\r' => "&#13;",
+            '\n' if attr => "&#10;",
+            '\t' if attr => "&#9;",
+            c => c.encode_utf8(&mut tmp),
+        };
+        out.extend_from_slice(escaped.as_bytes());
+    }
 }
 
 /// True if `bytes` need neither escaping nor replacing, as most values and most text do: one
-/// pass without branches (vector compares) instead of the two scans it stands for.
-fn is_plain(bytes: &[u8]) -> bool {
+/// pass without branches (vector compares) instead of the two scans it stands for. Text may
+/// hold tabs and line feeds as they are, attribute values no control character.
+fn is_plain(bytes: &[u8], attr: bool) -> bool {
     let special = |b: u8| {
-        (b < 0x20) & (b != b'\t') & (b != b'\n') & (b != b'\r')
+        (b < 0x20) & (attr | (b != b'\t') & (b != b'\n'))
             | (b == b'<')
             | (b == b'>')
             | (b == b'&')
@@ -54,14 +80,14 @@ pub fn write_element(el: &Element, parent_ns: &str, out: &mut Vec<u8>) {
     push_name(out, &el.name);
     if !stream_prefixed && el.ns != parent_ns {
         out.extend_from_slice(b" xmlns='");
-        push_value(out, &el.ns);
+        push_attr(out, &el.ns);
         out.push(b'\'');
     }
     for (k, v) in &el.attrs {
         out.push(b' ');
         push_name(out, k);
         out.extend_from_slice(b"='");
-        push_value(out, v);
+        push_attr(out, v);
         out.push(b'\'');
     }
     if el.children.is_empty() {
@@ -75,7 +101,7 @@ pub fn write_element(el: &Element, parent_ns: &str, out: &mut Vec<u8>) {
     for child in &el.children {
         match child {
             Node::Element(c) => write_element(c, scope, out),
-            Node::Text(t) => push_value(out, t),
+            Node::Text(t) => push_text(out, t),
         }
     }
     out.extend_from_slice(b"</");
@@ -94,18 +120,76 @@ pub fn stream_header(from: &str, to: Option<&str>, id: &str) -> Vec<u8> {
     out.extend_from_slice(b"' xmlns:stream='");
     out.extend_from_slice(ns::STREAM.as_bytes());
     out.extend_from_slice(b"' version='1.0' xml:lang='en' from='");
-    push_value(&mut out, from);
+    push_attr(&mut out, from);
     if let Some(to) = to {
         out.extend_from_slice(b"' to='");
-        push_value(&mut out, to);
+        push_attr(&mut out, to);
     }
     out.extend_from_slice(b"' id='");
-    push_value(&mut out, id);
+    push_attr(&mut out, id);
+    out.extend_from_slice(b"'>");
+    out
+}
+
+/// A server-to-server stream header (RFC 6120 §4.7, XEP-0220 §2.1: the `db` prefix declared):
+/// the initiating side's has no id, the receiving side's a fresh one per stream.
+pub fn server_stream_header(from: &str, to: Option<&str>, id: Option<&str>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(b"<?xml version='1.0'?><stream:stream xmlns='");
+    out.extend_from_slice(ns::SERVER.as_bytes());
+    out.extend_from_slice(b"' xmlns:stream='");
+    out.extend_from_slice(ns::STREAM.as_bytes());
+    out.extend_from_slice(b"' xmlns:db='");
+    out.extend_from_slice(ns::DIALBACK.as_bytes());
+    out.extend_from_slice(b"' version='1.0' xml:lang='en' from='");
+    push_attr(&mut out, from);
+    if let Some(to) = to {
+        out.extend_from_slice(b"' to='");
+        push_attr(&mut out, to);
+    }
+    if let Some(id) = id {
+        out.extend_from_slice(b"' id='");
+        push_attr(&mut out, id);
+    }
     out.extend_from_slice(b"'>");
     out
 }
 
 pub const STREAM_CLOSE: &[u8] = b"</stream:stream>";
+
+/// A top-level element of a framed stream (RFC 7395 §3.3.3): a WebSocket message of its own,
+/// so it declares every namespace it uses, the `stream:` prefix included.
+pub fn write_framed(el: &Element, out: &mut Vec<u8>) {
+    if el.ns == ns::STREAM {
+        let mut declared = el.clone();
+        declared
+            .attrs
+            .insert(0, ("xmlns:stream".into(), ns::STREAM.into()));
+        write_element(&declared, "", out);
+    } else {
+        write_element(el, "", out);
+    }
+}
+
+/// The response `<open/>` of a framed stream (RFC 7395 §3.4), in place of the stream header.
+pub fn framed_open(from: &str, to: Option<&str>, id: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(192);
+    out.extend_from_slice(b"<open xmlns='");
+    out.extend_from_slice(ns::FRAMING.as_bytes());
+    out.extend_from_slice(b"' version='1.0' xml:lang='en' from='");
+    push_attr(&mut out, from);
+    if let Some(to) = to {
+        out.extend_from_slice(b"' to='");
+        push_attr(&mut out, to);
+    }
+    out.extend_from_slice(b"' id='");
+    push_attr(&mut out, id);
+    out.extend_from_slice(b"'/>");
+    out
+}
+
+/// The end of a framed stream (RFC 7395 §3.6).
+pub const FRAMED_CLOSE: &[u8] = b"<close xmlns='urn:ietf:params:xml:ns:xmpp-framing'/>";
 
 #[cfg(test)]
 mod tests {
@@ -136,6 +220,29 @@ mod tests {
     }
 
     #[test]
+    fn framed_elements_declare_their_namespaces() {
+        let features =
+            Element::new("features", ns::STREAM).with_child(Element::new("bind", ns::BIND));
+        let mut out = Vec::new();
+        write_framed(&features, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "<stream:features xmlns:stream='http://etherx.jabber.org/streams'>\
+             <bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></stream:features>"
+        );
+        let mut out = Vec::new();
+        write_framed(&Element::new("message", ns::CLIENT), &mut out);
+        assert_eq!(out, b"<message xmlns='jabber:client'/>");
+        let open = String::from_utf8(framed_open("localhost", None, "a'b")).unwrap();
+        assert_eq!(
+            open,
+            "<open xmlns='urn:ietf:params:xml:ns:xmpp-framing' version='1.0' xml:lang='en' \
+             from='localhost' id='a&apos;b'/>"
+        );
+        assert!(FRAMED_CLOSE.ends_with(format!("{}'/>", ns::FRAMING).as_bytes()));
+    }
+
+    #[test]
     fn characters_outside_xml_are_replaced() {
         let el = Element::new("message", ns::CLIENT)
             .with_attr("id", "a\u{1}b")
@@ -159,5 +266,23 @@ mod tests {
     #[should_panic(expected = "not an XML name")]
     fn invalid_names_are_caught_in_debug_builds() {
         Element::new("a\"b", ns::CLIENT).to_xml();
+    }
+
+    /// Found by the `xml_reader` fuzz target: a line feed read from `&#10;` in an attribute
+    /// was written raw, and came back as a space; a carriage return in text came back as a line
+    /// feed.
+    #[test]
+    fn whitespace_that_xml_would_normalise_is_written_as_references() {
+        let el = Element::new("message", ns::CLIENT)
+            .with_attr("id", "a\tb\nc\rd")
+            .with_child(Element::new("body", ns::CLIENT).with_text("x\r\ny\tz\r"));
+        let xml = el.to_xml();
+        assert_eq!(
+            xml,
+            "<message id='a&#9;b&#10;c&#13;d'><body>x&#13;\ny\tz&#13;</body></message>"
+        );
+        assert_eq!(super::super::reader::parse_one(&xml), Some(el));
+        let header = stream_header("localhost", None, "a\nb");
+        assert!(String::from_utf8(header).unwrap().contains("id='a&#10;b'"));
     }
 }

@@ -15,21 +15,37 @@ sends one message, for the archive's 'with' filter, and later reads another acco
 PEP node as a stranger. Two more accounts, d and e, have two OMEMO devices each
 (slixmpp-omemo, XEP-0384 in both versions): their keys live in hearth's PEP (XEP-0163), their
 device lists reach each other by PEP notifications filtered by entity caps (XEP-0115), and
-they exchange encrypted messages live, as carbons and through the archive. a and a2 also use slixmpp's blocking
+they exchange encrypted messages live, as carbons and through the archive. a and b chat in a
+room with slixmpp's XEP-0045 plugin, with the room's archive and self-ping. a and a2 also use slixmpp's blocking
 plugin (XEP-0191), and a's disco#info on its own bare JID finds the archive (XEP-0313 §6.4,
 as Dino and Conversations look for it). The blocking scenario runs after every scenario that
 reads a's archive and leaves nothing blocked.
+
+Accounts f, g and h try the profile features: f publishes a XEP-0084 avatar with slixmpp's
+plugin, its contact g gets the metadata notification, fetches the image by id and sees it in
+f's vCard (XEP-0054, XEP-0398) and as the photo hash in f's presence (XEP-0153); g sets a
+vCard avatar with the XEP-0153 plugin and f sees its hash and photo. f's bookmarks go both
+ways between XEP-0402 (PEP) and a second resource using XEP-0048 in private storage
+(XEP-0049), and stay f's. h changes its password (XEP-0077): its other session ends, the old
+password no longer logs in, the new one does; then h removes its account and f, its contact,
+sees it go. The server's STUN/TURN service (XEP-0215) gives TURN credentials that verify with
+the shared secret the run script configured.
 """
 
 import argparse
 import asyncio
+import base64
 import datetime
+import hashlib
+import hmac
+import io
 import logging
 import os
 import signal
 import ssl
 import sys
 import traceback
+import urllib.request
 import uuid
 
 import slixmpp
@@ -37,6 +53,7 @@ from omemo.storage import Just, Nothing, Storage
 from slixmpp.exceptions import IqError, IqTimeout
 from slixmpp.plugins import register_plugin
 from slixmpp_omemo import XEP_0384, TrustLevel
+from slixmpp.xmlstream import ET, ElementBase
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
@@ -54,6 +71,12 @@ NS_CHATSTATES = "http://jabber.org/protocol/chatstates"
 NS_BLOCKING = "urn:xmpp:blocking"
 NS_BLOCKING_ERRORS = "urn:xmpp:blocking:errors"
 NS_PUBSUB = "http://jabber.org/protocol/pubsub"
+NS_AVATAR_DATA = "urn:xmpp:avatar:data"
+NS_AVATAR_METADATA = "urn:xmpp:avatar:metadata"
+NS_VCARD_UPDATE = "vcard-temp:x:update"
+NS_BOOKMARKS = "urn:xmpp:bookmarks:1"
+NS_PUBSUB_EVENT = "http://jabber.org/protocol/pubsub#event"
+NS_EXTDISCO = "urn:xmpp:extdisco:2"
 NS_OLDMEMO = "eu.siacs.conversations.axolotl"
 NS_TWOMEMO = "urn:xmpp:omemo:2"
 
@@ -104,6 +127,16 @@ class OmemoPlugin(XEP_0384):
 
 
 register_plugin(OmemoPlugin)
+
+
+class InteropNotes(ElementBase):
+    """An element kept in private storage (XEP-0049) by the private_storage scenario."""
+
+    namespace = "urn:example:interop-notes"
+    name = "notes"
+    plugin_attrib = "interop_notes"
+    interfaces = {"text"}
+    sub_interfaces = interfaces
 
 
 class Fail(Exception):
@@ -393,6 +426,13 @@ class Run:
         # Two more accounts, each with two OMEMO devices.
         self.d_jid = f"d@{args.domain}"
         self.e_jid = f"e@{args.domain}"
+        # Profiles (avatars, vCards, bookmarks) and account self-service.
+        self.f_jid = f"f@{args.domain}"
+        self.g_jid = f"g@{args.domain}"
+        self.h_jid = f"h@{args.domain}"
+        self.f1 = None
+        self.g1 = None
+        self.h1 = None
         self.notes = []
         # Every client made, replaced or disconnected ones too: slixmpp's tasks of a closed
         # stream may still be finishing, and must not be garbage-collected while pending.
@@ -406,12 +446,13 @@ class Run:
         self.a_received = {}
 
     # Plugins beyond disco, ping and delay: a uses stream management (with resumption), client
-    # state indication and the archive; a2 carbons; a and a2 blocking; b sends chat states.
+    # state indication and the archive; a2 carbons; a and a2 blocking; b sends chat states; a
+    # and b chat in a room (XEP-0045).
     # Stanza-ids are read with XEP-0359's plugin.
     PLUGINS = {
-        "a": ("xep_0198", "xep_0352", "xep_0313", "xep_0359", "xep_0191"),
+        "a": ("xep_0198", "xep_0352", "xep_0313", "xep_0359", "xep_0191", "xep_0045"),
         "a2": ("xep_0280", "xep_0359", "xep_0191"),
-        "b": ("xep_0085", "xep_0359"),
+        "b": ("xep_0085", "xep_0359", "xep_0045"),
         "c": ("xep_0359",),
     }
 
@@ -433,6 +474,330 @@ class Run:
                    ("xep_0280", "xep_0313", "xep_0359"), omemo=storage)
         self.made.append(c)
         return c
+
+    def profile_client(self, name, plugins, password=None, mode="direct"):
+        """Resource `name` (f1, f2, g1, h1, ...) of account f, g or h with `plugins`."""
+        account = name.rstrip("0123456789")
+        jid = {"f": self.f_jid, "g": self.g_jid, "h": self.h_jid}[account]
+        if password is None:
+            password = {"f": self.args.password_f, "g": self.args.password_g,
+                        "h": self.args.password_h}[account]
+        c = Client(name, jid, password, f"interop-{name}", self.args, mode, plugins)
+        self.made.append(c)
+        return c
+
+    async def profile_up(self, name, plugins, interests=()):
+        """Logs in, fetches the roster, asks for PEP notifications of `interests` (XEP-0163
+        +notify in its caps) and sends initial presence."""
+        c = self.profile_client(name, plugins)
+        await c.login()
+        await c.roster()
+        for ns in interests:
+            c.x.plugin["xep_0030"].add_feature(f"{ns}+notify")
+        if interests:
+            # Before the presence that carries the caps hash, not in the background.
+            await c.x.plugin["xep_0115"].update_caps(broadcast=False)
+        c.send_initial_presence()
+        await c.inbox.expect("presence", presence_from(c.jid.full, "available", full=True),
+                             f"{name}: own initial presence")
+        return c
+
+    async def befriend(self, c1, c2):
+        """A mutual presence subscription between the accounts of two online clients."""
+        j1, j2 = c1.jid.bare, c2.jid.bare
+        c1.x.send_presence(pto=j2, ptype="subscribe")
+        await c2.inbox.expect("presence", presence_from(j1, "subscribe"), f"{c2.name}: subscribe")
+        c2.x.send_presence(pto=j1, ptype="subscribed")
+        c2.x.send_presence(pto=j1, ptype="subscribe")
+        await c1.inbox.expect("presence", presence_from(j2, "subscribe"), f"{c1.name}: subscribe")
+        c1.x.send_presence(pto=j2, ptype="subscribed")
+        await c1.inbox.expect("push", push_for(j2, subscription="both"), f"{c1.name}: both")
+        await c2.inbox.expect("push", push_for(j1, subscription="both"), f"{c2.name}: both")
+        await c1.inbox.expect("presence", presence_from(c2.jid.full, "available", full=True),
+                              f"{c1.name}: {c2.name}'s presence")
+        await c2.inbox.expect("presence", presence_from(c1.jid.full, "available", full=True),
+                              f"{c2.name}: {c1.name}'s presence")
+
+    async def avatars(self):
+        """XEP-0084 with slixmpp's plugin: f publishes data then metadata; g, subscribed and
+        asking for metadata notifications, gets the new id, fetches the image by item id, and
+        (XEP-0398) finds it as the PHOTO of f's vCard (XEP-0054) and as the photo hash in f's
+        next presence (XEP-0153)."""
+        self.f1 = f = await self.profile_up("f1", ("xep_0084", "xep_0054"))
+        self.g1 = g = await self.profile_up("g1", ("xep_0084", "xep_0054", "xep_0153"))
+        g.x.add_event_handler("avatar_metadata_publish", lambda m: g.inbox.put("avatar_meta", m))
+        await self.befriend(f, g)
+        image = os.urandom(3000)
+        avatar_id = hashlib.sha1(image).hexdigest()
+        await f.x.plugin["xep_0084"].publish_avatar(image, timeout=WAIT)
+        await f.x.plugin["xep_0084"].publish_avatar_metadata(
+            [{"id": avatar_id, "type": "image/png", "bytes": len(image)}], timeout=WAIT)
+
+        def announces(m):
+            items = m.xml.find(f"{{{NS_PUBSUB_EVENT}}}event/{{{NS_PUBSUB_EVENT}}}items")
+            return (m["from"].bare == self.f_jid and items is not None
+                    and any(i.get("id") == avatar_id for i in items))
+
+        await g.inbox.expect("avatar_meta", announces, "g: f's avatar metadata notification")
+        res = await g.x.plugin["xep_0084"].retrieve_avatar(slixmpp.JID(self.f_jid), avatar_id,
+                                                            timeout=WAIT)
+        data = res.xml.find(f".//{{{NS_AVATAR_DATA}}}data")
+        check(data is not None and base64.b64decode(data.text) == image,
+              f"g: the fetched avatar is not the image f published: {short(res)}")
+        vcard = await g.x.plugin["xep_0054"].get_vcard(slixmpp.JID(self.f_jid), cached=False,
+                                                       timeout=WAIT)
+        binval = vcard.xml.find(".//{vcard-temp}PHOTO/{vcard-temp}BINVAL")
+        check(binval is not None and base64.b64decode(binval.text) == image,
+              f"g: f's vCard does not show the PEP avatar: {short(vcard)}")
+        f.x.send_presence(pstatus="with an avatar")
+
+        def hashed(p):
+            photo = p.xml.find(f"{{{NS_VCARD_UPDATE}}}x/{{{NS_VCARD_UPDATE}}}photo")
+            return (p["from"].full == f.jid.full and p["status"] == "with an avatar"
+                    and photo is not None and photo.text == avatar_id)
+
+        await g.inbox.expect("presence", hashed, "g: f's presence with the avatar's hash")
+        self.notes.append(f"avatar {avatar_id[:12]}: notified, fetched by id, in the vCard and presence")
+
+    async def vcard(self):
+        """XEP-0054 and XEP-0153 with slixmpp's plugins: g publishes a vCard, then sets an
+        avatar with the XEP-0153 plugin (vCard PHOTO, then presence); f reads the vCard with its
+        photo and sees the photo's hash in g's presence."""
+        f, g = self.f1, self.g1
+        check(f is not None and g is not None, "the avatars scenario did not leave f and g online")
+        vcard = g.x.plugin["xep_0054"].make_vcard()
+        vcard["FN"] = "Gee Interop"
+        vcard["NICKNAME"] = "gee"
+        await g.x.plugin["xep_0054"].publish_vcard(vcard, timeout=WAIT)
+        image = os.urandom(800)
+        await g.x.plugin["xep_0153"].set_avatar(avatar=image, mtype="image/png", timeout=WAIT)
+
+        def hashed(p):
+            photo = p.xml.find(f"{{{NS_VCARD_UPDATE}}}x/{{{NS_VCARD_UPDATE}}}photo")
+            return (p["from"].bare == self.g_jid and photo is not None
+                    and photo.text == hashlib.sha1(image).hexdigest())
+
+        await f.inbox.expect("presence", hashed, "f: g's presence with its photo's hash")
+        got = await f.x.plugin["xep_0054"].get_vcard(slixmpp.JID(self.g_jid), cached=False,
+                                                     timeout=WAIT)
+        check(got["vcard_temp"]["FN"] == "Gee Interop", f"f reads g's vCard as {short(got)}")
+        binval = got.xml.find(".//{vcard-temp}PHOTO/{vcard-temp}BINVAL")
+        check(binval is not None and base64.b64decode(binval.text) == image,
+              f"f: g's vCard photo is not the image g set: {short(got)}")
+
+    async def bookmarks(self):
+        """XEP-0402 bookmarks published by f1 with XEP-0060 publish-options reach f2, a second
+        resource asking for them (+notify); f2 reads them through slixmpp's XEP-0048 plugin from
+        private storage (XEP-0049), adds one there, and f1 reads both from PEP; g may not."""
+        f1, g = self.f1, self.g1
+        check(f1 is not None and g is not None, "the avatars scenario did not leave f and g online")
+        f2 = await self.profile_up("f2", ("xep_0048", "xep_0049", "xep_0060", "xep_0163"),
+                                   interests=(NS_BOOKMARKS,))
+        room = "family@muc.example.org"
+        conference = ET.fromstring(
+            f"<conference xmlns='{NS_BOOKMARKS}' name='Family' autojoin='true'><nick>eff</nick></conference>")
+        options = f1.x.plugin["xep_0004"].make_form(ftype="submit")
+        for var, value in (("FORM_TYPE", "http://jabber.org/protocol/pubsub#publish-options"),
+                           ("pubsub#persist_items", "true"), ("pubsub#max_items", "max"),
+                           ("pubsub#send_last_published_item", "never"),
+                           ("pubsub#access_model", "whitelist")):
+            options.add_field(var=var, value=value, ftype="hidden" if var == "FORM_TYPE" else None)
+        await f1.x.plugin["xep_0060"].publish(slixmpp.JID(self.f_jid), NS_BOOKMARKS, id=room,
+                                              payload=conference, options=options, timeout=WAIT)
+
+        def bookmark_event(rid):
+            def pred(m):
+                items = m.xml.find(f"{{{NS_PUBSUB_EVENT}}}event/{{{NS_PUBSUB_EVENT}}}items")
+                return (items is not None and items.get("node") == NS_BOOKMARKS
+                        and any(i.get("id") == rid for i in items))
+            return pred
+
+        await f2.inbox.expect("message", bookmark_event(room), "f2: the new bookmark's notification")
+        res = await f2.x.plugin["xep_0048"].get_bookmarks(method="xep_0049", timeout=WAIT)
+        confs = {slixmpp.JID(c["jid"]).bare: c for c in res["private"]["bookmarks"]["conferences"]}
+        check(room in confs and confs[room]["name"] == "Family" and confs[room]["nick"] == "eff",
+              f"f2 reads the private storage bookmarks as {short(res)}")
+        legacy = f2.x.plugin["xep_0048"].stanza.Bookmarks()
+        legacy.add_conference(room, "eff", name="Family", autojoin=True)
+        legacy.add_conference("club@muc.example.org", "effie", name="Club", autojoin=False)
+        await f2.x.plugin["xep_0048"].set_bookmarks(legacy, method="xep_0049", timeout=WAIT)
+        await f2.inbox.expect("message", bookmark_event("club@muc.example.org"),
+                              "f2: the notification of the bookmark it added as XEP-0048")
+        res = await f1.x.plugin["xep_0060"].get_items(slixmpp.JID(self.f_jid), NS_BOOKMARKS,
+                                                      timeout=WAIT)
+        ids = sorted(i["id"] for i in res["pubsub"]["items"])
+        check(ids == ["club@muc.example.org", room], f"f1 reads the XEP-0402 bookmarks {ids}")
+        try:
+            await g.x.plugin["xep_0060"].get_items(slixmpp.JID(self.f_jid), NS_BOOKMARKS,
+                                                   timeout=WAIT)
+            raise Fail("g read f's bookmarks")
+        except IqError as e:
+            check(e.condition == "not-allowed", f"g reading f's bookmarks: {short(e.iq)}")
+        await f2.disconnect()
+
+    async def private_storage(self):
+        """XEP-0049 through slixmpp's plugin: f stores an element of its own and reads it back;
+        g, storing nothing, reads nothing under that name."""
+        f, g = self.f1, self.g1
+        check(f is not None and g is not None, "the avatars scenario did not leave f and g online")
+        for c in (f, g):
+            c.x.register_plugin("xep_0049")
+            c.x.plugin["xep_0049"].register(InteropNotes)
+        notes = InteropNotes()
+        notes["text"] = f"g plays the cello {uuid.uuid4()}"
+        await f.x.plugin["xep_0049"].store(notes, timeout=WAIT)
+        res = await f.x.plugin["xep_0049"].retrieve("interop_notes", timeout=WAIT)
+        check(res["private"]["interop_notes"]["text"] == notes["text"],
+              f"f reads back {short(res)}")
+        res = await g.x.plugin["xep_0049"].retrieve("interop_notes", timeout=WAIT)
+        check(not res["private"]["interop_notes"]["text"], f"g reads f's notes: {short(res)}")
+
+    async def password_change(self):
+        """XEP-0077 with slixmpp's plugin: h1 changes the password; h2, another session, is
+        ended with not-authorized; the old password is refused and the new one logs in."""
+        h1 = await self.profile_up("h1", ("xep_0077",))
+        h2 = await self.profile_up("h2", ())
+        new_password = f"ph-new-{uuid.uuid4()}"
+        res = await h1.x.plugin["xep_0077"].change_password(new_password, jid=self.args.domain,
+                                                            timeout=WAIT)
+        check(res["type"] == "result", f"change_password answered {short(res)}")
+        err = await h2.inbox.expect("stream_error", lambda e: True, "h2: a stream error")
+        check(err["condition"] == "not-authorized", f"h2 ended with {short(err)}")
+        await send_message_barrier(h1)
+        old = self.profile_client("h3", ())
+        try:
+            await old.login()
+            raise Fail("the old password still logs in")
+        except Fail as e:
+            check("authentication failed" in str(e), f"the old password: {e}")
+        old.abort()
+        self.args.password_h = new_password
+        h4 = await self.profile_up("h4", ("xep_0077",))
+        await h4.disconnect()
+        self.h1 = h1
+
+    async def account_removal(self):
+        """XEP-0077 <remove/> with slixmpp's plugin: h, a contact of f, removes its account;
+        its session ends, f sees it go offline and the subscriptions end, and h logs in no
+        more."""
+        f, h = self.f1, self.h1
+        check(f is not None and h is not None, "f or h is not online")
+        await self.befriend(f, h)
+        res = await h.x.plugin["xep_0077"].cancel_registration(jid=self.args.domain, timeout=WAIT)
+        check(res["type"] == "result", f"cancel_registration answered {short(res)}")
+        err = await h.inbox.expect("stream_error", lambda e: True, "h: a stream error")
+        check(err["condition"] == "not-authorized", f"h ended with {short(err)}")
+        await f.inbox.expect("presence", presence_from(h.jid.full, "unavailable", full=True),
+                             "f: h's unavailable presence")
+        await f.inbox.expect("presence", presence_from(self.h_jid, "unsubscribed"),
+                             "f: unsubscribed from h")
+        await f.inbox.expect("push", push_for(self.h_jid, subscription="none"),
+                             "f: h's roster item with subscription none")
+        gone = self.profile_client("h5", ())
+        try:
+            await gone.login()
+            raise Fail("the removed account still logs in")
+        except Fail as e:
+            check("authentication failed" in str(e), f"the removed account: {e}")
+        gone.abort()
+
+    async def external_services(self):
+        """XEP-0215: the server lists the STUN/TURN server the run script configured; the TURN
+        credentials are <expiry>:<user> and base64(HMAC-SHA1(secret, username)), as coturn's
+        use-auth-secret checks them, and they expire in the future."""
+        f = self.f1
+        check(f is not None, "f is not online")
+        iq = f.x.Iq()
+        iq["type"] = "get"
+        iq["to"] = self.args.domain
+        iq.append(ET.fromstring(f"<services xmlns='{NS_EXTDISCO}'/>"))
+        res = await iq.send(timeout=WAIT)
+        services = res.xml.findall(f"{{{NS_EXTDISCO}}}services/{{{NS_EXTDISCO}}}service")
+        turn = [s for s in services if s.get("type") == "turn"]
+        check(turn and any(s.get("type") == "stun" for s in services),
+              f"no STUN and TURN services in {short(res)}")
+        now = datetime.datetime.now(datetime.timezone.utc).timestamp()
+        for s in turn:
+            username, password = s.get("username"), s.get("password")
+            expiry, _, user = username.partition(":")
+            want = base64.b64encode(hmac.new(self.args.turn_secret.encode(), username.encode(),
+                                             hashlib.sha1).digest()).decode()
+            check(password == want, f"TURN password {password!r} is not HMAC-SHA1 of {username!r}")
+            check(user == "f" and int(expiry) > now, f"TURN username {username!r}")
+        self.notes.append(f"{len(services)} services; TURN credentials verify with the secret")
+
+    async def upload(self):
+        """XEP-0363 with slixmpp's own plugin: it finds the service in the server's disco#items,
+        reads max-file-size, asks for a slot and PUTs the file over HTTPS (aiohttp); the GET URL
+        then serves the same bytes with the type, nosniff and a locked-down CSP."""
+        g = self.profile_client("g3", ("xep_0363",))
+        await g.login()
+        data = os.urandom(300_000)
+        plugin = g.x.plugin["xep_0363"]
+        url = await plugin.upload_file("family photo.jpg", size=len(data), content_type="image/jpeg",
+                                       input_file=io.BytesIO(data), timeout=WAIT)
+        check(plugin.upload_service == f"upload.{self.args.domain}",
+              f"the upload service found is {plugin.upload_service}")
+        check(plugin.max_file_size == 104857600, f"max-file-size read as {plugin.max_file_size}")
+        check(url.startswith(f"https://{self.args.domain}") and url.endswith("/family%20photo.jpg"),
+              f"GET URL {url}")
+
+        def fetch():
+            ctx = ssl.create_default_context(cafile=self.args.ca)
+            with urllib.request.urlopen(url, context=ctx, timeout=WAIT) as r:
+                return r.read(), r.headers
+
+        body, headers = await asyncio.get_running_loop().run_in_executor(None, fetch)
+        check(body == data, f"the download has {len(body)} bytes, not the {len(data)} uploaded")
+        check(headers["Content-Type"] == "image/jpeg", f"Content-Type {headers['Content-Type']}")
+        check(headers["X-Content-Type-Options"] == "nosniff", "no nosniff")
+        check("default-src 'none'" in (headers["Content-Security-Policy"] or ""), "no CSP")
+        await g.disconnect()
+        self.notes.append(f"{len(data)} bytes up with slixmpp's plugin and back byte for byte: {url}")
+
+    async def websocket(self):
+        """XMPP over WebSocket with xmpp.js (@xmpp/client in Node): it finds the endpoint through
+        host-meta (XEP-0156) when the server listens on 443, logs in as f over RFC 7395 framing,
+        says hello to a slixmpp client on TCP, and answers its ping."""
+        g = self.profile_client("g4", ())
+        await g.login()
+        g.send_initial_presence()
+        await g.inbox.expect("presence", presence_from(g.jid.full, "available", full=True),
+                             "g4: own initial presence")
+        env = dict(os.environ,
+                   INTEROP_WS_SERVICE=self.args.ws_service, INTEROP_DOMAIN=self.args.domain,
+                   INTEROP_WS_USER="f", INTEROP_WS_PASSWORD=self.args.password_f,
+                   INTEROP_PEER=g.jid.full, NODE_EXTRA_CA_CERTS=self.args.ca)
+        proc = await asyncio.create_subprocess_exec(
+            "node", "--experimental-websocket", "--no-warnings", "websocket.mjs",
+            cwd=self.args.node_dir, env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        try:
+            line = (await asyncio.wait_for(proc.stdout.readline(), WAIT * 2)).decode().strip()
+            check(line.startswith("online "), f"xmpp.js did not come online: {line!r}; "
+                  f"{(await proc.stderr.read()).decode()[-500:] if not line else ''}")
+            _, jid, uri = (line.split(" ") + [""])[:3]
+            check(jid.startswith(f"{self.f_jid}/"), f"xmpp.js bound {jid}")
+            check(uri.startswith("wss://") and uri.endswith("/xmpp-websocket"),
+                  f"xmpp.js connected to {uri!r}, not the WebSocket endpoint")
+            hello = await g.inbox.expect("message", lambda m: m["body"] == "hello from xmpp.js",
+                                         "g4: the hello from xmpp.js")
+            check(hello["from"].full == jid, f"hello from {hello['from']}")
+            token = uuid.uuid4().hex
+            g.x.send_message(mto=jid, mbody=f"ping {token}", mtype="chat")
+            await g.inbox.expect("message", lambda m: m["body"] == f"pong {token}",
+                                 "g4: the pong from xmpp.js")
+            rest = (await asyncio.wait_for(proc.stdout.read(), WAIT)).decode()
+            check("done" in rest, f"xmpp.js said {rest!r}")
+            code = await asyncio.wait_for(proc.wait(), WAIT)
+            check(code == 0, f"xmpp.js exited {code}")
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        await g.disconnect()
+        how = "through host-meta" if "://" not in self.args.ws_service else "given the URL"
+        self.notes.append(f"xmpp.js over {uri} ({how}) chatted with slixmpp over TCP")
 
     def a_sent(self, to, body):
         self.a_exchanged.append(("out", str(to), body))
@@ -1198,6 +1563,106 @@ class Run:
                           f"e2 {devices['e2']}: both OMEMO versions published; messages, carbons "
                           f"and an archived message decrypted")
 
+    async def muc(self):
+        """slixmpp's XEP-0045 plugin: a finds the room service in the server's disco items,
+        creates a room (status 201) and configures it through the form it is given (persistent,
+        non-anonymous); b enters with a history request and gets what a said before, a sees b
+        arrive, both talk (the room's stanza-ids on each message), a sends b a private message,
+        b's self-ping (XEP-0410) is answered while b is in and refused once b left, a reads the
+        room's archive (XEP-0313), and b's leaving reaches a."""
+        a, b = self.a, self.b
+        disco = a.x.plugin["xep_0030"]
+        items = await disco.get_items(jid=self.args.domain, timeout=WAIT)
+        services = [str(i[0]) for i in items["disco_items"]["items"]]
+        service = f"muc.{self.args.domain}"
+        check(service in services, f"the server's disco items {services} lack {service}")
+        info = await disco.get_info(jid=service, timeout=WAIT)
+        check("http://jabber.org/protocol/muc" in info["disco_info"]["features"],
+              f"{service} does not say it is a MUC service: {short(info)}")
+        room = slixmpp.JID(f"interop-{uuid.uuid4().hex[:8]}@{service}")
+        muc_a, muc_b = a.x.plugin["xep_0045"], b.x.plugin["xep_0045"]
+        pres, _subject, _occupants, _history = await muc_a.join_muc_wait(room, "Alice", timeout=WAIT)
+        codes = pres["muc"]["status_codes"]
+        check({110, 201} <= set(codes), f"a: a new room's self-presence has codes {codes}")
+        form = await muc_a.get_room_config(room, timeout=WAIT)
+        fields = form.get_fields()
+        for var in ("muc#roomconfig_persistentroom", "muc#roomconfig_whois", "muc#roomconfig_membersonly"):
+            check(var in fields, f"a: the configuration form lacks {var}: {short(form)}")
+        form.set_values({
+            "muc#roomconfig_roomname": "Interop",
+            "muc#roomconfig_persistentroom": True,
+            "muc#roomconfig_whois": "anyone",
+        })
+        await muc_a.set_room_config(room, form, timeout=WAIT)
+        info = await disco.get_info(jid=room, timeout=WAIT)
+        features = info["disco_info"]["features"]
+        for f in ("muc_persistent", "muc_nonanonymous", "muc_open", NS_MAM):
+            check(f in features, f"the room's disco#info lacks {f}: {sorted(features)}")
+
+        before = f"before b {uuid.uuid4()}"
+        a.x.send_message(mto=room, mbody=before, mtype="groupchat")
+        await a.inbox.expect("message", lambda m: m["type"] == "groupchat" and body_of(m) == before,
+                             "a: its own message reflected by the room")
+        b_in = asyncio.Event()
+        a.x.add_event_handler(f"muc::{room}::got_online",
+                              lambda p: p["muc"]["nick"] == "Bob" and b_in.set())
+        b_out = asyncio.Event()
+        a.x.add_event_handler(f"muc::{room}::got_offline",
+                              lambda p: p["muc"]["nick"] == "Bob" and b_out.set())
+        pres, _subject, occupants, history = await muc_b.join_muc_wait(room, "Bob", maxstanzas=10,
+                                                                        timeout=WAIT)
+        codes = pres["muc"]["status_codes"]
+        check({100, 110} <= set(codes), f"b: a non-anonymous room's self-presence has codes {codes}")
+        # The plugin counts b itself among the occupants, after the others.
+        nicks = [p["muc"]["nick"] for p in occupants]
+        check(nicks == ["Alice", "Bob"], f"b: occupants {nicks}")
+        check([body_of(m) for m in history] == [before], f"b: history {[short(m) for m in history]}")
+        await asyncio.wait_for(b_in.wait(), WAIT)
+        check("Bob" in muc_a.get_roster(room), f"a: the room's roster {muc_a.get_roster(room)}")
+
+        said = f"hello room {uuid.uuid4()}"
+        b.x.send_message(mto=room, mbody=said, mtype="groupchat")
+        for c in (a, b):
+            m = await c.inbox.expect("message", lambda m: m["type"] == "groupchat" and body_of(m) == said,
+                                     f"{c.name}: b's message in the room")
+            check(m["from"].resource == "Bob", f"{c.name}: b's message from {m['from']}")
+            sid = m.xml.find(f"{{{NS_SID}}}stanza-id")
+            check(sid is not None and sid.get("by") == str(room),
+                  f"{c.name}: no stanza-id by the room on {short(m)}")
+        private = f"just for you {uuid.uuid4()}"
+        a.x.send_message(mto=slixmpp.JID(f"{room}/Bob"), mbody=private, mtype="chat")
+        m = await b.inbox.expect("message", lambda m: body_of(m) == private, "b: a's private message")
+        check(m["from"].full == f"{room}/Alice" and m["type"] == "chat", f"b: the private message {short(m)}")
+
+        async def self_ping():
+            iq = b.x.Iq()
+            iq["type"] = "get"
+            iq["to"] = f"{room}/Bob"
+            iq.enable("ping")
+            return await iq.send(timeout=WAIT)
+
+        res = await self_ping()
+        check(res["type"] == "result", f"b: self-ping in the room answered {short(res)}")
+
+        res = await a.x.plugin["xep_0313"].retrieve(jid=room, timeout=WAIT)
+        archived = [r["mam_result"]["forwarded"]["stanza"] for r in res["mam"]["results"]]
+        check([body_of(m) for m in archived] == [before, said],
+              f"a: the room's archive holds {[short(m) for m in archived]}")
+
+        muc_b.leave_muc(room, "Bob")
+        await asyncio.wait_for(b_out.wait(), WAIT)
+        try:
+            res = await self_ping()
+            raise Fail(f"b: self-ping after leaving answered {short(res)}")
+        except IqError as e:
+            check(e.condition == "not-acceptable", f"b: self-ping after leaving: {short(e.iq)}")
+        await muc_a.destroy(room, timeout=WAIT)
+        for c in (a, b):
+            c.inbox.drop("message")
+            c.inbox.drop("presence")
+        self.notes.append(f"room {room}: created, configured by form, history, messages with "
+                          f"stanza-ids, a private message, self-ping, its archive, leaving")
+
     async def shutdown_notice(self):
         """SIGTERM to the server: each connected client gets the stream error
         system-shutdown (RFC 6120 4.9.3.20), then the server closes the connection."""
@@ -1212,7 +1677,7 @@ class Run:
             await c.inbox.expect("disconnected", lambda r: True, f"{c.name}: the connection closed by the server")
 
     async def close(self):
-        for c in (self.a2, self.c, self.a, self.b):
+        for c in (self.a2, self.c, self.a, self.b, self.f1, self.g1):
             if c is None:
                 continue
             try:
@@ -1239,6 +1704,16 @@ async def main(args):
         ("csi", run.csi),
         ("blocking", run.blocking),
         ("omemo", run.omemo),
+        ("muc", run.muc),
+        ("avatars", run.avatars),
+        ("vcard", run.vcard),
+        ("bookmarks", run.bookmarks),
+        ("private_storage", run.private_storage),
+        ("external_services", run.external_services),
+        ("upload", run.upload),
+        ("websocket", run.websocket),
+        ("password_change", run.password_change),
+        ("account_removal", run.account_removal),
     ]
     if args.server_pid:
         scenarios.append(("shutdown_notice", run.shutdown_notice))
@@ -1284,6 +1759,9 @@ def parse_args():
     p.add_argument("--c2s-port", type=int, required=True, help="the STARTTLS port")
     p.add_argument("--tls-port", type=int, required=True, help="the direct TLS port")
     p.add_argument("--ca", required=True, help="the server's certificate (PEM), trusted as the only CA")
+    p.add_argument("--ws-service", required=True,
+                   help="what xmpp.js is given as its service: the domain (host-meta) or a wss:// URL")
+    p.add_argument("--node-dir", required=True, help="where websocket.mjs and its node_modules are")
     p.add_argument("--log", help="write slixmpp's debug log to this file")
     p.add_argument("--server-pid", type=int,
                    help="last, send SIGTERM to this server process and check the clients are told")
@@ -1297,6 +1775,10 @@ def parse_args():
     args.password_c = os.environ["INTEROP_PASSWORD_C"]
     args.password_d = os.environ["INTEROP_PASSWORD_D"]
     args.password_e = os.environ["INTEROP_PASSWORD_E"]
+    args.password_f = os.environ["INTEROP_PASSWORD_F"]
+    args.password_g = os.environ["INTEROP_PASSWORD_G"]
+    args.password_h = os.environ["INTEROP_PASSWORD_H"]
+    args.turn_secret = os.environ["INTEROP_TURN_SECRET"]
     return args
 
 

@@ -68,6 +68,9 @@ fn disco_info_lists_the_identity_and_features() {
         "urn:xmpp:mam:2#extended",
         "urn:xmpp:sid:0",
         "urn:xmpp:blocking",
+        "vcard-temp",
+        "jabber:iq:private",
+        "jabber:iq:register",
     ];
     want.sort_unstable();
     assert_eq!(features, want);
@@ -125,9 +128,16 @@ fn an_account_shows_its_owner_the_archive() {
         features,
         vec![
             ns::DISCO_INFO,
+            "jabber:iq:register",
+            "urn:xmpp:bookmarks-conversion:0",
+            "urn:xmpp:bookmarks:1#compat",
+            "urn:xmpp:bookmarks:1#compat-pep",
             "urn:xmpp:mam:2",
             "urn:xmpp:mam:2#extended",
-            "urn:xmpp:sid:0"
+            "urn:xmpp:pep-vcard-conversion:0",
+            "urn:xmpp:push:0",
+            "urn:xmpp:sid:0",
+            "vcard-temp",
         ]
     );
     // Another account shows what it is and its PEP service, nothing of what it holds.
@@ -135,13 +145,23 @@ fn an_account_shows_its_owner_the_archive() {
     ids.sort();
     assert_eq!(ids, vec![account.clone(), pubsub]);
     assert!(pep(&mut features) > 10, "PEP features missing");
-    assert_eq!(features, vec![ns::DISCO_INFO]);
-    // With the archive and PEP off, the account lists neither.
+    features.sort();
+    assert_eq!(features, vec![ns::DISCO_INFO, "vcard-temp"]);
+    // With the archive and PEP off, the account lists neither, nor PEP avatars in vCards.
     let server = server_with("[modules.mam]\nenabled = false\n[modules.pep]\nenabled = false\n");
     let mut c = alice(&server);
-    let (ids, features) = disco_of(&mut c, "alice@localhost");
+    let (ids, mut features) = disco_of(&mut c, "alice@localhost");
+    features.sort();
     assert_eq!(ids, vec![account]);
-    assert_eq!(features, vec![ns::DISCO_INFO]);
+    assert_eq!(
+        features,
+        vec![
+            ns::DISCO_INFO,
+            "jabber:iq:register",
+            "urn:xmpp:push:0",
+            "vcard-temp"
+        ]
+    );
 }
 
 #[test]

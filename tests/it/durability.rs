@@ -137,3 +137,58 @@ fn acknowledged_messages_to_an_online_contact_are_archived_exactly_once() {
         );
     }
 }
+
+/// Whether the store at `path` opens without a repair, that is, was closed cleanly. redb
+/// repairs a store that was not by walking the whole file, which on a large archive is what a
+/// start or `hearth user list` would wait for.
+fn opens_without_repair(path: &std::path::Path) -> bool {
+    let opened = redb::Database::builder()
+        .set_repair_callback(|session| session.abort())
+        .open(path);
+    match opened {
+        Ok(_) => true,
+        Err(redb::DatabaseError::RepairAborted) => false,
+        Err(e) => panic!("cannot open {}: {e}", path.display()),
+    }
+}
+
+#[test]
+fn a_stopped_server_leaves_its_store_closed_cleanly() {
+    let mut server = TestServer::start();
+    server.add_users(&["alice", "bob"]);
+    let mut alice = Client::user(&server, "alice", "phone");
+    let _bob = Client::online(&server, "bob", "pc");
+    alice.send_message("bob@localhost", "chat", "archived");
+    // An archive query answers after every earlier archive write is durable.
+    assert!(archived_bodies_raw(&mut alice) > 0);
+    let store = server.data_dir().join("hearth.redb");
+    let status = server.stop();
+    assert!(status.success(), "hearth exited with {status} on SIGTERM");
+    assert!(opens_without_repair(&store), "SIGTERM closes the store");
+    // The attack: a crash leaves it unclosed, and the next start repairs it and goes on.
+    server.restart();
+    let _ = Client::user(&server, "alice", "phone");
+    server.kill_hard();
+    assert!(!opens_without_repair(&store), "kill -9 leaves it open");
+    server.restart();
+    let mut alice = Client::user(&server, "alice", "phone");
+    assert!(archived_bodies_raw(&mut alice) > 0, "the archive survived");
+    assert!(server.stop().success());
+    assert!(opens_without_repair(&store), "after a repair, too");
+}
+
+/// How many messages the archive holds (one page of at most 200).
+fn archived_bodies_raw(c: &mut Client) -> usize {
+    let id = c.send_iq(
+        "type='set'",
+        "<query xmlns='urn:xmpp:mam:2'><set xmlns='http://jabber.org/protocol/rsm'><max>200</max></set></query>",
+    );
+    let mut n = 0;
+    loop {
+        let el = c.recv();
+        if el.is("iq", ns::CLIENT) && el.attr("id") == Some(id.as_str()) {
+            return n;
+        }
+        n += 1;
+    }
+}

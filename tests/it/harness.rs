@@ -126,6 +126,17 @@ impl Element {
                 .all(|p| self.children.iter().any(|c| c.matches(p)))
     }
 
+    /// The element as a WebSocket message: with its namespace declared.
+    pub fn framed(&self) -> String {
+        struct Top<'a>(&'a Element);
+        impl fmt::Display for Top<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.write(f, "")
+            }
+        }
+        Top(self).to_string()
+    }
+
     fn write(&self, f: &mut fmt::Formatter<'_>, parent_ns: &str) -> fmt::Result {
         write!(f, "<{}", self.name)?;
         if self.ns != parent_ns {
@@ -166,7 +177,12 @@ const STREAM_OPEN: &str =
 
 /// The XML declaration and stream header a client opens each stream with.
 pub fn stream_header() -> String {
-    format!("<?xml version='1.0'?>{STREAM_OPEN} to='{DOMAIN}' version='1.0' xml:lang='en'>")
+    stream_header_to(DOMAIN)
+}
+
+/// The same for a server of another domain.
+pub fn stream_header_to(domain: &str) -> String {
+    format!("<?xml version='1.0'?>{STREAM_OPEN} to='{domain}' version='1.0' xml:lang='en'>")
 }
 
 /// Parses a pattern (or any stanza text) in the namespace context of a client stream, so
@@ -392,6 +408,13 @@ pub struct TestServer {
     log: Arc<Mutex<String>>,
     pub c2s: SocketAddr,
     pub c2s_tls: SocketAddr,
+    /// The server-to-server listener, when federation listens.
+    pub s2s: Option<SocketAddr>,
+    /// The domain it serves.
+    pub domain: String,
+    /// The HTTPS listener (uploads, WebSocket, host-meta), unless the config turns it off.
+    pub https: Option<SocketAddr>,
+    expect_https: bool,
 }
 
 impl TestServer {
@@ -406,11 +429,28 @@ impl TestServer {
 
     /// Starts a server, and later runs its CLI, with the umask `umask` in effect.
     pub fn start_with_umask(extra: &str, umask: Option<libc::mode_t>) -> TestServer {
+        TestServer::start_as(DOMAIN, extra, umask)
+    }
+
+    /// Starts a server for `domain`, with `extra` appended to its config.
+    pub fn start_domain(domain: &str, extra: &str) -> TestServer {
+        TestServer::start_as(domain, extra, None)
+    }
+
+    fn start_as(domain: &str, extra: &str, umask: Option<libc::mode_t>) -> TestServer {
         let dir = tempfile::tempdir().expect("create a temporary directory");
         let config = dir.path().join("hearth.toml");
         let data_dir = dir.path().join("data");
+        // The web endpoint listens on loopback too, in the test's own [modules.http] if any.
+        const HTTP: &str = "[modules.http]\n";
+        let listen = format!("{HTTP}listen = [\"127.0.0.1:0\"]\n");
+        let extra = match extra.contains(HTTP) {
+            true => extra.replacen(HTTP, &listen, 1),
+            false => format!("{extra}\n{listen}"),
+        };
+        let expect_https = !extra.contains(&format!("{listen}enabled = false"));
         let text = format!(
-            "[server]\ndomain = \"{DOMAIN}\"\ndata_dir = {:?}\nlog_level = \"debug\"\n\n\
+            "[server]\ndomain = \"{domain}\"\ndata_dir = {:?}\nlog_level = \"debug\"\n\n\
              [listen]\nc2s = [\"127.0.0.1:0\"]\nc2s_tls = [\"127.0.0.1:0\"]\n\n{extra}\n",
             data_dir.to_str().expect("a UTF-8 temporary path")
         );
@@ -424,6 +464,10 @@ impl TestServer {
             log: Arc::default(),
             c2s: unbound,
             c2s_tls: unbound,
+            s2s: None,
+            domain: domain.to_owned(),
+            https: None,
+            expect_https,
         };
         server.spawn();
         server
@@ -433,7 +477,7 @@ impl TestServer {
         self.dir.path().join("data")
     }
 
-    fn cert_path(&self) -> PathBuf {
+    pub fn cert_path(&self) -> PathBuf {
         self.data_dir().join("cert.pem")
     }
 
@@ -475,10 +519,17 @@ impl TestServer {
         drain_lines(stderr, self.log.clone(), None);
         self.child = Some(child);
         let deadline = Instant::now() + START_TIMEOUT;
-        let (mut c2s, mut c2s_tls) = (None, None);
+        let (mut c2s, mut c2s_tls, mut https) = (None, None, None);
+        // A server that talks to other servers listens for them too (all tests that give it a
+        // [federation] section have it listen).
+        let federates =
+            std::fs::read_to_string(&self.config).is_ok_and(|c| c.contains("[federation]"));
         loop {
-            if let (Some(plain), Some(tls)) = (c2s, c2s_tls) {
-                (self.c2s, self.c2s_tls) = (plain, tls);
+            if let (Some(plain), Some(tls)) = (c2s, c2s_tls)
+                && (!federates || self.s2s.is_some())
+                && (https.is_some() || !self.expect_https)
+            {
+                (self.c2s, self.c2s_tls, self.https) = (plain, tls, https);
                 return;
             }
             let line = match rx.recv_timeout(remaining(deadline)) {
@@ -495,6 +546,8 @@ impl TestServer {
             match kind {
                 "c2s" => c2s = Some(addr),
                 "c2s_tls" => c2s_tls = Some(addr),
+                "s2s" => self.s2s = Some(addr),
+                "https" => https = Some(addr),
                 _ => {}
             }
         }
@@ -623,7 +676,7 @@ impl TestServer {
     #[track_caller]
     pub fn add_users(&self, users: &[&str]) {
         for u in users {
-            self.add_user(&format!("{u}@{DOMAIN}"), PASSWORD);
+            self.add_user(&format!("{u}@{}", self.domain), PASSWORD);
         }
     }
 }
@@ -670,6 +723,52 @@ fn drain_lines(
     });
 }
 
+/// The WebSocket opening handshake over `tls`, offering `protocol`; panics if it fails.
+pub fn websocket_handshake(
+    tls: TlsStream,
+    protocol: &str,
+) -> (
+    tungstenite::WebSocket<TlsStream>,
+    tungstenite::handshake::client::Response,
+) {
+    use tungstenite::client::IntoClientRequest;
+    let mut req = format!("wss://{DOMAIN}/xmpp-websocket")
+        .into_client_request()
+        .expect("a WebSocket request");
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        protocol.parse().expect("a header value"),
+    );
+    tungstenite::client::client(req, tls)
+        .unwrap_or_else(|e| panic!("WebSocket handshake with hearth: {e}"))
+}
+
+/// A TLS client configuration trusting exactly the server's certificate, with `alpn`.
+pub fn tls_client(server: &TestServer, alpn: &[&[u8]]) -> Arc<ClientConfig> {
+    let config = Client::tls_config(&server.cert_path(), false);
+    let mut config = (*config).clone();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
+}
+
+/// A TLS connection to `addr` (the HTTPS listener, say), handshake done.
+pub fn tls_connect(server: &TestServer, addr: SocketAddr, alpn: &[&[u8]]) -> TlsStream {
+    let tcp = TcpStream::connect_timeout(&addr, TIMEOUT).expect("connect to hearth");
+    tcp.set_read_timeout(Some(TIMEOUT))
+        .expect("set a read timeout");
+    tcp.set_write_timeout(Some(TIMEOUT))
+        .expect("set a write timeout");
+    let name = ServerName::try_from(DOMAIN).expect("a valid server name");
+    let conn = ClientConnection::new(tls_client(server, alpn), name).expect("start TLS");
+    let mut tls = StreamOwned::new(conn, tcp);
+    while tls.conn.is_handshaking() {
+        tls.conn
+            .complete_io(&mut tls.sock)
+            .unwrap_or_else(|e| panic!("TLS handshake with hearth: {e}"));
+    }
+    tls
+}
+
 fn remaining(deadline: Instant) -> Duration {
     deadline.saturating_duration_since(Instant::now())
 }
@@ -678,13 +777,13 @@ fn remaining(deadline: Instant) -> Duration {
 // SCRAM (RFC 5802) arithmetic
 
 #[derive(Clone, Copy, Debug)]
-enum Hash {
+pub enum Hash {
     Sha1,
     Sha256,
 }
 
 impl Hash {
-    fn hmac(self, key: &[u8], data: &[u8]) -> Vec<u8> {
+    pub fn hmac(self, key: &[u8], data: &[u8]) -> Vec<u8> {
         use hmac::{Hmac, Mac};
         // HMAC takes keys of any length, so new_from_slice cannot fail.
         match self {
@@ -703,7 +802,7 @@ impl Hash {
         }
     }
 
-    fn digest(self, data: &[u8]) -> Vec<u8> {
+    pub fn digest(self, data: &[u8]) -> Vec<u8> {
         use sha2::Digest;
         match self {
             Hash::Sha1 => sha1::Sha1::digest(data).to_vec(),
@@ -714,7 +813,7 @@ impl Hash {
     /// PBKDF2 of the password, computed once per password, salt and count: an account's salt
     /// stays the same, and tests log the same accounts in again and again (in a debug build
     /// this is most of what a login costs the client).
-    fn salted_password(self, password: &str, salt: &[u8], iterations: u32) -> Vec<u8> {
+    pub fn salted_password(self, password: &str, salt: &[u8], iterations: u32) -> Vec<u8> {
         type Key = (bool, String, Vec<u8>, u32);
         static CACHE: std::sync::OnceLock<Mutex<std::collections::HashMap<Key, Vec<u8>>>> =
             std::sync::OnceLock::new();
@@ -750,7 +849,7 @@ impl Hash {
 
 /// The value of `key=` in a SCRAM message (RFC 5802 §5); panics if it is missing.
 #[track_caller]
-fn scram_attr(msg: &str, key: char) -> &str {
+pub fn scram_attr(msg: &str, key: char) -> &str {
     msg.split(',')
         .find_map(|part| part.strip_prefix(key)?.strip_prefix('='))
         .unwrap_or_else(|| panic!("no {key}= in SCRAM message {msg:?}"))
@@ -758,7 +857,7 @@ fn scram_attr(msg: &str, key: char) -> &str {
 
 /// The base64 text of a SASL element, decoded as UTF-8.
 #[track_caller]
-fn sasl_text(el: &Element) -> String {
+pub fn sasl_text(el: &Element) -> String {
     let bytes = B64
         .decode(el.text.trim())
         .unwrap_or_else(|e| panic!("bad base64 in {el}: {e}"));
@@ -780,9 +879,14 @@ fn sasl_step(el: Element, expected: &str) -> Result<Element, Element> {
 // ---------------------------------------------------------------------------------------------
 // The client
 
+type TlsStream = StreamOwned<ClientConnection, TcpStream>;
+
 enum Io {
     Tcp(TcpStream),
-    Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
+    Tls(Box<TlsStream>),
+    /// RFC 7395: the client reads and writes the stream as if it were a byte stream; `send`
+    /// and `fill` translate between that and the framing (see `framed_out`, `framed_in`).
+    Ws(Box<tungstenite::WebSocket<TlsStream>>),
 }
 
 impl Io {
@@ -790,6 +894,7 @@ impl Io {
         match self {
             Io::Tcp(s) => s,
             Io::Tls(s) => &s.sock,
+            Io::Ws(ws) => &ws.get_ref().sock,
         }
     }
 
@@ -797,8 +902,51 @@ impl Io {
         match self {
             Io::Tcp(s) => s,
             Io::Tls(s) => s.as_mut(),
+            Io::Ws(_) => panic!("a WebSocket carries messages, not a byte stream"),
         }
     }
+}
+
+pub const FRAMING: &str = "urn:ietf:params:xml:ns:xmpp-framing";
+
+/// What a test sends, as a WebSocket message: a stream header becomes `<open/>`, its end
+/// `<close/>`, and a stanza (written in a client stream's namespace context) declares its
+/// namespace itself.
+fn framed_out(text: &str) -> String {
+    let text = text.trim();
+    if text.contains("<stream:stream") {
+        return format!("<open xmlns='{FRAMING}' to='{DOMAIN}' version='1.0'/>");
+    }
+    if text == "</stream:stream>" {
+        return format!("<close xmlns='{FRAMING}'/>");
+    }
+    let el = parse_in(&format!("{STREAM_OPEN}>"), text)
+        .unwrap_or_else(|e| panic!("cannot frame {text:?} for a WebSocket: {e}"));
+    el.framed()
+}
+
+/// A WebSocket message from the server, as the bytes of a client stream: `<open/>` becomes a
+/// stream header with its attributes, `<close/>` the end of the stream.
+fn framed_in(text: &str) -> String {
+    let el = parse_document(text).unwrap_or_else(|e| panic!("unparsable message {text:?}: {e}"));
+    if el.is("open", FRAMING) {
+        assert!(el.children.is_empty(), "<open/> must be empty: {text}");
+        let attrs: String = el
+            .attrs
+            .iter()
+            .map(|(k, v)| format!(" {k}='{}'", escape(v)))
+            .collect();
+        return format!("{STREAM_OPEN}{attrs}>");
+    }
+    if el.is("close", FRAMING) {
+        return "</stream:stream>".into();
+    }
+    // RFC 7395 §3.3.3: a message is one element that declares its own namespace.
+    assert!(
+        text.contains("xmlns='") || text.contains("xmlns=\""),
+        "a message without its namespace: {text}"
+    );
+    text.to_owned()
 }
 
 trait ReadWrite: Read + Write {}
@@ -828,9 +976,30 @@ pub struct Client {
     pub jid: String,
     next_id: u32,
     cert: PathBuf,
+    /// The server's domain.
+    pub domain: String,
 }
 
 impl Client {
+    /// A TLS client setup that trusts `server`, with ALPN `xmpp-client`; connections made with
+    /// the same one share its TLS session cache, so the later ones resume (RFC 8446 §2.2).
+    pub fn tls_config_for(server: &TestServer) -> Arc<ClientConfig> {
+        Client::tls_config(&server.cert_path(), true)
+    }
+
+    /// Direct TLS with `config`, where `early` (a stream header, and what a client sends
+    /// without waiting for the features) travels with the client's last handshake message.
+    /// Nothing is read.
+    pub fn connect_tls_with(
+        server: &TestServer,
+        config: Arc<ClientConfig>,
+        early: &[u8],
+    ) -> Client {
+        let mut c = Client::connect_raw(server, server.c2s_tls);
+        c.handshake(config, early);
+        c
+    }
+
     fn tls_config(cert: &Path, alpn: bool) -> Arc<ClientConfig> {
         let mut roots = RootCertStore::empty();
         let certs = CertificateDer::pem_file_iter(cert)
@@ -870,6 +1039,7 @@ impl Client {
             jid: String::new(),
             next_id: 0,
             cert: server.cert_path(),
+            domain: server.domain.clone(),
         }
     }
 
@@ -963,6 +1133,7 @@ impl Client {
     pub fn tls(&self) -> &ClientConnection {
         match &self.io {
             Io::Tls(s) => &s.conn,
+            Io::Ws(ws) => &ws.get_ref().conn,
             Io::Tcp(_) => panic!("the connection is not TLS"),
         }
     }
@@ -975,12 +1146,15 @@ impl Client {
     /// TLS, with `early` queued before the handshake ends: rustls then sends it in the same
     /// flight as its Finished message, so the server reads both at once.
     fn upgrade_with(&mut self, alpn: bool, early: &[u8]) {
+        self.handshake(Client::tls_config(&self.cert, alpn), early);
+    }
+
+    fn handshake(&mut self, config: Arc<ClientConfig>, early: &[u8]) {
         let tcp = self.io.tcp().try_clone().expect("clone the TCP socket");
         tcp.set_read_timeout(Some(TIMEOUT))
             .expect("set a read timeout");
-        let name = ServerName::try_from(DOMAIN).expect("a valid server name");
-        let conn =
-            ClientConnection::new(Client::tls_config(&self.cert, alpn), name).expect("start TLS");
+        let name = ServerName::try_from(self.domain.clone()).expect("a valid server name");
+        let conn = ClientConnection::new(config, name).expect("start TLS");
         let mut tls = StreamOwned::new(conn, tcp);
         if !early.is_empty() {
             tls.conn
@@ -997,25 +1171,67 @@ impl Client {
         self.buf.clear();
     }
 
+    /// A WebSocket (RFC 7395) to the HTTPS listener's `/xmpp-websocket`, with the stream
+    /// opened: `features` lists SASL mechanisms.
+    pub fn connect_websocket(server: &TestServer) -> Client {
+        let mut c = Client::websocket_raw(server);
+        c.open_stream();
+        c
+    }
+
+    /// A WebSocket with the `xmpp` subprotocol and nothing sent on it yet.
+    pub fn websocket_raw(server: &TestServer) -> Client {
+        let addr = server.https.expect("the HTTPS listener runs");
+        let mut c = Client::connect_raw(server, addr);
+        c.upgrade(false);
+        let placeholder = Io::Tcp(c.io.tcp().try_clone().expect("clone the TCP socket"));
+        let Io::Tls(tls) = std::mem::replace(&mut c.io, placeholder) else {
+            unreachable!("upgrade makes a TLS connection")
+        };
+        let (ws, response) = websocket_handshake(*tls, "xmpp");
+        assert_eq!(
+            response
+                .headers()
+                .get("sec-websocket-protocol")
+                .map(|v| v.as_bytes()),
+            Some(&b"xmpp"[..]),
+            "{response:?}"
+        );
+        c.io = Io::Ws(Box::new(ws));
+        c
+    }
+
+    /// `connect_websocket`, SCRAM-SHA-256 and `resource` bound.
+    pub fn websocket_user(server: &TestServer, user: &str, resource: &str) -> Client {
+        let mut c = Client::connect_websocket(server);
+        c.auth_scram(user, PASSWORD, "SCRAM-SHA-256");
+        c.bind(Some(resource));
+        c
+    }
+
     /// Direct TLS where the stream header travels with the client's last handshake message.
     pub fn connect_tls_pipelined(server: &TestServer) -> Client {
         let mut c = Client::connect_raw(server, server.c2s_tls);
-        c.upgrade_with(true, stream_header().as_bytes());
+        c.upgrade_with(true, stream_header_to(&server.domain).as_bytes());
         c.read_stream_open();
         c
     }
 
     /// Sends a stream header, then reads the server's header and features.
     pub fn open_stream(&mut self) {
-        self.send(&stream_header());
+        self.send(&stream_header_to(&self.domain.clone()));
         self.read_stream_open();
     }
 
-    fn read_stream_open(&mut self) {
+    pub fn read_stream_open(&mut self) {
         match self.next_event() {
             Event::Header(h) => {
                 assert!(h.is("stream", ns::STREAM), "bad stream header {h}");
-                assert_eq!(h.attr("from"), Some(DOMAIN), "stream header: {h}");
+                assert_eq!(
+                    h.attr("from"),
+                    Some(self.domain.as_str()),
+                    "stream header: {h}"
+                );
                 assert_eq!(h.attr("version"), Some("1.0"), "stream header: {h}");
                 assert!(
                     h.attr("id").is_some_and(|id| !id.is_empty()),
@@ -1229,7 +1445,8 @@ impl Client {
     /// An iq get or set to the server.
     #[track_caller]
     pub fn server_iq(&mut self, kind: &str, payload: &str) -> Element {
-        self.iq(&format!("type='{kind}' to='{DOMAIN}'"), payload)
+        let to = self.domain.clone();
+        self.iq(&format!("type='{kind}' to='{to}'"), payload)
     }
 
     /// A ping to the server whose reply must be the very next stanza: a barrier proving that
@@ -1245,7 +1462,8 @@ impl Client {
     #[track_caller]
     pub fn settle(&mut self) {
         let ping = format!("<ping xmlns='{}'/>", ns::PING);
-        let id = self.send_iq(&format!("type='get' to='{DOMAIN}'"), &ping);
+        let to = self.domain.clone();
+        let id = self.send_iq(&format!("type='get' to='{to}'"), &ping);
         loop {
             let el = self.recv();
             if el.is("iq", ns::CLIENT) && el.attr("id") == Some(id.as_str()) {
@@ -1271,7 +1489,23 @@ impl Client {
         }
     }
 
+    /// Sends `text` as one WebSocket message, as it is.
+    #[track_caller]
+    pub fn send_ws_text(&mut self, text: &str) {
+        let Io::Ws(ws) = &mut self.io else {
+            panic!("not a WebSocket");
+        };
+        ws.send(tungstenite::Message::text(text))
+            .unwrap_or_else(|e| panic!("send to hearth: {e}"));
+    }
+
     pub fn try_send_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if let Io::Ws(ws) = &mut self.io {
+            let text = framed_out(&String::from_utf8_lossy(bytes));
+            return ws
+                .send(tungstenite::Message::text(text))
+                .map_err(io::Error::other);
+        }
         let stream = self.io.stream();
         stream.write_all(bytes)?;
         stream.flush()
@@ -1288,6 +1522,30 @@ impl Client {
             .tcp()
             .set_read_timeout(Some(wait))
             .expect("set a read timeout");
+        if let Io::Ws(ws) = &mut self.io {
+            use tungstenite::{Error as E, Message};
+            return match ws.read() {
+                Ok(Message::Text(t)) => {
+                    self.buf.extend_from_slice(framed_in(t.as_str()).as_bytes());
+                    Ok(true)
+                }
+                Ok(Message::Binary(b)) => panic!("a binary message from hearth: {b:?}"),
+                Ok(Message::Close(_)) => {
+                    self.eof = true;
+                    Ok(false)
+                }
+                Ok(_) => Ok(true),
+                Err(E::Io(e))
+                    if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
+                {
+                    Err(())
+                }
+                Err(_) => {
+                    self.eof = true;
+                    Ok(false)
+                }
+            };
+        }
         let mut chunk = [0u8; 16384];
         match self.io.stream().read(&mut chunk) {
             Ok(0) => {
@@ -1539,8 +1797,9 @@ impl Client {
     /// skipped): everything the server queued for this client before the ping.
     #[track_caller]
     pub fn messages_until_sync(&mut self) -> Vec<Element> {
+        let to = self.domain.clone();
         let ping = self.send_iq(
-            &format!("type='get' to='{DOMAIN}'"),
+            &format!("type='get' to='{to}'"),
             &format!("<ping xmlns='{}'/>", ns::PING),
         );
         let mut got = Vec::new();

@@ -9,9 +9,9 @@ use crate::harness::{Client, DOMAIN, Element, PASSWORD, TestServer, assert_match
 use base64::Engine;
 use sha1::Digest;
 
-const PUBSUB: &str = "http://jabber.org/protocol/pubsub";
+pub(crate) const PUBSUB: &str = "http://jabber.org/protocol/pubsub";
 const PUBSUB_OWNER: &str = "http://jabber.org/protocol/pubsub#owner";
-const PUBSUB_EVENT: &str = "http://jabber.org/protocol/pubsub#event";
+pub(crate) const PUBSUB_EVENT: &str = "http://jabber.org/protocol/pubsub#event";
 const PUBSUB_ERRORS: &str = "http://jabber.org/protocol/pubsub#errors";
 const CAPS: &str = "http://jabber.org/protocol/caps";
 const TUNE: &str = "http://jabber.org/protocol/tune";
@@ -24,7 +24,7 @@ fn server_with(extra: &str) -> TestServer {
 
 /// A mutual presence subscription, made by sessions that are not available (so that nothing
 /// is left for later clients to read).
-fn befriend(server: &TestServer, a: &str, b: &str) {
+pub(crate) fn befriend(server: &TestServer, a: &str, b: &str) {
     let mut ca = Client::user(server, a, "setup");
     let mut cb = Client::user(server, b, "setup");
     ca.send(&format!("<presence type='subscribe' to='{b}@{DOMAIN}'/>"));
@@ -40,7 +40,7 @@ fn befriend(server: &TestServer, a: &str, b: &str) {
 
 /// A client's disco#info: an identity and, for each of `notify`, the feature and its
 /// `+notify`; and its XEP-0115 sha-1 `ver`.
-fn disco_info(notify: &[&str]) -> (String, String) {
+pub(crate) fn disco_info(notify: &[&str]) -> (String, String) {
     let mut features: Vec<String> = vec![ns::DISCO_INFO.to_owned(), CAPS.to_owned()];
     for n in notify {
         features.push((*n).to_owned());
@@ -65,7 +65,7 @@ fn disco_info(notify: &[&str]) -> (String, String) {
 }
 
 /// Everything that arrives for `c` before the answer to a ping: what the server queued for it.
-fn drain(c: &mut Client) -> Vec<Element> {
+pub(crate) fn drain(c: &mut Client) -> Vec<Element> {
     let id = c.send_iq(
         &format!("type='get' to='{DOMAIN}'"),
         &format!("<ping xmlns='{}'/>", ns::PING),
@@ -81,7 +81,7 @@ fn drain(c: &mut Client) -> Vec<Element> {
 }
 
 /// The server's caps question among `got`: (its id, the node it asks about).
-fn question(got: &[Element]) -> Option<(String, String)> {
+pub(crate) fn question(got: &[Element]) -> Option<(String, String)> {
     got.iter()
         .find(|e| e.is("iq", ns::CLIENT) && e.attr("type") == Some("get"))
         .map(|e| {
@@ -94,7 +94,7 @@ fn question(got: &[Element]) -> Option<(String, String)> {
 }
 
 /// The ids of the items events about `node` among `got`.
-fn events(got: &[Element], node: &str) -> Vec<String> {
+pub(crate) fn events(got: &[Element], node: &str) -> Vec<String> {
     got.iter()
         .filter(|m| m.is("message", ns::CLIENT) && m.attr("type") == Some("headline"))
         .filter_map(|m| m.child("event", PUBSUB_EVENT))
@@ -111,14 +111,14 @@ fn events(got: &[Element], node: &str) -> Vec<String> {
 /// A session online with caps asking for `notify`; the server's question about them (if it
 /// asks) is answered when `answer`. Returns the client, what arrived before and after the
 /// answer, and the question when it was left unanswered.
-struct Online {
-    client: Client,
-    got: Vec<Element>,
+pub(crate) struct Online {
+    pub(crate) client: Client,
+    pub(crate) got: Vec<Element>,
     open_question: Option<String>,
     query: String,
 }
 
-fn online(
+pub(crate) fn online(
     server: &TestServer,
     user: &str,
     resource: &str,
@@ -154,7 +154,7 @@ fn online(
     }
 }
 
-fn publish(node: &str, id: &str, payload: &str, options: &[(&str, &str)]) -> String {
+pub(crate) fn publish(node: &str, id: &str, payload: &str, options: &[(&str, &str)]) -> String {
     let mut xml = format!(
         "<pubsub xmlns='{PUBSUB}'><publish node='{node}'><item id='{id}'>{payload}</item></publish>"
     );
@@ -178,7 +178,7 @@ fn tune(title: &str) -> String {
 
 /// Publishes and returns the reply (notifications to the publisher's own session are read
 /// and dropped first, when its caps asked for them).
-fn publish_iq(c: &mut Client, xml: &str) -> Element {
+pub(crate) fn publish_iq(c: &mut Client, xml: &str) -> Element {
     let id = c.send_iq("type='set'", xml);
     loop {
         let el = c.recv();
@@ -188,14 +188,14 @@ fn publish_iq(c: &mut Client, xml: &str) -> Element {
     }
 }
 
-fn items(c: &mut Client, owner: &str, node: &str) -> Element {
+pub(crate) fn items(c: &mut Client, owner: &str, node: &str) -> Element {
     c.iq(
         &format!("type='get' to='{owner}@{DOMAIN}'"),
         &format!("<pubsub xmlns='{PUBSUB}'><items node='{node}'/></pubsub>"),
     )
 }
 
-fn item_ids(reply: &Element) -> Vec<String> {
+pub(crate) fn item_ids(reply: &Element) -> Vec<String> {
     reply
         .get("pubsub", PUBSUB)
         .get("items", PUBSUB)
@@ -205,7 +205,7 @@ fn item_ids(reply: &Element) -> Vec<String> {
         .collect()
 }
 
-fn error_with(reply: &Element, condition: &str, app: Option<&str>) {
+pub(crate) fn error_with(reply: &Element, condition: &str, app: Option<&str>) {
     let error = reply.get("error", ns::CLIENT);
     assert!(
         error.child(condition, ns::STANZAS).is_some(),

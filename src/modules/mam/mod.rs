@@ -7,40 +7,47 @@
 //! Ids are the microsecond at which a message was archived, bumped to stay strictly
 //! increasing server-wide (and across restarts through the store's high-water mark). So id
 //! order is time order, a message's archive time is its id / 1000 ms, and every filter is one
-//! id range: the newest page and one far back are each a single B-tree seek.
+//! id range: the newest page and one far back are each a single B-tree seek. The table shape,
+//! the ids and the query's execution are shared with the chat rooms' archives (`store.rs`,
+//! `serve.rs`); what is the accounts' own is here.
 //!
 //! Bounds: each account's archive holds at most `max_bytes_per_user` (a full one archives
-//! nothing new and keeps its history; see `Mam::archive`), and one page of results at most
-//! `max` items, half of the client's queue in bytes, and `ROWS_PER_RESULT` rows looked at per
-//! result it may hold (a full JID in `with` filters the contact's rows one by one).
+//! nothing new and keeps its history; see `serve::Quota`), and one page of results at most
+//! `max` items, half of the client's queue in bytes, and `serve::ROWS_PER_RESULT` rows looked
+//! at per result it may hold (a full JID in `with` filters the contact's rows one by one).
 //!
 //! The archive write trails the delivery (see `Cx::write_trailing`): for the moment of one
 //! commit a recipient may hold a stanza-id that a query does not list yet. Paging from such an
 //! id works (it counts as known); TODO: list uncommitted entries from memory if clients that
 //! query at once after a message turn out to miss it.
 //!
-//! Left out: MUC and pubsub archives, RSM `index` and `count`, `flip-page`, the `<store/>`
-//! hint on non-message payloads beyond body, markers and OMEMO, and archiving messages to
-//! other servers (there is no server-to-server). A MAM-using session does not get offline
+//! Messages with contacts on other servers are archived as local ones are: what a user sends
+//! there when its domain is reachable (see `federates`), what comes from there once the other
+//! server authenticated its domain.
+//!
+//! Left out: pubsub archives, RSM `index` and `count`, `flip-page`, the `<store/>`
+//! hint on non-message payloads beyond body, markers and OMEMO. A MAM-using session does not get offline
 //! messages (see `offline.rs`). With `with`, a query scans the id range and filters; an index
 //! by contact would make per-contact history on huge archives faster (TODO if it shows).
 
-mod prefs;
+pub mod prefs;
 pub mod query;
+pub mod serve;
 pub mod store;
 
 use super::roster::Roster;
 use super::{Cx, DiscoInfo, Entry, Flow, IqRequest, IqRoute, Module, Target, To};
 use crate::jid::Jid;
 use crate::router::Dest;
-use crate::stanza::{Condition, Origin, Stanza, StanzaError, stanza_type};
-use crate::xml::{Element, ns, reader};
+use crate::stanza::{Origin, Stanza, StanzaError, stanza_type};
+use crate::xml::{Element, ns};
 use prefs::{Prefs, Verdict};
 use serde::Deserialize;
-use std::cell::{Cell, RefCell};
+use serve::{Ask, Ids, Paging, Quota};
+use std::cell::RefCell;
 use std::collections::HashMap;
-use std::time::{Duration, UNIX_EPOCH};
-use store::{Append, Expire};
+use std::time::Duration;
+use store::USER_ARCHIVE;
 
 pub const ENTRY: Entry = Entry {
     tables: &[
@@ -51,10 +58,8 @@ pub const ENTRY: Entry = Entry {
     ],
     new: |config| {
         let c = &config.modules.mam;
-        // A page's results reach the client through its queue at once: half of it at most.
-        let page_bytes = config.limits.queue_bytes / 2;
         c.enabled
-            .then(|| Box::new(Mam::new(c, page_bytes)) as Box<dyn Module>)
+            .then(|| Box::new(Mam::new(config)) as Box<dyn Module>)
     },
 };
 
@@ -85,121 +90,49 @@ impl Default for Config {
     }
 }
 
-/// Rows one query may look at, per result it may return: a filter that matches few rows (a
-/// full JID in `with`) must not read a whole archive on the one thread.
-const ROWS_PER_RESULT: usize = 100;
-
 /// How often expiry runs, and how many rows one run deletes at most: a first expiry over a
 /// big archive then takes many short commits instead of one that stalls everybody's.
-const EXPIRE_EVERY: Duration = Duration::from_secs(60);
-const EXPIRE_BATCH: usize = 10_000;
+pub const EXPIRE_EVERY: Duration = Duration::from_secs(60);
+pub const EXPIRE_BATCH: usize = 10_000;
 
 pub struct Mam {
     retention_days: u32,
-    default_page: usize,
-    max_page: usize,
-    /// The last id handed out; 0 until the store's high-water mark has been read (the module
-    /// list is built before the store is reachable, so this is done on first use).
-    last_id: Cell<u64>,
+    paging: Paging,
+    ids: Ids,
+    quota: Quota,
     /// Preferences read so far, by localpart: every archived message consults them. Bounded
     /// by the number of accounts; the module writes every change through it.
     prefs: RefCell<HashMap<String, Prefs>>,
-    max_bytes: u64,
-    /// Most bytes of XML in one page of results.
-    page_bytes: usize,
-    /// Bytes of each archive read so far, with what this process has added since: the quota
-    /// must hold while appends are on their way to the disk. Read again after expiry.
-    usage: RefCell<HashMap<String, Usage>>,
-}
-
-#[derive(Clone, Copy)]
-struct Usage {
-    bytes: u64,
-    /// The archive is full and the log said so.
-    warned: bool,
 }
 
 impl Mam {
-    pub fn new(config: &Config, page_bytes: usize) -> Mam {
+    pub fn new(config: &crate::config::Config) -> Mam {
+        let c = &config.modules.mam;
         Mam {
-            retention_days: config.retention_days,
-            default_page: config.default_page,
-            max_page: config.max_page,
-            last_id: Cell::new(0),
+            retention_days: c.retention_days,
+            paging: Paging::new(config),
+            ids: Ids::new(&USER_ARCHIVE),
+            quota: Quota::new(
+                &USER_ARCHIVE,
+                c.max_bytes_per_user,
+                "",
+                "modules.mam.max_bytes_per_user",
+            ),
             prefs: RefCell::default(),
-            max_bytes: config.max_bytes_per_user,
-            page_bytes,
-            usage: RefCell::default(),
         }
-    }
-
-    fn next_id(&self, cx: &Cx) -> u64 {
-        let mut last = self.last_id.get();
-        if last == 0 {
-            last = cx.store().archive_last_id().unwrap_or_else(|e| {
-                log::error!("reading the last archive id: {e}; continuing from the clock");
-                0
-            });
-        }
-        let now = cx
-            .now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros() as u64);
-        let id = now.max(last + 1);
-        self.last_id.set(id);
-        id
     }
 
     /// Queues `msg` for `user`'s archive; the write trails the delivery (see `Cx`). None if
-    /// the archive is full: the message is then not archived, and the account's owner keeps
-    /// the history they have (dropping the oldest instead would let anyone who writes to
-    /// them erase it). Said once in the log, until the archive has room again.
+    /// the archive is full (see `serve::Quota`): the account's owner keeps the history they
+    /// have.
     fn archive(&self, cx: &mut Cx, user: &str, with: &Jid, msg: &Element) -> Option<u64> {
-        let with = with.to_string();
-        let xml = msg.to_xml();
-        let size = (with.len() + xml.len()) as u64;
-        let mut usage = self.usage(cx, user)?;
-        if usage.bytes + size > self.max_bytes {
-            if !usage.warned {
-                log::warn!(
-                    "the archive of {user} is full ({} bytes); not archiving its messages \
-                     until old ones expire or modules.mam.max_bytes_per_user is raised",
-                    usage.bytes
-                );
-                usage.warned = true;
-                self.usage.borrow_mut().insert(user.to_owned(), usage);
-            }
+        let (with, xml) = (with.to_string(), msg.to_xml());
+        if !self.quota.take(cx, user, &with, &xml) {
             return None;
         }
-        usage.bytes += size;
-        self.usage.borrow_mut().insert(user.to_owned(), usage);
-        let id = self.next_id(cx);
-        cx.write_trailing(Box::new(Append {
-            user: user.to_owned(),
-            id,
-            stamp_ms: id / 1000,
-            with,
-            xml,
-        }));
+        let id = self.ids.next(cx);
+        cx.write_trailing(USER_ARCHIVE.append(user, id, &with, xml));
         Some(id)
-    }
-
-    /// What `user`'s archive holds, from the cache or the store; None if it cannot be read
-    /// (nothing is archived then).
-    fn usage(&self, cx: &Cx, user: &str) -> Option<Usage> {
-        if let Some(u) = self.usage.borrow().get(user) {
-            return Some(*u);
-        }
-        match cx.store().archive_bytes(user) {
-            Ok(bytes) => Some(Usage {
-                bytes,
-                warned: false,
-            }),
-            Err(e) => {
-                log::error!("reading the archive size of {user}: {e}");
-                None
-            }
-        }
     }
 
     /// `user`'s preferences, from the cache or the store.
@@ -238,100 +171,24 @@ impl Mam {
         iq: &IqRequest,
         user: &str,
     ) -> Result<Option<Element>, StanzaError> {
-        let q = query::parse(iq.payload, self.default_page, self.max_page)?;
+        let q = self.paging.parse(iq.payload)?;
         cx.with_session(iq.from, |s| s.flags.mam_queried = true);
-        let store = cx.store();
-        // An id handed out whose write has not committed yet (the stanza that carries it went
-        // out first) is known: paging from it must not fail. It is not listed until then.
-        let committed = store.archive_last_id().map_err(internal(user))?;
-        let pending = |id: u64| id > committed && id <= self.last_id.get();
-        for id in q.named_ids() {
-            if !pending(id) && !store.archive_contains(user, id).map_err(internal(user))? {
-                return Err(StanzaError::with_text(
-                    Condition::ItemNotFound,
-                    "no such archive id",
-                ));
-            }
-        }
-        let (lo, hi) = q.id_range();
-        let backward = q.before.is_some();
         let with = q.with.clone();
-        let index = with.as_ref().map(|w| w.bare().to_string());
+        let contact = with.as_ref().map(|w| w.bare().to_string());
         let keep = move |w: &str| match (&with, Jid::parse(w)) {
             (None, _) => true,
             (Some(f), Ok(w)) if f.is_bare() => w.bare() == *f,
             (Some(f), Ok(w)) => w == *f,
             (Some(_), Err(_)) => false,
         };
-        let limit = store::PageLimit {
-            items: q.max,
-            bytes: self.page_bytes,
-            rows: self.max_page.saturating_mul(ROWS_PER_RESULT),
+        let ask = Ask {
+            ids: &self.ids,
+            paging: &self.paging,
+            owner: user,
+            by: &iq.from.bare(),
+            to: iq.from,
         };
-        let page = match &q.ids {
-            None => store
-                .archive_page(user, index.as_deref(), lo, hi, backward, limit, &keep)
-                .map_err(internal(user))?,
-            Some(ids) => {
-                let (items, cut) = store
-                    .archive_get(user, ids, self.page_bytes)
-                    .map_err(internal(user))?;
-                let mut items: Vec<_> = items
-                    .into_iter()
-                    .filter(|a| (lo..=hi).contains(&a.id) && keep(&a.with))
-                    .collect();
-                let complete = items.len() <= q.max && !cut;
-                match backward {
-                    true => drop(items.drain(..items.len().saturating_sub(q.max))),
-                    false => items.truncate(q.max),
-                }
-                store::Page {
-                    items,
-                    complete,
-                    cut_short: false,
-                }
-            }
-        };
-        if page.cut_short && page.items.is_empty() {
-            return Err(StanzaError::with_text(
-                Condition::ResourceConstraint,
-                "too many messages to look through; ask with a bare JID or a time range",
-            ));
-        }
-        let bare = iq.from.bare().to_string();
-        for a in &page.items {
-            let Some(original) = reader::parse_one(&a.xml) else {
-                log::warn!("skipping unreadable archived message {} of {user}", a.id);
-                continue;
-            };
-            let when = UNIX_EPOCH + Duration::from_millis(a.stamp_ms);
-            let mut result = Element::new("result", ns::MAM).with_attr("id", a.id.to_string());
-            if let Some(qid) = &q.queryid {
-                result.set_attr("queryid", qid.as_str());
-            }
-            result.push(
-                Element::new("forwarded", ns::FORWARD)
-                    .with_child(
-                        Element::new("delay", ns::DELAY)
-                            .with_attr("stamp", super::time::stamp(when)),
-                    )
-                    .with_child(original),
-            );
-            let msg = Element::new("message", ns::CLIENT)
-                .with_attr("from", bare.as_str())
-                .with_attr("to", iq.from.to_string())
-                .with_child(result);
-            cx.send(iq.from.clone(), msg);
-        }
-        let mut set = Element::new("set", ns::RSM);
-        if let (Some(first), Some(last)) = (page.items.first(), page.items.last()) {
-            set.push(Element::new("first", ns::RSM).with_text(first.id.to_string()));
-            set.push(Element::new("last", ns::RSM).with_text(last.id.to_string()));
-        }
-        let mut fin = Element::new("fin", ns::MAM).with_child(set);
-        if page.complete {
-            fin.set_attr("complete", "true");
-        }
+        let fin = serve::run(cx, &ask, &q, contact.as_deref(), &keep, &|_, _| {})?;
         Ok(Some(fin))
     }
 
@@ -352,36 +209,20 @@ impl Mam {
     }
 
     fn metadata(&self, cx: &Cx, user: &str) -> Result<Option<Element>, StanzaError> {
-        let mut el = Element::new("metadata", ns::MAM);
-        let bounds = cx.store().archive_bounds(user).map_err(internal(user))?;
-        if let Some((first, last)) = bounds {
-            for (name, (id, stamp_ms)) in [("start", first), ("end", last)] {
-                let when = UNIX_EPOCH + Duration::from_millis(stamp_ms);
-                el.push(
-                    Element::new(name, ns::MAM)
-                        .with_attr("id", id.to_string())
-                        .with_attr("timestamp", super::time::stamp(when)),
-                );
-            }
-        }
-        Ok(Some(el))
-    }
-}
-
-fn internal(user: &str) -> impl Fn(crate::error::Error) -> StanzaError + '_ {
-    move |e| {
-        log::error!("reading the archive of {user}: {e}");
-        StanzaError::new(Condition::InternalServerError)
+        serve::metadata(cx, &USER_ARCHIVE, user).map(Some)
     }
 }
 
 /// Whether a message belongs in an archive (XEP-0313 §5.1.1 with XEP-0334 hints): one-to-one
 /// chat or normal messages with content a user would want back. Pure chat states are not.
 pub fn archivable(msg: &Element) -> bool {
-    if !matches!(stanza_type(msg), "chat" | "normal")
-        || msg.has_child("no-store", ns::HINTS)
-        || msg.has_child("no-permanent-store", ns::HINTS)
-    {
+    matches!(stanza_type(msg), "chat" | "normal") && worth_keeping(msg)
+}
+
+/// Whether a message of any type has content a user would want back (a chat room's archive
+/// asks this of groupchat messages): the XEP-0334 hints, then a body, a marker, OMEMO.
+pub fn worth_keeping(msg: &Element) -> bool {
+    if msg.has_child("no-store", ns::HINTS) || msg.has_child("no-permanent-store", ns::HINTS) {
         return false;
     }
     msg.has_child("store", ns::HINTS)
@@ -408,13 +249,25 @@ impl Module for Mam {
         "mam"
     }
 
+    /// XEP-0386 §3.2: a Bind 2 session is told where the archive stands and catches up from
+    /// it, so offline storage does not send it what the archive holds (see `offline`).
+    fn bind2(&self, cx: &mut Cx, session: &Jid, _request: &Element, bound: &mut Element) {
+        let Some(user) = session.local() else { return };
+        cx.with_session(session, |s| s.flags.mam_queried = true);
+        match self.metadata(cx, user) {
+            Ok(Some(m)) => bound.push(m),
+            Ok(None) => {}
+            Err(_) => log::warn!("{session}: no archive metadata for Bind 2"),
+        }
+    }
+
     fn reads_trailing_writes(&self) -> bool {
         true
     }
 
     fn account_removed(&self, user: &str) {
         self.prefs.borrow_mut().remove(user);
-        self.usage.borrow_mut().remove(user);
+        self.quota.forget(user);
     }
     /// XEP-0313 §6.4: archives are discovered on the account; the server lists them too for
     /// clients that look there.
@@ -450,10 +303,13 @@ impl Module for Mam {
         if !archivable(&st.el) {
             return Ok(Flow::Continue);
         }
-        // Only what the router will deliver: not to other domains or unknown accounts, and
-        // not to the user's own account, whose inbound copy is archived in `message_in`.
+        // Only what the router will deliver or hand to another server: not to unknown
+        // accounts, domains federation does not reach, or the user's own account, whose
+        // inbound copy is archived in `message_in`. A message another server then fails to
+        // take stays archived, as sent: its sender gets the error too.
         let deliverable = match cx.destination(to) {
             Dest::Account(l) | Dest::Session(l) => l != user && cx.account_exists(l),
+            Dest::Remote => cx.federates(to.domain()),
             _ => false,
         };
         if deliverable && self.wanted(cx, user, to) {
@@ -469,6 +325,11 @@ impl Module for Mam {
         st: &mut Stanza,
         _targets: &[Jid],
     ) -> Result<Flow, StanzaError> {
+        if st.origin == Origin::Remote {
+            // Local senders' were removed in `message_out`; one from another server would
+            // otherwise pass for this archive's, and even stop the message being archived.
+            strip_our_stanza_ids(cx, &mut st.el);
+        }
         if !archivable(&st.el) {
             return Ok(Flow::Continue);
         }
@@ -505,13 +366,10 @@ impl Module for Mam {
 
     fn timer(&self, cx: &mut Cx, _token: u64) {
         // The last expiry has committed by now: archives are read again, with what it freed.
-        self.usage.borrow_mut().clear();
+        self.quota.reread();
         let now_ms = super::offline::millis(cx.now());
         let keep_ms = u64::from(self.retention_days) * 86_400_000;
-        cx.write(Box::new(Expire {
-            before_ms: now_ms.saturating_sub(keep_ms),
-            max_rows: EXPIRE_BATCH,
-        }));
+        cx.write(USER_ARCHIVE.expire(now_ms.saturating_sub(keep_ms), EXPIRE_BATCH));
         cx.set_timer("mam", EXPIRE_EVERY, 0);
     }
 }
@@ -520,6 +378,7 @@ impl Module for Mam {
 mod tests {
     use super::*;
 
+    use crate::stanza::Condition;
     use crate::stanza::test_message as msg;
 
     #[test]
@@ -621,10 +480,17 @@ mod tests {
         );
         t.advance(Duration::from_secs(2));
         assert_eq!((archived("alice"), archived("bob")), (Some(1), Some(1)));
-        let newest = t
-            .router
-            .store
-            .archive_page("alice", None, 0, u64::MAX, true, 1, &|_| true)
+        let newest = USER_ARCHIVE
+            .page(
+                &t.router.store,
+                "alice",
+                None,
+                0,
+                u64::MAX,
+                true,
+                1,
+                &|_| true,
+            )
             .unwrap();
         assert!(newest.items[0].xml.contains("new"));
         // And it comes back every EXPIRE_EVERY, not before.
@@ -673,6 +539,67 @@ mod tests {
         assert_eq!(out.to(&a).len(), 3, "{}", out.show());
         let out = t.client(&a, &with("carol@localhost", "<max>2</max>"));
         assert_eq!(out.to(&a).len(), 3, "{}", out.show());
+    }
+
+    /// A message to a contact on another server is archived when it leaves for that server,
+    /// not when federation does not reach it; one from there is archived with its stanza-id.
+    #[test]
+    fn messages_with_remote_contacts_are_archived() {
+        use crate::modules::testing::TestRouter;
+        let rows = |t: &TestRouter| {
+            let page = USER_ARCHIVE.page(
+                &t.router.store,
+                "alice",
+                None,
+                0,
+                u64::MAX,
+                false,
+                10,
+                &|_| true,
+            );
+            page.unwrap()
+                .items
+                .iter()
+                .map(|i| i.xml.clone())
+                .collect::<Vec<_>>()
+        };
+        let mut cfg = crate::config::Config::default();
+        cfg.federation.enabled = true;
+        let t = TestRouter::with_config(cfg, &["alice"]);
+        let a = t.online("alice", "phone");
+        let out = t.client(
+            &a,
+            "<message to='pat@b.example' type='chat' id='m1'><body>out</body></message>",
+        );
+        assert_eq!(out.remote.len(), 1, "{}", out.show());
+        // With a stanza-id in the name of alice's archive, which another server cannot give.
+        let out = t.remote(
+            "<message from='pat@b.example/r' to='alice@localhost/phone' type='chat'>\
+             <body>in</body><stanza-id xmlns='urn:xmpp:sid:0' by='alice@localhost' id='1'/>\
+             </message>",
+        );
+        let got = out.only_to(&a);
+        let sids: Vec<_> = got
+            .elements()
+            .filter(|e| e.is("stanza-id", ns::SID))
+            .collect();
+        assert_eq!(sids.len(), 1, "{got:?}");
+        assert_eq!(sids[0].attr("by"), Some("alice@localhost"));
+        assert_ne!(sids[0].attr("id"), Some("1"));
+        let archived = rows(&t);
+        assert_eq!(archived.len(), 2, "{archived:?}");
+        assert!(archived[0].contains(">out<") && archived[0].contains("pat@b.example"));
+        assert!(archived[1].contains(">in<"));
+
+        // Federation off: the message goes back as an error and is not archived.
+        let t = TestRouter::with_users(&["alice"]);
+        let a = t.online("alice", "phone");
+        let out = t.client(
+            &a,
+            "<message to='pat@b.example' type='chat' id='m2'><body>out</body></message>",
+        );
+        out.assert_error(&a, "m2", Condition::RemoteServerNotFound);
+        assert!(rows(&t).is_empty());
     }
 
     #[test]

@@ -40,7 +40,8 @@ use crate::jid::Jid;
 use crate::router::Dest;
 use crate::stanza::{Condition, Kind, Origin, Stanza, StanzaError, Type};
 use crate::xml::{Element, ns, reader};
-use node::{Access, Fields, NodeConfig, SendLast, read_form};
+pub use node::Fields;
+use node::{Access, NodeConfig, SendLast, read_form};
 use serde::Deserialize;
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -272,6 +273,13 @@ fn publish_options(pubsub: &Element) -> Result<Option<Fields>, StanzaError> {
     match po.child("x", ns::DATA_FORMS) {
         Some(x) => read_form(x, ns::PUBSUB_PUBLISH_OPTIONS),
         None => Ok(None),
+    }
+}
+
+/// Tells every module that `owner`'s `node` changed (`Module::pep_changed`).
+fn changed(cx: &mut Cx, owner: &str, node: &str) {
+    for m in cx.modules() {
+        m.pep_changed(cx, owner, node);
     }
 }
 
@@ -559,7 +567,35 @@ impl Pep {
             [] => return Err(pubsub_error(Condition::BadRequest, "payload-required")),
             _ => return Err(pubsub_error(Condition::BadRequest, "invalid-payload")),
         };
-        let id = match item.attr("id") {
+        let options = publish_options(pubsub).map_err(|_| precondition())?;
+        let id = self.publish_item(cx, owner, node, item.attr("id"), payload, options.as_ref())?;
+        let result = Element::new("pubsub", ns::PUBSUB).with_child(
+            Element::new("publish", ns::PUBSUB)
+                .with_attr("node", node)
+                .with_child(item_xml(ns::PUBSUB, &id, None)),
+        );
+        Ok(Some(result))
+    }
+
+    /// Publishes `payload` to `owner`'s `node` as the owner would (XEP-0060 §7.1), creating the
+    /// node when it does not exist, with `options` as XEP-0223 preconditions: for modules that
+    /// publish on a user's behalf. An item without `id` gets a new one; returns the id.
+    pub fn publish_item(
+        &self,
+        cx: &mut Cx,
+        owner: &str,
+        node: &str,
+        id: Option<&str>,
+        payload: Element,
+        options: Option<&Fields>,
+    ) -> Result<String, StanzaError> {
+        if node.is_empty() || node.len() > MAX_NAME {
+            return Err(StanzaError::with_text(
+                Condition::NotAcceptable,
+                format!("a node name is 1 to {MAX_NAME} bytes"),
+            ));
+        }
+        let id = match id {
             Some(id) if id.len() > MAX_NAME => {
                 return Err(StanzaError::with_text(
                     Condition::NotAcceptable,
@@ -575,7 +611,6 @@ impl Pep {
                 format!("{micros:x}-{}", self.next())
             }
         };
-        let options = publish_options(pubsub).map_err(|_| precondition())?;
         let xml = payload.to_xml();
         let size = id.len() + xml.len();
         if size > self.config.max_item_bytes {
@@ -678,12 +713,8 @@ impl Pep {
             let event = Pep::items_event(node, &id, payload, &config);
             self.notify(cx, owner, to, event);
         }
-        let result = Element::new("pubsub", ns::PUBSUB).with_child(
-            Element::new("publish", ns::PUBSUB)
-                .with_attr("node", node)
-                .with_child(item_xml(ns::PUBSUB, &id, None)),
-        );
-        Ok(Some(result))
+        changed(cx, owner, node);
+        Ok(id)
     }
 
     fn retract(&self, cx: &mut Cx, owner: &str, retract: &Element) -> Result<(), StanzaError> {
@@ -696,6 +727,20 @@ impl Pep {
         if ids.is_empty() {
             return Err(pubsub_error(Condition::BadRequest, "item-required"));
         }
+        let notify = retract.attr("notify").map(|v| v == "true" || v == "1");
+        self.retract_items(cx, owner, node, &ids, notify)
+    }
+
+    /// Retracts items `ids` of `owner`'s `node` as the owner would (XEP-0060 §7.2): all of them
+    /// or, when one is unknown, none. `notify` overrides the node's `pubsub#notify_retract`.
+    pub fn retract_items(
+        &self,
+        cx: &mut Cx,
+        owner: &str,
+        node: &str,
+        ids: &[&str],
+        notify: Option<bool>,
+    ) -> Result<(), StanzaError> {
         let (config, removed) = self.with(cx, owner, |a| -> Result<_, StanzaError> {
             let n = a.nodes.get_mut(node).ok_or_else(item_not_found)?;
             let transient = n.transient.as_ref().map(|t| t.0.as_str());
@@ -720,18 +765,15 @@ impl Pep {
             remove: removed.iter().map(|i| i.seq).collect(),
             ..Change::default()
         }));
-        let notify = match retract.attr("notify") {
-            Some(v) => v == "true" || v == "1",
-            None => config.notify_retract,
-        };
-        if notify && config.deliver_notifications {
+        if notify.unwrap_or(config.notify_retract) && config.deliver_notifications {
             let mut items = Element::new("items", ns::PUBSUB_EVENT).with_attr("node", node);
             for id in ids {
-                items.push(Element::new("retract", ns::PUBSUB_EVENT).with_attr("id", id));
+                items.push(Element::new("retract", ns::PUBSUB_EVENT).with_attr("id", *id));
             }
             let to = self.recipients(cx, owner, node, &config);
             self.notify(cx, owner, to, items);
         }
+        changed(cx, owner, node);
         Ok(())
     }
 
@@ -757,6 +799,23 @@ impl Pep {
             .collect();
         let config = self.config_of(cx, owner, node).ok_or_else(item_not_found)?;
         self.may_read(cx, owner, from, &config)?;
+        let mut out = Element::new("items", ns::PUBSUB).with_attr("node", node);
+        for (id, payload) in self.read(cx, owner, node, &wanted, max)? {
+            out.push(item_xml(ns::PUBSUB, &id, Some(payload)));
+        }
+        Ok(Some(Element::new("pubsub", ns::PUBSUB).with_child(out)))
+    }
+
+    /// Items of `owner`'s `node`, oldest first: those with the ids `wanted` (all when empty),
+    /// the newest `max` of them.
+    fn read(
+        &self,
+        cx: &Cx,
+        owner: &str,
+        node: &str,
+        wanted: &[&str],
+        max: Option<usize>,
+    ) -> Result<Vec<(String, Element)>, StanzaError> {
         let (refs, transient) = self.with(cx, owner, |a| {
             let n = a.nodes.get(node);
             let refs: Vec<ItemRef> = n.map(|n| n.items.clone()).unwrap_or_default();
@@ -770,28 +829,75 @@ impl Pep {
             let skip = chosen.len().saturating_sub(m);
             chosen.drain(..skip);
         }
-        let mut out = Element::new("items", ns::PUBSUB).with_attr("node", node);
+        let mut out = Vec::new();
         if let Some((id, p)) = transient
             && (wanted.is_empty() || wanted.contains(&id.as_str()))
             && max != Some(0)
         {
-            out.push(item_xml(ns::PUBSUB, &id, Some(p)));
+            out.push((id, p));
         }
         let seqs: Vec<u64> = chosen.iter().map(|i| i.seq).collect();
         let payloads = store::payloads(cx.store(), owner, node, &seqs)
             .map_err(super::internal("reading PEP items"))?;
         let last = self.last_item(cx, owner, node);
         for (i, xml) in chosen.iter().zip(payloads) {
+            // Published a moment ago, not committed yet: in this step's writes, or the last
+            // item of an earlier step.
+            let xml = xml.or_else(|| store::pending(&cx.effects.writes, owner, node, i.seq));
             let payload = match xml {
                 Some(x) => reader::parse_one(&x),
-                // Published a moment ago, not committed yet: only the last one is at hand.
                 None => last.as_ref().filter(|l| l.0 == i.id).map(|l| l.1.clone()),
             };
             if let Some(p) = payload {
-                out.push(item_xml(ns::PUBSUB, &i.id, Some(p)));
+                out.push((i.id.clone(), p));
             }
         }
-        Ok(Some(Element::new("pubsub", ns::PUBSUB).with_child(out)))
+        Ok(out)
+    }
+
+    /// Every item of `owner`'s `node`, oldest first, whoever may read it: for modules that
+    /// build on PEP (bookmarks for legacy clients, say).
+    pub fn items_of(&self, cx: &Cx, owner: &str, node: &str) -> Vec<(String, Element)> {
+        self.read(cx, owner, node, &[], None).unwrap_or_default()
+    }
+
+    /// The item `id` of `owner`'s `node`, whoever may read it.
+    pub fn item(&self, cx: &Cx, owner: &str, node: &str, id: &str) -> Option<Element> {
+        let mut found = self.read(cx, owner, node, &[id], None).ok()?;
+        found.pop().map(|(_, p)| p)
+    }
+
+    /// The most items a node keeps (what `pubsub#max_items = max` means).
+    pub fn max_items(&self) -> usize {
+        self.config.max_items
+    }
+
+    /// Whether `who` may read `owner`'s `node`, which exists.
+    pub fn readable(&self, cx: &Cx, owner: &str, node: &str, who: &Jid) -> bool {
+        self.config_of(cx, owner, node)
+            .is_some_and(|c| self.may_read(cx, owner, who, &c).is_ok())
+    }
+
+    /// Creates `owner`'s `node` with the configuration `fields`, or changes the configuration
+    /// of the existing node where it differs: for a module that publishes on the owner's
+    /// behalf and must keep the node private whatever a client made of it.
+    pub fn ensure_config(
+        &self,
+        cx: &mut Cx,
+        owner: &str,
+        node: &str,
+        fields: &Fields,
+    ) -> Result<(), StanzaError> {
+        let limit = self.config.max_items;
+        match self.config_of(cx, owner, node) {
+            Some(c) if c.satisfies(fields, limit) => Ok(()),
+            Some(_) => self.configure(cx, owner, node, fields),
+            None => {
+                let mut config = NodeConfig::default();
+                config.apply(fields, limit)?;
+                self.create_node(cx, owner, node, config)
+            }
+        }
     }
 
     fn create(
@@ -813,6 +919,16 @@ impl Pep {
         {
             config.apply(&fields, self.config.max_items)?;
         }
+        self.create_node(cx, owner, node, config)
+    }
+
+    fn create_node(
+        &self,
+        cx: &mut Cx,
+        owner: &str,
+        node: &str,
+        config: NodeConfig,
+    ) -> Result<(), StanzaError> {
         let max_nodes = self.config.max_nodes;
         self.with(cx, owner, |a| {
             if a.nodes.contains_key(node) {
@@ -949,6 +1065,7 @@ impl Pep {
             let el = Element::new(what, ns::PUBSUB_EVENT).with_attr("node", node);
             self.notify(cx, owner, to, el);
         }
+        changed(cx, owner, node);
         Ok(())
     }
 

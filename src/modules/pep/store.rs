@@ -6,7 +6,7 @@
 
 use crate::error::Error;
 use crate::storage::shapes::Map;
-use crate::storage::{Op, Store, Table, Txn};
+use crate::storage::{Op, Store, Table, Txn, Write};
 use redb::{TableDefinition, TableHandle, WriteTransaction};
 
 /// (localpart, node) → node configuration (TOML of `node::NodeConfig`).
@@ -88,6 +88,17 @@ pub fn payloads(
     seqs.iter()
         .map(|&s| Ok(t.get((user, node, s))?.map(|v| v.value().1.to_owned())))
         .collect()
+}
+
+/// The payload XML of item `seq` of `node` if one of `writes` (what the current step will
+/// commit) inserts it: a module reading a node right after publishing to it.
+pub fn pending(writes: &[Write], user: &str, node: &str, seq: u64) -> Option<String> {
+    writes.iter().rev().find_map(|w| {
+        let op: &dyn std::any::Any = &**w;
+        let c = op.downcast_ref::<Change>()?;
+        let (s, _, xml) = c.insert.as_ref()?;
+        (c.user == user && c.node == node && *s == seq).then(|| xml.clone())
+    })
 }
 
 /// A change to one node, made in one transaction.

@@ -813,3 +813,60 @@ fn a_session_back_from_unavailable_gets_the_last_items_again() {
     let out = t.client(&b, &caps_presence(&[TUNE]).0);
     assert_eq!(events(&out, &b, TUNE), vec!["t2"]);
 }
+
+/// Records every `pep_changed` call.
+#[derive(Default)]
+struct Watcher {
+    seen: std::cell::RefCell<Vec<(String, String)>>,
+}
+
+impl Module for Watcher {
+    fn name(&self) -> &'static str {
+        "watcher"
+    }
+    fn pep_changed(&self, _cx: &mut Cx, owner: &str, node: &str) {
+        self.seen
+            .borrow_mut()
+            .push((owner.to_owned(), node.to_owned()));
+    }
+}
+
+#[test]
+fn modules_hear_of_every_change_to_a_node() {
+    let t = TestRouter::with_extra(
+        ServerConfig::default(),
+        &["alice", "bob"],
+        vec![Box::new(Watcher::default())],
+    );
+    let seen = || std::mem::take(&mut *t.module::<Watcher>().seen.borrow_mut());
+    let (a, _) = online(&t, "alice", "phone", &[]);
+    let (b, _) = online(&t, "bob", "pc", &[]);
+    let change = vec![("alice".to_owned(), TUNE.to_owned())];
+    t.client(&a, &publish(TUNE, "t1", &tune("one")));
+    assert_eq!(seen(), change);
+    t.client(&a, &format!("<iq type='set' id='r'><pubsub xmlns='{}'><retract node='{TUNE}'><item id='t1'/></retract></pubsub></iq>", ns::PUBSUB));
+    assert_eq!(seen(), change);
+    t.client(&a, &publish(TUNE, "t2", &tune("two")));
+    seen();
+    t.client(
+        &a,
+        &format!(
+            "<iq type='set' id='u'><pubsub xmlns='{}'><purge node='{TUNE}'/></pubsub></iq>",
+            ns::PUBSUB_OWNER
+        ),
+    );
+    assert_eq!(seen(), change);
+    t.client(
+        &a,
+        &format!(
+            "<iq type='set' id='d'><pubsub xmlns='{}'><delete node='{TUNE}'/></pubsub></iq>",
+            ns::PUBSUB_OWNER
+        ),
+    );
+    assert_eq!(seen(), change);
+    // What fails changes nothing, and reading is no change.
+    t.client(&b, &format!("<iq type='set' id='p' to='alice@localhost'><pubsub xmlns='{}'><publish node='{TUNE}'><item id='x'>{}</item></publish></pubsub></iq>", ns::PUBSUB, tune("no")));
+    t.client(&a, &format!("<iq type='set' id='r'><pubsub xmlns='{}'><retract node='{TUNE}'><item id='gone'/></retract></pubsub></iq>", ns::PUBSUB));
+    items_of(&t, &a, "alice", TUNE, "");
+    assert_eq!(seen(), vec![]);
+}

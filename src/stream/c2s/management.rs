@@ -40,7 +40,17 @@ impl Conn {
             self.peer,
             again.len()
         );
-        self.write_nonza(&resumed);
+        match (h.success, &self.phase) {
+            // Resumed within a SASL2 authentication: no stream features follow (XEP-0198 §7.2).
+            (Some(mut success), Phase::Bound(jid)) => {
+                success.push(
+                    Element::new("authorization-identifier", ns::SASL2).with_text(jid.to_string()),
+                );
+                success.push(resumed);
+                self.write_nonza(&success);
+            }
+            _ => self.write_nonza(&resumed),
+        }
         for d in again {
             self.write_stanza(d);
         }
@@ -86,36 +96,41 @@ impl Conn {
         self.settle_ready()
     }
 
+    /// XEP-0198 `<enable/>` on a bound stream: the `<enabled/>` or `<failed/>` for the client.
+    pub(super) fn enable_sm(&mut self, el: &Element) -> Element {
+        let Phase::Bound(jid) = &self.phase else {
+            return smacks::failed("unexpected-request", None);
+        };
+        if self.sm.is_some() {
+            return smacks::failed("unexpected-request", None);
+        }
+        let resume = matches!(el.attr("resume"), Some("true" | "1"));
+        let id = B64.encode(sasl::random_bytes::<18>());
+        let mut enabled = Element::new("enabled", ns::SM);
+        if resume {
+            let (tx, rx) = smol::channel::bounded(1);
+            let user = jid.local().unwrap_or_default().to_owned();
+            self.server
+                .resumable
+                .borrow_mut()
+                .insert(id.clone(), Resumable { user, tx });
+            self.handoffs = Some(rx);
+            let max = self.server.config.stream_management.resume_timeout_secs;
+            enabled = enabled
+                .with_attr("id", id.as_str())
+                .with_attr("resume", "true")
+                .with_attr("max", max.to_string());
+        }
+        self.sm = Some(Sm::new(resume, id));
+        enabled
+    }
+
     /// XEP-0198 and XEP-0352 elements of a bound stream.
     pub(super) async fn nonza(&mut self, el: &Element) -> Next {
         match (el.name.as_str(), el.ns.as_str()) {
             ("enable", ns::SM) => {
-                if self.sm.is_some() {
-                    self.write_nonza(&smacks::failed("unexpected-request", None));
-                    return Next::Continue;
-                }
-                let resume = matches!(el.attr("resume"), Some("true" | "1"));
-                let id = B64.encode(sasl::random_bytes::<18>());
-                let mut enabled = Element::new("enabled", ns::SM);
-                if resume {
-                    let (tx, rx) = smol::channel::bounded(1);
-                    let Phase::Bound(jid) = &self.phase else {
-                        return Next::Continue;
-                    };
-                    let user = jid.local().unwrap_or_default().to_owned();
-                    self.server
-                        .resumable
-                        .borrow_mut()
-                        .insert(id.clone(), Resumable { user, tx });
-                    self.handoffs = Some(rx);
-                    let max = self.server.config.stream_management.resume_timeout_secs;
-                    enabled = enabled
-                        .with_attr("id", id.as_str())
-                        .with_attr("resume", "true")
-                        .with_attr("max", max.to_string());
-                }
-                self.sm = Some(Sm::new(resume, id));
-                self.write_nonza(&enabled);
+                let answer = self.enable_sm(el);
+                self.write_nonza(&answer);
                 Next::Continue
             }
             ("r", ns::SM) => {
@@ -164,8 +179,14 @@ impl Conn {
         }
     }
 
-    /// XEP-0198 §5: a new connection asks to continue a session that lost its socket.
-    pub(super) async fn resume(&mut self, user: &str, el: &Element) -> Next {
+    /// XEP-0198 §5: a new connection asks to continue a session that lost its socket; with
+    /// `success`, inside a SASL2 authentication (§7.2), whose `<success/>` it completes.
+    pub(super) async fn resume(
+        &mut self,
+        user: &str,
+        el: &Element,
+        success: Option<Box<Element>>,
+    ) -> Resume {
         let previd = el.attr("previd").unwrap_or_default();
         let target = self
             .server
@@ -175,12 +196,12 @@ impl Conn {
             .filter(|r| r.user == user)
             .map(|r| r.tx.clone());
         let (Some(tx), Some(h)) = (target, smacks::h_of(el)) else {
-            self.write_nonza(&smacks::failed("item-not-found", None));
-            return Next::Continue;
+            return Resume::Failed(smacks::failed("item-not-found", None));
         };
-        // Our output so far (nothing, normally) must not be lost with the socket.
+        // Our output so far (the stream features, when the client did not wait for them)
+        // must not be lost with the socket.
         if !self.flush().await {
-            return Next::Lost;
+            return Resume::Lost;
         }
         let (reply_tx, reply_rx) = smol::channel::bounded(1);
         let io = std::mem::replace(&mut self.io, Io::Gone);
@@ -193,24 +214,23 @@ impl Conn {
             reader,
             peer: self.peer,
             h,
+            success,
             reply: reply_tx,
         };
         if let Err(e) = tx.send(handoff).await {
             let h = e.into_inner();
             (self.io, self.reader) = (h.io, h.reader);
             self.more_ready = true;
-            self.write_nonza(&smacks::failed("item-not-found", None));
-            return Next::Continue;
+            return Resume::Failed(smacks::failed("item-not-found", None));
         }
         match reply_rx.recv().await {
-            Ok(Ok(())) => Next::Handed,
+            Ok(Ok(())) => Resume::Handed,
             Ok(Err((io, reader))) => {
                 (self.io, self.reader) = (io, reader);
                 self.more_ready = true;
-                self.write_nonza(&smacks::failed("item-not-found", None));
-                Next::Continue
+                Resume::Failed(smacks::failed("item-not-found", None))
             }
-            Err(_) => Next::Lost,
+            Err(_) => Resume::Lost,
         }
     }
 }

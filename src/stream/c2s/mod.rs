@@ -5,20 +5,32 @@
 //! With XEP-0198 resumption, a session outlives its TCP connection: when the socket drops,
 //! this task keeps the session (its counters, unacknowledged stanzas and queue) for the
 //! resume window; a new connection that resumes hands its socket over to this task.
+//!
+//! Over a WebSocket (RFC 7395, accepted and upgraded by the HTTP listener, see [`websocket`])
+//! the stream is the same stream: the seam is the transport alone. `Io::WebSocket` reads text
+//! messages as bytes for a framed `StreamReader`, which reports `<open/>` and `<close/>` as the
+//! stream's header and end; every write goes through `put`, `put_header` and `put_close`, which
+//! write `<open/>`, `<close/>` and self-contained elements when the transport frames, and
+//! `Out` keeps where each element ends so that each goes out as a message of its own. The
+//! stream starts at SASL (the WebSocket is already TLS, so no STARTTLS is offered); binding,
+//! stream management (a WebSocket session can be resumed over TCP and back), client state,
+//! limits and the archive do not know the difference.
 
 mod io;
 mod management;
 mod negotiation;
+mod sasl2;
 
-use io::{Credit, Io};
+pub use io::Ws;
+use io::{Credit, Io, Out};
 
 use crate::config::Config;
 use crate::jid::{self, Jid};
 use crate::listener::{Accepted, Listener};
-use crate::modules::{Mechanism, SessionEvent};
+use crate::modules::{Mechanism, Profile, SessionEvent};
 use crate::router;
 use crate::server::Server;
-use crate::session::{Delivery, Outbound, Session};
+use crate::session::{Delivery, Outbound, OutboundRx, Session};
 use crate::stanza::{StanzaError, StreamCondition as C, StreamError, error_reply, iq_result};
 use crate::storage::{Store, Ticket};
 use crate::stream::csi::{self, Held};
@@ -31,7 +43,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use futures_rustls::server::TlsStream;
 use smol::channel::{Receiver, Sender};
 use smol::future::FutureExt;
-use smol::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use smol::io::{AsyncRead, AsyncWriteExt};
 use smol::{Async, Timer};
 use std::collections::VecDeque;
 use std::net::{SocketAddr, TcpStream};
@@ -46,8 +58,9 @@ enum Phase {
     Plain,
     /// TLS is up; SASL is next.
     Secure,
-    /// SASL succeeded as this localpart; binding is next.
-    Authenticated(String),
+    /// SASL succeeded as this localpart, with the account's logins at this epoch (see
+    /// `Sessions::login_epoch`); binding is next.
+    Authenticated(String, u64),
     Bound(Jid),
 }
 
@@ -57,12 +70,17 @@ struct Conn {
     peer: SocketAddr,
     io: Io,
     reader: StreamReader,
-    rx: Receiver<Outbound>,
+    rx: OutboundRx,
     phase: Phase,
     header_sent: bool,
     sasl: Option<Box<dyn Mechanism>>,
+    /// The TLS setup this connection's handshake used (its certificate's channel binding),
+    /// until a resource is bound. Shared, so that a login allocates nothing for it.
+    tls: Option<Rc<crate::tls::ServerTls>>,
+    /// A SASL2 exchange in progress.
+    sasl2: Option<Box<sasl2::Exchange>>,
     auth_failures: u32,
-    out: Vec<u8>,
+    out: Out,
     /// When the connection was accepted: login must be done within the login timeout of it.
     started: Instant,
     last_heard: Instant,
@@ -105,6 +123,8 @@ pub struct Handoff {
     reader: StreamReader,
     peer: SocketAddr,
     h: u32,
+    /// XEP-0198 §inline: the SASL2 `<success/>` that the `<resumed/>` goes into.
+    success: Option<Box<Element>>,
     /// Ok when taken over; otherwise the socket comes back to the resuming connection.
     reply: Sender<Result<(), (Io, StreamReader)>>,
 }
@@ -113,6 +133,16 @@ pub struct Handoff {
 pub struct Resumable {
     pub user: String,
     pub tx: Sender<Handoff>,
+}
+
+/// How an attempt to resume a session ended.
+enum Resume {
+    /// The session's task took the socket over.
+    Handed,
+    /// The socket failed meanwhile.
+    Lost,
+    /// Not resumed: the `<failed/>` for the client.
+    Failed(Element),
 }
 
 /// What the read loop does after an event.
@@ -163,33 +193,8 @@ async fn run(server: Rc<Server>, accepted: Accepted, direct_tls: bool) {
         id,
         rx,
     } = accepted;
-    let mut conn = Conn {
-        reader: StreamReader::new(server.config.xml_limits()),
-        server: server.clone(),
-        id,
-        peer,
-        io: Io::Plain(stream),
-        rx,
-        phase: Phase::Plain,
-        header_sent: false,
-        sasl: None,
-        auth_failures: 0,
-        out: Vec::new(),
-        started: Instant::now(),
-        last_heard: Instant::now(),
-        ping_sent: None,
-        pings: 0,
-        sm: None,
-        handoffs: None,
-        detached_at: None,
-        inactive: false,
-        held: Held::default(),
-        due: false,
-        more_ready: false,
-        credit: Credit::new(&server.config.limits),
-        processed: 0,
-        pending: VecDeque::new(),
-    };
+    let reader = StreamReader::new(server.config.xml_limits());
+    let mut conn = Conn::new(server, id, peer, Io::Plain(stream), reader, rx);
     log::debug!("connection {id} from {peer}, direct TLS: {direct_tls}");
     // The rare, large futures (handshakes, stanza processing) are boxed so that the task of
     // an idle session is only as large as its wait for input.
@@ -200,11 +205,65 @@ async fn run(server: Rc<Server>, accepted: Accepted, direct_tls: bool) {
     Box::pin(conn.finish()).await;
 }
 
+/// A client stream over a WebSocket (RFC 7395) that the HTTP listener accepted and upgraded,
+/// as connection `id` with its queue `rx`. TLS is up, so SASL comes first; from there on it is
+/// the same stream as over TCP: sessions, limits, stream management, everything.
+pub async fn websocket(server: Rc<Server>, ws: Ws, peer: SocketAddr, id: u64, rx: OutboundRx) {
+    let reader = StreamReader::framed(server.config.xml_limits());
+    let io = Io::WebSocket(Box::new(ws));
+    let mut conn = Conn::new(server, id, peer, io, reader, rx);
+    log::debug!("connection {id} from {peer} over WebSocket");
+    conn.phase = Phase::Secure;
+    // The upgrade request may have come with the first messages.
+    conn.more_ready = true;
+    conn.serve().await;
+    Box::pin(conn.finish()).await;
+}
+
 impl Conn {
+    fn new(
+        server: Rc<Server>,
+        id: u64,
+        peer: SocketAddr,
+        io: Io,
+        reader: StreamReader,
+        rx: OutboundRx,
+    ) -> Conn {
+        Conn {
+            reader,
+            credit: Credit::new(&server.config.limits),
+            server,
+            id,
+            peer,
+            io,
+            rx,
+            phase: Phase::Plain,
+            header_sent: false,
+            sasl: None,
+            tls: None,
+            sasl2: None,
+            auth_failures: 0,
+            out: Out::default(),
+            started: Instant::now(),
+            last_heard: Instant::now(),
+            ping_sent: None,
+            pings: 0,
+            sm: None,
+            handoffs: None,
+            detached_at: None,
+            inactive: false,
+            held: Held::default(),
+            due: false,
+            more_ready: false,
+            processed: 0,
+            pending: VecDeque::new(),
+        }
+    }
+
     fn deadline(&self) -> Instant {
         let limits = &self.server.config;
         if let Some(at) = self.detached_at {
-            return at + Duration::from_secs(limits.stream_management.resume_timeout_secs);
+            return at + self.resume_window();
         }
         let ack = self.sm.as_ref().and_then(|sm| {
             let since = sm.unrequested_since.filter(|_| !sm.request_outstanding)?;
@@ -220,6 +279,22 @@ impl Conn {
             _ => self.login_deadline(),
         };
         ack.map_or(keepalive, |a| a.min(keepalive))
+    }
+
+    /// How long the session waits to be resumed: the configured window, or the longer one a
+    /// module asked for (push notifications, which wake the phone).
+    fn resume_window(&self) -> Duration {
+        let default = self.server.config.stream_management.resume_timeout_secs;
+        let asked = match &self.phase {
+            Phase::Bound(jid) => self
+                .server
+                .sessions()
+                .get(jid)
+                .filter(|s| s.conn == self.id)
+                .and_then(|s| s.flags.resume_window),
+            _ => None,
+        };
+        Duration::from_secs(asked.map_or(default, |w| u64::from(w).max(default)))
     }
 
     /// Until a resource is bound, however busy the client keeps the connection (whitespace
@@ -249,7 +324,7 @@ impl Conn {
                         None => std::future::pending().await,
                     }
                 };
-                let queue = async { Wake::Queue(self.rx.recv().await.ok()) };
+                let queue = async { Wake::Queue(self.rx.recv().await) };
                 let timer = async {
                     Timer::at(deadline).await;
                     Wake::Timer
@@ -305,15 +380,15 @@ impl Conn {
                     let mut next = Next::Continue;
                     while self.out.len() < 65536 && !self.over_limits() {
                         match self.rx.try_recv() {
-                            Ok(Outbound::Stanza(d)) => {
+                            Some(Outbound::Stanza(d)) => {
                                 taken += d.size;
                                 self.emit(d);
                             }
-                            Ok(Outbound::Close(e)) => {
+                            Some(Outbound::Close(e)) => {
                                 next = Next::Fail(e);
                                 break;
                             }
-                            Err(_) => break,
+                            None => break,
                         }
                     }
                     self.dequeued(taken);
@@ -365,7 +440,7 @@ impl Conn {
                     }
                 }
                 Next::End => {
-                    self.out.extend_from_slice(writer::STREAM_CLOSE);
+                    self.put_close();
                     Box::pin(self.close()).await;
                     return;
                 }
@@ -479,7 +554,7 @@ impl Conn {
     /// Writes a stanza and, with stream management, keeps it until the client acknowledges it;
     /// without, the client has it once the socket does.
     fn write_stanza(&mut self, d: Rc<Delivery>) {
-        writer::write_element(&d.el, ns::CLIENT, &mut self.out);
+        self.put(&d.el);
         match &mut self.sm {
             Some(sm) => sm.sent(d),
             None => d.delivered(),
@@ -487,7 +562,7 @@ impl Conn {
     }
 
     fn write_nonza(&mut self, el: &Element) {
-        writer::write_element(el, ns::CLIENT, &mut self.out);
+        self.put(el);
     }
 
     async fn flush_or_lose(&mut self) -> Next {
@@ -531,15 +606,13 @@ impl Conn {
             && (sm.should_request(every) || (full && !sm.request_outstanding))
         {
             sm.requested();
-            writer::write_element(&smacks::r(), ns::CLIENT, &mut self.out);
+            self.put(&smacks::r());
         }
         if self.out.is_empty() {
             return true;
         }
         let limit = Duration::from_secs(self.server.config.limits.write_timeout_secs);
-        let write = async {
-            Some(self.io.write_all(&self.out).await.is_ok() && self.io.flush().await.is_ok())
-        };
+        let write = async { Some(self.io.write_out(&self.out).await.is_ok()) };
         let timeout = async {
             Timer::after(limit).await;
             None
@@ -559,7 +632,7 @@ impl Conn {
             }
         };
         // Idle sessions keep no output buffer.
-        self.out = Vec::new();
+        self.out.release();
         ok
     }
 
@@ -567,9 +640,7 @@ impl Conn {
     async fn close(&mut self) {
         if self.flush().await {
             let limit = Duration::from_secs(self.server.config.limits.write_timeout_secs);
-            let close = async {
-                let _ = self.io.close().await;
-            };
+            let close = self.io.shutdown();
             let timeout = async {
                 Timer::after(limit).await;
             };
@@ -590,8 +661,8 @@ impl Conn {
             self.peer
         );
         self.open_header(None);
-        writer::write_element(&e.to_element(), ns::CLIENT, &mut self.out);
-        self.out.extend_from_slice(writer::STREAM_CLOSE);
+        self.put(&e.to_element());
+        self.put_close();
         self.close().await;
     }
 
@@ -602,9 +673,8 @@ impl Conn {
         }
         self.header_sent = true;
         let id = B64.encode(sasl::random_bytes::<12>());
-        let domain = &self.server.config.server.domain;
-        self.out
-            .extend_from_slice(&writer::stream_header(domain, to, &id));
+        let server = self.server.clone();
+        self.put_header(&server.config.server.domain, to, &id);
     }
 
     async fn handle_events(&mut self, events: &mut Vec<StreamEvent>) -> Next {
@@ -644,16 +714,19 @@ impl Conn {
                     };
                 }
                 if el.ns == ns::SASL {
-                    return self.sasl_failed(F::EncryptionRequired, None);
+                    return self.sasl_failed(Profile::Sasl, F::EncryptionRequired, None, None);
+                }
+                if el.ns == ns::SASL2 {
+                    return self.sasl_failed(Profile::Sasl2, F::EncryptionRequired, None, None);
                 }
                 Next::Fail(StreamError::with_text(
                     C::NotAuthorized,
                     "STARTTLS and authentication first",
                 ))
             }
-            Phase::Secure => self.sasl(el),
-            Phase::Authenticated(user) => {
-                let user = user.clone();
+            Phase::Secure => self.sasl(el).await,
+            Phase::Authenticated(user, epoch) => {
+                let (user, epoch) = (user.clone(), *epoch);
                 if !self.server.account_exists(&user) {
                     // Removed after this connection authenticated: it may not bind or resume.
                     return Next::Fail(StreamError::with_text(
@@ -661,8 +734,22 @@ impl Conn {
                         "the account was removed",
                     ));
                 }
+                if self.server.sessions().login_epoch(&user) != epoch {
+                    // The password changed after this connection authenticated.
+                    return Next::Fail(StreamError::with_text(
+                        C::NotAuthorized,
+                        "the password was changed",
+                    ));
+                }
                 if el.is("resume", ns::SM) {
-                    return self.resume(&user, &el).await;
+                    return match self.resume(&user, &el, None).await {
+                        Resume::Handed => Next::Handed,
+                        Resume::Lost => Next::Lost,
+                        Resume::Failed(failed) => {
+                            self.write_nonza(&failed);
+                            Next::Continue
+                        }
+                    };
                 }
                 if el.ns == ns::SM {
                     self.write_nonza(&smacks::failed("unexpected-request", None));
@@ -784,7 +871,7 @@ impl Conn {
             None => Vec::new(),
         };
         unsent.extend(self.held.take());
-        while let Ok(o) = self.rx.try_recv() {
+        while let Some(o) = self.rx.try_recv() {
             if let Outbound::Stanza(d) = o {
                 unsent.push(d);
             }

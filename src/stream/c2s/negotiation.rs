@@ -1,5 +1,5 @@
-//! Stream negotiation (RFC 6120 §4-7): the stream header and features, STARTTLS, SASL with
-//! throttling, and resource binding.
+//! Stream negotiation (RFC 6120 §4-7): the stream header and features, STARTTLS, SASL (RFC 6120
+//! and XEP-0388 SASL2, which `sasl2.rs` completes) with throttling, and resource binding.
 //!
 //! Every SASL attempt that does not succeed counts, aborted or malformed ones too: towards
 //! `auth.attempts_per_stream`, past which the stream ends, and towards the throttle of the
@@ -8,7 +8,7 @@
 //! nothing, and the account's owner elsewhere is not affected.
 
 use super::*;
-use crate::modules::{Cx, Stage};
+use crate::modules::{ChannelBindings, Cx, Profile, SaslOffer, SaslStart, Stage};
 use crate::stream::throttle::{Limits, Source};
 
 impl Conn {
@@ -16,16 +16,19 @@ impl Conn {
         let Io::Plain(tcp) = std::mem::replace(&mut self.io, Io::Gone) else {
             return false;
         };
-        let acceptor = futures_rustls::TlsAcceptor::from(self.server.tls.borrow().clone());
+        let tls = self.server.tls.borrow().clone();
+        let acceptor = futures_rustls::TlsAcceptor::from(tls.config.clone());
         let handshake = acceptor.accept(tcp);
         let timeout = async {
             Timer::at(self.login_deadline()).await;
             Err(std::io::ErrorKind::TimedOut.into())
         };
         match handshake.or(timeout).await {
-            Ok(tls) => {
-                self.io = Io::Tls(Box::new(tls));
+            Ok(stream) => {
+                self.io = Io::Tls(Box::new(stream));
                 self.phase = Phase::Secure;
+                // The certificate this handshake presented, whatever a reload does meanwhile.
+                self.tls = Some(tls);
                 // The handshake may have read the client's first bytes along with its last
                 // handshake message: look before waiting for the socket.
                 self.more_ready = true;
@@ -38,15 +41,41 @@ impl Conn {
         }
     }
 
-    /// tls-exporter channel binding data (RFC 9266); only defined for TLS 1.3 here.
-    pub(super) fn channel_binding(&self) -> Option<Vec<u8>> {
-        let Io::Tls(s) = &self.io else { return None };
-        let conn = s.get_ref().1;
+    /// Channel binding data (RFC 9266 tls-exporter, RFC 5929 tls-server-end-point), only for
+    /// TLS 1.3: before it, a resumed session may be spliced with another (the triple handshake
+    /// attack, RFC 7627) and the bindings prove less.
+    pub(super) fn bindings(&self) -> ChannelBindings {
+        let Some(conn) = self.io.tls() else {
+            return ChannelBindings::default();
+        };
         if conn.protocol_version() != Some(rustls::ProtocolVersion::TLSv1_3) {
-            return None;
+            return ChannelBindings::default();
         }
-        conn.export_keying_material(vec![0u8; 32], b"EXPORTER-Channel-Binding", None)
-            .ok()
+        ChannelBindings {
+            exporter: conn
+                .export_keying_material(vec![0u8; 32], b"EXPORTER-Channel-Binding", None)
+                .ok(),
+            endpoint: self.tls.as_ref().and_then(|t| t.endpoint.clone()),
+        }
+    }
+
+    /// What the stream can offer in `profile`.
+    pub(super) fn offer(&self, profile: Profile, bindings: &ChannelBindings) -> SaslOffer {
+        SaslOffer {
+            profile,
+            exporter: bindings.exporter.is_some(),
+            endpoint: bindings.endpoint.is_some(),
+        }
+    }
+
+    /// Every module's mechanisms in `offer`'s profile, in the modules' order.
+    pub(super) fn mechanisms(&self, offer: &SaslOffer) -> Vec<&'static str> {
+        self.server
+            .modules()
+            .iter()
+            .flat_map(|m| m.sasl_mechanisms(offer))
+            .copied()
+            .collect()
     }
 
     pub(super) fn open(&mut self, h: StreamHeader) -> Next {
@@ -75,20 +104,27 @@ impl Conn {
                 None
             }
             Phase::Secure => {
+                let bindings = self.bindings();
                 let mut mechs = Element::new("mechanisms", ns::SASL);
-                let cb = self.channel_binding().is_some();
-                for m in self
-                    .server
-                    .modules()
-                    .iter()
-                    .flat_map(|m| m.sasl_mechanisms(cb))
-                {
-                    mechs.push(Element::new("mechanism", ns::SASL).with_text(*m));
+                for m in self.mechanisms(&self.offer(Profile::Sasl, &bindings)) {
+                    mechs.push(Element::new("mechanism", ns::SASL).with_text(m));
                 }
                 features.push(mechs);
+                if let Some(auth) = self.sasl2_feature(&bindings) {
+                    features.push(auth);
+                }
+                if bindings.exporter.is_some() {
+                    // XEP-0440: the binding SCRAM's -PLUS mechanisms take.
+                    features.push(
+                        Element::new("sasl-channel-binding", ns::SASL_CB).with_child(
+                            Element::new("channel-binding", ns::SASL_CB)
+                                .with_attr("type", "tls-exporter"),
+                        ),
+                    );
+                }
                 Some(Stage::Authenticate)
             }
-            Phase::Authenticated(_) | Phase::Bound(_) => {
+            Phase::Authenticated(..) | Phase::Bound(_) => {
                 features.push(Element::new("bind", ns::BIND));
                 features.push(
                     Element::new("session", ns::SESSION)
@@ -100,51 +136,89 @@ impl Conn {
             }
         };
         if let Some(stage) = stage {
-            let mut extra = Vec::new();
-            let cx = Cx::new(&self.server);
-            for m in self.server.modules() {
-                m.stream_features(&cx, stage, &mut extra);
-            }
-            for f in extra {
-                features.push(f);
-            }
+            self.module_features(stage, &mut features);
         }
-        writer::write_element(&features, ns::CLIENT, &mut self.out);
+        self.put(&features);
         Next::Continue
     }
 
-    /// Starts `mechanism` with the module that offers it.
-    fn start_mechanism(&self, mechanism: &str) -> Option<Box<dyn Mechanism>> {
-        let cb = self.channel_binding();
+    /// What the modules add to the stream features at `stage`.
+    pub(super) fn module_features(&self, stage: Stage, features: &mut Element) {
+        let mut extra = Vec::new();
+        let cx = Cx::new(&self.server);
+        for m in self.server.modules() {
+            m.stream_features(&cx, stage, &mut extra);
+        }
+        for f in extra {
+            features.push(f);
+        }
+    }
+
+    /// Starts `mechanism` with the module that offers it in `profile`; `request` is SASL2's
+    /// `<authenticate/>`.
+    pub(super) fn start_mechanism(
+        &self,
+        profile: Profile,
+        mechanism: &str,
+        request: Option<&Element>,
+    ) -> Option<Box<dyn Mechanism>> {
+        let bindings = self.bindings();
+        let offer = self.offer(profile, &bindings);
         let module = self
             .server
             .modules()
             .iter()
-            .find(|m| m.sasl_mechanisms(cb.is_some()).contains(&mechanism))?;
-        module.sasl_start(mechanism, cb)
+            .find(|m| m.sasl_mechanisms(&offer).contains(&mechanism))?;
+        module.sasl_start(&SaslStart {
+            mechanism,
+            profile,
+            bindings: &bindings,
+            request,
+        })
     }
 
-    pub(super) fn sasl_failure(&mut self, condition: F) {
-        let f = Element::new("failure", ns::SASL)
-            .with_child(Element::new(condition.as_str(), ns::SASL));
-        writer::write_element(&f, ns::CLIENT, &mut self.out);
+    /// Writes a `<failure/>` in the profile of the exchange: RFC 6120's, or XEP-0388's, which
+    /// wraps the same conditions and may say more in a `<text/>`.
+    pub(super) fn sasl_failure(&mut self, profile: Profile, condition: F, text: Option<&str>) {
+        let cond = Element::new(condition.as_str(), ns::SASL);
+        let f = match profile {
+            Profile::Sasl => Element::new("failure", ns::SASL).with_child(cond),
+            Profile::Sasl2 | Profile::Fast => {
+                let mut f = Element::new("failure", ns::SASL2).with_child(cond);
+                if let Some(t) = text {
+                    f.push(Element::new("text", ns::SASL2).with_text(t));
+                }
+                f
+            }
+        };
+        self.put(&f);
     }
 
-    pub(super) fn sasl(&mut self, el: Element) -> Next {
-        if el.ns != ns::SASL {
-            return Next::Fail(StreamError::with_text(
-                C::NotAuthorized,
-                "authenticate first",
-            ));
-        }
+    /// SASL in either profile: RFC 6120's `<auth/>`, or XEP-0388's `<authenticate/>` whose
+    /// success `sasl2_succeeded` completes.
+    pub(super) async fn sasl(&mut self, el: Element) -> Next {
+        let profile = match el.ns.as_str() {
+            ns::SASL => Profile::Sasl,
+            ns::SASL2 => Profile::Sasl2,
+            _ => {
+                return Next::Fail(StreamError::with_text(
+                    C::NotAuthorized,
+                    "authenticate first",
+                ));
+            }
+        };
         let source = Source::from(self.peer.ip());
         let limits = Limits::of(&self.server.config.auth);
-        let data = match el.text().trim() {
+        let decode = |t: &str| match t.trim() {
             "" | "=" => Some(Vec::new()),
             t => B64.decode(t).ok(),
         };
+        let start = match profile {
+            Profile::Sasl => "auth",
+            _ => "authenticate",
+        };
         let step = match el.name.as_str() {
-            "auth" => {
+            name if name == start => {
                 if self.sasl.take().is_some() {
                     // A new exchange abandons the one in progress: that is an attempt too,
                     // or a client could start exchanges forever.
@@ -152,35 +226,60 @@ impl Conn {
                         return next;
                     }
                 }
+                self.sasl2 = None;
                 let blocked = self.server.throttle.borrow_mut().source_blocked(
                     source,
                     &limits,
                     Instant::now(),
                 );
                 if blocked {
-                    return self.sasl_failed(F::TemporaryAuthFailure, None);
+                    return self.sasl_failed(profile, F::TemporaryAuthFailure, None, None);
                 }
-                let Some(data) = data else {
-                    return self.sasl_failed(F::IncorrectEncoding, None);
+                // RFC 6120 puts the initial response in the element's text ("=" for an empty
+                // one, nothing for none); XEP-0388 in an <initial-response/>, absent for none.
+                let initial = match profile {
+                    Profile::Sasl => (!el.text().trim().is_empty()).then(|| el.text()),
+                    _ => el.child("initial-response", ns::SASL2).map(|r| r.text()),
                 };
-                let mech = el.attr("mechanism").unwrap_or_default();
-                let Some(s) = self.start_mechanism(mech) else {
-                    return self.sasl_failed(F::InvalidMechanism, None);
+                let data = match initial.as_deref().map(decode) {
+                    Some(None) => {
+                        return self.sasl_failed(profile, F::IncorrectEncoding, None, None);
+                    }
+                    Some(Some(d)) => Some(d),
+                    None => None,
+                };
+                let mech = el.attr("mechanism").unwrap_or_default().to_owned();
+                let started = match profile {
+                    Profile::Sasl => self.start_mechanism(Profile::Sasl, &mech, None),
+                    _ => match self.sasl2_start(&el, &mech) {
+                        Ok(s) => s,
+                        Err((condition, text)) => {
+                            return self.sasl_failed(profile, condition, None, Some(&text));
+                        }
+                    },
+                };
+                let Some(s) = started else {
+                    return self.sasl_failed(profile, F::InvalidMechanism, None, None);
                 };
                 let sasl = self.sasl.insert(s);
-                if el.text().trim().is_empty() && mech != "PLAIN" {
+                match data {
+                    Some(data) => sasl.step(&Cx::new(&self.server), &data),
+                    // RFC 4616 §2: PLAIN's response goes in the first message either way.
+                    None if profile == Profile::Sasl && mech == "PLAIN" => {
+                        sasl.step(&Cx::new(&self.server), &[])
+                    }
                     // No initial response: ask for it with an empty challenge.
-                    Step::Challenge(Vec::new())
-                } else {
-                    sasl.step(&Cx::new(&self.server), &data)
+                    None => Step::Challenge(Vec::new()),
                 }
             }
-            "response" => match (self.sasl.as_mut(), data) {
+            "response" => match (self.sasl.as_mut(), decode(&el.text())) {
                 (Some(s), Some(data)) => s.step(&Cx::new(&self.server), &data),
-                (Some(_), None) => return self.sasl_failed(F::IncorrectEncoding, None),
-                (None, _) => return self.sasl_failed(F::MalformedRequest, None),
+                (Some(_), None) => {
+                    return self.sasl_failed(profile, F::IncorrectEncoding, None, None);
+                }
+                (None, _) => return self.sasl_failed(profile, F::MalformedRequest, None, None),
             },
-            "abort" => return self.sasl_failed(F::Aborted, None),
+            "abort" => return self.sasl_failed(profile, F::Aborted, None, None),
             _ => {
                 return Next::Fail(StreamError::with_text(
                     C::NotAuthorized,
@@ -190,15 +289,19 @@ impl Conn {
         };
         match step {
             Step::Challenge(c) => {
-                let mut ch = Element::new("challenge", ns::SASL);
+                let ns = match profile {
+                    Profile::Sasl => ns::SASL,
+                    _ => ns::SASL2,
+                };
+                let mut ch = Element::new("challenge", ns);
                 if !c.is_empty() {
                     ch = ch.with_text(B64.encode(c));
                 }
-                writer::write_element(&ch, ns::CLIENT, &mut self.out);
+                self.put(&ch);
                 Next::Continue
             }
             Step::Success { user, data } => {
-                self.sasl = None;
+                let mech = self.sasl.take();
                 let blocked = self.server.throttle.borrow_mut().blocked(
                     source,
                     &user,
@@ -206,26 +309,33 @@ impl Conn {
                     Instant::now(),
                 );
                 if blocked {
-                    return self.sasl_failed(F::TemporaryAuthFailure, Some(&user));
+                    return self.sasl_failed(profile, F::TemporaryAuthFailure, Some(&user), None);
                 }
                 if !self.server.account_exists(&user) {
                     // Removed while the exchange ran.
-                    return self.sasl_failed(F::NotAuthorized, Some(&user));
+                    return self.sasl_failed(profile, F::NotAuthorized, Some(&user), None);
                 }
                 if let Some(c) = self.server.conns.borrow_mut().get_mut(&self.id) {
                     c.user = Some(user.clone());
+                }
+                if profile != Profile::Sasl {
+                    return match mech {
+                        Some(mech) => Box::pin(self.sasl2_succeeded(user, data, mech)).await,
+                        None => Next::Fail(StreamError::new(C::InternalServerError)),
+                    };
                 }
                 let mut ok = Element::new("success", ns::SASL);
                 if !data.is_empty() {
                     ok = ok.with_text(B64.encode(data));
                 }
-                writer::write_element(&ok, ns::CLIENT, &mut self.out);
+                self.put(&ok);
                 log::info!(
                     "{user}@{} authenticated from {}",
                     self.server.config.server.domain,
                     self.peer
                 );
-                self.phase = Phase::Authenticated(user);
+                let epoch = self.server.sessions().login_epoch(&user);
+                self.phase = Phase::Authenticated(user, epoch);
                 self.reader.restart();
                 self.header_sent = false;
                 Next::Continue
@@ -238,15 +348,22 @@ impl Conn {
                         .blocked(source, u, &limits, Instant::now())
                 });
                 let f = if blocked { F::TemporaryAuthFailure } else { f };
-                self.sasl_failed(f, user.as_deref())
+                self.sasl_failed(profile, f, user.as_deref(), None)
             }
         }
     }
 
     /// Answers a failed or aborted attempt and counts it; ends a stream with too many.
-    pub(super) fn sasl_failed(&mut self, condition: F, user: Option<&str>) -> Next {
+    pub(super) fn sasl_failed(
+        &mut self,
+        profile: Profile,
+        condition: F,
+        user: Option<&str>,
+        text: Option<&str>,
+    ) -> Next {
         self.sasl = None;
-        self.sasl_failure(condition);
+        self.sasl2 = None;
+        self.sasl_failure(profile, condition, text);
         log::info!("failed login from {} ({})", self.peer, condition.as_str());
         self.count_failure(user).unwrap_or(Next::Continue)
     }
@@ -283,56 +400,77 @@ impl Conn {
                     Ok(r) => r,
                     Err(_) => {
                         let e = StanzaError::bad_request("the resource is not valid");
-                        writer::write_element(&error_reply(&el, &e), ns::CLIENT, &mut self.out);
+                        self.put(&error_reply(&el, &e));
                         return Next::Continue;
                     }
                 },
                 None => format!("hearth-{}", hex(&sasl::random_bytes::<6>())),
             };
-            let domain = &self.server.config.server.domain;
-            let Ok(full) = Jid::bare_from(user, domain).with_resource(&resource) else {
-                return Next::Fail(StreamError::new(C::InternalServerError));
+            let full = match self.bind_resource(user, &resource) {
+                Ok(full) => full,
+                Err(Ok(e)) => {
+                    self.put(&error_reply(&el, &e));
+                    return Next::Continue;
+                }
+                Err(Err(e)) => return Next::Fail(e),
             };
-            let max = self.server.config.limits.max_resources;
-            if !self.server.sessions().may_bind(&full, max) {
-                let e = StanzaError::with_text(
-                    crate::stanza::Condition::ResourceConstraint,
-                    "this account has as many resources bound as it may have",
-                );
-                writer::write_element(&error_reply(&el, &e), ns::CLIENT, &mut self.out);
-                return Next::Continue;
-            }
-            let tx = match self.server.conns.borrow().get(&self.id) {
-                Some(c) => c.tx.clone(),
-                None => return Next::Fail(StreamError::new(C::InternalServerError)),
-            };
-            let old = self
-                .server
-                .sessions_mut()
-                .insert(Session::new(self.id, full.clone(), tx));
-            if let Some(old) = old {
-                // RFC 6120 §7.7.2.2: the new session wins; the old one gets `conflict`.
-                self.server.close_conn(
-                    old.conn,
-                    StreamError::with_text(C::Conflict, "replaced by a new connection"),
-                );
-            }
             let reply = iq_result(&el, None).with_child(
                 Element::new("bind", ns::BIND)
                     .with_child(Element::new("jid", ns::BIND).with_text(full.to_string())),
             );
-            writer::write_element(&reply, ns::CLIENT, &mut self.out);
-            log::debug!("bound {full}");
-            self.phase = Phase::Bound(full);
+            self.put(&reply);
             return Next::Continue;
         }
         if el.is("iq", ns::CLIENT) && el.child("session", ns::SESSION).is_some() {
-            writer::write_element(&iq_result(&el, None), ns::CLIENT, &mut self.out);
+            self.put(&iq_result(&el, None));
             return Next::Continue;
         }
         Next::Fail(StreamError::with_text(
             C::NotAuthorized,
             "bind a resource first",
         ))
+    }
+}
+
+impl Conn {
+    /// Binds `resource` of `user` to this connection: the session table has it from here on,
+    /// and a session of the same full JID is replaced. Errs with the stanza error for the
+    /// client, or the stream error when the connection is gone.
+    pub(super) fn bind_resource(
+        &mut self,
+        user: &str,
+        resource: &str,
+    ) -> Result<Jid, Result<StanzaError, StreamError>> {
+        let domain = &self.server.config.server.domain;
+        let Ok(full) = Jid::bare_from(user, domain).with_resource(resource) else {
+            return Err(Err(StreamError::new(C::InternalServerError)));
+        };
+        let max = self.server.config.limits.max_resources;
+        if !self.server.sessions().may_bind(&full, max) {
+            return Err(Ok(StanzaError::with_text(
+                crate::stanza::Condition::ResourceConstraint,
+                "this account has as many resources bound as it may have",
+            )));
+        }
+        let tx = match self.server.conns.borrow().get(&self.id) {
+            Some(c) => c.tx.clone(),
+            None => return Err(Err(StreamError::new(C::InternalServerError))),
+        };
+        let old = self
+            .server
+            .sessions_mut()
+            .insert(Session::new(self.id, full.clone(), tx));
+        if let Some(old) = old {
+            // RFC 6120 §7.7.2.2: the new session wins; the old one gets `conflict`.
+            self.server.close_conn(
+                old.conn,
+                StreamError::with_text(C::Conflict, "replaced by a new connection"),
+            );
+        }
+        log::debug!("bound {full}");
+        self.phase = Phase::Bound(full.clone());
+        // What was kept for negotiating is no longer needed.
+        self.tls = None;
+        Ok(full)
     }
 }

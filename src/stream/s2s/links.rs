@@ -1,0 +1,294 @@
+//! The router's side of outgoing server-to-server connections: one link per pair of a local
+//! domain and a remote one, which is a queue to the task that connects and writes (see
+//! `outgoing.rs`). The router puts stanzas in once their writes are durable; a link that does
+//! not exist yet is made on the spot and handed to the connector, so stanzas wait in its queue
+//! while the connection is made. The queue is bounded in bytes (`federation.queue_bytes`),
+//! and the number of links by `federation.max_outgoing`: beyond either, a stanza goes back to
+//! its sender as an error instead of waiting.
+
+use crate::session::weight;
+use crate::stanza::Condition;
+use crate::xml::Element;
+use smol::channel::{Receiver, Sender};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+
+/// The two ends of a connection: which of our domains speaks, to which other one.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Pair {
+    pub local: String,
+    pub remote: String,
+}
+
+/// What the task of a link writes.
+pub enum Out {
+    /// A stanza, written once the remote server has accepted the local domain.
+    Stanza(Element),
+    /// A stanza a link wrote before it died, without the remote server acknowledging it
+    /// (XEP-0198): written once more; if this link dies with it unacknowledged too, it goes
+    /// back to its sender.
+    Again(Element),
+    /// A dialback verification request (XEP-0220 §2.1.2), which needs no authentication: the
+    /// remote server answers whether `key` is what it gave for the stream `id`.
+    Verify {
+        id: String,
+        key: String,
+        /// Gets the pair and the answer.
+        reply: Sender<(Pair, bool)>,
+    },
+}
+
+/// A link the connector is to start a task for.
+pub struct NewLink {
+    pub pair: Pair,
+    pub id: u64,
+    pub rx: Receiver<Out>,
+    /// Bytes of the stanzas waiting in `rx`: the task takes them off as it reads them.
+    pub queued: Rc<Cell<usize>>,
+}
+
+struct Link {
+    id: u64,
+    tx: Sender<Out>,
+    queued: Rc<Cell<usize>>,
+}
+
+pub struct Links {
+    links: RefCell<HashMap<Pair, Link>>,
+    next_id: Cell<u64>,
+    new: (Sender<NewLink>, Receiver<NewLink>),
+}
+
+impl Default for Links {
+    fn default() -> Links {
+        Links {
+            links: RefCell::default(),
+            next_id: Cell::new(1),
+            new: smol::channel::unbounded(),
+        }
+    }
+}
+
+impl Links {
+    /// Queues `el` for the remote domain; gives it back with the error for its sender when
+    /// it cannot wait.
+    pub fn send(
+        &self,
+        pair: Pair,
+        el: Element,
+        max_bytes: usize,
+        max_links: usize,
+    ) -> Result<(), (Element, Condition)> {
+        let size = weight(&el);
+        let mut links = self.links.borrow_mut();
+        if let Some(l) = links.get(&pair) {
+            let queued = l.queued.get();
+            if queued > 0 && queued + size > max_bytes {
+                log::warn!(
+                    "{} bytes wait for {} already; refusing more",
+                    queued,
+                    pair.remote
+                );
+                return Err((el, Condition::ResourceConstraint));
+            }
+            return match l.tx.try_send(Out::Stanza(el)) {
+                Ok(()) => {
+                    l.queued.set(queued + size);
+                    Ok(())
+                }
+                Err(e) => match e.into_inner() {
+                    Out::Stanza(el) => Err((el, Condition::RemoteServerNotFound)),
+                    _ => unreachable!("a stanza was sent"),
+                },
+            };
+        }
+        if links.len() >= max_links {
+            log::warn!(
+                "connected to {max_links} servers already; not connecting to {}",
+                pair.remote
+            );
+            return Err((el, Condition::ResourceConstraint));
+        }
+        let l = self.open(&mut links, pair);
+        l.queued.set(size);
+        let _ = l.tx.try_send(Out::Stanza(el));
+        Ok(())
+    }
+
+    /// Queues `els`, which a link of `pair` that died left unacknowledged, for another try
+    /// on a new link, first; gives back what cannot wait (too many links), with the error for
+    /// its sender. Their bytes were within the bound when they were first queued.
+    pub fn send_again(
+        &self,
+        pair: Pair,
+        els: Vec<Element>,
+        max_links: usize,
+    ) -> Vec<(Element, Condition)> {
+        let mut links = self.links.borrow_mut();
+        if !links.contains_key(&pair) && links.len() >= max_links {
+            return els
+                .into_iter()
+                .map(|el| (el, Condition::RemoteServerTimeout))
+                .collect();
+        }
+        if !links.contains_key(&pair) {
+            self.open(&mut links, pair.clone());
+        }
+        let mut refused = Vec::new();
+        for el in els {
+            let Some(l) = links.get(&pair) else {
+                refused.push((el, Condition::RemoteServerTimeout));
+                continue;
+            };
+            let size = weight(&el);
+            match l.tx.try_send(Out::Again(el)) {
+                Ok(()) => l.queued.set(l.queued.get() + size),
+                Err(e) => {
+                    if let Out::Again(el) = e.into_inner() {
+                        refused.push((el, Condition::RemoteServerTimeout));
+                    }
+                }
+            }
+        }
+        refused
+    }
+
+    /// Asks the authoritative server of `pair.remote` whether `key` is its key for the stream
+    /// `id` (which that server opened to `pair.local`). False when it cannot be asked.
+    pub fn verify(
+        &self,
+        pair: Pair,
+        id: String,
+        key: String,
+        reply: Sender<(Pair, bool)>,
+        max_links: usize,
+    ) {
+        let mut links = self.links.borrow_mut();
+        if !links.contains_key(&pair) && links.len() >= max_links {
+            let _ = reply.try_send((pair, false));
+            return;
+        }
+        let l = match links.contains_key(&pair) {
+            true => links.get(&pair),
+            false => Some(self.open(&mut links, pair)),
+        };
+        if let Some(l) = l {
+            let _ = l.tx.try_send(Out::Verify { id, key, reply });
+        }
+    }
+
+    fn open<'m>(&self, links: &'m mut HashMap<Pair, Link>, pair: Pair) -> &'m Link {
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        let (tx, rx) = smol::channel::unbounded();
+        let queued = Rc::new(Cell::new(0));
+        let _ = self.new.0.try_send(NewLink {
+            pair: pair.clone(),
+            id,
+            rx,
+            queued: queued.clone(),
+        });
+        links.entry(pair).or_insert(Link { id, tx, queued })
+    }
+
+    /// The link `id` of `pair` is done (failed or idle): what comes for the remote domain from
+    /// now on makes a new one. False if it was replaced already.
+    pub fn remove(&self, pair: &Pair, id: u64) -> bool {
+        let mut links = self.links.borrow_mut();
+        if links.get(pair).is_some_and(|l| l.id == id) {
+            if let Some(l) = links.remove(pair) {
+                l.tx.close();
+            }
+            return true;
+        }
+        false
+    }
+
+    /// The next link to connect, for the connector task.
+    pub async fn next_new(&self) -> Option<NewLink> {
+        self.new.1.recv().await.ok()
+    }
+
+    /// Links waiting for the connector, for tests without one.
+    #[cfg(test)]
+    pub fn take_new(&self) -> Vec<NewLink> {
+        let mut out = Vec::new();
+        while let Ok(l) = self.new.1.try_recv() {
+            out.push(l);
+        }
+        out
+    }
+
+    /// The remote domains with a link, for diagnostics.
+    pub fn remotes(&self) -> Vec<Pair> {
+        let mut v: Vec<Pair> = self.links.borrow().keys().cloned().collect();
+        v.sort();
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::xml::ns;
+
+    fn pair(remote: &str) -> Pair {
+        Pair {
+            local: "localhost".into(),
+            remote: remote.into(),
+        }
+    }
+
+    fn msg(body: &str) -> Element {
+        Element::new("message", ns::CLIENT)
+            .with_child(Element::new("body", ns::CLIENT).with_text(body))
+    }
+
+    #[test]
+    fn stanzas_wait_within_their_bounds() {
+        let links = Links::default();
+        links.send(pair("a.example"), msg("1"), 1000, 2).unwrap();
+        links.send(pair("a.example"), msg("2"), 1000, 2).unwrap();
+        let new = links.take_new();
+        assert_eq!(new.len(), 1, "one connection per pair");
+        // Over the bytes: refused; over the links: refused.
+        let big = msg(&"x".repeat(2000));
+        let (_, c) = links.send(pair("a.example"), big, 1000, 2).unwrap_err();
+        assert_eq!(c, Condition::ResourceConstraint);
+        links.send(pair("b.example"), msg("3"), 1000, 2).unwrap();
+        let (_, c) = links
+            .send(pair("c.example"), msg("4"), 1000, 2)
+            .unwrap_err();
+        assert_eq!(c, Condition::ResourceConstraint);
+        // A removed link closes its queue; the next stanza makes a new one.
+        assert!(links.remove(&pair("a.example"), new[0].id));
+        assert!(new[0].rx.is_closed());
+        assert_eq!(new[0].rx.len(), 2);
+        links.send(pair("a.example"), msg("5"), 1000, 2).unwrap();
+        let again = links.take_new();
+        assert_eq!(again.len(), 2);
+        assert!(
+            !links.remove(&pair("a.example"), new[0].id),
+            "not the current link"
+        );
+    }
+
+    #[test]
+    fn second_tries_go_first_on_a_new_link_within_the_links_bound() {
+        let links = Links::default();
+        links.send(pair("a.example"), msg("1"), 1000, 1).unwrap();
+        let first = links.take_new().remove(0);
+        assert!(links.remove(&pair("a.example"), first.id));
+        // Their bytes were checked once: a second try is not refused for them.
+        let refused = links.send_again(pair("a.example"), vec![msg(&"x".repeat(2000))], 1);
+        assert!(refused.is_empty());
+        let again = links.take_new().remove(0);
+        assert!(matches!(again.rx.try_recv(), Ok(Out::Again(_))));
+        assert!(again.queued.get() > 2000);
+        // No room for another link: it goes back with the error for its sender.
+        let refused = links.send_again(pair("b.example"), vec![msg("2")], 1);
+        assert_eq!(refused.len(), 1);
+        assert_eq!(refused[0].1, Condition::RemoteServerTimeout);
+    }
+}
