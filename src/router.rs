@@ -987,7 +987,11 @@ pub fn deliver(router: &Router, to: &Jid, d: Rc<Delivery>) -> Option<Rc<Delivery
     let limits = &router.config.limits;
     let queued = s.queued.get() as usize;
     let waiting = s.tx.len();
-    if waiting >= limits.queue_len || (waiting > 0 && queued + d.size > limits.queue_bytes) {
+    let errors = s.errors.get() as usize;
+    let error = d.is_error();
+    if (!error && waiting.saturating_sub(errors) >= limits.queue_len)
+        || (waiting > 0 && queued + d.size > limits.queue_bytes)
+    {
         log::warn!(
             "{to} is not reading ({waiting} stanzas, {queued} bytes waiting); disconnecting it"
         );
@@ -999,6 +1003,9 @@ pub fn deliver(router: &Router, to: &Jid, d: Rc<Delivery>) -> Option<Rc<Delivery
         Ok(()) => {
             s.queued
                 .set(u32::try_from(queued + size).unwrap_or(u32::MAX));
+            if error {
+                s.errors.set(s.errors.get().saturating_add(1));
+            }
             None
         }
         Err(Outbound::Stanza(d)) => Some(d),

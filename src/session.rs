@@ -187,6 +187,13 @@ impl Delivery {
         self.delivered.set(true);
     }
 
+    /// An error stanza: it answers something the recipient's own client sent, so how many come
+    /// is bounded by that client's rate; a backlog bounced at once (a session closed with more
+    /// undelivered than offline storage takes) may well be longer than a queue's `queue_len`.
+    pub fn is_error(&self) -> bool {
+        self.el.attr("type") == Some("error")
+    }
+
     /// A session gives up its copy without having delivered it. The stanza comes back only if
     /// this was the last copy and no session delivered it: then, and only then, it is
     /// undelivered. Copies other sessions still hold may yet reach their clients.
@@ -233,6 +240,9 @@ pub struct Session {
     /// Bytes of the stanzas waiting in `tx` (their [`Delivery::size`]): added by the router,
     /// taken off by the connection as it reads them. 32 bits: `limits.queue_bytes` fits.
     pub queued: Cell<u32>,
+    /// Errors among the stanzas waiting in `tx` (see [`Delivery::is_error`]): they do not count
+    /// against `limits.queue_len`.
+    pub errors: Cell<u32>,
 }
 
 impl Session {
@@ -255,6 +265,7 @@ impl Session {
             directed: Directed::default(),
             flags: Flags::default(),
             queued: Cell::new(0),
+            errors: Cell::new(0),
         }
     }
 }

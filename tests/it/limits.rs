@@ -169,6 +169,51 @@ fn a_client_that_never_acknowledges_is_closed_and_its_messages_kept_once() {
     each_once(&got, 60);
 }
 
+/// Found by the soak: a client that never acknowledges is closed with more undelivered than
+/// offline storage takes, and the rest goes back to the sender at once, more errors in one go
+/// than a queue may hold stanzas (`queue_len`). The sender, reading all along, must get every
+/// one of them and stay connected: they answer what it sent, and are bounded by its own rate
+/// and by the queue's bytes.
+#[test]
+fn a_burst_of_bounces_reaches_its_sender() {
+    let server = TestServer::start_with(
+        "[stream_management]\nmax_unacked = 20\n[limits]\nqueue_len = 24\n[modules.mam]\nmax_page = 20\ndefault_page = 20\n\
+         [modules.offline]\nmax_per_user = 5\n",
+    );
+    server.add_users(&["alice", "bob"]);
+    let mut bob = Client::user(&server, "bob", "phone");
+    bob.enable_sm(false);
+    let mut alice = Client::user(&server, "alice", "pc");
+    for i in 0..60 {
+        alice.send(&format!(
+            "<message to='bob@localhost/phone' type='chat' id='m{i}'><body>{i}</body></message>"
+        ));
+    }
+    let mut got = alice.messages_until_sync();
+    // Bob reads, but answers no <r/>: twenty come, twenty-four wait, then the stream ends.
+    loop {
+        let el = bob.recv();
+        if el.is("error", ns::STREAM) {
+            break;
+        }
+    }
+    bob.expect_closed();
+    server.wait_for_log("bob@localhost/phone disconnected", 1, TIMEOUT);
+    got.extend(alice.messages_until_sync());
+    for el in &got {
+        assert_eq!(el.attr("type"), Some("error"), "{el}");
+    }
+    assert_eq!(got.len(), 55, "bounces for all but the five stored");
+    let mut bob = Client::user(&server, "bob", "phone");
+    bob.send("<presence/>");
+    let stored = bob.messages_until_sync();
+    assert_eq!(stored.len(), 5);
+    got.extend(stored);
+    each_once(&got, 60);
+    // Alice is still connected.
+    alice.sync();
+}
+
 /// Replies to a client's own requests wait for its acknowledgements like anything else: one
 /// that asks and never acknowledges gets a window's worth, and then, once what waits is more
 /// than its queue may hold, the end of its stream.

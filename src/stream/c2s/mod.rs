@@ -374,14 +374,15 @@ impl Conn {
                     ))
                 }
                 Wake::Queue(Some(Outbound::Stanza(d))) => {
-                    let mut taken = d.size;
+                    let mut taken = (d.size, usize::from(d.is_error()));
                     self.emit(d);
                     // Drain what else is waiting into the same write.
                     let mut next = Next::Continue;
                     while self.out.len() < 65536 && !self.over_limits() {
                         match self.rx.try_recv() {
                             Some(Outbound::Stanza(d)) => {
-                                taken += d.size;
+                                taken.0 += d.size;
+                                taken.1 += usize::from(d.is_error());
                                 self.emit(d);
                             }
                             Some(Outbound::Close(e)) => {
@@ -819,8 +820,8 @@ impl Conn {
         }
     }
 
-    /// Takes `n` bytes of stanzas read from the queue off the session's count.
-    fn dequeued(&self, n: usize) {
+    /// Takes stanzas read from the queue, `(bytes, errors among them)`, off the session's count.
+    fn dequeued(&self, (n, errors): (usize, usize)) {
         if let Phase::Bound(jid) = &self.phase
             && let Some(s) = self
                 .server
@@ -830,6 +831,8 @@ impl Conn {
         {
             let n = u32::try_from(n).unwrap_or(u32::MAX);
             s.queued.set(s.queued.get().saturating_sub(n));
+            let errors = u32::try_from(errors).unwrap_or(u32::MAX);
+            s.errors.set(s.errors.get().saturating_sub(errors));
         }
     }
 
