@@ -9,6 +9,11 @@
 //! there, and would get them twice. They are then removed from offline storage all the same,
 //! or an account whose clients all use the archive would fill its quota and refuse messages.
 //! Messages the archive did not take (by the account's preferences) are delivered as usual.
+//!
+//! A message is stored with a write that is not waited for, so the delivery at initial presence
+//! may read the store before the write of a message stored a moment earlier is committed. When
+//! the account's count says more is stored than the store showed, the session looks again
+//! shortly after, for what came after what it got.
 
 use super::{Cx, DiscoInfo, Entry, Flow, Module, SessionEvent, Target, internal};
 use crate::jid::Jid;
@@ -54,7 +59,23 @@ pub struct Offline {
     /// quota must hold while pushes are on their way to the disk. Filled from the store on
     /// first use.
     counts: RefCell<HashMap<String, Stored>>,
+    /// Sessions to look again for, by timer token.
+    rechecks: RefCell<HashMap<u64, Recheck>>,
+    next_token: std::cell::Cell<u64>,
 }
+
+/// A session that was delivered what the store showed, while more was on its way to the disk.
+struct Recheck {
+    session: Jid,
+    /// The last sequence number it got: what is still there up to it waits to be deleted.
+    after: Option<u64>,
+    tries: u32,
+}
+
+/// How long after a delivery to look again, and how often at most: the store's group commit
+/// takes milliseconds, a slow card's fsync a few hundred.
+const RECHECK_AFTER: Duration = Duration::from_millis(100);
+const RECHECKS: u32 = 50;
 
 #[derive(Clone, Copy, Debug, Default)]
 struct Stored {
@@ -68,6 +89,88 @@ impl Offline {
             max_per_user: config.max_per_user,
             max_bytes: config.max_bytes_per_user,
             counts: RefCell::default(),
+            rechecks: RefCell::default(),
+            next_token: std::cell::Cell::new(0),
+        }
+    }
+
+    /// Sends `session` the stored messages of `user` after sequence number `after`, deletes
+    /// them, and looks again later if the count says some are not committed yet.
+    fn deliver(&self, cx: &mut Cx, session: &Jid, user: &str, after: Option<u64>, tries: u32) {
+        let uses_mam = cx
+            .sessions()
+            .get(session)
+            .is_some_and(|s| s.flags.mam_queried);
+        // Up to `after`, entries may still wait for their deletion: read past them.
+        let limit = self.max_per_user.saturating_mul(2);
+        let msgs = match USER_SEQ_TO_OFFLINE.peek(cx.store(), user, limit) {
+            Ok(m) => m,
+            Err(e) => {
+                log::error!("reading offline messages of {user}: {e}");
+                return;
+            }
+        };
+        let msgs: Vec<_> = msgs
+            .into_iter()
+            .filter(|m| after.is_none_or(|a| m.seq > a))
+            .take(self.max_per_user)
+            .collect();
+        let last = msgs.last().map(|m| m.seq).or(after);
+        let delivered = Stored {
+            messages: msgs.len(),
+            bytes: msgs.iter().map(|m| m.text.len()).sum(),
+        };
+        let domain = cx.domain().to_owned();
+        let bare = session.bare().to_string();
+        for m in msgs {
+            let Some(mut el) = reader::parse_one(&m.text) else {
+                log::warn!("dropping unreadable offline message {} of {user}", m.seq);
+                continue;
+            };
+            let archived = el
+                .elements()
+                .any(|c| c.is("stanza-id", ns::SID) && c.attr("by") == Some(bare.as_str()));
+            let sender = el.attr("from").and_then(|f| Jid::parse(f).ok());
+            // What the user blocked since it was stored is not delivered (and goes with the
+            // rest: it was refused, not kept).
+            if (uses_mam && archived) || sender.is_some_and(|f| !cx.accepts(user, &f)) {
+                continue;
+            }
+            let when = UNIX_EPOCH + Duration::from_millis(m.stamp_ms);
+            el.push(
+                Element::new("delay", ns::DELAY)
+                    .with_attr("from", domain.as_str())
+                    .with_attr("stamp", super::time::stamp(when)),
+            );
+            cx.send(session.clone(), el);
+        }
+        if delivered.messages > 0
+            && let Some(last) = last
+        {
+            // After the messages are queued, not before: a crash in between delivers them
+            // again rather than losing them.
+            cx.write_trailing(USER_SEQ_TO_OFFLINE.delete_upto(user, last));
+        }
+        let left = match self.counts.borrow_mut().get_mut(user) {
+            Some(n) => {
+                n.messages = n.messages.saturating_sub(delivered.messages);
+                n.bytes = n.bytes.saturating_sub(delivered.bytes);
+                n.messages
+            }
+            None => 0,
+        };
+        if left > 0 && tries < RECHECKS {
+            let token = self.next_token.get();
+            self.next_token.set(token.wrapping_add(1));
+            self.rechecks.borrow_mut().insert(
+                token,
+                Recheck {
+                    session: session.clone(),
+                    after: last,
+                    tries: tries + 1,
+                },
+            );
+            cx.set_timer("offline", RECHECK_AFTER, token);
         }
     }
 
@@ -141,54 +244,20 @@ impl Module for Offline {
             return;
         }
         let Some(user) = session.local() else { return };
-        let uses_mam = cx
-            .sessions()
-            .get(session)
-            .is_some_and(|s| s.flags.mam_queried);
-        let msgs = match USER_SEQ_TO_OFFLINE.peek(cx.store(), user, self.max_per_user) {
-            Ok(m) => m,
-            Err(e) => {
-                log::error!("reading offline messages of {user}: {e}");
-                return;
-            }
-        };
-        let Some(last) = msgs.last().map(|m| m.seq) else {
+        self.deliver(cx, session, user, None, 0);
+    }
+
+    fn timer(&self, cx: &mut Cx, token: u64) {
+        let Some(r) = self.rechecks.borrow_mut().remove(&token) else {
             return;
         };
-        let delivered = Stored {
-            messages: msgs.len(),
-            bytes: msgs.iter().map(|m| m.text.len()).sum(),
+        let Some(user) = r.session.local() else {
+            return;
         };
-        let domain = cx.domain().to_owned();
-        let bare = session.bare().to_string();
-        for m in msgs {
-            let Some(mut el) = reader::parse_one(&m.text) else {
-                log::warn!("dropping unreadable offline message {} of {user}", m.seq);
-                continue;
-            };
-            let archived = el
-                .elements()
-                .any(|c| c.is("stanza-id", ns::SID) && c.attr("by") == Some(bare.as_str()));
-            let sender = el.attr("from").and_then(|f| Jid::parse(f).ok());
-            // What the user blocked since it was stored is not delivered (and goes with the
-            // rest: it was refused, not kept).
-            if (uses_mam && archived) || sender.is_some_and(|f| !cx.accepts(user, &f)) {
-                continue;
-            }
-            let when = UNIX_EPOCH + Duration::from_millis(m.stamp_ms);
-            el.push(
-                Element::new("delay", ns::DELAY)
-                    .with_attr("from", domain.as_str())
-                    .with_attr("stamp", super::time::stamp(when)),
-            );
-            cx.send(session.clone(), el);
-        }
-        // After the messages are queued, not before: a crash in between delivers them again
-        // rather than losing them.
-        cx.write_trailing(USER_SEQ_TO_OFFLINE.delete_upto(user, last));
-        if let Some(n) = self.counts.borrow_mut().get_mut(user) {
-            n.messages = n.messages.saturating_sub(delivered.messages);
-            n.bytes = n.bytes.saturating_sub(delivered.bytes);
+        // Only while that session is still there and available: otherwise the messages wait
+        // for the next initial presence, as any others.
+        if cx.sessions().get(&r.session).is_some_and(|s| s.available) {
+            self.deliver(cx, &r.session, user, r.after, r.tries);
         }
     }
 }
@@ -202,6 +271,56 @@ pub fn millis(t: SystemTime) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::modules::testing::TestRouter;
+
+    /// Found by the soak: a message stored a moment before initial presence, whose write the
+    /// delivery did not see yet, stayed in storage until the next login.
+    #[test]
+    fn a_message_committed_after_initial_presence_follows_it() {
+        let t = TestRouter::with_users(&["alice", "bob"]);
+        let bob = t.online("bob", "pc");
+        let (_, held) = t.client_trailing_later(
+            &bob,
+            "<message to='alice@localhost' type='chat' id='m1'><body>hi</body></message>",
+        );
+        let alice = t.bind("alice", "phone");
+        let out = t.client(&alice, "<presence/>");
+        out.assert_not_sent(&alice, "<message id='m1'/>");
+        t.commit(held);
+        let out = t.advance(RECHECK_AFTER);
+        out.assert_sent(&alice, "<message id='m1'><body>hi</body></message>");
+        // Once: it is gone from storage, and nobody looks again.
+        t.advance(RECHECK_AFTER).assert_nothing_to(&alice);
+        t.close(&alice);
+        let alice = t.bind("alice", "phone");
+        t.client(&alice, "<presence/>")
+            .assert_not_sent(&alice, "<message id='m1'/>");
+    }
+
+    /// What was delivered and is still waiting for its deletion is not delivered again.
+    #[test]
+    fn a_second_look_skips_what_the_first_delivered() {
+        let t = TestRouter::with_users(&["alice", "bob"]);
+        let bob = t.online("bob", "pc");
+        t.client(
+            &bob,
+            "<message to='alice@localhost' type='chat' id='m1'><body>1</body></message>",
+        );
+        let (_, held) = t.client_trailing_later(
+            &bob,
+            "<message to='alice@localhost' type='chat' id='m2'><body>2</body></message>",
+        );
+        let alice = t.bind("alice", "phone");
+        let (out, deletes) = t.client_trailing_later(&alice, "<presence/>");
+        out.assert_sent(&alice, "<message id='m1'/>");
+        out.assert_not_sent(&alice, "<message id='m2'/>");
+        t.commit(held);
+        let out = t.advance(RECHECK_AFTER);
+        out.assert_sent(&alice, "<message id='m2'/>");
+        out.assert_not_sent(&alice, "<message id='m1'/>");
+        t.commit(deletes);
+        t.advance(RECHECK_AFTER).assert_nothing_to(&alice);
+    }
 
     fn msg(t: Option<&str>, child: Element) -> Element {
         let mut m = Element::new("message", ns::CLIENT).with_child(child);

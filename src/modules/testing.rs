@@ -9,7 +9,7 @@ use crate::jid::Jid;
 use crate::router::{self, Router};
 use crate::session::{Outbound, Session};
 use crate::stanza::{Condition, Origin, Stanza};
-use crate::storage::{Store, accounts};
+use crate::storage::{Store, Write, accounts};
 use crate::xml::{Element, Node, reader};
 use std::time::SystemTime;
 
@@ -155,23 +155,35 @@ impl TestRouter {
 
     /// Runs `f` in a context, routes what it produced and commits its writes.
     pub fn step(&self, f: impl FnOnce(&mut Cx)) -> Out {
+        let (out, trailing) = self.step_trailing_later(f);
+        self.commit(trailing);
+        out
+    }
+
+    /// Like [`TestRouter::step`], but the writes that trail the stanzas (which nothing waits
+    /// for) are given back uncommitted, as when the store's writer has not got to them yet:
+    /// [`TestRouter::commit`] commits them.
+    pub fn step_trailing_later(&self, f: impl FnOnce(&mut Cx)) -> (Out, Vec<Write>) {
         let mut cx = Cx::new(&self.router);
         f(&mut cx);
         let Effects {
-            mut writes,
+            writes,
             trailing,
             sends,
             ends,
             remote,
         } = router::finish(cx);
-        writes.extend(trailing);
-        self.router.store.commit_blocking(writes).unwrap();
+        self.commit(writes);
         let sends = sends.into_iter().map(|(j, d)| (j, d.el.clone())).collect();
         for e in ends {
             super::end_logins(&self.router, e);
         }
         let remote = remote.into_iter().map(|(p, el)| (p.remote, el)).collect();
-        Out { sends, remote }
+        (Out { sends, remote }, trailing)
+    }
+
+    pub fn commit(&self, writes: Vec<Write>) {
+        self.router.store.commit_blocking(writes).unwrap();
     }
 
     /// `xml` sent by another server, which authenticated as the domain of its `from`.
@@ -183,9 +195,17 @@ impl TestRouter {
 
     /// `xml` sent by the client of session `from`, which stamps it as c2s does.
     pub fn client(&self, from: &Jid, xml: &str) -> Out {
+        let (out, trailing) = self.client_trailing_later(from, xml);
+        self.commit(trailing);
+        out
+    }
+
+    /// [`TestRouter::client`] with the trailing writes given back uncommitted (see
+    /// [`TestRouter::step_trailing_later`]).
+    pub fn client_trailing_later(&self, from: &Jid, xml: &str) -> (Out, Vec<Write>) {
         let mut el = parse(xml);
         el.set_attr("from", from.to_string());
-        self.step(|cx| match Stanza::parse(el, from.clone(), Origin::Client) {
+        self.step_trailing_later(|cx| match Stanza::parse(el, from.clone(), Origin::Client) {
             Ok(st) => cx.route(st),
             Err(r) => {
                 if let Some(e) = &r.error {
