@@ -19,7 +19,7 @@ use hearth::config::Config;
 use hearth::jid::Jid;
 use hearth::modules::{self, SessionEvent};
 use hearth::router::{self, Router};
-use hearth::session::{Outbound, Session};
+use hearth::session::{Outbound, OutboundRx, Session, outbound};
 use hearth::storage::Store;
 use hearth::storage::accounts::{self, Credentials};
 use hearth::stream::sasl::derive_credentials;
@@ -27,7 +27,6 @@ use hearth::xml::reader::StreamEvent;
 use hearth::xml::{Element, ns};
 use hearth_fuzz::{assert_readable, header, read_pieces};
 use libfuzzer_sys::fuzz_target;
-use smol::channel::Receiver;
 use std::sync::OnceLock;
 
 const SESSIONS: [&str; 3] = [
@@ -52,9 +51,9 @@ fn temp_dir() -> tempfile::TempDir {
 }
 
 /// What the server queued for each session: only readable XML.
-fn drain(queues: &[(Jid, Receiver<Outbound>)]) {
+fn drain(queues: &[(Jid, OutboundRx)]) {
     for (_, rx) in queues {
-        while let Ok(out) = rx.try_recv() {
+        while let Some(out) = rx.try_recv() {
             if let Outbound::Stanza(el) = out {
                 assert_readable(&el.el, ns::CLIENT);
             }
@@ -111,7 +110,7 @@ fuzz_target!(|data: &[u8]| {
         let mut queues = Vec::new();
         for (conn, s) in SESSIONS.iter().enumerate() {
             let jid = Jid::parse(s).expect("a JID");
-            let (tx, rx) = smol::channel::unbounded();
+            let (tx, rx) = outbound();
             router
                 .sessions_mut()
                 .insert(Session::new(conn as u64, jid.clone(), tx));
