@@ -30,6 +30,12 @@ ways between XEP-0402 (PEP) and a second resource using XEP-0048 in private stor
 password no longer logs in, the new one does; then h removes its account and f, its contact,
 sees it go. The server's STUN/TURN service (XEP-0215) gives TURN credentials that verify with
 the shared secret the run script configured.
+
+The family room puts three kinds of client in one members-only, non-anonymous room at once:
+mum's phone (slixmpp over direct TLS with stream management, as Conversations connects), dad's
+desktop (slixmpp over STARTTLS) and kid's browser (xmpp.js over WebSocket, room.mjs). The phone
+uploads a photo (XEP-0363) and posts its URL with XEP-0066 oob; the desktop and the browser
+download it byte for byte, and the browser's answer reaches both.
 """
 
 import argparse
@@ -39,6 +45,7 @@ import datetime
 import hashlib
 import hmac
 import io
+import json
 import logging
 import os
 import signal
@@ -50,7 +57,7 @@ import uuid
 
 import slixmpp
 from omemo.storage import Just, Nothing, Storage
-from slixmpp.exceptions import IqError, IqTimeout
+from slixmpp.exceptions import IqError, IqTimeout, PresenceError
 from slixmpp.plugins import register_plugin
 from slixmpp_omemo import XEP_0384, TrustLevel
 from slixmpp.xmlstream import ET, ElementBase
@@ -798,6 +805,232 @@ class Run:
         await g.disconnect()
         how = "through host-meta" if "://" not in self.args.ws_service else "given the URL"
         self.notes.append(f"xmpp.js over {uri} ({how}) chatted with slixmpp over TCP")
+
+    async def family_room(self):
+        """Issue 10's family room, with three kinds of client in it at once: a phone (slixmpp
+        over direct TLS with stream management, as Conversations connects), a desktop (slixmpp
+        over STARTTLS) and a browser (xmpp.js over WebSocket, room.mjs). The desktop finds the
+        room service in the server's disco items, creates a persistent, members-only,
+        non-anonymous room and makes the phone's and the browser's accounts its members; a
+        stranger is refused. All three enter and see each other's real JIDs. The phone uploads
+        a photo with slixmpp's XEP-0363 plugin and posts its GET URL as Conversations does (the
+        body and an XEP-0066 oob url); the desktop and the browser each get it from the phone's
+        occupant JID and download the same bytes over HTTPS; the browser answers in the room and
+        both slixmpp clients get its message. Then all three leave and each departure reaches
+        those still in."""
+        d = self.args.domain
+        mum_jid, dad_jid, kid_jid = (f"{u}@{d}" for u in ("mum", "dad", "kid"))
+        phone = Client("phone", mum_jid, self.args.password_mum, "phone", self.args, "direct",
+                       ("xep_0198", "xep_0045", "xep_0066", "xep_0363", "xep_0359"))
+        desktop = Client("desktop", dad_jid, self.args.password_dad, "desktop", self.args,
+                         "starttls", ("xep_0045", "xep_0066", "xep_0359"))
+        stranger = Client("stranger", self.c_jid, self.args.password_c, "interop-c-room",
+                          self.args, "direct", ("xep_0045",))
+        self.made += [phone, desktop, stranger]
+        proc = None
+        try:
+            await asyncio.gather(phone.login(), desktop.login())
+            _, enabled = await phone.inbox.expect("sm", lambda e: e[0] in ("enabled", "failed"),
+                                                  "phone: an answer to <enable resume='true'/>")
+            check(enabled.name == "enabled" and enabled.xml.get("resume") in ("true", "1"),
+                  f"phone: stream management with resumption not enabled: {short(enabled)}")
+            security = [phone.describe_security(), desktop.describe_security()]
+            for c in (phone, desktop):
+                await c.roster()
+                c.send_initial_presence()
+                await c.inbox.expect("presence", presence_from(c.jid.full, "available", full=True),
+                                     f"{c.name}: own initial presence")
+
+            disco = desktop.x.plugin["xep_0030"]
+            items = await disco.get_items(jid=d, timeout=WAIT)
+            services = [str(i[0]) for i in items["disco_items"]["items"]]
+            service = f"muc.{d}"
+            check(service in services, f"the server's disco items {services} lack {service}")
+            info = await disco.get_info(jid=service, timeout=WAIT)
+            check("http://jabber.org/protocol/muc" in info["disco_info"]["features"],
+                  f"{service} does not say it is a MUC service: {short(info)}")
+            room = slixmpp.JID(f"family-{uuid.uuid4().hex[:8]}@{service}")
+            muc_dad, muc_mum = desktop.x.plugin["xep_0045"], phone.x.plugin["xep_0045"]
+            # The room's presences as they arrive: slixmpp's plugin hides them from the
+            # "presence" event, and forgets a room (its own unavailable presence too) when left.
+            for c in (desktop, phone):
+                c.x.register_handler(Callback(
+                    f"{c.name} room presence", MatchXPath(f"{{{NS_CLIENT}}}presence"),
+                    lambda p, c=c: p["from"].bare == str(room) and c.inbox.put("room", p)))
+
+            pres, _subject, _occupants, _history = await muc_dad.join_muc_wait(room, "Dad",
+                                                                               timeout=WAIT)
+            codes = pres["muc"]["status_codes"]
+            check({110, 201} <= set(codes), f"desktop: a new room's self-presence has codes {codes}")
+            form = await muc_dad.get_room_config(room, timeout=WAIT)
+            form.set_values({
+                "muc#roomconfig_roomname": "Family",
+                "muc#roomconfig_persistentroom": True,
+                "muc#roomconfig_membersonly": True,
+                "muc#roomconfig_whois": "anyone",
+            })
+            await muc_dad.set_room_config(room, form, timeout=WAIT)
+            info = await disco.get_info(jid=room, timeout=WAIT)
+            features = info["disco_info"]["features"]
+            for f in ("muc_persistent", "muc_membersonly", "muc_nonanonymous"):
+                check(f in features, f"the room's disco#info lacks {f}: {sorted(features)}")
+            await muc_dad.send_affiliation_list(room, [(mum_jid, "member"), (kid_jid, "member")],
+                                                timeout=WAIT)
+            members = await muc_dad.get_affiliation_list(room, "member", timeout=WAIT)
+            check(sorted(str(j) for j in members) == sorted([mum_jid, kid_jid]),
+                  f"desktop: the room's members are {[str(j) for j in members]}")
+
+            await stranger.login()
+            try:
+                await stranger.x.plugin["xep_0045"].join_muc_wait(room, "Stranger", timeout=WAIT)
+                raise Fail("a stranger entered the members-only room")
+            except PresenceError as e:
+                check(e.condition == "registration-required",
+                      f"stranger: refused with {short(e.presence)}, not registration-required")
+            await stranger.disconnect()
+
+            def occupant(c, nick, ptype, real=None):
+                """c gets the room's presence of `nick` of type `ptype` (showing `real`)."""
+                def pred(p):
+                    return (p["from"].bare == str(room) and p["from"].resource == nick
+                            and p["type"] == ptype
+                            and (real is None or p["muc"]["jid"].bare == real))
+                return c.inbox.expect("room", pred, f"{c.name}: {nick}'s {ptype} presence in the room")
+
+            pres, _subject, occupants, _history = await muc_mum.join_muc_wait(room, "Mum",
+                                                                              timeout=WAIT)
+            codes = pres["muc"]["status_codes"]
+            check({100, 110} <= set(codes), f"phone: a non-anonymous room's self-presence has codes {codes}")
+            seen = {p["muc"]["nick"]: p["muc"]["jid"].full for p in occupants}
+            check(seen.get("Dad") == desktop.jid.full,
+                  f"phone: the occupants as the room shows them: {seen}")
+            await occupant(desktop, "Mum", "available", mum_jid)
+
+            # The browser.
+            reply = f"lovely photo {uuid.uuid4()}"
+            env = dict(os.environ,
+                       INTEROP_WS_SERVICE=self.args.ws_service, INTEROP_DOMAIN=d,
+                       INTEROP_WS_USER="kid", INTEROP_WS_PASSWORD=self.args.password_kid,
+                       INTEROP_ROOM=str(room), INTEROP_NICK="Kid", INTEROP_REPLY=reply,
+                       NODE_EXTRA_CA_CERTS=self.args.ca)
+            proc = await asyncio.create_subprocess_exec(
+                "node", "--experimental-websocket", "--no-warnings", "room.mjs",
+                cwd=self.args.node_dir, env=env, stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            browser_events = []  # everything room.mjs reported, in order
+            unclaimed = []
+
+            async def browser(kind, what, timeout=WAIT):
+                """Takes the first event of `kind` from room.mjs that no check has taken yet."""
+                async def read():
+                    while True:
+                        for i, event in enumerate(unclaimed):
+                            if event["event"] == kind:
+                                return unclaimed.pop(i)
+                        line = await proc.stdout.readline()
+                        if not line:
+                            err = (await proc.stderr.read()).decode()[-500:]
+                            raise Fail(f"browser: ended before {what}; events "
+                                       f"{[e['event'] for e in browser_events]}; stderr {err!r}")
+                        event = json.loads(line)
+                        if event["event"] == "error":
+                            raise Fail(f"browser: {event['what']}")
+                        browser_events.append(event)
+                        unclaimed.append(event)
+                try:
+                    return await asyncio.wait_for(read(), timeout)
+                except asyncio.TimeoutError:
+                    raise Fail(f"browser: no {what} within {timeout:.0f}s")
+
+            online = await browser("online", "session", WAIT * 2)
+            check(online["jid"].startswith(f"{kid_jid}/"), f"browser: bound {online['jid']}")
+            check(online["uri"].startswith("wss://") and online["uri"].endswith("/xmpp-websocket"),
+                  f"browser: connected to {online['uri']!r}, not the WebSocket endpoint")
+            joined = await browser("joined", "entry to the room")
+            check({100, 110} <= set(joined["codes"]) and joined["nick"] == "Kid",
+                  f"browser: its own presence in the room {joined}")
+            others = {e["nick"]: e["jid"] for e in browser_events if e["event"] == "occupant"}
+            check(others == {"Dad": desktop.jid.full, "Mum": phone.jid.full},
+                  f"browser: the occupants as the room shows them: {others}")
+            for c in (desktop, phone):
+                await occupant(c, "Kid", "available", kid_jid)
+            roster = sorted(muc_dad.get_roster(room))
+            check(roster == ["Dad", "Kid", "Mum"], f"desktop: the room's occupants {roster}")
+
+            # The phone shares a photo.
+            photo = os.urandom(6000)
+            digest = hashlib.sha256(photo).hexdigest()
+            url = await phone.x.plugin["xep_0363"].upload_file(
+                "IMG_0042.jpg", size=len(photo), content_type="image/jpeg",
+                input_file=io.BytesIO(photo), timeout=WAIT)
+            check(url.startswith(f"https://{d}"), f"phone: GET URL {url}")
+            post = phone.x.make_message(mto=room, mbody=url, mtype="groupchat")
+            post["oob"]["url"] = url
+            post.send()
+
+            def the_photo(m):
+                return m["type"] == "groupchat" and m["oob"]["url"] == url
+
+            def fetch():
+                ctx = ssl.create_default_context(cafile=self.args.ca)
+                with urllib.request.urlopen(url, context=ctx, timeout=WAIT) as r:
+                    return r.read(), r.headers["Content-Type"]
+
+            for c in (desktop, phone):
+                m = await c.inbox.expect("message", the_photo, f"{c.name}: the photo in the room")
+                check(m["from"].full == f"{room}/Mum" and body_of(m) == url,
+                      f"{c.name}: the photo's message {short(m)}")
+                check(delay_of(m) is None, f"{c.name}: the live photo carries a delay: {short(m)}")
+            body, ctype = await asyncio.get_running_loop().run_in_executor(None, fetch)
+            check(hashlib.sha256(body).hexdigest() == digest and ctype == "image/jpeg",
+                  f"desktop: downloaded {len(body)} bytes of {ctype}, not the {len(photo)} uploaded")
+
+            got = await browser("groupchat", "photo message")
+            check(got == {"event": "groupchat", "from": f"{room}/Mum", "body": url, "oob": url,
+                          "delayed": False}, f"browser: the photo's message {got}")
+            down = await browser("downloaded", "download")
+            check(down["status"] == 200 and down["type"] == "image/jpeg",
+                  f"browser: the download answered {down}")
+            check(down["sha256"] == digest and down["bytes"] == len(photo),
+                  f"browser: downloaded {down['bytes']} bytes with SHA-256 {down['sha256']}, "
+                  f"uploaded {len(photo)} with {digest}")
+            await browser("sent", "reply")
+            for c in (desktop, phone):
+                m = await c.inbox.expect(
+                    "message", lambda m: m["type"] == "groupchat" and body_of(m) == reply,
+                    f"{c.name}: the browser's message in the room")
+                check(m["from"].full == f"{room}/Kid", f"{c.name}: the browser's message from {m['from']}")
+            got = await browser("groupchat", "its own message reflected")
+            check(got["from"] == f"{room}/Kid" and got["body"] == reply,
+                  f"browser: its own message came back as {got}")
+
+            # Everyone leaves, the browser first.
+            proc.stdin.write(b"leave\n")
+            await proc.stdin.drain()
+            left = await browser("left", "leaving")
+            check(110 in left["codes"], f"browser: its unavailable self-presence {left}")
+            code = await asyncio.wait_for(proc.wait(), WAIT)
+            check(code == 0, f"browser: exited {code}")
+            for c in (desktop, phone):
+                await occupant(c, "Kid", "unavailable")
+            muc_mum.leave_muc(room, "Mum")
+            await occupant(phone, "Mum", "unavailable")
+            await occupant(desktop, "Mum", "unavailable")
+            muc_dad.leave_muc(room, "Dad")
+            await occupant(desktop, "Dad", "unavailable")
+            for c in (phone, desktop):
+                await c.disconnect()
+        finally:
+            if proc is not None and proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            for c in (phone, desktop, stranger):
+                if c.x.is_connected():
+                    c.abort()
+        self.notes += security
+        self.notes.append(f"room {room}: members-only, non-anonymous; a {len(photo)}-byte photo "
+                          f"from the phone downloaded byte for byte by the desktop and by xmpp.js "
+                          f"over {online['uri']}; the browser's answer reached both")
 
     def a_sent(self, to, body):
         self.a_exchanged.append(("out", str(to), body))
@@ -1712,6 +1945,7 @@ async def main(args):
         ("external_services", run.external_services),
         ("upload", run.upload),
         ("websocket", run.websocket),
+        ("family_room", run.family_room),
         ("password_change", run.password_change),
         ("account_removal", run.account_removal),
     ]
@@ -1761,7 +1995,8 @@ def parse_args():
     p.add_argument("--ca", required=True, help="the server's certificate (PEM), trusted as the only CA")
     p.add_argument("--ws-service", required=True,
                    help="what xmpp.js is given as its service: the domain (host-meta) or a wss:// URL")
-    p.add_argument("--node-dir", required=True, help="where websocket.mjs and its node_modules are")
+    p.add_argument("--node-dir", required=True,
+                   help="where websocket.mjs, room.mjs and their node_modules are")
     p.add_argument("--log", help="write slixmpp's debug log to this file")
     p.add_argument("--server-pid", type=int,
                    help="last, send SIGTERM to this server process and check the clients are told")
@@ -1778,6 +2013,9 @@ def parse_args():
     args.password_f = os.environ["INTEROP_PASSWORD_F"]
     args.password_g = os.environ["INTEROP_PASSWORD_G"]
     args.password_h = os.environ["INTEROP_PASSWORD_H"]
+    args.password_mum = os.environ["INTEROP_PASSWORD_MUM"]
+    args.password_dad = os.environ["INTEROP_PASSWORD_DAD"]
+    args.password_kid = os.environ["INTEROP_PASSWORD_KID"]
     args.turn_secret = os.environ["INTEROP_TURN_SECRET"]
     return args
 
