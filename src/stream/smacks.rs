@@ -13,6 +13,9 @@ pub struct Sm {
     pub id: Option<String>,
     /// Stanzas received from the client and fully processed: our `h`.
     pub handled: u32,
+    /// How many stanzas the stream had processed when this was enabled: `h` counts from
+    /// there (XEP-0198 §4).
+    pub base: u32,
     /// The client's last `h`: stanzas of ours it has acknowledged.
     acked: u32,
     /// Stanzas sent and not yet acknowledged, oldest first, and their bytes.
@@ -30,6 +33,7 @@ impl Sm {
         Sm {
             id: resumable.then_some(id),
             handled: 0,
+            base: 0,
             acked: 0,
             unacked: VecDeque::new(),
             unacked_bytes: 0,

@@ -55,6 +55,24 @@ fn acks_are_counted_both_ways_and_the_server_asks_in_batches() {
     alice.expect_stream_error("undefined-condition");
 }
 
+/// XEP-0198 §4: `h` starts at zero when stream management is enabled. Stanzas a client sent
+/// before (the roster, initial presence, as some clients do) are not counted: counting them
+/// made the server acknowledge more than the client had sent since.
+#[test]
+fn h_counts_from_enable_not_from_bind() {
+    let server = server_with("");
+    let mut alice = Client::user(&server, "alice", "phone");
+    alice.send("<iq type='get' id='r1'><query xmlns='jabber:iq:roster'/></iq>");
+    alice.expect("<iq type='result' id='r1'/>");
+    alice.sync();
+    enable(&mut alice);
+    alice.send(&format!("<r xmlns='{SM}'/>"));
+    alice.expect(&format!("<a xmlns='{SM}' h='0'/>"));
+    alice.sync();
+    alice.send(&format!("<r xmlns='{SM}'/>"));
+    alice.expect(&format!("<a xmlns='{SM}' h='1'/>"));
+}
+
 #[test]
 fn resumption_delivers_every_missed_stanza_once() {
     let server = server_with("[stream_management]\nack_every = 100\nack_delay_secs = 60\n");

@@ -75,7 +75,12 @@ impl Conn {
             None => self.processed,
         };
         if let Some(sm) = &mut self.sm {
-            sm.handled = handled;
+            // A stanza from before `<enable/>` still settling: none since has been handled.
+            let since = handled.wrapping_sub(sm.base);
+            sm.handled = match since > self.processed.wrapping_sub(sm.base) {
+                true => 0,
+                false => since,
+            };
         }
         Ok(())
     }
@@ -121,7 +126,9 @@ impl Conn {
                 .with_attr("resume", "true")
                 .with_attr("max", max.to_string());
         }
-        self.sm = Some(Sm::new(resume, id));
+        let mut sm = Sm::new(resume, id);
+        sm.base = self.processed;
+        self.sm = Some(sm);
         enabled
     }
 
