@@ -11,7 +11,7 @@ use crate::stanza::Condition;
 use crate::xml::Element;
 use smol::channel::{Receiver, Sender};
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 
 /// The two ends of a connection: which of our domains speaks, to which other one.
@@ -39,13 +39,35 @@ pub enum Out {
     },
 }
 
+/// Stanzas a link's task took from its queue and has not delivered yet, oldest first, each
+/// with whether it is a second try (`Out::Again`). Apart from the rest of the task's state,
+/// behind an `Rc`, so that it can be seen from outside the task; no borrow is held across an
+/// `.await`.
+#[derive(Default)]
+pub struct Held {
+    /// Written and not acknowledged yet (XEP-0198).
+    pub unacked: RefCell<VecDeque<(Element, bool)>>,
+    /// Waiting for the stream to be ready.
+    pub waiting: RefCell<VecDeque<(Element, bool)>>,
+}
+
+impl Held {
+    /// Everything held, in the order it was queued: what was written came before what waits.
+    pub fn take(&self) -> VecDeque<(Element, bool)> {
+        let mut all = std::mem::take(&mut *self.unacked.borrow_mut());
+        all.append(&mut self.waiting.borrow_mut());
+        all
+    }
+}
+
 /// A link the connector is to start a task for.
 pub struct NewLink {
     pub pair: Pair,
     pub id: u64,
     pub rx: Receiver<Out>,
-    /// Bytes of the stanzas waiting in `rx`: the task takes them off as it reads them.
+    /// Bytes of the stanzas in `rx` and `held`: the task takes them off as they are delivered.
     pub queued: Rc<Cell<usize>>,
+    pub held: Rc<Held>,
 }
 
 struct Link {
@@ -183,11 +205,13 @@ impl Links {
         self.next_id.set(id + 1);
         let (tx, rx) = smol::channel::unbounded();
         let queued = Rc::new(Cell::new(0));
+        let held = Rc::new(Held::default());
         let _ = self.new.0.try_send(NewLink {
             pair: pair.clone(),
             id,
             rx,
             queued: queued.clone(),
+            held,
         });
         links.entry(pair).or_insert(Link { id, tx, queued })
     }
