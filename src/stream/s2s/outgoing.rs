@@ -23,6 +23,10 @@
 //! (it handled it but its acknowledgement was lost), never none without its sender knowing.
 //! With a server that offers no stream management, a stanza is taken as delivered once
 //! written, and one written to a link that dies is lost.
+//!
+//! What the link holds (waiting for the stream, written and not acknowledged) is kept in its
+//! `Held`, which the router's table sees too: when the server stops, it takes all of it
+//! from there, whatever this task is doing at that moment (see `parked.rs`).
 
 use super::incoming::Verdict;
 use super::io::Stream;
@@ -168,7 +172,10 @@ async fn end(
     condition: Condition,
     retry: bool,
 ) {
+    // Nothing awaits between here and their being queued on a new link or bounced: a stop,
+    // which takes what the links hold, cannot come while they are only in this function.
     server.router.s2s.remove(&link.pair, link.id);
+    server.router.s2s.ended(link.id);
     link.rx.close();
     let mut left = link.held.take();
     let answer = |reply: Sender<Verdict>| {
