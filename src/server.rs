@@ -204,9 +204,12 @@ pub fn serve(config: Config) -> Result<(), Error> {
         ex.spawn(async move { router::run_timers(&timers).await })
             .detach();
         router::start(&server).await;
+        s2s::parked::resend(&server).await;
         wait_for_shutdown(&server, signals).await
     }));
     shutdown(&server, &ex);
+    // After the last run of the tasks: what the links hold now is all they will ever hold.
+    s2s::parked::keep(&server);
     admin::remove(&server.config);
     server.store.close();
     log::info!("stopped");

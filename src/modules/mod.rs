@@ -97,9 +97,13 @@ pub fn all(config: &Config) -> Vec<Box<dyn Module>> {
     REGISTRY.iter().filter_map(|e| (e.new)(config)).collect()
 }
 
-/// Every table of the store: the accounts' own, then every module's.
+/// Every table of the store: the accounts' own and the links' to other servers (neither is a
+/// module's: both belong to the server itself), then every module's.
 pub fn schema() -> Schema {
-    let mut tables: Schema = vec![&crate::storage::accounts::USER_TO_CREDENTIALS];
+    let mut tables: Schema = vec![
+        &crate::storage::accounts::USER_TO_CREDENTIALS,
+        &crate::stream::s2s::parked::LOCAL_REMOTE_SEQ_TO_STANZA,
+    ];
     tables.extend(REGISTRY.iter().flat_map(|e| e.tables.iter().copied()));
     tables
 }

@@ -5,7 +5,8 @@
 //! authority; refusal when valid certificates are required; bounces when the other server is
 //! not there or does not answer; the archive and carbons with a remote contact; a remote
 //! subscription across restarts of either server; stream management on the links, and what a
-//! link that dies had not had acknowledged going out again, once; and what a server that
+//! link that dies had not had acknowledged going out again, once; what waits for another
+//! server (queued, or written and not acknowledged) over a restart; and what a server that
 //! misbehaves gets.
 
 use crate::harness::*;
@@ -37,9 +38,13 @@ fn federation(me: IpAddr, other: &str, there: IpAddr, more: &str) -> String {
         true => "",
         false => "enabled = true\n",
     };
+    let timeout = match more.contains("connect_timeout_secs") {
+        true => "",
+        false => "connect_timeout_secs = 10\n",
+    };
     format!(
         "[federation]\n{enabled}listen = [\"{me}:5269\"]\n\
-         hosts = {{ \"{other}\" = \"{there}:5269\" }}\nconnect_timeout_secs = 10\n{more}\n"
+         hosts = {{ \"{other}\" = \"{there}:5269\" }}\n{timeout}{more}\n"
     )
 }
 
@@ -1017,4 +1022,218 @@ fn an_acknowledgement_of_more_than_was_sent_ends_the_link() {
         TIMEOUT,
     );
     alice.sync();
+}
+
+const SM: &str = "urn:xmpp:sm:3";
+
+/// A listener that accepts a's connection and never says a word: a's stanzas wait in the
+/// link while it connects.
+struct Silent {
+    listener: TcpListener,
+    held: Vec<std::net::TcpStream>,
+}
+
+impl Silent {
+    fn new(addr: SocketAddr) -> Silent {
+        let listener = TcpListener::bind(addr).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        Silent {
+            listener,
+            held: Vec::new(),
+        }
+    }
+
+    /// Waits for a connection and holds it open.
+    #[track_caller]
+    fn accept(&mut self) {
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        loop {
+            match self.listener.accept() {
+                Ok((tcp, _)) => return self.held.push(tcp),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "no connection within {TIMEOUT:?}"
+                    );
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err(e) => panic!("accept: {e}"),
+            }
+        }
+    }
+}
+
+/// alice, just bound, enables stream management, sends `bodies` to bob@b.test and gets each
+/// acknowledged: a has handled them.
+fn send_acknowledged(alice: &mut Client, bodies: &[&str]) {
+    alice.send(&format!("<enable xmlns='{SM}'/>"));
+    alice.expect(&format!("<enabled xmlns='{SM}'/>"));
+    for body in bodies {
+        alice.send_message("bob@b.test", "chat", body);
+    }
+    alice.send(&format!("<r xmlns='{SM}'/>"));
+    alice.expect(&format!("<a xmlns='{SM}' h='{}'/>", bodies.len()));
+}
+
+/// Messages a accepted for b.test, and acknowledged to alice's client, while b.test's address
+/// accepts connections and says nothing: a stops cleanly with them still waiting in the link,
+/// b.test's real server takes the address, a starts again, and bob gets each message once, in
+/// order, before what alice sends next.
+#[test]
+fn messages_waiting_for_another_server_survive_a_restart() {
+    let (ia, ib) = addresses();
+    let mut silent = Silent::new(SocketAddr::new(ib, 5269));
+    let mut a = TestServer::start_domain(
+        "a.test",
+        &federation(ia, "b.test", ib, "connect_timeout_secs = 60"),
+    );
+    a.add_users(&["alice"]);
+    let mut alice = Client::user(&a, "alice", "phone");
+    send_acknowledged(&mut alice, &["m1", "m2", "m3"]);
+    silent.accept();
+    drop(alice);
+    let status = a.stop();
+    assert!(status.success(), "hearth exited with {status} on SIGTERM");
+    a.wait_for_log(
+        "3 stanzas from a.test wait for b.test; they go out after the next start",
+        1,
+        TIMEOUT,
+    );
+    drop(silent);
+
+    let b = TestServer::start_domain("b.test", &federation(ib, "a.test", ia, ""));
+    b.add_users(&["bob"]);
+    let mut bob = Client::online(&b, "bob", "laptop");
+    a.restart();
+    a.wait_for_log(
+        "3 stanzas kept for other servers at the last stop go out again",
+        1,
+        TIMEOUT,
+    );
+    for body in ["m1", "m2", "m3"] {
+        bob.expect(&format!(
+            "<message from='alice@a.test/phone' to='bob@b.test' type='chat'><body>{body}</body></message>"
+        ));
+    }
+    let mut alice = Client::online(&a, "alice", "phone");
+    alice.send_message("bob@b.test", "chat", "after");
+    bob.expect("<message from='alice@a.test/phone'><body>after</body></message>");
+    assert_server_ok(&a, "alice");
+}
+
+/// The same for what a link wrote and the other server never acknowledged (XEP-0198): the
+/// server that played b.test took the messages and vanished; after a's restart the real one
+/// gets them.
+#[test]
+fn what_a_link_wrote_without_acknowledgement_survives_a_restart() {
+    let ca = Authority::new();
+    let (ia, ib) = addresses();
+    let fake = FakeServer::new(ib, &ca);
+    let there = fake.addr();
+    let mut a = TestServer::start_domain(
+        "a.test",
+        &format!(
+            "[federation]\nenabled = true\nlisten = [\"{ia}:5269\"]\n\
+             hosts = {{ \"b.test\" = \"{there}\" }}\nconnect_timeout_secs = 60\n"
+        ),
+    );
+    a.add_users(&["alice"]);
+    let mut alice = Client::user(&a, "alice", "phone");
+    alice.send(&format!("<enable xmlns='{SM}'/>"));
+    alice.expect(&format!("<enabled xmlns='{SM}'/>"));
+    alice.send_message("bob@b.test", "chat", "m1");
+    let mut link = fake.accept();
+    link.until(&format!("<enable xmlns='{SM}'/>"));
+    link.send(&format!("<enabled xmlns='{SM}'/>"));
+    assert!(link.until("</message>").contains("<body>m1</body>"));
+    alice.send_message("bob@b.test", "chat", "m2");
+    alice.send_message("bob@b.test", "chat", "m3");
+    alice.send(&format!("<r xmlns='{SM}'/>"));
+    alice.expect(&format!("<a xmlns='{SM}' h='3'/>"));
+    assert!(link.until("</message>").contains("<body>m2</body>"));
+    assert!(link.until("</message>").contains("<body>m3</body>"));
+    drop(alice);
+    let status = a.stop();
+    assert!(status.success(), "hearth exited with {status} on SIGTERM");
+    a.wait_for_log("3 stanzas from a.test wait for b.test", 1, TIMEOUT);
+    drop(link);
+    drop(fake);
+
+    let b = TestServer::start_domain(
+        "b.test",
+        &format!(
+            "[federation]\nenabled = true\nlisten = [\"{there}\"]\n\
+             hosts = {{ \"a.test\" = \"{ia}:5269\" }}\n"
+        ),
+    );
+    b.add_users(&["bob"]);
+    let mut bob = Client::online(&b, "bob", "laptop");
+    a.restart();
+    for body in ["m1", "m2", "m3"] {
+        bob.expect(&format!(
+            "<message from='alice@a.test/phone' type='chat'><body>{body}</body></message>"
+        ));
+    }
+    let mut alice = Client::online(&a, "alice", "phone");
+    alice.send_message("bob@b.test", "chat", "after");
+    bob.expect("<message from='alice@a.test/phone'><body>after</body></message>");
+}
+
+/// What a kept for b.test when it stopped, started again with federation off: the usual way
+/// (an error for the sender, who is not there to get it, so nothing), no panic, and nothing
+/// stays behind: a later start with federation on sends none of it, and a stop with nothing
+/// waiting keeps nothing.
+#[test]
+fn what_waited_goes_nowhere_when_federation_is_off_after_the_restart() {
+    let (ia, ib) = addresses();
+    let mut silent = Silent::new(SocketAddr::new(ib, 5269));
+    let mut a = TestServer::start_domain(
+        "a.test",
+        &federation(ia, "b.test", ib, "connect_timeout_secs = 60"),
+    );
+    a.add_users(&["alice"]);
+    let mut alice = Client::user(&a, "alice", "phone");
+    send_acknowledged(&mut alice, &["m1", "m2"]);
+    silent.accept();
+    drop(alice);
+    assert!(a.stop().success());
+    a.wait_for_log("2 stanzas from a.test wait for b.test", 1, TIMEOUT);
+    drop(silent);
+
+    a.edit_config("enabled = true", "enabled = false");
+    a.restart();
+    a.wait_for_log(
+        "2 stanzas kept for other servers at the last stop go out again",
+        1,
+        TIMEOUT,
+    );
+    let mut alice = Client::online(&a, "alice", "phone");
+    let id = alice.send_message("bob@b.test", "chat", "refused");
+    alice.expect(&format!(
+        "<message type='error' id='{id}'><error><remote-server-not-found xmlns='{}'/></error></message>",
+        ns::STANZAS
+    ));
+    drop(alice);
+    assert!(a.stop().success());
+
+    a.edit_config("enabled = false", "enabled = true");
+    let b = TestServer::start_domain("b.test", &federation(ib, "a.test", ia, ""));
+    b.add_users(&["bob"]);
+    let mut bob = Client::online(&b, "bob", "laptop");
+    a.restart();
+    let mut alice = Client::online(&a, "alice", "phone");
+    alice.send_message("bob@b.test", "chat", "fresh");
+    bob.expect("<message from='alice@a.test/phone'><body>fresh</body></message>");
+    let log = a.log();
+    assert_eq!(
+        log.matches("go out after the next start").count(),
+        1,
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("at the last stop go out again").count(),
+        1,
+        "{log}"
+    );
+    assert!(!log.contains("panicked"), "{log}");
 }

@@ -624,6 +624,14 @@ impl TestServer {
         self.spawn();
     }
 
+    /// Replaces `from` with `to` in the config file, for the next start.
+    #[track_caller]
+    pub fn edit_config(&self, from: &str, to: &str) {
+        let text = std::fs::read_to_string(&self.config).expect("read the config");
+        assert!(text.contains(from), "no {from:?} in the config:\n{text}");
+        std::fs::write(&self.config, text.replacen(from, to, 1)).expect("write the config");
+    }
+
     /// Runs `hearth --config FILE args...` with `stdin` as its input; panics after a deadline.
     pub fn cli(&self, args: &[&str], stdin: &str) -> Output {
         let mut child = self

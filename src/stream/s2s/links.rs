@@ -5,13 +5,18 @@
 //! while the connection is made. The queue is bounded in bytes (`federation.queue_bytes`),
 //! and the number of links by `federation.max_outgoing`: beyond either, a stanza goes back to
 //! its sender as an error instead of waiting.
+//!
+//! What a link's task took from its queue and still holds (waiting for the stream to be ready,
+//! or written and not acknowledged) is in its [`Held`], which the table sees too: when the
+//! server stops, [`Links::take_all`] takes everything every link holds, whatever its task is
+//! doing, so that none of it is lost (`parked.rs`).
 
 use crate::session::weight;
 use crate::stanza::Condition;
 use crate::xml::Element;
 use smol::channel::{Receiver, Sender};
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::rc::Rc;
 
 /// The two ends of a connection: which of our domains speaks, to which other one.
@@ -39,13 +44,41 @@ pub enum Out {
     },
 }
 
+/// Stanzas a link's task took from its queue and has not delivered yet, oldest first, each
+/// with whether it is a second try (`Out::Again`). Shared between the task and the table; no
+/// borrow is held across an `.await`.
+#[derive(Default)]
+pub struct Held {
+    /// Written and not acknowledged yet (XEP-0198).
+    pub unacked: RefCell<VecDeque<(Element, bool)>>,
+    /// Waiting for the stream to be ready.
+    pub waiting: RefCell<VecDeque<(Element, bool)>>,
+}
+
+impl Held {
+    /// Everything held, in the order it was queued: what was written came before what waits.
+    pub fn take(&self) -> VecDeque<(Element, bool)> {
+        let mut all = std::mem::take(&mut *self.unacked.borrow_mut());
+        all.append(&mut self.waiting.borrow_mut());
+        all
+    }
+}
+
 /// A link the connector is to start a task for.
 pub struct NewLink {
     pub pair: Pair,
     pub id: u64,
     pub rx: Receiver<Out>,
-    /// Bytes of the stanzas waiting in `rx`: the task takes them off as it reads them.
+    /// Bytes of the stanzas in `rx` and `held`: the task takes them off as they are delivered.
     pub queued: Rc<Cell<usize>>,
+    pub held: Rc<Held>,
+}
+
+/// A link whose task has not ended, whether or not it is still its pair's link.
+struct Live {
+    pair: Pair,
+    rx: Receiver<Out>,
+    held: Rc<Held>,
 }
 
 struct Link {
@@ -56,6 +89,8 @@ struct Link {
 
 pub struct Links {
     links: RefCell<HashMap<Pair, Link>>,
+    /// Every link from its making to the end of its task, by id: the order they were made in.
+    live: RefCell<BTreeMap<u64, Live>>,
     next_id: Cell<u64>,
     new: (Sender<NewLink>, Receiver<NewLink>),
 }
@@ -64,6 +99,7 @@ impl Default for Links {
     fn default() -> Links {
         Links {
             links: RefCell::default(),
+            live: RefCell::default(),
             next_id: Cell::new(1),
             new: smol::channel::unbounded(),
         }
@@ -183,13 +219,52 @@ impl Links {
         self.next_id.set(id + 1);
         let (tx, rx) = smol::channel::unbounded();
         let queued = Rc::new(Cell::new(0));
+        let held = Rc::new(Held::default());
+        self.live.borrow_mut().insert(
+            id,
+            Live {
+                pair: pair.clone(),
+                rx: rx.clone(),
+                held: held.clone(),
+            },
+        );
         let _ = self.new.0.try_send(NewLink {
             pair: pair.clone(),
             id,
             rx,
             queued: queued.clone(),
+            held,
         });
         links.entry(pair).or_insert(Link { id, tx, queued })
+    }
+
+    /// The task of the link `id` has ended, and has given what it held to another link or
+    /// back to its senders.
+    pub fn ended(&self, id: u64) {
+        self.live.borrow_mut().remove(&id);
+    }
+
+    /// Everything every link holds, for the server that stops: per pair in the order it was
+    /// queued (what a link wrote and was not acknowledged, what waits for its stream, what
+    /// waits in its queue; an older link's before a newer one's). Every link leaves the
+    /// table, so what is routed afterwards makes new ones; the tasks are not to run again.
+    pub fn take_all(&self) -> Vec<(Pair, Element)> {
+        for (_, l) in self.links.borrow_mut().drain() {
+            l.tx.close();
+        }
+        let mut out = Vec::new();
+        for (_, live) in std::mem::take(&mut *self.live.borrow_mut()) {
+            let mut els: Vec<Element> = live.held.take().into_iter().map(|(el, _)| el).collect();
+            while let Ok(o) = live.rx.try_recv() {
+                match o {
+                    Out::Stanza(el) | Out::Again(el) => els.push(el),
+                    // Nobody waits for the answer any more.
+                    Out::Verify { .. } => {}
+                }
+            }
+            out.extend(els.into_iter().map(|el| (live.pair.clone(), el)));
+        }
+        out
     }
 
     /// The link `id` of `pair` is done (failed or idle): what comes for the remote domain from
@@ -271,6 +346,40 @@ mod tests {
         assert!(
             !links.remove(&pair("a.example"), new[0].id),
             "not the current link"
+        );
+    }
+
+    fn body(el: &Element) -> String {
+        el.child("body", ns::CLIENT).unwrap().text()
+    }
+
+    /// A link that left the table while its task still runs (closing its connection) holds
+    /// what it holds until its task ends: taken before the newer link's, and no more once the
+    /// task has ended.
+    #[test]
+    fn everything_every_running_link_holds_is_taken_oldest_first() {
+        let links = Links::default();
+        links.send(pair("a.example"), msg("1"), 1000, 2).unwrap();
+        links.send(pair("a.example"), msg("2"), 1000, 2).unwrap();
+        let old = links.take_new().remove(0);
+        let Ok(Out::Stanza(one)) = old.rx.try_recv() else {
+            panic!("a stanza");
+        };
+        old.held.waiting.borrow_mut().push_back((one, false));
+        assert!(links.remove(&pair("a.example"), old.id));
+        links.send(pair("a.example"), msg("3"), 1000, 2).unwrap();
+        let all: Vec<String> = links.take_all().iter().map(|(_, el)| body(el)).collect();
+        assert_eq!(all, ["1", "2", "3"]);
+        assert!(links.remotes().is_empty());
+        assert!(links.take_all().is_empty(), "taken once");
+
+        links.send(pair("a.example"), msg("4"), 1000, 2).unwrap();
+        let l = links.take_new().pop().unwrap();
+        assert!(links.remove(&pair("a.example"), l.id));
+        links.ended(l.id);
+        assert!(
+            links.take_all().is_empty(),
+            "an ended link gave its stanzas away"
         );
     }
 

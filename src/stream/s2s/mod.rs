@@ -1,7 +1,8 @@
 //! Server-to-server streams (RFC 6120 with the `jabber:server` namespace): the router's links
 //! to other servers (`links`), the connections that carry them (`outgoing`), connections other
-//! servers make (`incoming`), where servers are (`resolve`), certificates (`tls`), and
-//! dialback keys (XEP-0220 with XEP-0185's keys).
+//! servers make (`incoming`), where servers are (`resolve`), certificates (`tls`),
+//! dialback keys (XEP-0220 with XEP-0185's keys), and what waits for other servers over a
+//! restart (`parked`).
 //!
 //! Which domains are talked to at all is `federation.enabled`, or `federation.push_services`
 //! alone when it is off (`FederationConfig::allows`): the router sends nowhere else, and
@@ -11,6 +12,7 @@ pub mod incoming;
 mod io;
 mod links;
 pub mod outgoing;
+pub mod parked;
 pub mod resolve;
 pub mod tls;
 

@@ -23,6 +23,10 @@
 //! (it handled it but its acknowledgement was lost), never none without its sender knowing.
 //! With a server that offers no stream management, a stanza is taken as delivered once
 //! written, and one written to a link that dies is lost.
+//!
+//! What the link holds (waiting for the stream, written and not acknowledged) is kept in its
+//! `Held`, which the router's table sees too: when the server stops, it takes all of it
+//! from there, whatever this task is doing at that moment (see `parked.rs`).
 
 use super::incoming::Verdict;
 use super::io::Stream;
@@ -76,10 +80,8 @@ struct Outgoing {
     stream_id: String,
     features: Element,
     state: State,
-    /// Stanzas taken from the queue that wait for the stream to be ready, each with whether
-    /// it is a second try (`Out::Again`).
-    waiting: VecDeque<(Element, bool)>,
-    /// XEP-0198, once enabled: what is written is kept until acknowledged.
+    /// XEP-0198, once enabled: what is written is kept (in `link.held.unacked`) until
+    /// acknowledged.
     sm: Option<Acks>,
     /// Whether `<enable/>` was sent (or stream management is not offered): once per stream.
     sm_tried: bool,
@@ -93,13 +95,11 @@ struct Outgoing {
 }
 
 /// XEP-0198's outbound side on a link: the other server says how many of our stanzas it
-/// handled (`h`, wrapping at 2^32); ours stay here until it does.
+/// handled (`h`, wrapping at 2^32); ours stay in `link.held.unacked` until it does.
 #[derive(Default)]
 struct Acks {
     /// Its last `h`.
     acked: u32,
-    /// Written and not acknowledged, oldest first, each with whether it is a second try.
-    unacked: VecDeque<(Element, bool)>,
     /// When the outstanding `<r/>` was sent.
     asked: Option<Instant>,
 }
@@ -113,15 +113,7 @@ async fn run(server: Rc<Server>, link: NewLink) {
         Ok(c) => c,
         Err(Failure(condition, why)) => {
             log::info!("cannot reach {} for {}: {why}", pair.remote, pair.local);
-            return end(
-                &server,
-                link,
-                VecDeque::new(),
-                HashMap::new(),
-                condition,
-                false,
-            )
-            .await;
+            return end(&server, link, HashMap::new(), condition, false).await;
         }
     };
     let mut c = Outgoing {
@@ -132,7 +124,6 @@ async fn run(server: Rc<Server>, link: NewLink) {
         stream_id: header_id,
         features,
         state: State::Open,
-        waiting: VecDeque::new(),
         sm: None,
         sm_tried: false,
         verifies: Vec::new(),
@@ -160,18 +151,14 @@ async fn run(server: Rc<Server>, link: NewLink) {
     c.s.close().await;
     let Outgoing {
         link,
-        waiting,
         asked,
         mut verifies,
-        sm,
         ..
     } = c;
     for (_, _, reply) in verifies.drain(..) {
         let _ = reply.try_send((pair.clone(), false));
     }
-    let mut left = sm.map(|a| a.unacked).unwrap_or_default();
-    left.extend(waiting);
-    end(&server, link, left, asked, condition, retry).await;
+    end(&server, link, asked, condition, retry).await;
 }
 
 /// The link is done: it leaves the router's table (what comes next makes a new one), and
@@ -181,13 +168,16 @@ async fn run(server: Rc<Server>, link: NewLink) {
 async fn end(
     server: &Server,
     link: NewLink,
-    mut left: VecDeque<(Element, bool)>,
     asked: HashMap<String, (Instant, Vec<Sender<Verdict>>)>,
     condition: Condition,
     retry: bool,
 ) {
+    // Nothing awaits between here and their being queued on a new link or bounced: a stop,
+    // which takes what the links hold, cannot come while they are only in this function.
     server.router.s2s.remove(&link.pair, link.id);
+    server.router.s2s.ended(link.id);
     link.rx.close();
+    let mut left = link.held.take();
     let answer = |reply: Sender<Verdict>| {
         let _ = reply.try_send((link.pair.clone(), false));
     };
@@ -421,7 +411,7 @@ impl Outgoing {
             self.send_verifies();
             if self.state == State::Ready {
                 self.enable_sm();
-                while let Some((el, again)) = self.waiting.pop_front() {
+                while let Some((el, again)) = self.next_waiting() {
                     self.write_stanza(el, again);
                 }
                 self.request_ack();
@@ -434,8 +424,9 @@ impl Outgoing {
             }
             let now = Instant::now();
             let ack_asked = self.sm.as_ref().and_then(|a| a.asked);
-            let busy = !self.waiting.is_empty() || !self.asked.is_empty() || ack_asked.is_some();
-            let unready = self.state != State::Ready && !self.waiting.is_empty();
+            let waits = !self.link.held.waiting.borrow().is_empty();
+            let busy = waits || !self.asked.is_empty() || ack_asked.is_some();
+            let unready = self.state != State::Ready && waits;
             let at = match (unready, busy) {
                 (true, _) => self.deadline,
                 (false, true) => self
@@ -536,22 +527,27 @@ impl Outgoing {
             Out::Again(el) => (el, true),
             Out::Verify { id, key, reply } => return self.verifies.push((id, key, reply)),
         };
-        if self.waiting.is_empty() && self.state != State::Ready {
+        let mut waiting = self.link.held.waiting.borrow_mut();
+        if waiting.is_empty() && self.state != State::Ready {
             // Something waits now: the stream has until then to be ready.
             let f = &self.server.config.federation;
             self.deadline = self
                 .deadline
                 .max(Instant::now() + Duration::from_secs(f.connect_timeout_secs));
         }
-        self.waiting.push_back((el, again));
+        waiting.push_back((el, again));
+    }
+
+    fn next_waiting(&self) -> Option<(Element, bool)> {
+        self.link.held.waiting.borrow_mut().pop_front()
     }
 
     /// Writes a stanza; under stream management it is kept until acknowledged, its bytes
     /// still counted in the link's queue.
     fn write_stanza(&mut self, el: Element, again: bool) {
         self.s.write(&el);
-        match &mut self.sm {
-            Some(acks) => acks.unacked.push_back((el, again)),
+        match &self.sm {
+            Some(_) => self.link.held.unacked.borrow_mut().push_back((el, again)),
             None => self.dequeued(&el),
         }
     }
@@ -577,7 +573,7 @@ impl Outgoing {
     /// answer covers what it can; the next request the rest).
     fn request_ack(&mut self) {
         if let Some(acks) = &mut self.sm
-            && !acks.unacked.is_empty()
+            && !self.link.held.unacked.borrow().is_empty()
             && acks.asked.is_none()
         {
             self.s.write(&crate::stream::smacks::r());
@@ -590,21 +586,25 @@ impl Outgoing {
         let Some(acks) = &mut self.sm else {
             return None;
         };
+        let unacked = self.link.held.unacked.borrow().len();
         let h = crate::stream::smacks::h_of(el);
         let n = h.map(|h| h.wrapping_sub(acks.acked) as usize);
-        let (Some(h), Some(n)) = (h, n.filter(|n| *n <= acks.unacked.len())) else {
+        let (Some(h), Some(n)) = (h, n.filter(|n| *n <= unacked)) else {
             return Some(Failure(
                 Condition::RemoteServerTimeout,
                 format!(
                     "it acknowledged {} stanzas, {} were unacknowledged",
                     el.attr("h").unwrap_or("no number of"),
-                    acks.unacked.len()
+                    unacked
                 ),
             ));
         };
         acks.acked = h;
         acks.asked = None;
-        let done: Vec<Element> = acks.unacked.drain(..n).map(|(el, _)| el).collect();
+        let done: Vec<Element> = {
+            let mut unacked = self.link.held.unacked.borrow_mut();
+            unacked.drain(..n).map(|(el, _)| el).collect()
+        };
         for el in &done {
             self.dequeued(el);
         }
@@ -635,7 +635,7 @@ impl Outgoing {
     /// Authenticates the local domain once stanzas wait: SASL EXTERNAL when offered, dialback
     /// otherwise.
     fn start_auth(&mut self) {
-        if self.state != State::Open || self.waiting.is_empty() {
+        if self.state != State::Open || self.link.held.waiting.borrow().is_empty() {
             return;
         }
         let external = self
@@ -713,8 +713,9 @@ impl Outgoing {
                     self.pair().remote,
                     self.pair().local
                 );
-                if let Some(acks) = self.sm.take() {
-                    for (el, _) in &acks.unacked {
+                if self.sm.take().is_some() {
+                    let unacked = std::mem::take(&mut *self.link.held.unacked.borrow_mut());
+                    for (el, _) in &unacked {
                         self.dequeued(el);
                     }
                 }
