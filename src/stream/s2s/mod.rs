@@ -16,7 +16,7 @@ pub mod parked;
 pub mod resolve;
 pub mod tls;
 
-pub use links::{Links, NewLink, Out, Pair};
+pub use links::{Delivered, Links, NewLink, Out, Pair, Queued};
 
 use crate::config::{Config, FederationConfig};
 use crate::listener::Listener;
