@@ -153,7 +153,7 @@ impl Router {
             }
         }
         let accounts = store.users()?.into_iter().collect();
-        // A new row never takes the key of one a stop left.
+        // A new row never takes the key of one a crash or a stop left.
         let s2s = crate::stream::s2s::Links::default();
         s2s.seqs_after(parked::last_seq(&store)?);
         Ok(Router {
@@ -575,7 +575,9 @@ fn placeholder(st: &Stanza) -> Stanza {
 
 /// Another domain: its server, if federation allows it (or it is a push service), once this
 /// step's writes are durable; otherwise what expects an answer gets `remote-server-not-found`.
-/// Nothing is relayed from one other server to another.
+/// Nothing is relayed from one other server to another. A message or a presence subscription
+/// gets its row of `s2s_waiting` in this step's commit, which its sender's acknowledgement
+/// waits for: a crash does not lose it (see `stream::s2s::parked`).
 fn remote(cx: &mut Cx, st: &mut Stanza, to: &Jid) -> Result<(), StanzaError> {
     let answered = match st.kind {
         Kind::Presence => st.typ == Type::Available || st.typ.is_subscription(),
@@ -601,14 +603,13 @@ fn remote(cx: &mut Cx, st: &mut Stanza, to: &Jid) -> Result<(), StanzaError> {
         remote: to.domain().to_owned(),
     };
     let seq = router.s2s.next_seq();
-    cx.effects.remote.push((
-        pair,
-        Queued {
-            el,
-            seq,
-            kept: false,
-        },
-    ));
+    let kept = parked::kept(st);
+    if kept {
+        // Durable with the rest of the step's writes, before its sender is told it was
+        // handled; its stanza need not wait for it (see `parked.rs`).
+        cx.write_trailing(parked::row(&pair, seq, &el));
+    }
+    cx.effects.remote.push((pair, Queued { el, seq, kept }));
     Ok(())
 }
 

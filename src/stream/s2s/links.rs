@@ -12,9 +12,10 @@
 //! doing, so that none of it is lost (`parked.rs`).
 //!
 //! Every stanza queued gets a sequence number from one counter, which goes on from the
-//! highest the store holds: it is the stanza's key in `s2s_waiting`, and orders what waits
-//! for a pair over a restart. A stanza that has a row there ([`Queued::kept`]) has it until
-//! it is delivered or bounced.
+//! highest the store holds: it is the stanza's key in `s2s_waiting`, where messages and
+//! presence subscriptions have a row from the moment they are routed until they are
+//! delivered or bounced ([`Queued::kept`]), and orders what waits for a pair over a restart
+//! or a crash.
 
 use crate::session::weight;
 use crate::stanza::Condition;
@@ -36,8 +37,8 @@ pub struct Pair {
 pub struct Queued {
     pub el: Element,
     pub seq: u64,
-    /// Whether a row of `s2s_waiting` holds it, to be removed once it is delivered or
-    /// bounced.
+    /// Whether a row of `s2s_waiting` holds it (`parked::kept`), to be removed once it is
+    /// delivered or bounced.
     pub kept: bool,
 }
 

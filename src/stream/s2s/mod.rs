@@ -2,7 +2,7 @@
 //! to other servers (`links`), the connections that carry them (`outgoing`), connections other
 //! servers make (`incoming`), where servers are (`resolve`), certificates (`tls`),
 //! dialback keys (XEP-0220 with XEP-0185's keys), and what waits for other servers over a
-//! restart (`parked`).
+//! crash or a restart (`parked`).
 //!
 //! Which domains are talked to at all is `federation.enabled`, or `federation.push_services`
 //! alone when it is off (`FederationConfig::allows`): the router sends nowhere else, and

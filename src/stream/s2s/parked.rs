@@ -1,31 +1,38 @@
-//! Stanzas for other servers over a restart. The router queues a stanza for another server
-//! once the writes it depends on are durable, and its sender is then told it was handled
-//! (XEP-0198), so a clean stop must not drop what the links still hold: what waits in their
-//! queues or for their streams (a server that is slow to answer), and what they wrote and the
-//! other server has not acknowledged (XEP-0198 on the link). When the server stops, all of it
-//! goes into [`LOCAL_REMOTE_SEQ_TO_STANZA`] before the store closes ([`keep`]), each stanza
-//! under the sequence number it was queued with, so the order per pair is the order it was
-//! queued in. When the server starts again, [`resend`] routes it once more, in that order,
-//! and removes its rows in the same commit as the writes of the new queueing. A stanza with
-//! a row from before the stop ([`Queued::kept`](super::Queued)) is not written again, and its
-//! row goes ([`forget`]) once it is delivered or bounced.
+//! Stanzas for other servers, kept over a crash or a restart. The router queues a stanza for
+//! another server once the writes it depends on are durable, and its sender is then told it
+//! was handled (XEP-0198), so neither a crash nor a stop may drop what the links still hold:
+//! what waits in their queues or for their streams (a server that is slow to answer), and
+//! what they wrote and the other server has not acknowledged (XEP-0198 on the link).
+//!
+//! Messages and presence subscriptions ([`kept`]) have a row of
+//! [`LOCAL_REMOTE_SEQ_TO_STANZA`] from the moment they are routed: the router's trailing
+//! write ([`row`]) joins the group commit of the stanza's other writes, which the sender's
+//! acknowledgement waits for. The row goes ([`forget`], a trailing write per acknowledgement
+//! or per write to the socket) once the stanza is delivered: acknowledged by the other server
+//! with XEP-0198, or, on a link without it, written to the socket, which is all that can be
+//! known there; or once it goes back to its sender as an error. What else the links hold goes
+//! into the table when the server stops ([`keep`]), under the sequence number it was queued
+//! with, so the order per pair is the order it was queued in. When the server starts,
+//! [`resend`] routes everything the table holds once more, in that order, and replaces its
+//! rows in one commit with those of the new queueing.
 //!
 //! Nothing new decides where it goes: the router's way for a stanza to another domain takes
 //! it, so when federation is now off, the domain no longer accepted, its queue full or its
-//! server unreachable, its sender gets the usual error. The table is bounded by the links: it
-//! holds what they held at the stop, which `federation.queue_bytes` per link and
-//! `federation.max_outgoing` links bounded, and a start routes it again within the same
-//! bounds.
+//! server unreachable, its sender gets the usual error. The table is bounded by the links:
+//! a row is a stanza some link holds (at most `federation.queue_bytes` per link, and
+//! `federation.max_outgoing` links), or held when the server stopped or crashed, and a start
+//! routes those again within the same bounds.
 //!
 //! A stanza may so reach the other server twice (at least once, never none): one written and
-//! not acknowledged may have been handled there all the same, and a crash between a start's
-//! resending and the commit that removes the rows sends it again at the next start.
+//! not acknowledged may have been handled there all the same, one acknowledged just before a
+//! crash may still have its row, and a crash between a start's resending and the commit that
+//! replaces the rows sends them again at the next start.
 
 use super::Pair;
 use crate::error::Error;
 use crate::jid::Jid;
 use crate::router::{self, Router};
-use crate::stanza::{Origin, Stanza};
+use crate::stanza::{Kind, Origin, Stanza};
 use crate::storage::shapes::{Index, Unowned};
 use crate::storage::{Op, Store, Txn, Write};
 use crate::xml::{Element, reader};
@@ -40,6 +47,27 @@ pub static LOCAL_REMOTE_SEQ_TO_STANZA: Unowned<Index<&str>> =
 
 fn table() -> TableDefinition<'static, (&'static str, &'static str, u64), &'static str> {
     LOCAL_REMOTE_SEQ_TO_STANZA.0.0
+}
+
+/// Whether a stanza for another server has its row from the moment it is routed, so that a
+/// crash does not lose it.
+///
+/// Messages, of every type: what their senders are told was handled. Presence subscriptions:
+/// the roster takes the state they lead to at once (a request pending, an approval) and
+/// nothing sends them again, so one lost would leave the two rosters disagreeing for good.
+///
+/// Not presence broadcasts and probes: a crash ends every session without the unavailable
+/// presence that would follow, so an available presence sent again after it would show an
+/// account online that is not; the next login's probes and broadcast say what is current.
+/// Not iqs: who waits for the answer (a session, or the server's `pending` requests) does not
+/// survive a crash, and the other server's own request timed out meanwhile. A clean stop
+/// keeps these too ([`keep`]): it sends every session's unavailable presence first.
+pub fn kept(st: &Stanza) -> bool {
+    match st.kind {
+        Kind::Message => true,
+        Kind::Presence => st.typ.is_subscription(),
+        Kind::Iq => false,
+    }
 }
 
 /// Rows, each under its pair and sequence number.
@@ -72,6 +100,11 @@ impl Op for Forget {
         }
         Ok(())
     }
+}
+
+/// The row of a stanza the router queues for `pair` as `seq`.
+pub fn row(pair: &Pair, seq: u64, el: &Element) -> Write {
+    Box::new(Keep(vec![(pair.clone(), seq, el.to_xml())]))
 }
 
 /// Removes the rows `seqs` of `pair`: their stanzas were delivered or bounced. None when
@@ -123,8 +156,8 @@ pub fn last_seq(store: &Store) -> Result<u64, Error> {
 }
 
 /// For the server that stops, once nothing runs any more but the store: makes what every
-/// link holds durable. What has its row already is not written again; nothing is written
-/// when the links hold nothing else.
+/// link holds durable. What has its row already ([`kept`]) is not written again; nothing is
+/// written when the links hold nothing else.
 pub fn keep(router: &Router) {
     let held = router.s2s.take_all();
     if held.is_empty() {
@@ -155,10 +188,11 @@ pub fn keep(router: &Router) {
     }
 }
 
-/// For the server that starts, before it accepts connections: routes what the last stop
-/// kept, as the router routes a stanza for another domain. Its rows go in the same commit as
-/// the writes of the new queueing: a crash before that commit sends it again at the next
-/// start rather than losing it.
+/// For the server that starts, before it accepts connections: routes what the table holds
+/// (kept at the last stop, or left by a crash), as the router routes a stanza for another
+/// domain. Its rows are replaced in the same commit by those of the new queueing (for what
+/// is [`kept`]), whose numbers follow theirs: a crash at any moment leaves each stanza in the
+/// table once.
 pub async fn resend(router: &Router) {
     let rows = match read(&router.store) {
         Ok(rows) => rows,
@@ -171,7 +205,7 @@ pub async fn resend(router: &Router) {
         return;
     }
     log::info!(
-        "{} stanzas kept for other servers at the last stop go out again",
+        "{} stanzas that waited for other servers go out again",
         rows.len()
     );
     let mut read: BTreeMap<Pair, Vec<u64>> = BTreeMap::new();
@@ -213,6 +247,7 @@ mod tests {
     use crate::config::Config;
     use crate::modules::testing::{TestRouter, parse};
     use crate::session::Outbound;
+    use crate::stanza::Condition;
     use crate::stream::s2s::{NewLink, Out, Queued};
 
     fn pair(remote: &str) -> Pair {
@@ -307,17 +342,32 @@ mod tests {
         sent
     }
 
-    /// Links that hold nothing leave nothing at a stop, and the next start sends nothing; a
-    /// delivered stanza is no longer held.
+    /// A message has its row once its sender could be told it was handled, and loses it when
+    /// the other server acknowledges it; a stop with nothing else held writes nothing, and the
+    /// next start sends nothing.
     #[test]
-    fn links_that_hold_nothing_leave_nothing() {
+    fn a_row_from_routing_to_acknowledgement() {
         let t = federating(|_| {});
         keep(&t.router);
         assert!(read(&t.router.store).unwrap().is_empty());
         message(&t, "bob@b.example", "one");
+        message(&t, "bob@b.example", "two");
+        assert_eq!(rows(&t, "b.example"), ["one", "two"]);
         let l = link(&t, "b.example");
-        l.held.unacked.borrow_mut().push_back((next(&l), false));
-        assert_eq!(l.held.acknowledged(1).seqs, Vec::<u64>::new(), "no row");
+        for _ in 0..2 {
+            let q = next(&l);
+            assert!(q.kept);
+            l.held.unacked.borrow_mut().push_back((q, false));
+        }
+        // What the link does with the other server's <a h='1'/>.
+        let done = l.held.acknowledged(1);
+        forget_later(&t.router.store, &l.pair, done.seqs);
+        smol::block_on(t.router.store.barrier()).unwrap();
+        assert_eq!(rows(&t, "b.example"), ["two"]);
+        let done = l.held.acknowledged(1);
+        forget_later(&t.router.store, &l.pair, done.seqs);
+        smol::block_on(t.router.store.barrier()).unwrap();
+        assert!(read(&t.router.store).unwrap().is_empty());
         keep(&t.router);
         assert!(read(&t.router.store).unwrap().is_empty());
         smol::block_on(resend(&t.router));
@@ -325,8 +375,9 @@ mod tests {
     }
 
     /// A link that wrote "1" (unacknowledged), took "2" (waiting for its stream) and has a
-    /// presence, "3" and "4" in its queue, and another that is still connecting: all of it is
-    /// kept, in order per pair, and goes out again in that order.
+    /// presence, "3" and "4" in its queue, and another that is still connecting: the messages
+    /// have rows already, the presence gets its own at the stop, between them; all of it goes
+    /// out again in that order, and the rows of the messages are replaced by newer ones.
     #[test]
     fn what_links_hold_is_kept_and_goes_out_again_in_order() {
         let t = federating(|_| {});
@@ -336,7 +387,8 @@ mod tests {
         message(&t, "bob@b.example", "3");
         message(&t, "bob@b.example", "4");
         message(&t, "carol@c.example", "c1");
-        assert!(read(&t.router.store).unwrap().is_empty());
+        assert_eq!(rows(&t, "b.example"), ["1", "2", "3", "4"], "no presence");
+        assert_eq!(rows(&t, "c.example"), ["c1"]);
         let links = t.router.s2s.take_new();
         let b = links.iter().find(|l| l.pair == pair("b.example")).unwrap();
         b.held.unacked.borrow_mut().push_back((next(b), false));
@@ -345,14 +397,70 @@ mod tests {
         assert_eq!(rows(&t, "b.example"), ["1", "2", "presence", "3", "4"]);
         assert_eq!(rows(&t, "c.example"), ["c1"]);
         assert!(t.router.s2s.remotes().is_empty(), "the links are gone");
-        let last = *seqs(&t).iter().max().unwrap();
-        assert_eq!(last_seq(&t.router.store).unwrap(), last);
+        let before = *seqs(&t).iter().max().unwrap();
 
         smol::block_on(resend(&t.router));
-        assert!(read(&t.router.store).unwrap().is_empty(), "handed over");
         let sent = sent(&t);
         assert_eq!(sent["b.example"], ["1", "2", "presence", "3", "4"]);
         assert_eq!(sent["c.example"], ["c1"]);
+        assert_eq!(rows(&t, "b.example"), ["1", "2", "3", "4"]);
+        assert_eq!(rows(&t, "c.example"), ["c1"]);
+        assert!(seqs(&t).iter().all(|s| *s > before), "{:?}", seqs(&t));
+    }
+
+    /// A crash: the links' memory is gone without a stop. The messages and the subscription
+    /// request go out again, in order, after what the table held; the broadcast presence does
+    /// not. The numbers of a new start follow the table's.
+    #[test]
+    fn after_a_crash_what_has_rows_goes_out_again() {
+        let t = federating(|_| {});
+        message(&t, "bob@b.example", "1");
+        send(&t, "<presence to='bob@b.example'/>");
+        send(&t, "<presence to='bob@b.example' type='subscribe'/>");
+        message(&t, "bob@b.example", "2");
+        assert_eq!(rows(&t, "b.example"), ["1", "presence subscribe", "2"]);
+        let last = *seqs(&t).iter().max().unwrap();
+        assert_eq!(last_seq(&t.router.store).unwrap(), last);
+        drop(t.router.s2s.take_all());
+        drop(t.router.s2s.take_new());
+
+        smol::block_on(resend(&t.router));
+        assert_eq!(sent(&t)["b.example"], ["1", "presence subscribe", "2"]);
+        assert_eq!(rows(&t, "b.example"), ["1", "presence subscribe", "2"]);
+        assert!(seqs(&t).iter().all(|s| *s > last), "{:?}", seqs(&t));
+    }
+
+    /// Bounced, whether the links refuse it (too many) or a link gives it up: its row goes.
+    #[test]
+    fn what_goes_back_to_its_sender_loses_its_row() {
+        let t = federating(|c| c.federation.max_outgoing = 1);
+        message(&t, "bob@b.example", "b1");
+        message(&t, "carol@c.example", "c1");
+        assert!(
+            rows(&t, "c.example").is_empty(),
+            "refused: no room for a link"
+        );
+        let rx = t.receiver(1);
+        let bounced = |condition: &str| {
+            let mut found = false;
+            while let Some(o) = rx.try_recv() {
+                if let Outbound::Stanza(d) = o {
+                    found |=
+                        d.el.attr("type") == Some("error") && d.el.to_xml().contains(condition);
+                }
+            }
+            found
+        };
+        assert!(bounced("resource-constraint"));
+        assert_eq!(rows(&t, "b.example"), ["b1"]);
+        let l = link(&t, "b.example");
+        let q = next(&l);
+        smol::block_on(router::bounce_remote(
+            &t.router,
+            vec![(l.pair.clone(), q, Condition::RemoteServerTimeout)],
+        ));
+        assert!(read(&t.router.store).unwrap().is_empty());
+        assert!(bounced("remote-server-timeout"));
     }
 
     /// Kept while federation was on, started with it off: the sender gets the usual error,
