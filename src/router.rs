@@ -56,6 +56,7 @@ use crate::modules::{self, Cx, Effects, Flow, IqOut, IqRequest, Module, Target};
 use crate::session::{Delivery, Outbound, Sessions};
 use crate::stanza::{Condition, Kind, Origin, Stanza, StanzaError, Type, iq_result};
 use crate::storage::{Store, Ticket};
+use crate::stream::s2s::{Pair, Queued, parked};
 use crate::xml::{Element, ns};
 use smol::Timer;
 use smol::future::FutureExt;
@@ -152,6 +153,9 @@ impl Router {
             }
         }
         let accounts = store.users()?.into_iter().collect();
+        // A new row never takes the key of one a crash or a stop left.
+        let s2s = crate::stream::s2s::Links::default();
+        s2s.seqs_after(parked::last_seq(&store)?);
         Ok(Router {
             config,
             store,
@@ -160,7 +164,7 @@ impl Router {
             modules,
             services,
             pending: RefCell::default(),
-            s2s: Default::default(),
+            s2s,
             timers: RefCell::default(),
             timer_wake: smol::channel::bounded(1),
             next_id: Cell::new(1),
@@ -407,11 +411,23 @@ pub fn remote_stanza(cx: &mut Cx, el: Element, from: Jid) {
     }
 }
 
-/// Stanzas that could not go to another server, each with why: their senders get the error
-/// (what RFC 6120 would not answer, nothing).
-pub async fn bounce_remote(router: &Router, undelivered: Vec<(Element, Condition)>) {
+/// Stanzas that could not go to another server, each with its pair and why: their senders
+/// get the error (what RFC 6120 would not answer, nothing), and their rows of `s2s_waiting`
+/// go.
+pub async fn bounce_remote(router: &Router, undelivered: Vec<(Pair, Queued, Condition)>) {
     run(router, "bouncing stanzas for another server", |cx| {
-        for (el, condition) in undelivered {
+        let mut rows: HashMap<Pair, Vec<u64>> = HashMap::new();
+        for (pair, q, _) in &undelivered {
+            if q.kept {
+                rows.entry(pair.clone()).or_default().push(q.seq);
+            }
+        }
+        for (pair, seqs) in rows {
+            if let Some(w) = parked::forget(&pair, seqs) {
+                cx.write_trailing(w);
+            }
+        }
+        for (_, Queued { el, .. }, condition) in undelivered {
             let Some(from) = el.attr("from").and_then(|f| Jid::parse(f).ok()) else {
                 continue;
             };
@@ -559,7 +575,9 @@ fn placeholder(st: &Stanza) -> Stanza {
 
 /// Another domain: its server, if federation allows it (or it is a push service), once this
 /// step's writes are durable; otherwise what expects an answer gets `remote-server-not-found`.
-/// Nothing is relayed from one other server to another.
+/// Nothing is relayed from one other server to another. A message or a presence subscription
+/// gets its row of `s2s_waiting` in this step's commit, which its sender's acknowledgement
+/// waits for: a crash does not lose it (see `stream::s2s::parked`).
 fn remote(cx: &mut Cx, st: &mut Stanza, to: &Jid) -> Result<(), StanzaError> {
     let answered = match st.kind {
         Kind::Presence => st.typ == Type::Available || st.typ.is_subscription(),
@@ -580,11 +598,18 @@ fn remote(cx: &mut Cx, st: &mut Stanza, to: &Jid) -> Result<(), StanzaError> {
     let mut el = std::mem::replace(&mut st.el, shallow);
     el.set_attr("from", st.from.to_string());
     el.set_attr("to", to.to_string());
-    let pair = crate::stream::s2s::Pair {
+    let pair = Pair {
         local: st.from.domain().to_owned(),
         remote: to.domain().to_owned(),
     };
-    cx.effects.remote.push((pair, el));
+    let seq = router.s2s.next_seq();
+    let kept = parked::kept(st);
+    if kept {
+        // Durable with the rest of the step's writes, before its sender is told it was
+        // handled; its stanza need not wait for it (see `parked.rs`).
+        cx.write_trailing(parked::row(&pair, seq, &el));
+    }
+    cx.effects.remote.push((pair, Queued { el, seq, kept }));
     Ok(())
 }
 
@@ -956,12 +981,14 @@ pub async fn apply_trailing(router: &Router, effects: Effects) -> Result<Option<
     }
     let federation = &router.config.federation;
     let mut refused = Vec::new();
-    for (pair, el) in remote {
-        if let Err(r) = router
-            .s2s
-            .send(pair, el, federation.queue_bytes, federation.max_outgoing)
-        {
-            refused.push(r);
+    for (pair, q) in remote {
+        if let Err((q, condition)) = router.s2s.send(
+            pair.clone(),
+            q,
+            federation.queue_bytes,
+            federation.max_outgoing,
+        ) {
+            refused.push((pair, q, condition));
         }
     }
     if !refused.is_empty() {

@@ -190,6 +190,15 @@ pub fn serve(config: Config) -> Result<(), Error> {
     }
     let _ = stdout.flush();
     let result = smol::block_on(ex.run(async {
+        ex.spawn(s2s::outgoing::connector(server.clone(), ex.clone()))
+            .detach();
+        let timers = server.clone();
+        ex.spawn(async move { router::run_timers(&timers).await })
+            .detach();
+        router::start(&server).await;
+        // Before any connection is accepted: what waited since before the restart goes ahead
+        // of what anyone sends now.
+        s2s::parked::resend(&server).await;
         for (i, l) in bound {
             ex.spawn(listener::accept_loop(server.clone(), ex.clone(), l, i))
                 .detach();
@@ -198,13 +207,6 @@ pub fn serve(config: Config) -> Result<(), Error> {
             ex.spawn(admin::serve(server.clone(), ex.clone(), a))
                 .detach();
         }
-        ex.spawn(s2s::outgoing::connector(server.clone(), ex.clone()))
-            .detach();
-        let timers = server.clone();
-        ex.spawn(async move { router::run_timers(&timers).await })
-            .detach();
-        router::start(&server).await;
-        s2s::parked::resend(&server).await;
         wait_for_shutdown(&server, signals).await
     }));
     shutdown(&server, &ex);

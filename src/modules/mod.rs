@@ -121,7 +121,7 @@ pub struct Effects {
     /// Logins that end once the writes are durable, after the stanzas are queued.
     pub ends: Vec<EndLogins>,
     /// Stanzas for other servers, queued with the sends.
-    pub remote: Vec<(crate::stream::s2s::Pair, Element)>,
+    pub remote: Vec<(crate::stream::s2s::Pair, crate::stream::s2s::Queued)>,
 }
 
 /// Every login of an account but one session's ends (see [`Cx::end_logins`]).

@@ -178,7 +178,7 @@ impl TestRouter {
         for e in ends {
             super::end_logins(&self.router, e);
         }
-        let remote = remote.into_iter().map(|(p, el)| (p.remote, el)).collect();
+        let remote = remote.into_iter().map(|(p, q)| (p.remote, q.el)).collect();
         (Out { sends, remote }, trailing)
     }
 

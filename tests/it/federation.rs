@@ -6,8 +6,8 @@
 //! not there or does not answer; the archive and carbons with a remote contact; a remote
 //! subscription across restarts of either server; stream management on the links, and what a
 //! link that dies had not had acknowledged going out again, once; what waits for another
-//! server (queued, or written and not acknowledged) over a restart; and what a server that
-//! misbehaves gets.
+//! server (queued, or written and not acknowledged) over a restart or a crash, and nothing
+//! twice after one; and what a server that misbehaves gets.
 
 use crate::harness::*;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
@@ -833,6 +833,12 @@ impl FakeServer {
     /// Accepts a's next connection and takes it as far as a's first stanzas.
     #[track_caller]
     fn accept(&self) -> FakeLink {
+        self.accept_offering(&format!("<sm xmlns='{SM}'/>"))
+    }
+
+    /// The same, offering `more` features besides dialback.
+    #[track_caller]
+    fn accept_offering(&self, more: &str) -> FakeLink {
         use std::io::{Read, Write};
         self.listener.set_nonblocking(true).unwrap();
         let deadline = std::time::Instant::now() + TIMEOUT;
@@ -884,7 +890,7 @@ impl FakeServer {
         link.until("<stream:stream");
         link.send(&format!(
             "{header}<stream:features><dialback xmlns='urn:xmpp:features:dialback'/>\
-             <sm xmlns='urn:xmpp:sm:3'/></stream:features>"
+             {more}</stream:features>"
         ));
         link.until("</result>");
         link.send("<db:result from='b.test' to='a.test' type='valid'/>");
@@ -1106,7 +1112,7 @@ fn messages_waiting_for_another_server_survive_a_restart() {
     let mut bob = Client::online(&b, "bob", "laptop");
     a.restart();
     a.wait_for_log(
-        "3 stanzas kept for other servers at the last stop go out again",
+        "3 stanzas that waited for other servers go out again",
         1,
         TIMEOUT,
     );
@@ -1119,6 +1125,126 @@ fn messages_waiting_for_another_server_survive_a_restart() {
     alice.send_message("bob@b.test", "chat", "after");
     bob.expect("<message from='alice@a.test/phone'><body>after</body></message>");
     assert_server_ok(&a, "alice");
+}
+
+/// The same with a crash: a is killed (SIGKILL) with alice's acknowledged messages still
+/// waiting in the link, and bob gets each once, in order, when a is back.
+#[test]
+fn messages_waiting_for_another_server_survive_a_crash() {
+    let (ia, ib) = addresses();
+    let mut silent = Silent::new(SocketAddr::new(ib, 5269));
+    let mut a = TestServer::start_domain(
+        "a.test",
+        &federation(ia, "b.test", ib, "connect_timeout_secs = 60"),
+    );
+    a.add_users(&["alice"]);
+    let mut alice = Client::user(&a, "alice", "phone");
+    send_acknowledged(&mut alice, &["m1", "m2", "m3"]);
+    silent.accept();
+    a.kill_hard();
+    drop(alice);
+    drop(silent);
+
+    let b = TestServer::start_domain("b.test", &federation(ib, "a.test", ia, ""));
+    b.add_users(&["bob"]);
+    let mut bob = Client::online(&b, "bob", "laptop");
+    a.restart();
+    a.wait_for_log(
+        "3 stanzas that waited for other servers go out again",
+        1,
+        TIMEOUT,
+    );
+    for body in ["m1", "m2", "m3"] {
+        bob.expect(&format!(
+            "<message from='alice@a.test/phone' to='bob@b.test' type='chat'><body>{body}</body></message>"
+        ));
+    }
+    // Nothing came twice: the next message bob gets is the one alice sends now.
+    let mut alice = Client::online(&a, "alice", "phone");
+    alice.send_message("bob@b.test", "chat", "after");
+    bob.expect("<message from='alice@a.test/phone'><body>after</body></message>");
+    assert_server_ok(&a, "alice");
+}
+
+/// What b.test acknowledged on the link (XEP-0198) leaves a's store: a killed (SIGKILL) after
+/// it and started again sends none of it again.
+#[test]
+fn what_the_other_server_acknowledged_is_not_sent_again_after_a_crash() {
+    let mut p = servers("", "", "", "");
+    let mut bob = Client::online(&p.b, "bob", "laptop");
+    let mut alice = Client::user(&p.a, "alice", "phone");
+    send_acknowledged(&mut alice, &["m1", "m2", "m3"]);
+    for body in ["m1", "m2", "m3"] {
+        bob.expect(&format!(
+            "<message from='alice@a.test/phone' type='chat'><body>{body}</body></message>"
+        ));
+    }
+    p.a.wait_for_log("b.test has handled 3 stanzas from a.test", 1, TIMEOUT);
+    // A message to herself, stored offline and acknowledged once that is durable: the
+    // store's writer commits in order, so the rows b.test's acknowledgement removed are gone
+    // by then.
+    alice.send_message("alice@a.test", "chat", "sync");
+    alice.send(&format!("<r xmlns='{SM}'/>"));
+    alice.expect(&format!("<a xmlns='{SM}' h='4'/>"));
+    p.a.kill_hard();
+    drop(alice);
+
+    p.a.restart();
+    let mut alice = Client::online_expecting(
+        &p.a,
+        "alice",
+        "phone",
+        &["<message type='chat'><body>sync</body></message>"],
+    );
+    alice.send_message("bob@b.test", "chat", "after");
+    bob.expect("<message from='alice@a.test/phone'><body>after</body></message>");
+    let log = p.a.log();
+    assert!(!log.contains("go out again"), "{log}");
+}
+
+/// On a link without stream management, a message written to the socket is all a can know
+/// of it: it leaves the store then, and a crash after that sends it to nobody again.
+#[test]
+fn what_a_link_without_acknowledgements_wrote_is_not_sent_again_after_a_crash() {
+    let ca = Authority::new();
+    let (ia, ib) = addresses();
+    let fake = FakeServer::new(ib, &ca);
+    let mut a = TestServer::start_domain(
+        "a.test",
+        &format!(
+            "[federation]\nenabled = true\nlisten = [\"{ia}:5269\"]\n\
+             hosts = {{ \"b.test\" = \"{}\" }}\nconnect_timeout_secs = 10\n",
+            fake.addr()
+        ),
+    );
+    a.add_users(&["alice"]);
+    let mut alice = Client::user(&a, "alice", "phone");
+    send_acknowledged(&mut alice, &["m1"]);
+    let mut link = fake.accept_offering("");
+    assert!(link.until("</message>").contains("<body>m1</body>"));
+    a.wait_for_log(
+        "1 kept stanzas were written to b.test without acknowledgements",
+        1,
+        TIMEOUT,
+    );
+    // Acknowledged once its offline copy is durable, after what was submitted before it.
+    alice.send_message("alice@a.test", "chat", "sync");
+    alice.send(&format!("<r xmlns='{SM}'/>"));
+    alice.expect(&format!("<a xmlns='{SM}' h='2'/>"));
+    a.kill_hard();
+    drop(alice);
+    drop(link);
+
+    a.restart();
+    // The server accepts clients once what waited has gone out again.
+    Client::online_expecting(
+        &a,
+        "alice",
+        "phone",
+        &["<message type='chat'><body>sync</body></message>"],
+    );
+    let log = a.log();
+    assert!(!log.contains("go out again"), "{log}");
 }
 
 /// The same for what a link wrote and the other server never acknowledged (XEP-0198): the
@@ -1203,7 +1329,7 @@ fn what_waited_goes_nowhere_when_federation_is_off_after_the_restart() {
     a.edit_config("enabled = true", "enabled = false");
     a.restart();
     a.wait_for_log(
-        "2 stanzas kept for other servers at the last stop go out again",
+        "2 stanzas that waited for other servers go out again",
         1,
         TIMEOUT,
     );
@@ -1231,7 +1357,8 @@ fn what_waited_goes_nowhere_when_federation_is_off_after_the_restart() {
         "{log}"
     );
     assert_eq!(
-        log.matches("at the last stop go out again").count(),
+        log.matches("that waited for other servers go out again")
+            .count(),
         1,
         "{log}"
     );

@@ -10,6 +10,12 @@
 //! or written and not acknowledged) is in its [`Held`], which the table sees too: when the
 //! server stops, [`Links::take_all`] takes everything every link holds, whatever its task is
 //! doing, so that none of it is lost (`parked.rs`).
+//!
+//! Every stanza queued gets a sequence number from one counter, which goes on from the
+//! highest the store holds: it is the stanza's key in `s2s_waiting`, where messages and
+//! presence subscriptions have a row from the moment they are routed until they are
+//! delivered or bounced ([`Queued::kept`]), and orders what waits for a pair over a restart
+//! or a crash.
 
 use crate::session::weight;
 use crate::stanza::Condition;
@@ -26,14 +32,24 @@ pub struct Pair {
     pub remote: String,
 }
 
+/// A stanza for another server, with its sequence number (see the header).
+#[derive(Debug)]
+pub struct Queued {
+    pub el: Element,
+    pub seq: u64,
+    /// Whether a row of `s2s_waiting` holds it (`parked::kept`), to be removed once it is
+    /// delivered or bounced.
+    pub kept: bool,
+}
+
 /// What the task of a link writes.
 pub enum Out {
     /// A stanza, written once the remote server has accepted the local domain.
-    Stanza(Element),
+    Stanza(Queued),
     /// A stanza a link wrote before it died, without the remote server acknowledging it
     /// (XEP-0198): written once more; if this link dies with it unacknowledged too, it goes
     /// back to its sender.
-    Again(Element),
+    Again(Queued),
     /// A dialback verification request (XEP-0220 §2.1.2), which needs no authentication: the
     /// remote server answers whether `key` is what it gave for the stream `id`.
     Verify {
@@ -50,17 +66,50 @@ pub enum Out {
 #[derive(Default)]
 pub struct Held {
     /// Written and not acknowledged yet (XEP-0198).
-    pub unacked: RefCell<VecDeque<(Element, bool)>>,
+    pub unacked: RefCell<VecDeque<(Queued, bool)>>,
     /// Waiting for the stream to be ready.
-    pub waiting: RefCell<VecDeque<(Element, bool)>>,
+    pub waiting: RefCell<VecDeque<(Queued, bool)>>,
 }
 
 impl Held {
     /// Everything held, in the order it was queued: what was written came before what waits.
-    pub fn take(&self) -> VecDeque<(Element, bool)> {
+    pub fn take(&self) -> VecDeque<(Queued, bool)> {
         let mut all = std::mem::take(&mut *self.unacked.borrow_mut());
         all.append(&mut self.waiting.borrow_mut());
         all
+    }
+
+    /// The other server handled the `n` oldest stanzas written (XEP-0198): they leave, and
+    /// what is done with them is `Delivered`.
+    pub fn acknowledged(&self, n: usize) -> Delivered {
+        let mut unacked = self.unacked.borrow_mut();
+        let n = n.min(unacked.len());
+        Delivered::of(unacked.drain(..n).map(|(q, _)| q))
+    }
+}
+
+/// Stanzas that left a link delivered: their bytes leave its queue, and their rows of
+/// `s2s_waiting` (the sequence numbers of the kept ones) are to be removed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Delivered {
+    pub bytes: usize,
+    pub seqs: Vec<u64>,
+}
+
+impl Delivered {
+    pub fn of(done: impl IntoIterator<Item = Queued>) -> Delivered {
+        let mut d = Delivered::default();
+        for q in done {
+            d.add(&q);
+        }
+        d
+    }
+
+    pub fn add(&mut self, q: &Queued) {
+        self.bytes += weight(&q.el);
+        if q.kept {
+            self.seqs.push(q.seq);
+        }
     }
 }
 
@@ -89,6 +138,8 @@ struct Link {
 
 pub struct Links {
     links: RefCell<HashMap<Pair, Link>>,
+    /// The sequence number of the next stanza queued.
+    next_seq: Cell<u64>,
     /// Every link from its making to the end of its task, by id: the order they were made in.
     live: RefCell<BTreeMap<u64, Live>>,
     next_id: Cell<u64>,
@@ -99,6 +150,7 @@ impl Default for Links {
     fn default() -> Links {
         Links {
             links: RefCell::default(),
+            next_seq: Cell::new(1),
             live: RefCell::default(),
             next_id: Cell::new(1),
             new: smol::channel::unbounded(),
@@ -107,16 +159,28 @@ impl Default for Links {
 }
 
 impl Links {
-    /// Queues `el` for the remote domain; gives it back with the error for its sender when
+    /// Numbers from now on follow `last`, the highest the store holds.
+    pub fn seqs_after(&self, last: u64) {
+        self.next_seq.set(self.next_seq.get().max(last + 1));
+    }
+
+    /// The sequence number of a stanza about to be queued.
+    pub fn next_seq(&self) -> u64 {
+        let seq = self.next_seq.get();
+        self.next_seq.set(seq + 1);
+        seq
+    }
+
+    /// Queues `q` for the remote domain; gives it back with the error for its sender when
     /// it cannot wait.
     pub fn send(
         &self,
         pair: Pair,
-        el: Element,
+        q: Queued,
         max_bytes: usize,
         max_links: usize,
-    ) -> Result<(), (Element, Condition)> {
-        let size = weight(&el);
+    ) -> Result<(), (Queued, Condition)> {
+        let size = weight(&q.el);
         let mut links = self.links.borrow_mut();
         if let Some(l) = links.get(&pair) {
             let queued = l.queued.get();
@@ -126,15 +190,15 @@ impl Links {
                     queued,
                     pair.remote
                 );
-                return Err((el, Condition::ResourceConstraint));
+                return Err((q, Condition::ResourceConstraint));
             }
-            return match l.tx.try_send(Out::Stanza(el)) {
+            return match l.tx.try_send(Out::Stanza(q)) {
                 Ok(()) => {
                     l.queued.set(queued + size);
                     Ok(())
                 }
                 Err(e) => match e.into_inner() {
-                    Out::Stanza(el) => Err((el, Condition::RemoteServerNotFound)),
+                    Out::Stanza(q) => Err((q, Condition::RemoteServerNotFound)),
                     _ => unreachable!("a stanza was sent"),
                 },
             };
@@ -144,11 +208,11 @@ impl Links {
                 "connected to {max_links} servers already; not connecting to {}",
                 pair.remote
             );
-            return Err((el, Condition::ResourceConstraint));
+            return Err((q, Condition::ResourceConstraint));
         }
         let l = self.open(&mut links, pair);
         l.queued.set(size);
-        let _ = l.tx.try_send(Out::Stanza(el));
+        let _ = l.tx.try_send(Out::Stanza(q));
         Ok(())
     }
 
@@ -158,9 +222,9 @@ impl Links {
     pub fn send_again(
         &self,
         pair: Pair,
-        els: Vec<Element>,
+        els: Vec<Queued>,
         max_links: usize,
-    ) -> Vec<(Element, Condition)> {
+    ) -> Vec<(Queued, Condition)> {
         let mut links = self.links.borrow_mut();
         if !links.contains_key(&pair) && links.len() >= max_links {
             return els
@@ -177,7 +241,7 @@ impl Links {
                 refused.push((el, Condition::RemoteServerTimeout));
                 continue;
             };
-            let size = weight(&el);
+            let size = weight(&el.el);
             match l.tx.try_send(Out::Again(el)) {
                 Ok(()) => l.queued.set(l.queued.get() + size),
                 Err(e) => {
@@ -248,13 +312,13 @@ impl Links {
     /// queued (what a link wrote and was not acknowledged, what waits for its stream, what
     /// waits in its queue; an older link's before a newer one's). Every link leaves the
     /// table, so what is routed afterwards makes new ones; the tasks are not to run again.
-    pub fn take_all(&self) -> Vec<(Pair, Element)> {
+    pub fn take_all(&self) -> Vec<(Pair, Queued)> {
         for (_, l) in self.links.borrow_mut().drain() {
             l.tx.close();
         }
         let mut out = Vec::new();
         for (_, live) in std::mem::take(&mut *self.live.borrow_mut()) {
-            let mut els: Vec<Element> = live.held.take().into_iter().map(|(el, _)| el).collect();
+            let mut els: Vec<Queued> = live.held.take().into_iter().map(|(q, _)| q).collect();
             while let Ok(o) = live.rx.try_recv() {
                 match o {
                     Out::Stanza(el) | Out::Again(el) => els.push(el),
@@ -315,9 +379,14 @@ mod tests {
         }
     }
 
-    fn msg(body: &str) -> Element {
-        Element::new("message", ns::CLIENT)
-            .with_child(Element::new("body", ns::CLIENT).with_text(body))
+    /// A kept message whose sequence number is its body's when that is a number.
+    fn msg(body: &str) -> Queued {
+        Queued {
+            el: Element::new("message", ns::CLIENT)
+                .with_child(Element::new("body", ns::CLIENT).with_text(body)),
+            seq: body.parse().unwrap_or(0),
+            kept: true,
+        }
     }
 
     #[test]
@@ -349,8 +418,8 @@ mod tests {
         );
     }
 
-    fn body(el: &Element) -> String {
-        el.child("body", ns::CLIENT).unwrap().text()
+    fn body(q: &Queued) -> String {
+        q.el.child("body", ns::CLIENT).unwrap().text()
     }
 
     /// A link that left the table while its task still runs (closing its connection) holds
@@ -399,5 +468,51 @@ mod tests {
         let refused = links.send_again(pair("b.example"), vec![msg("2")], 1);
         assert_eq!(refused.len(), 1);
         assert_eq!(refused[0].1, Condition::RemoteServerTimeout);
+    }
+
+    /// An acknowledgement takes the oldest stanzas written, their bytes, and the rows of the
+    /// kept ones among them (not those of presence or iqs, which have none); one of more than
+    /// was written takes what there is.
+    #[test]
+    fn an_acknowledgement_gives_the_rows_of_what_it_covers() {
+        let held = Held::default();
+        let presence = Queued {
+            el: Element::new("presence", ns::CLIENT),
+            seq: 3,
+            kept: false,
+        };
+        for (q, again) in [(msg("1"), false), (msg("2"), true), (presence, false)] {
+            held.unacked.borrow_mut().push_back((q, again));
+        }
+        held.unacked.borrow_mut().push_back((msg("4"), false));
+        let size = |b: &str| weight(&msg(b).el);
+        assert_eq!(held.acknowledged(0), Delivered::default());
+        assert_eq!(
+            held.acknowledged(1),
+            Delivered {
+                bytes: size("1"),
+                seqs: vec![1]
+            }
+        );
+        let d = held.acknowledged(2);
+        assert_eq!(d.seqs, [2], "the presence has no row");
+        assert_eq!(
+            d.bytes,
+            size("2") + weight(&Element::new("presence", ns::CLIENT))
+        );
+        let left: Vec<u64> = held.unacked.borrow().iter().map(|(q, _)| q.seq).collect();
+        assert_eq!(left, [4]);
+        assert_eq!(held.acknowledged(5).seqs, [4]);
+        assert!(held.take().is_empty());
+    }
+
+    #[test]
+    fn sequence_numbers_go_on_from_the_stores() {
+        let links = Links::default();
+        assert_eq!(links.next_seq(), 1);
+        links.seqs_after(41);
+        assert_eq!(links.next_seq(), 42);
+        links.seqs_after(7);
+        assert_eq!(links.next_seq(), 43, "never back");
     }
 }

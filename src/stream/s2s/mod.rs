@@ -2,7 +2,7 @@
 //! to other servers (`links`), the connections that carry them (`outgoing`), connections other
 //! servers make (`incoming`), where servers are (`resolve`), certificates (`tls`),
 //! dialback keys (XEP-0220 with XEP-0185's keys), and what waits for other servers over a
-//! restart (`parked`).
+//! crash or a restart (`parked`).
 //!
 //! Which domains are talked to at all is `federation.enabled`, or `federation.push_services`
 //! alone when it is off (`FederationConfig::allows`): the router sends nowhere else, and
@@ -16,7 +16,7 @@ pub mod parked;
 pub mod resolve;
 pub mod tls;
 
-pub use links::{Links, NewLink, Out, Pair};
+pub use links::{Delivered, Links, NewLink, Out, Pair, Queued};
 
 use crate::config::{Config, FederationConfig};
 use crate::listener::Listener;

@@ -26,15 +26,16 @@
 //!
 //! What the link holds (waiting for the stream, written and not acknowledged) is kept in its
 //! `Held`, which the router's table sees too: when the server stops, it takes all of it
-//! from there, whatever this task is doing at that moment (see `parked.rs`).
+//! from there, whatever this task is doing at that moment (see `parked.rs`). What is
+//! delivered (acknowledged, or written on a stream without acknowledgements) loses its row
+//! of `s2s_waiting`, one trailing write per acknowledgement or per write to the socket.
 
 use super::incoming::Verdict;
 use super::io::Stream;
 use super::resolve::{self, Candidate};
-use super::{NewLink, Out, Pair};
+use super::{Delivered, NewLink, Out, Pair, Queued, parked};
 use crate::router;
 use crate::server::Server;
-use crate::session::weight;
 use crate::stanza::Condition;
 use crate::xml::reader::StreamEvent;
 use crate::xml::{Element, ns};
@@ -85,6 +86,8 @@ struct Outgoing {
     sm: Option<Acks>,
     /// Whether `<enable/>` was sent (or stream management is not offered): once per stream.
     sm_tried: bool,
+    /// Written without stream management since the last flush: delivered once flushed.
+    written: Delivered,
     /// Verification requests that wait for a moment they may be sent.
     verifies: Vec<(String, String, Sender<Verdict>)>,
     /// Verification requests sent, by stream id, with when.
@@ -126,6 +129,7 @@ async fn run(server: Rc<Server>, link: NewLink) {
         state: State::Open,
         sm: None,
         sm_tried: false,
+        written: Delivered::default(),
         verifies: Vec::new(),
         asked: HashMap::new(),
         deadline,
@@ -194,11 +198,9 @@ async fn end(
     link.queued.set(0);
     let (again, mut undelivered): (Vec<_>, Vec<_>) =
         left.into_iter().partition(|(_, tried)| retry && !tried);
-    let again: Vec<Element> = again.into_iter().map(|(el, _)| el).collect();
-    let mut undelivered: Vec<(Element, Condition)> = undelivered
-        .drain(..)
-        .map(|(el, _)| (el, condition))
-        .collect();
+    let again: Vec<Queued> = again.into_iter().map(|(q, _)| q).collect();
+    let mut undelivered: Vec<(Queued, Condition)> =
+        undelivered.drain(..).map(|(q, _)| (q, condition)).collect();
     if !again.is_empty() {
         log::info!(
             "{} stanzas for {} go out again over a new link",
@@ -215,6 +217,11 @@ async fn end(
             link.pair.remote,
             condition.as_str()
         );
+        let pair = &link.pair;
+        let undelivered = undelivered
+            .into_iter()
+            .map(|(q, c)| (pair.clone(), q, c))
+            .collect();
         router::bounce_remote(server, undelivered).await;
     }
 }
@@ -411,12 +418,24 @@ impl Outgoing {
             self.send_verifies();
             if self.state == State::Ready {
                 self.enable_sm();
-                while let Some((el, again)) = self.next_waiting() {
-                    self.write_stanza(el, again);
+                while let Some((q, again)) = self.next_waiting() {
+                    self.write_stanza(q, again);
                 }
                 self.request_ack();
             }
-            if !self.s.flush().await {
+            let flushed = self.s.flush().await;
+            // Written, whether or not the flush got it out: with no acknowledgements, nothing
+            // more is known of it, and the link keeps it no more.
+            let written = std::mem::take(&mut self.written);
+            if !written.seqs.is_empty() {
+                log::debug!(
+                    "{} kept stanzas were written to {} without acknowledgements",
+                    written.seqs.len(),
+                    self.pair().remote
+                );
+            }
+            self.delivered(written);
+            if !flushed {
                 return Some(Failure(
                     Condition::RemoteServerTimeout,
                     "the connection was lost".into(),
@@ -538,23 +557,25 @@ impl Outgoing {
         waiting.push_back((el, again));
     }
 
-    fn next_waiting(&self) -> Option<(Element, bool)> {
+    fn next_waiting(&self) -> Option<(Queued, bool)> {
         self.link.held.waiting.borrow_mut().pop_front()
     }
 
     /// Writes a stanza; under stream management it is kept until acknowledged, its bytes
     /// still counted in the link's queue.
-    fn write_stanza(&mut self, el: Element, again: bool) {
-        self.s.write(&el);
+    fn write_stanza(&mut self, q: Queued, again: bool) {
+        self.s.write(&q.el);
         match &self.sm {
-            Some(_) => self.link.held.unacked.borrow_mut().push_back((el, again)),
-            None => self.dequeued(&el),
+            Some(_) => self.link.held.unacked.borrow_mut().push_back((q, again)),
+            None => self.written.add(&q),
         }
     }
 
-    fn dequeued(&self, el: &Element) {
+    /// Stanzas left the link delivered: their bytes leave its queue, their rows the store.
+    fn delivered(&self, d: Delivered) {
         let q = &self.link.queued;
-        q.set(q.get().saturating_sub(weight(el)));
+        q.set(q.get().saturating_sub(d.bytes));
+        parked::forget_later(&self.server.router.store, &self.link.pair, d.seqs);
     }
 
     /// XEP-0198 §3, once the stream is ready: enabled if the other server offers it. Stanzas
@@ -601,13 +622,13 @@ impl Outgoing {
         };
         acks.acked = h;
         acks.asked = None;
-        let done: Vec<Element> = {
-            let mut unacked = self.link.held.unacked.borrow_mut();
-            unacked.drain(..n).map(|(el, _)| el).collect()
-        };
-        for el in &done {
-            self.dequeued(el);
-        }
+        let done = self.link.held.acknowledged(n);
+        self.delivered(done);
+        log::debug!(
+            "{} has handled {h} stanzas from {}",
+            self.pair().remote,
+            self.pair().local
+        );
         None
     }
 
@@ -715,9 +736,7 @@ impl Outgoing {
                 );
                 if self.sm.take().is_some() {
                     let unacked = std::mem::take(&mut *self.link.held.unacked.borrow_mut());
-                    for (el, _) in &unacked {
-                        self.dequeued(el);
-                    }
+                    self.delivered(Delivered::of(unacked.into_iter().map(|(q, _)| q)));
                 }
                 None
             }
