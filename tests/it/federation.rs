@@ -142,6 +142,36 @@ fn messages_presence_and_iqs_cross_with_dialback() {
     alice.expect("<presence type='unavailable' from='bob@b.test/laptop'/>");
 }
 
+/// XEP-0368: each server listens for TLS from the first byte only, and knows the other's
+/// address for that (`hosts_tls`, as an `_xmpps-server` SRV record would say): messages
+/// cross both ways over direct TLS.
+#[test]
+fn messages_cross_over_direct_tls_both_ways() {
+    let (ia, ib) = addresses();
+    let fed = |me: IpAddr, other: &str, there: IpAddr| {
+        format!(
+            "[federation]\nenabled = true\nlisten = []\nlisten_tls = [\"{me}:5270\"]\n\
+             hosts_tls = {{ \"{other}\" = \"{there}:5270\" }}\nconnect_timeout_secs = 10\n"
+        )
+    };
+    let a = TestServer::start_domain("a.test", &fed(ia, "b.test", ib));
+    let b = TestServer::start_domain("b.test", &fed(ib, "a.test", ia));
+    a.add_users(&["alice"]);
+    b.add_users(&["bob"]);
+    let mut alice = Client::online(&a, "alice", "phone");
+    let mut bob = Client::online(&b, "bob", "laptop");
+    alice.send_message("bob@b.test", "chat", "over direct tls");
+    bob.expect(
+        "<message from='alice@a.test/phone' to='bob@b.test' type='chat'><body>over direct tls</body></message>",
+    );
+    bob.send_message("alice@a.test/phone", "chat", "and back");
+    alice.expect("<message from='bob@b.test/laptop' type='chat'><body>and back</body></message>");
+    // Nothing listens for STARTTLS: both links are TLS from the first byte.
+    b.wait_for_log("direct TLS: true", 1, TIMEOUT);
+    a.wait_for_log("direct TLS: true", 1, TIMEOUT);
+    a.wait_for_log("b.test accepted a.test (dialback)", 1, TIMEOUT);
+}
+
 #[test]
 fn a_message_for_someone_offline_there_is_kept_there() {
     let p = servers("", "", "", "");

@@ -547,6 +547,8 @@ impl TestServer {
                 "c2s" => c2s = Some(addr),
                 "c2s_tls" => c2s_tls = Some(addr),
                 "s2s" => self.s2s = Some(addr),
+                // A server that only takes direct TLS from others has that listener alone.
+                "s2s_tls" if self.s2s.is_none() => self.s2s = Some(addr),
                 "https" => https = Some(addr),
                 _ => {}
             }
