@@ -1,6 +1,7 @@
 //! Federation between two real servers: `a.test` and `b.test`, each on its own loopback
 //! address (all of 127/8 is loopback on Linux) with port 5269, each told where the other is
-//! by `federation.hosts`. Messages, presence subscriptions and iqs cross; dialback with the
+//! by `federation.hosts`. Messages, presence subscriptions and iqs cross (over STARTTLS, and
+//! over direct TLS with `hosts_tls`); dialback with the
 //! self-signed certificates each makes; SASL EXTERNAL with certificates of a shared test
 //! authority; refusal when valid certificates are required; bounces when the other server is
 //! not there or does not answer; the archive and carbons with a remote contact; a remote
