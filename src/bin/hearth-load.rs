@@ -47,7 +47,7 @@ use futures_rustls::TlsConnector;
 use futures_rustls::client::TlsStream;
 use hmac::{Hmac, Mac};
 use rustls::pki_types::ServerName;
-use sha1::{Digest, Sha1};
+use sha1::Sha1;
 use smol::io::{AsyncReadExt, AsyncWriteExt};
 use smol::net::TcpStream;
 use smol::{LocalExecutor, Timer};
@@ -307,23 +307,7 @@ fn scram_final(password: &str, first_bare: &str, challenge: &str) -> std::io::Re
             .map_err(|_| bad("challenge not base64"))?,
     )
     .map_err(|_| bad("challenge not UTF-8"))?;
-    let (mut nonce, mut salt, mut iters) = ("", Vec::new(), 0u32);
-    for part in server_first.split(',') {
-        match part.split_at_checked(2) {
-            Some(("r=", v)) => nonce = v,
-            Some(("s=", v)) => salt = B64.decode(v).map_err(|_| bad("bad salt"))?,
-            Some(("i=", v)) => iters = v.parse().map_err(|_| bad("bad iteration count"))?,
-            _ => {}
-        }
-    }
-    let salted = pbkdf2::pbkdf2_hmac_array::<Sha1, 20>(password.as_bytes(), &salt, iters);
-    let client_key = hmac(&salted, b"Client Key");
-    let stored = Sha1::digest(&client_key);
-    let without_proof = format!("c=biws,r={nonce}");
-    let auth_message = format!("{first_bare},{server_first},{without_proof}");
-    let sig = hmac(&stored, auth_message.as_bytes());
-    let proof: Vec<u8> = client_key.iter().zip(&sig).map(|(a, b)| a ^ b).collect();
-    Ok(format!("{without_proof},p={}", B64.encode(proof)))
+    comeback::scram_final(password, first_bare, &server_first)
 }
 
 /// Logs in with SCRAM-SHA-1, binds and, if `presence`, sends initial presence.

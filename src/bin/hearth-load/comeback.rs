@@ -218,7 +218,11 @@ fn scram_first(user: &str) -> (String, String) {
     (format!("n,,{bare}"), bare)
 }
 
-fn scram_final(password: &str, first_bare: &str, server_first: &str) -> std::io::Result<String> {
+pub fn scram_final(
+    password: &str,
+    first_bare: &str,
+    server_first: &str,
+) -> std::io::Result<String> {
     let (mut nonce, mut salt, mut iters) = ("", Vec::new(), 0u32);
     for part in server_first.split(',') {
         match part.split_at_checked(2) {

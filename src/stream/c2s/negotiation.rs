@@ -125,13 +125,7 @@ impl Conn {
                 Some(Stage::Authenticate)
             }
             Phase::Authenticated(..) | Phase::Bound(_) => {
-                features.push(Element::new("bind", ns::BIND));
-                features.push(
-                    Element::new("session", ns::SESSION)
-                        .with_child(Element::new("optional", ns::SESSION)),
-                );
-                features.push(Element::new("sm", ns::SM));
-                features.push(Element::new("csi", ns::CSI));
+                bind_features(&mut features);
                 Some(Stage::Bind)
             }
         };
@@ -473,4 +467,15 @@ impl Conn {
         self.tls = None;
         Ok(full)
     }
+}
+
+/// The features of an authenticated stream that a client binds on: resource binding, the
+/// RFC 3921 session (optional, for old clients), stream management and client state.
+pub(super) fn bind_features(features: &mut Element) {
+    features.push(Element::new("bind", ns::BIND));
+    features.push(
+        Element::new("session", ns::SESSION).with_child(Element::new("optional", ns::SESSION)),
+    );
+    features.push(Element::new("sm", ns::SM));
+    features.push(Element::new("csi", ns::CSI));
 }

@@ -221,13 +221,7 @@ impl Conn {
                 self.module_features(Stage::Bind, &mut features);
             }
             _ => {
-                features.push(Element::new("bind", ns::BIND));
-                features.push(
-                    Element::new("session", ns::SESSION)
-                        .with_child(Element::new("optional", ns::SESSION)),
-                );
-                features.push(Element::new("sm", ns::SM));
-                features.push(Element::new("csi", ns::CSI));
+                super::negotiation::bind_features(&mut features);
                 self.module_features(Stage::Bind, &mut features);
             }
         }
