@@ -1118,50 +1118,32 @@ fn send_acknowledged(alice: &mut Client, bodies: &[&str]) {
 /// order, before what alice sends next.
 #[test]
 fn messages_waiting_for_another_server_survive_a_restart() {
-    let (ia, ib) = addresses();
-    let mut silent = Silent::new(SocketAddr::new(ib, 5269));
-    let mut a = TestServer::start_domain(
-        "a.test",
-        &federation(ia, "b.test", ib, "connect_timeout_secs = 60"),
-    );
-    a.add_users(&["alice"]);
-    let mut alice = Client::user(&a, "alice", "phone");
-    send_acknowledged(&mut alice, &["m1", "m2", "m3"]);
-    silent.accept();
-    drop(alice);
-    let status = a.stop();
-    assert!(status.success(), "hearth exited with {status} on SIGTERM");
-    a.wait_for_log(
-        "3 stanzas from a.test wait for b.test; they go out after the next start",
-        1,
-        TIMEOUT,
-    );
-    drop(silent);
-
-    let b = TestServer::start_domain("b.test", &federation(ib, "a.test", ia, ""));
-    b.add_users(&["bob"]);
-    let mut bob = Client::online(&b, "bob", "laptop");
-    a.restart();
-    a.wait_for_log(
-        "3 stanzas that waited for other servers go out again",
-        1,
-        TIMEOUT,
-    );
-    for body in ["m1", "m2", "m3"] {
-        bob.expect(&format!(
-            "<message from='alice@a.test/phone' to='bob@b.test' type='chat'><body>{body}</body></message>"
-        ));
-    }
-    let mut alice = Client::online(&a, "alice", "phone");
-    alice.send_message("bob@b.test", "chat", "after");
-    bob.expect("<message from='alice@a.test/phone'><body>after</body></message>");
-    assert_server_ok(&a, "alice");
+    waiting_messages_reach_b_after(|a, alice| {
+        drop(alice);
+        let status = a.stop();
+        assert!(status.success(), "hearth exited with {status} on SIGTERM");
+        a.wait_for_log(
+            "3 stanzas from a.test wait for b.test; they go out after the next start",
+            1,
+            TIMEOUT,
+        );
+    });
 }
 
 /// The same with a crash: a is killed (SIGKILL) with alice's acknowledged messages still
 /// waiting in the link, and bob gets each once, in order, when a is back.
 #[test]
 fn messages_waiting_for_another_server_survive_a_crash() {
+    waiting_messages_reach_b_after(|a, alice| {
+        a.kill_hard();
+        drop(alice);
+    });
+}
+
+/// alice's three acknowledged messages wait in a's link to a b.test that accepts and says
+/// nothing; `stop` ends a (and alice's client); b.test's real server then takes the address
+/// and a starts again: bob gets each message once, in order, before what alice sends next.
+fn waiting_messages_reach_b_after(stop: impl FnOnce(&mut TestServer, Client)) {
     let (ia, ib) = addresses();
     let mut silent = Silent::new(SocketAddr::new(ib, 5269));
     let mut a = TestServer::start_domain(
@@ -1172,8 +1154,7 @@ fn messages_waiting_for_another_server_survive_a_crash() {
     let mut alice = Client::user(&a, "alice", "phone");
     send_acknowledged(&mut alice, &["m1", "m2", "m3"]);
     silent.accept();
-    a.kill_hard();
-    drop(alice);
+    stop(&mut a, alice);
     drop(silent);
 
     let b = TestServer::start_domain("b.test", &federation(ib, "a.test", ia, ""));
