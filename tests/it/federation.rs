@@ -1178,6 +1178,15 @@ fn waiting_messages_reach_b_after(stop: impl FnOnce(&mut TestServer, Client)) {
     assert_server_ok(&a, "alice");
 }
 
+/// Sends alice a message to herself, stored offline, and waits for its acknowledgement (the
+/// `h`-th stanza of her stream), which comes once it is durable: the store's writer commits
+/// in order, so everything submitted before it is durable too.
+fn after_earlier_writes(alice: &mut Client, h: u32) {
+    alice.send_message("alice@a.test", "chat", "sync");
+    alice.send(&format!("<r xmlns='{SM}'/>"));
+    alice.expect(&format!("<a xmlns='{SM}' h='{h}'/>"));
+}
+
 /// What b.test acknowledged on the link (XEP-0198) leaves a's store: a killed (SIGKILL) after
 /// it and started again sends none of it again.
 #[test]
@@ -1192,12 +1201,8 @@ fn what_the_other_server_acknowledged_is_not_sent_again_after_a_crash() {
         ));
     }
     p.a.wait_for_log("b.test has handled 3 stanzas from a.test", 1, TIMEOUT);
-    // A message to herself, stored offline and acknowledged once that is durable: the
-    // store's writer commits in order, so the rows b.test's acknowledgement removed are gone
-    // by then.
-    alice.send_message("alice@a.test", "chat", "sync");
-    alice.send(&format!("<r xmlns='{SM}'/>"));
-    alice.expect(&format!("<a xmlns='{SM}' h='4'/>"));
+    // The rows b.test's acknowledgement removed are gone once this is acknowledged.
+    after_earlier_writes(&mut alice, 4);
     p.a.kill_hard();
     drop(alice);
 
@@ -1239,10 +1244,7 @@ fn what_a_link_without_acknowledgements_wrote_is_not_sent_again_after_a_crash() 
         1,
         TIMEOUT,
     );
-    // Acknowledged once its offline copy is durable, after what was submitted before it.
-    alice.send_message("alice@a.test", "chat", "sync");
-    alice.send(&format!("<r xmlns='{SM}'/>"));
-    alice.expect(&format!("<a xmlns='{SM}' h='2'/>"));
+    after_earlier_writes(&mut alice, 2);
     a.kill_hard();
     drop(alice);
     drop(link);
