@@ -792,6 +792,13 @@ pub enum Hash {
     Sha256,
 }
 
+/// What a SCRAM client sends last, and what it expects the server to prove.
+pub struct ScramFinal {
+    pub message: String,
+    /// The base64 `v=` of the server-final-message.
+    pub server_signature: String,
+}
+
 impl Hash {
     pub fn hmac(self, key: &[u8], data: &[u8]) -> Vec<u8> {
         use hmac::{Hmac, Mac};
@@ -817,6 +824,38 @@ impl Hash {
         match self {
             Hash::Sha1 => sha1::Sha1::digest(data).to_vec(),
             Hash::Sha256 => sha2::Sha256::digest(data).to_vec(),
+        }
+    }
+
+    /// The client-final-message of SCRAM (RFC 5802 §3) for `server_first`, with `cbind` the
+    /// channel binding input (the GS2 header, and for -PLUS the binding data), and the server
+    /// signature the server's final message must carry.
+    pub fn scram_final(
+        self,
+        password: &str,
+        first_bare: &str,
+        server_first: &str,
+        cbind: &[u8],
+    ) -> ScramFinal {
+        let r = scram_attr(server_first, 'r');
+        let salt = B64
+            .decode(scram_attr(server_first, 's'))
+            .expect("base64 salt");
+        let iterations: u32 = scram_attr(server_first, 'i').parse().expect("numeric i=");
+        let without_proof = format!("c={},r={r}", B64.encode(cbind));
+        let auth_message = format!("{first_bare},{server_first},{without_proof}");
+        let salted = self.salted_password(password, &salt, iterations);
+        let client_key = self.hmac(&salted, b"Client Key");
+        let signature = self.hmac(&self.digest(&client_key), auth_message.as_bytes());
+        let proof: Vec<u8> = client_key
+            .iter()
+            .zip(&signature)
+            .map(|(a, b)| a ^ b)
+            .collect();
+        let server_key = self.hmac(&salted, b"Server Key");
+        ScramFinal {
+            message: format!("{without_proof},p={}", B64.encode(proof)),
+            server_signature: B64.encode(self.hmac(&server_key, auth_message.as_bytes())),
         }
     }
 
@@ -1335,26 +1374,14 @@ impl Client {
             r.starts_with(&nonce),
             "server nonce {r} does not extend ours"
         );
-        let salt = B64
-            .decode(scram_attr(&server_first, 's'))
-            .expect("base64 salt");
-        let iterations: u32 = scram_attr(&server_first, 'i').parse().expect("numeric i=");
-        let without_proof = format!("c={},r={r}", B64.encode(&cbind));
-        let auth_message = format!("{first_bare},{server_first},{without_proof}");
-        let salted = hash.salted_password(password, &salt, iterations);
-        let client_key = hash.hmac(&salted, b"Client Key");
-        let signature = hash.hmac(&hash.digest(&client_key), auth_message.as_bytes());
-        let proof: Vec<u8> = client_key
-            .iter()
-            .zip(&signature)
-            .map(|(a, b)| a ^ b)
-            .collect();
-        let client_final = format!("{without_proof},p={}", B64.encode(proof));
-        let reply = self.sasl("response", "", &client_final);
+        let fin = hash.scram_final(password, &first_bare, &server_first, &cbind);
+        let reply = self.sasl("response", "", &fin.message);
         let server_final = sasl_text(&sasl_step(reply, "success")?);
-        let server_key = hash.hmac(&salted, b"Server Key");
-        let expected = B64.encode(hash.hmac(&server_key, auth_message.as_bytes()));
-        assert_eq!(scram_attr(&server_final, 'v'), expected, "server signature");
+        assert_eq!(
+            scram_attr(&server_final, 'v'),
+            fin.server_signature,
+            "server signature"
+        );
         self.open_stream();
         Ok(())
     }

@@ -87,31 +87,18 @@ fn scram(c: &mut Client, user: &str, password: &str, inline: &str) -> Result<Ele
         "expected a challenge, got {challenge}"
     );
     let server_first = sasl_text(&challenge);
-    let r = scram_attr(&server_first, 'r').to_owned();
-    let salt = B64
-        .decode(scram_attr(&server_first, 's'))
-        .expect("base64 salt");
-    let iterations: u32 = scram_attr(&server_first, 'i').parse().expect("numeric i=");
-    let without_proof = format!("c=biws,r={r}");
-    let auth_message = format!("{first_bare},{server_first},{without_proof}");
-    let salted = hash.salted_password(password, &salt, iterations);
-    let client_key = hash.hmac(&salted, b"Client Key");
-    let signature = hash.hmac(&hash.digest(&client_key), auth_message.as_bytes());
-    let proof: Vec<u8> = client_key
-        .iter()
-        .zip(&signature)
-        .map(|(a, b)| a ^ b)
-        .collect();
-    let fin = format!("{without_proof},p={}", B64.encode(proof));
+    let fin = hash.scram_final(password, &first_bare, &server_first, b"n,,");
     c.send(&format!(
         "<response xmlns='{SASL2}'>{}</response>",
-        B64.encode(fin)
+        B64.encode(fin.message)
     ));
     let success = outcome(c.recv())?;
-    let server_key = hash.hmac(&salted, b"Server Key");
-    let v = B64.encode(hash.hmac(&server_key, auth_message.as_bytes()));
     let data = sasl_text(success.get("additional-data", SASL2));
-    assert_eq!(scram_attr(&data, 'v'), v, "server signature");
+    assert_eq!(
+        scram_attr(&data, 'v'),
+        fin.server_signature,
+        "server signature"
+    );
     after_success(c, &success);
     Ok(success)
 }
