@@ -330,6 +330,18 @@ fn attr<'a>(s: &'a str, tag: &str, name: &str) -> Option<&'a str> {
     None
 }
 
+/// A plain stream up to the server's `<proceed/>` to STARTTLS.
+async fn starttls_on<S: AsyncRead + AsyncWrite + Unpin>(
+    tcp: &mut S,
+    domain: &str,
+) -> std::io::Result<()> {
+    send(tcp, &header(domain)).await?;
+    read_until(tcp, "</stream:features>").await?;
+    send(tcp, "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>").await?;
+    read_until(tcp, "<proceed").await?;
+    Ok(())
+}
+
 /// The first login of the phone, directly to the server: resumable stream management, and a
 /// FAST token for the FAST flows.
 async fn setup(args: &Args, tls: &TlsConnector, flow: &str) -> std::io::Result<(Phone, State)> {
@@ -337,14 +349,7 @@ async fn setup(args: &Args, tls: &TlsConnector, flow: &str) -> std::io::Result<(
     let (mut tcp, _, _) = connect(&args.addr).await?;
     let starttls = flow.starts_with("starttls");
     if starttls {
-        send(&mut tcp, &header(&args.domain)).await?;
-        read_until(&mut tcp, "</stream:features>").await?;
-        send(
-            &mut tcp,
-            "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>",
-        )
-        .await?;
-        read_until(&mut tcp, "<proceed").await?;
+        starttls_on(&mut tcp, &args.domain).await?;
     }
     let mut s = tls.connect(name(args)?, tcp).await?;
     send(&mut s, &header(&args.domain)).await?;
@@ -433,14 +438,7 @@ async fn come_back(
     let start = Instant::now();
     let (mut tcp, up, down) = connect(via).await?;
     if flow.starts_with("starttls") {
-        send(&mut tcp, &header(&args.domain)).await?;
-        read_until(&mut tcp, "</stream:features>").await?;
-        send(
-            &mut tcp,
-            "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>",
-        )
-        .await?;
-        read_until(&mut tcp, "<proceed").await?;
+        starttls_on(&mut tcp, &args.domain).await?;
     }
     let mut s = tls.connect(name(args)?, tcp).await?;
     let resumed_tls = s.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
