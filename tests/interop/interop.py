@@ -411,6 +411,20 @@ def forwarded_body(inner):
     return inner["body"] if isinstance(inner, slixmpp.Message) else None
 
 
+async def muc_service(client, domain):
+    """The room service, found as clients find it: in the server's disco#items, saying it is
+    a MUC service in its disco#info."""
+    disco = client.x.plugin["xep_0030"]
+    items = await disco.get_items(jid=domain, timeout=WAIT)
+    services = [str(i[0]) for i in items["disco_items"]["items"]]
+    service = f"muc.{domain}"
+    check(service in services, f"the server's disco items {services} lack {service}")
+    info = await disco.get_info(jid=service, timeout=WAIT)
+    check("http://jabber.org/protocol/muc" in info["disco_info"]["features"],
+          f"{service} does not say it is a MUC service: {short(info)}")
+    return service
+
+
 async def send_message_barrier(client):
     """Round trip to the server: stanzas the client sent before it have been handled."""
     iq = client.x.Iq()
@@ -842,13 +856,7 @@ class Run:
                                      f"{c.name}: own initial presence")
 
             disco = desktop.x.plugin["xep_0030"]
-            items = await disco.get_items(jid=d, timeout=WAIT)
-            services = [str(i[0]) for i in items["disco_items"]["items"]]
-            service = f"muc.{d}"
-            check(service in services, f"the server's disco items {services} lack {service}")
-            info = await disco.get_info(jid=service, timeout=WAIT)
-            check("http://jabber.org/protocol/muc" in info["disco_info"]["features"],
-                  f"{service} does not say it is a MUC service: {short(info)}")
+            service = await muc_service(desktop, d)
             room = slixmpp.JID(f"family-{uuid.uuid4().hex[:8]}@{service}")
             muc_dad, muc_mum = desktop.x.plugin["xep_0045"], phone.x.plugin["xep_0045"]
             # The room's presences as they arrive: slixmpp's plugin hides them from the
@@ -1805,13 +1813,7 @@ class Run:
         room's archive (XEP-0313), and b's leaving reaches a."""
         a, b = self.a, self.b
         disco = a.x.plugin["xep_0030"]
-        items = await disco.get_items(jid=self.args.domain, timeout=WAIT)
-        services = [str(i[0]) for i in items["disco_items"]["items"]]
-        service = f"muc.{self.args.domain}"
-        check(service in services, f"the server's disco items {services} lack {service}")
-        info = await disco.get_info(jid=service, timeout=WAIT)
-        check("http://jabber.org/protocol/muc" in info["disco_info"]["features"],
-              f"{service} does not say it is a MUC service: {short(info)}")
+        service = await muc_service(a, self.args.domain)
         room = slixmpp.JID(f"interop-{uuid.uuid4().hex[:8]}@{service}")
         muc_a, muc_b = a.x.plugin["xep_0045"], b.x.plugin["xep_0045"]
         pres, _subject, _occupants, _history = await muc_a.join_muc_wait(room, "Alice", timeout=WAIT)
