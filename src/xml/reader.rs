@@ -149,6 +149,14 @@ impl StreamReader {
         self.bom_allowed = true;
     }
 
+    /// The peer ended its stream: ready for another, but what follows in the same bytes is no
+    /// longer the start of an entity, so a byte order mark there is refused however the bytes
+    /// were cut (only a restart the server asks for allows one again).
+    fn closed(&mut self) {
+        self.restart();
+        self.bom_allowed = false;
+    }
+
     /// Drops unread bytes as well: after STARTTLS nothing sent in the clear may be used.
     pub fn reset(&mut self) {
         self.restart();
@@ -304,7 +312,7 @@ impl StreamReader {
                     }
                     None if self.stream_qname.as_deref() == Some(name) => {
                         out.push(StreamEvent::Close);
-                        self.restart();
+                        self.closed();
                         Ok(())
                     }
                     None => Err(err(C::NotWellFormed, "unexpected end tag")),
@@ -435,7 +443,7 @@ impl StreamReader {
             out.push(StreamEvent::Open(header));
             if empty {
                 out.push(StreamEvent::Close);
-                self.restart();
+                self.closed();
             }
             return Ok(());
         }
@@ -491,7 +499,7 @@ impl StreamReader {
             (false, _, _) => Err(err(C::InvalidNamespace, "expected <open/>")),
             (true, true, "close") => {
                 out.push(StreamEvent::Close);
-                self.restart();
+                self.closed();
                 Ok(())
             }
             (true, true, _) => Err(err(C::InvalidXml, "the stream is already open")),
@@ -1108,5 +1116,17 @@ mod tests {
         let input = format!("{HEADER}<message><x><![CDATA[]]></x><y><![CDATA[]]>a</y></message>");
         let got = run(&[input.as_bytes()]).unwrap();
         assert_eq!(stanzas(&got), ["<message><x/><y>a</y></message>"]);
+    }
+
+    /// Found by the `xml_reader` fuzz target: a byte order mark right after a stream that
+    /// closed itself was an error when it came in the same piece and skipped when it began
+    /// the next one.
+    #[test]
+    fn a_byte_order_mark_after_a_closed_stream_is_refused_at_any_cut() {
+        let input = b"<stream s='urn:x'/>\xEF\xBB\xBF<a/>";
+        assert!(run(&[input]).is_err());
+        for i in 0..=input.len() {
+            assert!(run(&[&input[..i], &input[i..]]).is_err(), "split at {i}");
+        }
     }
 }
