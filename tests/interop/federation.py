@@ -12,7 +12,8 @@ Round "dialback": a presence subscription both ways (each then sees the other's 
 messages both ways with their carbons on h2 and their stanza-ids (XEP-0359), iqs across
 (ping and disco#info, to the other server and to a client there), hal's archive (XEP-0313)
 with pat holding exactly what was exchanged, and the servers' logs saying they accepted each
-other by dialback. What hal exchanged with pat is written to --state for the next round.
+other by dialback and that Prosody answered the pings (XEP-0199) that confirm, on a link
+without stream management, what hearth wrote before them. What hal exchanged with pat is written to --state for the next round.
 
 Round "certificate": after both restarted, the subscription is still there on both sides and
 each server tells its user the other's presence (hearth by probing Prosody), messages cross
@@ -289,7 +290,12 @@ class Fed:
             await wait_for_log(p, rf"verified dialback key\.\.\. it is valid", "Prosody's key check")
             await wait_for_log(p, rf"connection {re.escape(hd)}->{re.escape(pd)} is now authenticated",
                                "Prosody accepting hearth")
-            self.notes.append("dialback both ways (self-signed certificates)")
+            # No stream management on these links: what hearth wrote is delivered once Prosody
+            # answered the ping hearth sent after it (over Prosody's own link).
+            await wait_for_log(h, rf"{re.escape(pd)} has read [1-9]\d* stanzas from "
+                               rf"{re.escape(hd)} \(ping answered\)", "hearth's link to Prosody")
+            self.notes.append("dialback both ways (self-signed certificates), pings confirming "
+                              "hearth's writes")
         else:
             await wait_for_log(h, rf"{re.escape(pd)} accepted {re.escape(hd)} \(certificate\)",
                                "hearth's link to Prosody")

@@ -1219,10 +1219,47 @@ fn what_the_other_server_acknowledged_is_not_sent_again_after_a_crash() {
     assert!(!log.contains("go out again"), "{log}");
 }
 
-/// On a link without stream management, a message written to the socket is all a can know
-/// of it: it leaves the store then, and a crash after that sends it to nobody again.
+/// b.test's own connection to a, authenticated with a certificate of `ca` (SASL EXTERNAL):
+/// how the server the test plays answers what a asks it.
+fn inbound_from_b(a: &TestServer, ca: &Authority) -> Peer {
+    let (_, cert, key) = ca.issue("b.test");
+    let trust = a.cert_path().display().to_string();
+    let mut b = Peer::connect(
+        a.s2s.unwrap(),
+        "b.test",
+        "a.test",
+        &trust,
+        Some((cert, key)),
+    );
+    b.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>");
+    b.until("<success");
+    b.send(
+        "<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' \
+         from='b.test' to='a.test' version='1.0'>",
+    );
+    b.until("</stream:features>");
+    b
+}
+
+/// Reads a's next ping on `link` (after what came before it) and returns its id.
+#[track_caller]
+fn ping_on(link: &mut FakeLink) -> String {
+    let iq = link.until("</iq>");
+    let iq = &iq[iq.rfind("<iq").unwrap_or_else(|| panic!("no iq in {iq}"))..];
+    assert!(
+        iq.contains("type='get'") && iq.contains("<ping xmlns='urn:xmpp:ping'/>"),
+        "{iq}"
+    );
+    let id = iq.split("id='").nth(1).and_then(|r| r.split('\'').next());
+    id.unwrap_or_else(|| panic!("no id in {iq}")).to_owned()
+}
+
+/// On a link without stream management, a ping after what was written (XEP-0199) stands in
+/// for the acknowledgement: until b.test answers it, over its own connection to a, the
+/// message is kept, so a link that dies, or a crash, sends it again; once answered (an error
+/// answers too), it leaves the store, and a crash after that sends it to nobody again.
 #[test]
-fn what_a_link_without_acknowledgements_wrote_is_not_sent_again_after_a_crash() {
+fn on_a_link_without_stream_management_a_ping_answer_delivers_what_was_written() {
     let ca = Authority::new();
     let (ia, ib) = addresses();
     let fake = FakeServer::new(ib, &ca);
@@ -1230,27 +1267,63 @@ fn what_a_link_without_acknowledgements_wrote_is_not_sent_again_after_a_crash() 
         "a.test",
         &format!(
             "[federation]\nenabled = true\nlisten = [\"{ia}:5269\"]\n\
-             hosts = {{ \"b.test\" = \"{}\" }}\nconnect_timeout_secs = 10\n",
-            fake.addr()
+             hosts = {{ \"b.test\" = \"{}\" }}\nconnect_timeout_secs = 10\n\
+             ca_files = [{:?}]\n",
+            fake.addr(),
+            ca.ca()
         ),
     );
     a.add_users(&["alice"]);
     let mut alice = Client::user(&a, "alice", "phone");
     send_acknowledged(&mut alice, &["m1"]);
+
+    // The link dies before b.test answers: m1 goes out again over a new one.
     let mut link = fake.accept_offering("");
     assert!(link.until("</message>").contains("<body>m1</body>"));
+    ping_on(&mut link);
+    link.die();
+    let mut link = fake.accept_offering("");
+    assert!(link.until("</message>").contains("<body>m1</body>"));
+    ping_on(&mut link);
     a.wait_for_log(
-        "1 kept stanzas were written to b.test without acknowledgements",
+        "1 stanzas for b.test go out again over a new link",
         1,
         TIMEOUT,
     );
-    after_earlier_writes(&mut alice, 2);
+
+    // A crash before the answer: m1 is still in the store, and goes out after the start.
     a.kill_hard();
     drop(alice);
     drop(link);
-
     a.restart();
-    // The server accepts clients once what waited has gone out again.
+    a.wait_for_log(
+        "1 stanzas that waited for other servers go out again",
+        1,
+        TIMEOUT,
+    );
+    let mut link = fake.accept_offering("");
+    assert!(link.until("</message>").contains("<body>m1</body>"));
+    let id = ping_on(&mut link);
+    let mut b = inbound_from_b(&a, &ca);
+    b.send(&format!(
+        "<iq type='error' from='b.test' to='a.test' id='{id}'><error type='cancel'>\
+         <service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>"
+    ));
+    a.wait_for_log(
+        "b.test has read 1 stanzas from a.test (ping answered)",
+        1,
+        TIMEOUT,
+    );
+    let mut alice = Client::user(&a, "alice", "phone");
+    alice.send(&format!("<enable xmlns='{SM}'/>"));
+    alice.expect(&format!("<enabled xmlns='{SM}'/>"));
+    after_earlier_writes(&mut alice, 1);
+
+    // Answered, so gone: a crash now sends nothing again.
+    a.kill_hard();
+    drop(alice);
+    drop(link);
+    a.restart();
     Client::online_expecting(
         &a,
         "alice",
@@ -1258,7 +1331,57 @@ fn what_a_link_without_acknowledgements_wrote_is_not_sent_again_after_a_crash() 
         &["<message type='chat'><body>sync</body></message>"],
     );
     let log = a.log();
-    assert!(!log.contains("go out again"), "{log}");
+    assert_eq!(
+        log.matches("stanzas that waited for other servers go out again")
+            .count(),
+        1,
+        "{log}"
+    );
+}
+
+/// An answer to a ping is not itself confirmed with a ping: two servers without stream
+/// management would otherwise ping each other forever. a answers b.test's ping once, and
+/// then writes nothing more on its link.
+#[test]
+fn a_link_without_stream_management_does_not_ping_for_its_answers() {
+    let ca = Authority::new();
+    let (ia, ib) = addresses();
+    let fake = FakeServer::new(ib, &ca);
+    let a = TestServer::start_domain(
+        "a.test",
+        &format!(
+            "[federation]\nenabled = true\nlisten = [\"{ia}:5269\"]\n\
+             hosts = {{ \"b.test\" = \"{}\" }}\nconnect_timeout_secs = 10\n\
+             ca_files = [{:?}]\n",
+            fake.addr(),
+            ca.ca()
+        ),
+    );
+    a.add_users(&["alice"]);
+    let mut alice = Client::online(&a, "alice", "phone");
+    alice.send_message("bob@b.test", "chat", "m1");
+    let mut link = fake.accept_offering("");
+    link.until("</message>");
+    let id = ping_on(&mut link);
+    let mut b = inbound_from_b(&a, &ca);
+    b.send(&format!(
+        "<iq type='get' from='b.test' to='a.test' id='theirs'><ping xmlns='urn:xmpp:ping'/></iq>\
+         <iq type='result' from='b.test' to='a.test' id='{id}'/>"
+    ));
+    let pong = link.until("/>");
+    assert!(
+        pong.contains("type='result'") && pong.contains("id='theirs'"),
+        "{pong}"
+    );
+    a.wait_for_log("b.test has read 1 stanzas from a.test", 1, TIMEOUT);
+    // What a writes next on the link is alice's next message, not a ping for the answer.
+    alice.send_message("bob@b.test", "chat", "m2");
+    let next = link.until("</message>");
+    assert!(
+        next.contains("<body>m2</body>") && !next.contains("ping"),
+        "{next}"
+    );
+    assert_server_ok(&a, "alice");
 }
 
 /// The same for what a link wrote and the other server never acknowledged (XEP-0198): the

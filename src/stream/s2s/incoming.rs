@@ -602,13 +602,32 @@ impl Incoming {
                 ),
             });
         }
-        // Whatever the element says, it is the stanza of this envelope.
-        el.set_attr("from", from.to_string());
-        // An acknowledgement waits for every write (see `sm`), the trailing ones included.
-        let _ = router::from_remote(&self.server, from, el).await;
+        if is_link_ping_answer(&el, &from, &to) {
+            let id = el.attr("id").unwrap_or_default().to_owned();
+            self.server.router.s2s.answered(&pair, id);
+        } else {
+            // Whatever the element says, it is the stanza of this envelope.
+            el.set_attr("from", from.to_string());
+            // An acknowledgement waits for every write (see `sm`), the trailing ones included.
+            let _ = router::from_remote(&self.server, from, el).await;
+        }
         if let Some(h) = &mut self.handled {
             *h = h.wrapping_add(1);
         }
         Next::Continue
     }
+}
+
+/// Whether `el` answers a ping one of our links wrote after stanzas (see `outgoing.rs`):
+/// from the other domain itself to ours, with a result or an error.
+fn is_link_ping_answer(el: &Element, from: &Jid, to: &Jid) -> bool {
+    el.name == "iq"
+        && matches!(el.attr("type"), Some("result" | "error"))
+        && el
+            .attr("id")
+            .is_some_and(|id| id.starts_with(super::outgoing::PING_ID_PREFIX))
+        && from.local().is_none()
+        && from.is_bare()
+        && to.local().is_none()
+        && to.is_bare()
 }

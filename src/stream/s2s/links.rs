@@ -58,6 +58,9 @@ pub enum Out {
         /// Gets the pair and the answer.
         reply: Sender<(Pair, bool)>,
     },
+    /// The other server answered the ping (XEP-0199) with this id that the link wrote after
+    /// stanzas, over its own connection to us: it read those stanzas.
+    Answered(String),
 }
 
 /// Stanzas a link's task took from its queue and has not delivered yet, oldest first, each
@@ -65,7 +68,7 @@ pub enum Out {
 /// borrow is held across an `.await`.
 #[derive(Default)]
 pub struct Held {
-    /// Written and not acknowledged yet (XEP-0198).
+    /// Written and not acknowledged yet (XEP-0198, or the answer to a ping).
     pub unacked: RefCell<VecDeque<(Queued, bool)>>,
     /// Waiting for the stream to be ready.
     pub waiting: RefCell<VecDeque<(Queued, bool)>>,
@@ -79,8 +82,8 @@ impl Held {
         all
     }
 
-    /// The other server handled the `n` oldest stanzas written (XEP-0198): they leave, and
-    /// what is done with them is `Delivered`.
+    /// The other server handled the `n` oldest stanzas written: they leave, and what is done
+    /// with them is `Delivered`.
     pub fn acknowledged(&self, n: usize) -> Delivered {
         let mut unacked = self.unacked.borrow_mut();
         let n = n.min(unacked.len());
@@ -323,12 +326,20 @@ impl Links {
                 match o {
                     Out::Stanza(el) | Out::Again(el) => els.push(el),
                     // Nobody waits for the answer any more.
-                    Out::Verify { .. } => {}
+                    Out::Verify { .. } | Out::Answered(_) => {}
                 }
             }
             out.extend(els.into_iter().map(|el| (live.pair.clone(), el)));
         }
         out
+    }
+
+    /// Hands the answer to a ping to the link of `pair` that wrote it; an answer for a link
+    /// that is gone, or for another link of the pair, finds nobody waiting for it.
+    pub fn answered(&self, pair: &Pair, id: String) {
+        if let Some(l) = self.links.borrow().get(pair) {
+            let _ = l.tx.try_send(Out::Answered(id));
+        }
     }
 
     /// The link `id` of `pair` is done (failed or idle): what comes for the remote domain from

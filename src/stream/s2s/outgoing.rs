@@ -21,14 +21,19 @@
 //! waited, goes out once more over a new link, first; what was already such a second try goes
 //! back to its sender as `remote-server-timeout`. The other server may so get a stanza twice
 //! (it handled it but its acknowledgement was lost), never none without its sender knowing.
-//! With a server that offers no stream management, a stanza is taken as delivered once
-//! written, and one written to a link that dies is lost.
+//!
+//! A server that offers no stream management (or refuses it) still reads a stream in order,
+//! and answers every iq (RFC 6120 §8.2.3): after writing, the link sends it a ping
+//! (XEP-0199, from our domain to its domain), and the answer, a result or an error, which
+//! comes back over that server's own connection to us, says it read every stanza written
+//! before the ping. Until then the link keeps them as it keeps unacknowledged ones, with the
+//! same timeout and the same second try.
 //!
 //! What the link holds (waiting for the stream, written and not acknowledged) is kept in its
 //! `Held`, which the router's table sees too: when the server stops, it takes all of it
 //! from there, whatever this task is doing at that moment (see `parked.rs`). What is
-//! delivered (acknowledged, or written on a stream without acknowledgements) loses its row
-//! of `s2s_waiting`, one trailing write per acknowledgement or per write to the socket.
+//! delivered (acknowledged, or read before an answered ping) loses its row of `s2s_waiting`,
+//! one trailing write per acknowledgement or answer.
 
 use super::incoming::Verdict;
 use super::io::Stream;
@@ -86,8 +91,11 @@ struct Outgoing {
     sm: Option<Acks>,
     /// Whether `<enable/>` was sent (or stream management is not offered): once per stream.
     sm_tried: bool,
-    /// Written without stream management since the last flush: delivered once flushed.
-    written: Delivered,
+    /// Without stream management: the outstanding ping, whose answer delivers what was
+    /// written before it.
+    ping: Option<Ping>,
+    /// Pings sent on this link, for their ids.
+    pings: u64,
     /// Verification requests that wait for a moment they may be sent.
     verifies: Vec<(String, String, Sender<Verdict>)>,
     /// Verification requests sent, by stream id, with when.
@@ -106,6 +114,17 @@ struct Acks {
     /// When the outstanding `<r/>` was sent.
     asked: Option<Instant>,
 }
+
+/// A ping written after stanzas on a stream without stream management.
+struct Ping {
+    id: String,
+    /// How many of the oldest stanzas in `link.held.unacked` its answer delivers.
+    covers: usize,
+    sent: Instant,
+}
+
+/// The ids of a link's pings, which the other server's answers carry back.
+pub const PING_ID_PREFIX: &str = "hearth-link-";
 
 async fn run(server: Rc<Server>, link: NewLink) {
     let f = &server.config.federation;
@@ -129,7 +148,8 @@ async fn run(server: Rc<Server>, link: NewLink) {
         state: State::Open,
         sm: None,
         sm_tried: false,
-        written: Delivered::default(),
+        ping: None,
+        pings: 0,
         verifies: Vec::new(),
         asked: HashMap::new(),
         deadline,
@@ -190,6 +210,7 @@ async fn end(
             Out::Stanza(el) => left.push_back((el, false)),
             Out::Again(el) => left.push_back((el, true)),
             Out::Verify { reply, .. } => answer(reply),
+            Out::Answered(_) => {}
         }
     }
     for (_, (_, replies)) in asked {
@@ -424,17 +445,6 @@ impl Outgoing {
                 self.request_ack();
             }
             let flushed = self.s.flush().await;
-            // Written, whether or not the flush got it out: with no acknowledgements, nothing
-            // more is known of it, and the link keeps it no more.
-            let written = std::mem::take(&mut self.written);
-            if !written.seqs.is_empty() {
-                log::debug!(
-                    "{} kept stanzas were written to {} without acknowledgements",
-                    written.seqs.len(),
-                    self.pair().remote
-                );
-            }
-            self.delivered(written);
             if !flushed {
                 return Some(Failure(
                     Condition::RemoteServerTimeout,
@@ -442,7 +452,10 @@ impl Outgoing {
                 ));
             }
             let now = Instant::now();
-            let ack_asked = self.sm.as_ref().and_then(|a| a.asked);
+            let ack_asked = match &self.sm {
+                Some(acks) => acks.asked,
+                None => self.ping.as_ref().map(|p| p.sent),
+            };
             let waits = !self.link.held.waiting.borrow().is_empty();
             let busy = waits || !self.asked.is_empty() || ack_asked.is_some();
             let unready = self.state != State::Ready && waits;
@@ -545,6 +558,7 @@ impl Outgoing {
             Out::Stanza(el) => (el, false),
             Out::Again(el) => (el, true),
             Out::Verify { id, key, reply } => return self.verifies.push((id, key, reply)),
+            Out::Answered(id) => return self.ping_answered(&id),
         };
         let mut waiting = self.link.held.waiting.borrow_mut();
         if waiting.is_empty() && self.state != State::Ready {
@@ -561,14 +575,19 @@ impl Outgoing {
         self.link.held.waiting.borrow_mut().pop_front()
     }
 
-    /// Writes a stanza; under stream management it is kept until acknowledged, its bytes
+    /// Writes a stanza, kept until acknowledged (or read before an answered ping), its bytes
     /// still counted in the link's queue.
+    ///
+    /// Without stream management, an iq result or error is delivered once written: nobody
+    /// waits for it but the one who asked, whose own timeout covers its loss, and a ping for
+    /// the answer to the other server's ping would make it answer and ping again, forever.
     fn write_stanza(&mut self, q: Queued, again: bool) {
         self.s.write(&q.el);
-        match &self.sm {
-            Some(_) => self.link.held.unacked.borrow_mut().push_back((q, again)),
-            None => self.written.add(&q),
+        let answer = q.el.name == "iq" && matches!(q.el.attr("type"), Some("result" | "error"));
+        if self.sm.is_none() && answer {
+            return self.delivered(Delivered::of([q]));
         }
+        self.link.held.unacked.borrow_mut().push_back((q, again));
     }
 
     /// Stanzas left the link delivered: their bytes leave its queue, their rows the store.
@@ -591,15 +610,53 @@ impl Outgoing {
     }
 
     /// Asks for an acknowledgement of what was written, unless one is outstanding (its
-    /// answer covers what it can; the next request the rest).
+    /// answer covers what it can; the next request the rest): `<r/>` under stream
+    /// management, a ping without it.
     fn request_ack(&mut self) {
-        if let Some(acks) = &mut self.sm
-            && !self.link.held.unacked.borrow().is_empty()
-            && acks.asked.is_none()
-        {
-            self.s.write(&crate::stream::smacks::r());
-            acks.asked = Some(Instant::now());
+        let unacked = self.link.held.unacked.borrow().len();
+        if unacked == 0 {
+            return;
         }
+        match &mut self.sm {
+            Some(acks) if acks.asked.is_none() => {
+                self.s.write(&crate::stream::smacks::r());
+                acks.asked = Some(Instant::now());
+            }
+            Some(_) => {}
+            None if self.ping.is_none() => {
+                self.pings += 1;
+                let id = format!("{PING_ID_PREFIX}{}-{}", self.link.id, self.pings);
+                let pair = &self.link.pair;
+                let iq = Element::new("iq", ns::CLIENT)
+                    .with_attr("type", "get")
+                    .with_attr("from", pair.local.as_str())
+                    .with_attr("to", pair.remote.as_str())
+                    .with_attr("id", id.as_str())
+                    .with_child(Element::new("ping", ns::PING));
+                self.s.write(&iq);
+                self.ping = Some(Ping {
+                    id,
+                    covers: unacked,
+                    sent: Instant::now(),
+                });
+            }
+            None => {}
+        }
+    }
+
+    /// The other server answered a ping: it read what was written before it.
+    fn ping_answered(&mut self, id: &str) {
+        let Some(ping) = self.ping.take_if(|p| p.id == id) else {
+            return;
+        };
+        let done = self.link.held.acknowledged(ping.covers);
+        log::debug!(
+            "{} has read {} stanzas from {} (ping answered)",
+            self.pair().remote,
+            ping.covers,
+            self.pair().local
+        );
+        self.delivered(done);
     }
 
     /// The other server's `<a/>`: what it handled leaves the link.
@@ -730,14 +787,12 @@ impl Outgoing {
             }
             (State::Ready, ns::SM, "failed") => {
                 log::info!(
-                    "{} refused stream management; what {} writes counts as delivered",
+                    "{} refused stream management; a ping confirms what {} writes",
                     self.pair().remote,
                     self.pair().local
                 );
-                if self.sm.take().is_some() {
-                    let unacked = std::mem::take(&mut *self.link.held.unacked.borrow_mut());
-                    self.delivered(Delivered::of(unacked.into_iter().map(|(q, _)| q)));
-                }
+                // What was written since `<enable/>` waits for the ping too.
+                self.sm = None;
                 None
             }
             (State::Ready, ns::SM, "a") => self.acknowledged(&el),

@@ -7,10 +7,10 @@
 //! Messages and presence subscriptions ([`kept`]) have a row of
 //! [`LOCAL_REMOTE_SEQ_TO_STANZA`] from the moment they are routed: the router's trailing
 //! write ([`row`]) joins the group commit of the stanza's other writes, which the sender's
-//! acknowledgement waits for. The row goes ([`forget`], a trailing write per acknowledgement
-//! or per write to the socket) once the stanza is delivered: acknowledged by the other server
-//! with XEP-0198, or, on a link without it, written to the socket, which is all that can be
-//! known there; or once it goes back to its sender as an error. What else the links hold goes
+//! acknowledgement waits for. The row goes ([`forget`], a trailing write per acknowledgement)
+//! once the stanza is delivered: acknowledged by the other server with XEP-0198, or, on a
+//! link without it, read before a ping the other server answered; or once it goes back to
+//! its sender as an error. What else the links hold goes
 //! into the table when the server stops ([`keep`]), under the sequence number it was queued
 //! with, so the order per pair is the order it was queued in. When the server starts,
 //! [`resend`] routes everything the table holds once more, in that order, and replaces its
