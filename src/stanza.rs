@@ -137,6 +137,29 @@ impl Condition {
             _ => "cancel",
         }
     }
+
+    /// The legacy error code XEP-0086 maps the condition to, which clients of the pre-RFC
+    /// protocol still read (profanity, for one, takes an own OMEMO device list that does
+    /// not exist yet for a 404, and publishes it); none for conditions it does not map.
+    pub fn legacy_code(self) -> Option<&'static str> {
+        use Condition::*;
+        Some(match self {
+            BadRequest | JidMalformed | UnexpectedRequest => "400",
+            NotAuthorized => "401",
+            Forbidden => "403",
+            ItemNotFound | RecipientUnavailable | RemoteServerNotFound => "404",
+            NotAllowed => "405",
+            NotAcceptable => "406",
+            RegistrationRequired | SubscriptionRequired => "407",
+            Conflict => "409",
+            InternalServerError | ResourceConstraint | UndefinedCondition => "500",
+            FeatureNotImplemented => "501",
+            ServiceUnavailable => "503",
+            RemoteServerTimeout => "504",
+            Gone | Redirect => "302",
+            PolicyViolation => return None,
+        })
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -197,9 +220,12 @@ impl StanzaError {
     }
 
     pub fn to_element(&self) -> Element {
-        let mut el = Element::new("error", ns::CLIENT)
-            .with_attr("type", self.condition.default_type())
-            .with_child(Element::new(self.condition.as_str(), ns::STANZAS));
+        let mut el =
+            Element::new("error", ns::CLIENT).with_attr("type", self.condition.default_type());
+        if let Some(code) = self.condition.legacy_code() {
+            el.set_attr("code", code);
+        }
+        el.push(Element::new(self.condition.as_str(), ns::STANZAS));
         if let Some(t) = &self.text {
             el.push(
                 Element::new("text", ns::STANZAS)
@@ -490,9 +516,25 @@ mod tests {
         let r = error_reply(&iq, &StanzaError::service_unavailable());
         assert_eq!(
             r.to_xml(),
-            "<iq type='error' id='1' from='localhost' to='a@localhost/x'><error type='cancel'>\
+            "<iq type='error' id='1' from='localhost' to='a@localhost/x'>\
+             <error type='cancel' code='503'>\
              <service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>"
         );
+    }
+
+    #[test]
+    fn errors_carry_the_legacy_code_of_their_condition() {
+        let code = |c| {
+            StanzaError::new(c)
+                .to_element()
+                .attr("code")
+                .map(str::to_owned)
+        };
+        assert_eq!(code(Condition::ItemNotFound).as_deref(), Some("404"));
+        assert_eq!(code(Condition::NotAllowed).as_deref(), Some("405"));
+        assert_eq!(code(Condition::RemoteServerTimeout).as_deref(), Some("504"));
+        // RFC 6120 added it; XEP-0086 has no code for it.
+        assert_eq!(code(Condition::PolicyViolation), None);
     }
 
     #[test]

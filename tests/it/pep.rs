@@ -554,3 +554,25 @@ fn floods_and_malformed_requests_are_refused() {
     assert_matches(&reply, "<iq type='result'/>");
     crate::harness::assert_server_ok(&server, "bob");
 }
+
+/// What profanity does with OMEMO: it asks for its own device list, and only an
+/// `item-not-found` with the legacy code 404 (XEP-0086) tells it the node is missing, so that
+/// it publishes the list with its device; without the code its device stays unpublished and
+/// nobody can encrypt to it. Then the list is there, with its device.
+#[test]
+fn a_missing_own_device_list_is_a_404_and_publishing_it_makes_it() {
+    let server = server_with("");
+    let mut alice = Client::online(&server, "alice", "laptop");
+    let node = "eu.siacs.conversations.axolotl.devicelist";
+    let reply = items(&mut alice, "alice", node);
+    error_with(&reply, "item-not-found", None);
+    assert_matches(
+        &reply,
+        "<iq type='error'><error type='cancel' code='404'/></iq>",
+    );
+    let list = "<list xmlns='eu.siacs.conversations.axolotl'><device id='1514291889'/></list>";
+    let reply = publish_iq(&mut alice, &publish(node, "current", list, &[]));
+    assert_matches(&reply, "<iq type='result'/>");
+    let reply = items(&mut alice, "alice", node);
+    assert_eq!(item_ids(&reply), vec!["current"]);
+}
