@@ -72,6 +72,33 @@ fn disco_info_lists_the_identity_and_features() {
         "jabber:iq:private",
         "jabber:iq:register",
     ];
+    // PEP, as XEP-0163 first had servers say it (the account's own disco says it too).
+    let pep = [
+        "access-open",
+        "access-presence",
+        "access-roster",
+        "access-whitelist",
+        "auto-create",
+        "auto-subscribe",
+        "config-node",
+        "create-and-configure",
+        "create-nodes",
+        "delete-items",
+        "delete-nodes",
+        "filtered-notifications",
+        "item-ids",
+        "last-published",
+        "persistent-items",
+        "presence-notifications",
+        "publish",
+        "publish-options",
+        "purge-nodes",
+        "retract-items",
+        "retrieve-default",
+        "retrieve-items",
+    ]
+    .map(|f| format!("http://jabber.org/protocol/pubsub#{f}"));
+    want.extend(pep.iter().map(String::as_str));
     want.sort_unstable();
     assert_eq!(features, want);
     assert!(
@@ -79,6 +106,11 @@ fn disco_info_lists_the_identity_and_features() {
         "roster versioning is a stream feature, not a disco feature: {features:?}"
     );
     c.features.get("ver", ns::ROSTER_VER);
+    let (identities, _) = disco_of(&mut c, DOMAIN);
+    assert!(
+        identities.contains(&("pubsub".to_owned(), "pep".to_owned())),
+        "{identities:?}"
+    );
 }
 
 /// The identities and feature `var`s of a disco#info result from `to`.

@@ -1093,8 +1093,16 @@ impl Module for Pep {
     }
 
     fn disco(&self, cx: &Cx, target: &Target, info: &mut DiscoInfo) {
-        let Target::Account { user, .. } = target else {
-            return;
+        let user = match target {
+            Target::Account { user, .. } => user,
+            // Where XEP-0163 first had PEP discovered, and where clients that read no
+            // account's disco (profanity) look before they publish with publish-options.
+            Target::Server => {
+                info.identities.push(("pubsub", "pep", None));
+                info.features.extend(FEATURES);
+                return;
+            }
+            Target::Service(_) => return,
         };
         info.identities.push(("pubsub", "pep", None));
         info.features.extend(FEATURES);
