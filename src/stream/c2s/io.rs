@@ -185,6 +185,37 @@ impl Io {
             Io::Gone => {}
         }
     }
+
+    /// Once our side is closed: reads and drops what the peer still sends, until it closes
+    /// too or `until`. A socket closed with unread input answers it with a reset, and a reset
+    /// can destroy what was written last (a stream error) before the peer read it. The bytes
+    /// are taken from the TCP socket as they are, not decrypted, and the task yields after
+    /// each read, so a peer that keeps sending costs little and holds nobody up.
+    pub(super) async fn linger(&mut self, until: Instant) {
+        let tcp = match self {
+            Io::Plain(s) => s,
+            Io::Tls(s) => s.get_mut().0,
+            Io::WebSocket(ws) => ws.stream.get_mut().get_mut().0,
+            Io::Gone => return,
+        };
+        // On the heap, and only now: the session's task holds nothing for it the rest of
+        // the time.
+        let mut sink = vec![0u8; 16 * 1024];
+        loop {
+            let read = async {
+                use smol::io::AsyncReadExt;
+                matches!(tcp.read(&mut sink).await, Ok(n) if n > 0)
+            };
+            let timeout = async {
+                Timer::at(until).await;
+                false
+            };
+            if !read.or(timeout).await {
+                return;
+            }
+            smol::future::yield_now().await;
+        }
+    }
 }
 
 impl Conn {

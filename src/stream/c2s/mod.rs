@@ -109,6 +109,10 @@ struct Conn {
 /// Stanzas of one client whose archive writes may be waiting for the disk at once.
 const MAX_PENDING_COMMITS: usize = 256;
 
+/// How long a connection that ended with a stream error goes on reading (and dropping) what
+/// its client still sends, so that the error is not lost to a reset (`Io::linger`).
+const LINGER: Duration = Duration::from_secs(1);
+
 fn commit_failed(e: &crate::error::Error) -> StreamError {
     log::error!("a commit failed: {e}");
     StreamError::with_text(
@@ -665,6 +669,9 @@ impl Conn {
         self.put(&e.to_element());
         self.put_close();
         self.close().await;
+        // The client may still be sending (what led to the error, often): it gets a second
+        // to read the error and close before the socket goes.
+        self.io.linger(Instant::now() + LINGER).await;
     }
 
     /// Our stream header, once per stream.
