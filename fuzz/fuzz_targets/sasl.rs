@@ -2,7 +2,8 @@
 //! over a sequence of client messages.
 //!
 //! Input: the first byte picks the mechanism (`MECHANISMS`, by its low three bits modulo 5)
-//! and, by bit 3, whether the transport has channel binding data; the rest is the client's messages
+//! and, by bits 3 and 4, whether the transport has tls-exporter and tls-server-end-point data;
+//! the rest is the client's messages
 //! (already base64-decoded, as the stream hands them over), separated by 0xFF, a byte UTF-8
 //! never uses.
 //!
@@ -19,7 +20,7 @@
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use hearth::storage::accounts::Credentials;
-use hearth::stream::sasl::{Hash, Sasl, ScramState, Step};
+use hearth::stream::sasl::{Bindings, Hash, Sasl, ScramState, Step};
 use hmac::{Hmac, Mac};
 use libfuzzer_sys::fuzz_target;
 use sha1::Sha1;
@@ -34,6 +35,7 @@ const MECHANISMS: [&str; 5] = [
     "SCRAM-SHA-256-PLUS",
 ];
 const CB: [u8; 32] = [7; 32];
+const END_POINT: [u8; 32] = [9; 32];
 const PASSWORD: &str = "pencil";
 
 struct Vector {
@@ -143,7 +145,10 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let mechanism = MECHANISMS[usize::from(first & 7) % MECHANISMS.len()];
-    let cb = (first & 8 != 0).then(|| CB.to_vec());
+    let cb = Bindings {
+        exporter: (first & 8 != 0).then(|| CB.to_vec()),
+        endpoint: (first & 16 != 0).then(|| END_POINT.to_vec()),
+    };
     let hash = if mechanism.contains("SHA-1") {
         Hash::Sha1
     } else {

@@ -1,6 +1,6 @@
 //! SASL for password accounts (RFC 6120 §6): SCRAM-SHA-256 and SCRAM-SHA-1 (RFC 5802, RFC
-//! 7677), their -PLUS variants with tls-exporter channel binding (RFC 9266), and PLAIN (RFC
-//! 4616). The mechanisms themselves are in `stream/sasl.rs`; this module offers them to client
+//! 7677), their -PLUS variants with tls-exporter (RFC 9266) or tls-server-end-point (RFC 5929)
+//! channel binding, and PLAIN (RFC 4616). The mechanisms themselves are in `stream/sasl.rs`; this module offers them to client
 //! streams and looks up the stored credentials. c2s only offers SASL over TLS.
 
 use super::{Cx, Entry, Mechanism, Module, Profile, SaslOffer, SaslStart};
@@ -33,7 +33,7 @@ impl Module for Auth {
 
     fn sasl_mechanisms(&self, offer: &SaslOffer) -> &'static [&'static str] {
         match offer.profile {
-            Profile::Sasl | Profile::Sasl2 => sasl::mechanisms(offer.exporter),
+            Profile::Sasl | Profile::Sasl2 => sasl::mechanisms(offer.exporter || offer.endpoint),
             Profile::Fast => &[],
         }
     }
@@ -42,7 +42,7 @@ impl Module for Auth {
         if start.profile == Profile::Fast {
             return None;
         }
-        let cb = start.bindings.exporter.clone();
+        let cb = start.bindings.clone();
         Sasl::start(start.mechanism, cb, &self.domain).map(|s| Box::new(s) as Box<dyn Mechanism>)
     }
 }

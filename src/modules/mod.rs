@@ -458,11 +458,7 @@ pub struct SaslOffer {
 }
 
 /// The channel binding data of a stream's TLS session.
-#[derive(Clone, Debug, Default)]
-pub struct ChannelBindings {
-    pub exporter: Option<Vec<u8>>,
-    pub endpoint: Option<Vec<u8>>,
-}
+pub use crate::stream::sasl::Bindings as ChannelBindings;
 
 /// An authentication attempt, for the module that offers its mechanism.
 pub struct SaslStart<'a> {

@@ -252,7 +252,7 @@ mod tests {
         assert_ne!(Some(creds.sha256_stored_key.clone()), before);
         assert_eq!(creds.iterations, 4096);
         let login = |password: &str| {
-            let mut m = sasl::Sasl::start("PLAIN", None, "localhost").unwrap();
+            let mut m = sasl::Sasl::start("PLAIN", sasl::Bindings::default(), "localhost").unwrap();
             let input = format!("\0alice\0{password}");
             let store = &t.router.store;
             m.step(input.as_bytes(), &|u| store.credentials(u).ok().flatten())

@@ -264,22 +264,47 @@ pub enum Sasl {
     Scram {
         hash: Hash,
         plus: bool,
-        /// The tls-exporter value, when the transport has one.
-        cb: Option<Vec<u8>>,
         domain: String,
         decoy: &'static Decoy,
         state: ScramState,
     },
 }
 
+/// Channel binding data of a TLS connection, by type: `tls-exporter` (RFC 9266, TLS 1.3) and
+/// `tls-server-end-point` (RFC 5929, the hash of the server's certificate), which XEP-0440
+/// makes the one every server offers.
+#[derive(Clone, Debug, Default)]
+pub struct Bindings {
+    pub exporter: Option<Vec<u8>>,
+    pub endpoint: Option<Vec<u8>>,
+}
+
+impl Bindings {
+    pub fn any(&self) -> bool {
+        self.exporter.is_some() || self.endpoint.is_some()
+    }
+
+    /// The data of the type a client names in its gs2 header (`p=TYPE`).
+    fn of(&self, kind: &str) -> Option<&[u8]> {
+        match kind {
+            "tls-exporter" => self.exporter.as_deref(),
+            "tls-server-end-point" => self.endpoint.as_deref(),
+            _ => None,
+        }
+    }
+}
+
 pub enum ScramState {
-    Start,
+    /// Before the client's first message, with the channel bindings the transport has.
+    Start(Bindings),
     SentFirst {
         /// The name tried, when it is a valid localpart, whether an account or not.
         user: Option<String>,
         /// `user` is an account and the keys are its own.
         known: bool,
         gs2_header: String,
+        /// The channel binding data of the type the client chose (-PLUS only).
+        cb_data: Vec<u8>,
         nonce: String,
         auth_message: String,
         stored_key: Vec<u8>,
@@ -289,14 +314,14 @@ pub enum ScramState {
 }
 
 impl Sasl {
-    /// Starts the named mechanism; `cb` is the tls-exporter channel binding data.
-    pub fn start(mechanism: &str, cb: Option<Vec<u8>>, domain: &str) -> Option<Sasl> {
+    /// Starts the named mechanism; `cb` is what the transport has for channel binding.
+    pub fn start(mechanism: &str, cb: Bindings, domain: &str) -> Option<Sasl> {
         Sasl::start_with(mechanism, cb, domain, decoy())
     }
 
     fn start_with(
         mechanism: &str,
-        cb: Option<Vec<u8>>,
+        cb: Bindings,
         domain: &str,
         decoy: &'static Decoy,
     ) -> Option<Sasl> {
@@ -309,17 +334,16 @@ impl Sasl {
             }
             "SCRAM-SHA-1" => (Hash::Sha1, false),
             "SCRAM-SHA-256" => (Hash::Sha256, false),
-            "SCRAM-SHA-1-PLUS" if cb.is_some() => (Hash::Sha1, true),
-            "SCRAM-SHA-256-PLUS" if cb.is_some() => (Hash::Sha256, true),
+            "SCRAM-SHA-1-PLUS" if cb.any() => (Hash::Sha1, true),
+            "SCRAM-SHA-256-PLUS" if cb.any() => (Hash::Sha256, true),
             _ => return None,
         };
         Some(Sasl::Scram {
             hash,
             plus,
-            cb,
             domain: domain.to_owned(),
             decoy,
-            state: ScramState::Start,
+            state: ScramState::Start(cb),
         })
     }
 
@@ -330,16 +354,14 @@ impl Sasl {
             Sasl::Scram {
                 hash,
                 plus,
-                cb,
                 domain,
                 decoy,
                 state,
             } => {
                 let current = std::mem::replace(state, ScramState::Done);
                 match current {
-                    ScramState::Start => {
-                        let server_cb = cb.is_some();
-                        match scram_first(*hash, *plus, server_cb, domain, decoy, input, lookup) {
+                    ScramState::Start(cb) => {
+                        match scram_first(*hash, *plus, &cb, domain, decoy, input, lookup) {
                             Ok((challenge, next)) => {
                                 *state = next;
                                 Step::Challenge(challenge)
@@ -351,15 +373,14 @@ impl Sasl {
                         user,
                         known,
                         gs2_header,
+                        cb_data,
                         nonce,
                         auth_message,
                         stored_key,
                         server_key,
                     } => {
                         let mut cb_input = gs2_header.into_bytes();
-                        if *plus {
-                            cb_input.extend_from_slice(cb.as_deref().unwrap_or_default());
-                        }
+                        cb_input.extend_from_slice(&cb_data);
                         let step = scram_final(
                             *hash,
                             input,
@@ -494,7 +515,7 @@ fn saslname(s: &str) -> Option<String> {
 fn scram_first(
     hash: Hash,
     plus: bool,
-    server_has_cb: bool,
+    cb: &Bindings,
     domain: &str,
     decoy: &Decoy,
     input: &[u8],
@@ -506,14 +527,17 @@ fn scram_first(
     let (Some(flag), Some(authz), Some(bare)) = (it.next(), it.next(), it.next()) else {
         return Err(FailureCondition::MalformedRequest);
     };
-    match (flag, plus) {
-        ("p=tls-exporter", true) => {}
+    let cb_data = match (flag.strip_prefix("p="), plus) {
+        (Some(kind), true) => cb
+            .of(kind)
+            .ok_or(FailureCondition::MalformedRequest)?
+            .to_vec(),
         // RFC 5802 §6: "y" means the client thinks we cannot bind; we can, so this is a
         // downgrade and must fail.
-        ("y", false) if server_has_cb => return Err(FailureCondition::NotAuthorized),
-        ("n" | "y", false) => {}
+        (None, false) if flag == "y" && cb.any() => return Err(FailureCondition::NotAuthorized),
+        (None, false) if flag == "n" || flag == "y" => Vec::new(),
         _ => return Err(FailureCondition::MalformedRequest),
-    }
+    };
     let authzid = match authz {
         "" => String::new(),
         a => saslname(
@@ -562,6 +586,7 @@ fn scram_first(
             user,
             known,
             gs2_header,
+            cb_data,
             nonce,
             auth_message,
             stored_key: keys.stored,
@@ -656,7 +681,7 @@ mod tests {
     ) {
         let creds = creds_with_salt(hash, "pencil", salt);
         let lookup = |u: &str| (u == "user").then(|| creds.clone());
-        let mut sasl = Sasl::start(mech, None, "localhost").unwrap();
+        let mut sasl = Sasl::start(mech, Bindings::default(), "localhost").unwrap();
         let first = format!("n,,n=user,r={cnonce}");
         let Step::Challenge(ch) = sasl.step(first.as_bytes(), &lookup) else {
             panic!()
@@ -720,7 +745,7 @@ mod tests {
         let creds = derive_credentials("secret", 4096).unwrap();
         let lookup = |u: &str| (u == "alice").then(|| creds.clone());
         for user in ["alice", "nobody"] {
-            let mut sasl = Sasl::start("SCRAM-SHA-256", None, "localhost").unwrap();
+            let mut sasl = Sasl::start("SCRAM-SHA-256", Bindings::default(), "localhost").unwrap();
             let Step::Challenge(ch) = sasl.step(format!("n,,n={user},r=abc").as_bytes(), &lookup)
             else {
                 panic!()
@@ -745,7 +770,8 @@ mod tests {
         user: &str,
         lookup: &dyn Fn(&str) -> Option<Credentials>,
     ) -> (String, String) {
-        let mut sasl = Sasl::start_with("SCRAM-SHA-256", None, "localhost", decoy).unwrap();
+        let mut sasl =
+            Sasl::start_with("SCRAM-SHA-256", Bindings::default(), "localhost", decoy).unwrap();
         let Step::Challenge(ch) = sasl.step(format!("n,,n={user},r=abc").as_bytes(), lookup) else {
             panic!("no challenge for {user}")
         };
@@ -788,7 +814,9 @@ mod tests {
         let creds = derive_credentials("secret", 4096).unwrap();
         let lookup = |u: &str| (u == "alice").then(|| creds.clone());
         for (user, password) in [("alice", "wrong"), ("nobody", "secret"), ("nobody", "")] {
-            let mut sasl = Sasl::start_with("PLAIN", None, "localhost", test_decoy(4096)).unwrap();
+            let mut sasl =
+                Sasl::start_with("PLAIN", Bindings::default(), "localhost", test_decoy(4096))
+                    .unwrap();
             let input = format!("\0{user}\0{password}");
             assert_eq!(
                 sasl.step(input.as_bytes(), &lookup),
@@ -798,8 +826,19 @@ mod tests {
         }
     }
 
-    /// The client's final message of a SCRAM-SHA-256 exchange with `password`.
+    /// The client's final message of a SCRAM-SHA-256 exchange with `password`, without channel
+    /// binding.
     fn client_final(first_bare: &str, challenge: &[u8], password: &str) -> String {
+        client_final_bound(first_bare, challenge, password, b"n,,")
+    }
+
+    /// The same, its `c=` carrying `cbind_input` (the gs2 header, then any binding data).
+    fn client_final_bound(
+        first_bare: &str,
+        challenge: &[u8],
+        password: &str,
+        cbind_input: &[u8],
+    ) -> String {
         let server_first = std::str::from_utf8(challenge).unwrap();
         let attr = |k: &str| {
             server_first
@@ -809,7 +848,7 @@ mod tests {
         };
         let salt = B64.decode(attr("s=")).unwrap();
         let iterations: u32 = attr("i=").parse().unwrap();
-        let without_proof = format!("c=biws,r={}", attr("r="));
+        let without_proof = format!("c={},r={}", B64.encode(cbind_input), attr("r="));
         let auth_message = format!("{first_bare},{server_first},{without_proof}");
         let h = Hash::Sha256;
         let salted = h.salted_password(password.as_bytes(), &salt, iterations);
@@ -830,7 +869,7 @@ mod tests {
         for after in [Some(new), None] {
             let current = std::cell::RefCell::new(Some(old.clone()));
             let lookup = |u: &str| current.borrow().clone().filter(|_| u == "alice");
-            let mut sasl = Sasl::start("SCRAM-SHA-256", None, "localhost").unwrap();
+            let mut sasl = Sasl::start("SCRAM-SHA-256", Bindings::default(), "localhost").unwrap();
             let first_bare = "n=alice,r=abc";
             let Step::Challenge(ch) = sasl.step(format!("n,,{first_bare}").as_bytes(), &lookup)
             else {
@@ -845,7 +884,7 @@ mod tests {
         }
         // Unchanged, the same exchange succeeds.
         let lookup = |u: &str| (u == "alice").then(|| old.clone());
-        let mut sasl = Sasl::start("SCRAM-SHA-256", None, "localhost").unwrap();
+        let mut sasl = Sasl::start("SCRAM-SHA-256", Bindings::default(), "localhost").unwrap();
         let Step::Challenge(ch) = sasl.step(b"n,,n=alice,r=abc", &lookup) else {
             panic!()
         };
@@ -876,29 +915,81 @@ mod tests {
     fn plain_and_downgrade() {
         let creds = derive_credentials("pässword", 4096).unwrap();
         let lookup = |u: &str| (u == "alice").then(|| creds.clone());
-        let mut ok = Sasl::start("PLAIN", None, "localhost").unwrap();
+        let mut ok = Sasl::start("PLAIN", Bindings::default(), "localhost").unwrap();
         assert!(matches!(
             ok.step("\0Alice\0pässword".as_bytes(), &lookup),
             Step::Success { .. }
         ));
-        let mut bad = Sasl::start("PLAIN", None, "localhost").unwrap();
+        let mut bad = Sasl::start("PLAIN", Bindings::default(), "localhost").unwrap();
         assert!(matches!(
             bad.step(b"\0alice\0nope", &lookup),
             Step::Failure(FailureCondition::NotAuthorized, _)
         ));
-        let mut other = Sasl::start("PLAIN", None, "localhost").unwrap();
+        let mut other = Sasl::start("PLAIN", Bindings::default(), "localhost").unwrap();
         assert!(matches!(
             other.step("bob@localhost\0alice\0pässword".as_bytes(), &lookup),
             Step::Failure(FailureCondition::InvalidAuthzid, _)
         ));
         // "y" while the server offers -PLUS is a downgrade.
-        let mut y = Sasl::start("SCRAM-SHA-1", Some(vec![1; 32]), "localhost").unwrap();
+        let cb = Bindings {
+            exporter: Some(vec![1; 32]),
+            endpoint: None,
+        };
+        let mut y = Sasl::start("SCRAM-SHA-1", cb, "localhost").unwrap();
         assert!(matches!(
             y.step(b"y,,n=alice,r=abc", &lookup),
             Step::Failure(FailureCondition::NotAuthorized, _)
         ));
-        assert!(Sasl::start("SCRAM-SHA-1-PLUS", None, "localhost").is_none());
+        assert!(Sasl::start("SCRAM-SHA-1-PLUS", Bindings::default(), "localhost").is_none());
         assert_eq!(saslname("a=2Cb=3Dc").as_deref(), Some("a,b=c"));
         assert_eq!(saslname("a=2"), None);
+    }
+
+    /// SCRAM-SHA-256-PLUS binds to the type the client names: tls-exporter or
+    /// tls-server-end-point, each with its own data; a type the connection lacks, or data of
+    /// another type, fails.
+    #[test]
+    fn plus_binds_to_the_type_the_client_names() {
+        let creds = derive_credentials("pw", 4096).unwrap();
+        let lookup = |u: &str| (u == "alice").then(|| creds.clone());
+        let both = Bindings {
+            exporter: Some(vec![1; 32]),
+            endpoint: Some(vec![2; 32]),
+        };
+        let run = |cb: &Bindings, header: &str, data: &[u8]| {
+            let mut sasl = Sasl::start("SCRAM-SHA-256-PLUS", cb.clone(), "localhost").unwrap();
+            let first_bare = "n=alice,r=abc";
+            let step = sasl.step(format!("{header}{first_bare}").as_bytes(), &lookup);
+            let Step::Challenge(ch) = step else {
+                return step;
+            };
+            let mut cbind = header.as_bytes().to_vec();
+            cbind.extend_from_slice(data);
+            let fin = client_final_bound(first_bare, &ch, "pw", &cbind);
+            sasl.step(fin.as_bytes(), &lookup)
+        };
+        for (header, data) in [
+            ("p=tls-exporter,,", [1u8; 32]),
+            ("p=tls-server-end-point,,", [2; 32]),
+        ] {
+            assert!(
+                matches!(run(&both, header, &data), Step::Success { .. }),
+                "{header}"
+            );
+        }
+        assert!(matches!(
+            run(&both, "p=tls-server-end-point,,", &[1; 32]),
+            Step::Failure(FailureCondition::NotAuthorized, _)
+        ));
+        let exporter_only = Bindings {
+            endpoint: None,
+            ..both.clone()
+        };
+        for header in ["p=tls-server-end-point,,", "p=tls-unique,,"] {
+            assert!(matches!(
+                run(&exporter_only, header, &[2; 32]),
+                Step::Failure(FailureCondition::MalformedRequest, _)
+            ));
+        }
     }
 }

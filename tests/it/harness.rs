@@ -1343,6 +1343,19 @@ impl Client {
         password: &str,
         mechanism: &str,
     ) -> Result<(), Element> {
+        self.try_auth_scram_bound(user, password, mechanism, "tls-exporter")
+    }
+
+    /// The same, a -PLUS mechanism binding to `binding`: `tls-exporter` (RFC 9266) or
+    /// `tls-server-end-point` (RFC 5929: the SHA-256 of the server's certificate, which the
+    /// test servers sign with ECDSA and SHA-256).
+    pub fn try_auth_scram_bound(
+        &mut self,
+        user: &str,
+        password: &str,
+        mechanism: &str,
+        binding: &str,
+    ) -> Result<(), Element> {
         let (hash, plus) = match mechanism {
             "SCRAM-SHA-1" => (Hash::Sha1, false),
             "SCRAM-SHA-256" => (Hash::Sha256, false),
@@ -1350,14 +1363,30 @@ impl Client {
             "SCRAM-SHA-256-PLUS" => (Hash::Sha256, true),
             other => panic!("no SCRAM mechanism {other}"),
         };
-        let gs2 = if plus { "p=tls-exporter,," } else { "n,," };
+        let gs2 = if plus {
+            format!("p={binding},,")
+        } else {
+            "n,,".to_owned()
+        };
         let mut cbind = gs2.as_bytes().to_vec();
         if plus {
-            let exporter = self
-                .tls()
-                .export_keying_material([0u8; 32], b"EXPORTER-Channel-Binding", None)
-                .expect("export the tls-exporter channel binding");
-            cbind.extend_from_slice(&exporter);
+            let data = match binding {
+                "tls-exporter" => self
+                    .tls()
+                    .export_keying_material([0u8; 32], b"EXPORTER-Channel-Binding", None)
+                    .expect("export the tls-exporter channel binding")
+                    .to_vec(),
+                "tls-server-end-point" => {
+                    use sha2::Digest;
+                    let certs = self
+                        .tls()
+                        .peer_certificates()
+                        .expect("the server's certificate");
+                    sha2::Sha256::digest(certs[0].as_ref()).to_vec()
+                }
+                other => other.as_bytes().to_vec(),
+            };
+            cbind.extend_from_slice(&data);
         }
         let mut nonce = [0u8; 18];
         getrandom::fill(&mut nonce).expect("a random nonce");

@@ -122,6 +122,36 @@ fn scram_plus_with_tls_exporter() {
     bind_and_ping(&mut c, "two");
 }
 
+/// tls-server-end-point (RFC 5929), which XEP-0440 has every server offer: for clients whose
+/// TLS library exports no keying material. Both types are announced.
+#[test]
+fn scram_plus_with_tls_server_end_point() {
+    let server = server_with_alice();
+    let mut c = Client::connect_starttls(&server);
+    let types: Vec<&str> = c
+        .features
+        .get("sasl-channel-binding", "urn:xmpp:sasl-cb:0")
+        .children
+        .iter()
+        .filter_map(|t| t.attr("type"))
+        .collect();
+    assert_eq!(types, ["tls-exporter", "tls-server-end-point"]);
+    c.try_auth_scram_bound(
+        "alice",
+        PASSWORD,
+        "SCRAM-SHA-256-PLUS",
+        "tls-server-end-point",
+    )
+    .unwrap();
+    bind_and_ping(&mut c, "one");
+    // A type the server does not offer fails.
+    let mut c = Client::connect_tls(&server);
+    let failure = c
+        .try_auth_scram_bound("alice", PASSWORD, "SCRAM-SHA-1-PLUS", "tls-unique")
+        .unwrap_err();
+    assert!(failure.is("failure", ns::SASL), "{failure}");
+}
+
 #[test]
 fn plain() {
     let server = server_with_alice();

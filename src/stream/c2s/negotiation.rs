@@ -48,13 +48,16 @@ impl Conn {
         let Some(conn) = self.io.tls() else {
             return ChannelBindings::default();
         };
-        if conn.protocol_version() != Some(rustls::ProtocolVersion::TLSv1_3) {
-            return ChannelBindings::default();
-        }
+        // RFC 9266 defines tls-exporter for TLS 1.3; the certificate's hash is the same under
+        // any version.
+        let tls13 = conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3);
         ChannelBindings {
-            exporter: conn
-                .export_keying_material(vec![0u8; 32], b"EXPORTER-Channel-Binding", None)
-                .ok(),
+            exporter: tls13
+                .then(|| {
+                    conn.export_keying_material(vec![0u8; 32], b"EXPORTER-Channel-Binding", None)
+                        .ok()
+                })
+                .flatten(),
             endpoint: self.tls.as_ref().and_then(|t| t.endpoint.clone()),
         }
     }
@@ -113,14 +116,20 @@ impl Conn {
                 if let Some(auth) = self.sasl2_feature(&bindings) {
                     features.push(auth);
                 }
-                if bindings.exporter.is_some() {
-                    // XEP-0440: the binding SCRAM's -PLUS mechanisms take.
-                    features.push(
-                        Element::new("sasl-channel-binding", ns::SASL_CB).with_child(
-                            Element::new("channel-binding", ns::SASL_CB)
-                                .with_attr("type", "tls-exporter"),
-                        ),
-                    );
+                // XEP-0440: the bindings SCRAM's -PLUS mechanisms take.
+                let mut cb = Element::new("sasl-channel-binding", ns::SASL_CB);
+                for (kind, data) in [
+                    ("tls-exporter", &bindings.exporter),
+                    ("tls-server-end-point", &bindings.endpoint),
+                ] {
+                    if data.is_some() {
+                        cb.push(
+                            Element::new("channel-binding", ns::SASL_CB).with_attr("type", kind),
+                        );
+                    }
+                }
+                if bindings.any() {
+                    features.push(cb);
                 }
                 Some(Stage::Authenticate)
             }
