@@ -1339,6 +1339,47 @@ fn on_a_link_without_stream_management_a_ping_answer_delivers_what_was_written()
     );
 }
 
+/// A server that cannot answer (no way back to us, as a push service behind a firewall may
+/// be) leaves the ping unanswered while the link stays up: after the connect timeout what was
+/// written counts as delivered, as before pings, and is neither sent again nor bounced; the
+/// link pings no more, and later messages go out on it.
+#[test]
+fn a_ping_never_answered_on_a_live_link_lets_what_was_written_count_as_delivered() {
+    let ca = Authority::new();
+    let (ia, ib) = addresses();
+    let fake = FakeServer::new(ib, &ca);
+    let a = TestServer::start_domain(
+        "a.test",
+        &format!(
+            "[federation]\nenabled = true\nlisten = [\"{ia}:5269\"]\n\
+             hosts = {{ \"b.test\" = \"{}\" }}\nconnect_timeout_secs = 1\n",
+            fake.addr()
+        ),
+    );
+    a.add_users(&["alice"]);
+    let mut alice = Client::online(&a, "alice", "phone");
+    alice.send_message("bob@b.test", "chat", "m1");
+    let mut link = fake.accept_offering("");
+    assert!(link.until("</message>").contains("<body>m1</body>"));
+    ping_on(&mut link);
+    a.wait_for_log(
+        "b.test did not answer the ping from a.test within 1s",
+        1,
+        TIMEOUT,
+    );
+    alice.send_message("bob@b.test", "chat", "m2");
+    let next = link.until("</message>");
+    assert!(
+        next.contains("<body>m2</body>") && !next.contains("ping"),
+        "{next}"
+    );
+    // No error came back for either, and nothing went out again.
+    alice.sync();
+    let log = a.log();
+    assert!(!log.contains("go out again"), "{log}");
+    assert_server_ok(&a, "alice");
+}
+
 /// An answer to a ping is not itself confirmed with a ping: two servers without stream
 /// management would otherwise ping each other forever. a answers b.test's ping once, and
 /// then writes nothing more on its link.

@@ -26,8 +26,10 @@
 //! and answers every iq (RFC 6120 §8.2.3): after writing, the link sends it a ping
 //! (XEP-0199, from our domain to its domain), and the answer, a result or an error, which
 //! comes back over that server's own connection to us, says it read every stanza written
-//! before the ping. Until then the link keeps them as it keeps unacknowledged ones, with the
-//! same timeout and the same second try.
+//! before the ping. Until then the link keeps them as it keeps unacknowledged ones: if the
+//! link dies first they go out once more over a new link. A ping still unanswered after the
+//! connect timeout on a link that is up means that server cannot answer (it has no way back
+//! to us): from then on, what the link writes counts as delivered once written.
 //!
 //! What the link holds (waiting for the stream, written and not acknowledged) is kept in its
 //! `Held`, which the router's table sees too: when the server stops, it takes all of it
@@ -96,6 +98,10 @@ struct Outgoing {
     ping: Option<Ping>,
     /// Pings sent on this link, for their ids.
     pings: u64,
+    /// The other server let a ping go unanswered while the link stayed up: it cannot answer
+    /// (no way back to us, a server that answers no iq), so what is written counts as
+    /// delivered once written, and no more pings are sent.
+    unanswered: bool,
     /// Verification requests that wait for a moment they may be sent.
     verifies: Vec<(String, String, Sender<Verdict>)>,
     /// Verification requests sent, by stream id, with when.
@@ -150,6 +156,7 @@ async fn run(server: Rc<Server>, link: NewLink) {
         sm_tried: false,
         ping: None,
         pings: 0,
+        unanswered: false,
         verifies: Vec::new(),
         asked: HashMap::new(),
         deadline,
@@ -511,7 +518,11 @@ impl Outgoing {
                             format!("not accepted within {}s", f.connect_timeout_secs),
                         ));
                     }
-                    if ack_asked.is_some_and(|t| now >= t + connect) {
+                    if self.sm.is_none() {
+                        if self.ping.as_ref().is_some_and(|p| now >= p.sent + connect) {
+                            self.ping_unanswered(connect);
+                        }
+                    } else if ack_asked.is_some_and(|t| now >= t + connect) {
                         return Some(Failure(
                             Condition::RemoteServerTimeout,
                             format!("no acknowledgement within {}s", f.connect_timeout_secs),
@@ -584,7 +595,7 @@ impl Outgoing {
     fn write_stanza(&mut self, q: Queued, again: bool) {
         self.s.write(&q.el);
         let answer = q.el.name == "iq" && matches!(q.el.attr("type"), Some("result" | "error"));
-        if self.sm.is_none() && answer {
+        if self.sm.is_none() && (answer || self.unanswered) {
             return self.delivered(Delivered::of([q]));
         }
         self.link.held.unacked.borrow_mut().push_back((q, again));
@@ -623,7 +634,7 @@ impl Outgoing {
                 acks.asked = Some(Instant::now());
             }
             Some(_) => {}
-            None if self.ping.is_none() => {
+            None if self.ping.is_none() && !self.unanswered => {
                 self.pings += 1;
                 let id = format!("{PING_ID_PREFIX}{}-{}", self.link.id, self.pings);
                 let pair = &self.link.pair;
@@ -642,6 +653,30 @@ impl Outgoing {
             }
             None => {}
         }
+    }
+
+    /// No answer to the ping while the link stays up. A link that dies fails before this; one
+    /// that lives has most likely carried what was written, and the other server has no way
+    /// to say so (a server behind a firewall that only connects out, which push services
+    /// may be, cannot answer over a link of its own): what the ping covers counts as
+    /// delivered, as on such links before pings.
+    fn ping_unanswered(&mut self, waited: Duration) {
+        let Some(ping) = self.ping.take() else {
+            return;
+        };
+        log::info!(
+            "{} did not answer the ping from {} within {}s; what is written to it counts as \
+             delivered once written",
+            self.pair().remote,
+            self.pair().local,
+            waited.as_secs()
+        );
+        self.unanswered = true;
+        let done = self.link.held.acknowledged(ping.covers);
+        self.delivered(done);
+        // Anything written after the ping, too.
+        let rest = std::mem::take(&mut *self.link.held.unacked.borrow_mut());
+        self.delivered(Delivered::of(rest.into_iter().map(|(q, _)| q)));
     }
 
     /// The other server answered a ping: it read what was written before it.
