@@ -34,7 +34,7 @@ pub struct Pair {
 }
 
 /// `[federation]` of a server at `me` that knows `other` at `there`, with `more` lines.
-fn federation(me: IpAddr, other: &str, there: IpAddr, more: &str) -> String {
+fn federation(me: IpAddr, other: &str, there: SocketAddr, more: &str) -> String {
     let enabled = match more.contains("enabled") {
         true => "",
         false => "enabled = true\n",
@@ -45,7 +45,7 @@ fn federation(me: IpAddr, other: &str, there: IpAddr, more: &str) -> String {
     };
     format!(
         "[federation]\n{enabled}listen = [\"{me}:5269\"]\n\
-         hosts = {{ \"{other}\" = \"{there}:5269\" }}\n{timeout}{more}\n"
+         hosts = {{ \"{other}\" = \"{there}\" }}\n{timeout}{more}\n"
     )
 }
 
@@ -55,15 +55,29 @@ pub fn servers(fa: &str, fb: &str, extra_a: &str, extra_b: &str) -> Pair {
     let (ia, ib) = addresses();
     let a = TestServer::start_domain(
         "a.test",
-        &format!("{}{extra_a}", federation(ia, "b.test", ib, fa)),
+        &format!(
+            "{}{extra_a}",
+            federation(ia, "b.test", SocketAddr::new(ib, 5269), fa)
+        ),
     );
     let b = TestServer::start_domain(
         "b.test",
-        &format!("{}{extra_b}", federation(ib, "a.test", ia, fb)),
+        &format!(
+            "{}{extra_b}",
+            federation(ib, "a.test", SocketAddr::new(ia, 5269), fb)
+        ),
     );
     a.add_users(&["alice"]);
     b.add_users(&["bob"]);
     Pair { a, b }
+}
+
+/// `a.test` at `me` with user alice, whose link to b.test goes to `there` (a server the test
+/// plays); `more` goes into its `[federation]` section.
+fn a_facing(me: IpAddr, there: SocketAddr, more: &str) -> TestServer {
+    let a = TestServer::start_domain("a.test", &federation(me, "b.test", there, more));
+    a.add_users(&["alice"]);
+    a
 }
 
 #[test]
@@ -966,15 +980,7 @@ fn what_a_dead_link_did_not_get_acknowledged_goes_out_again_once() {
     let ca = Authority::new();
     let (ia, ib) = addresses();
     let b = FakeServer::new(ib, &ca);
-    let a = TestServer::start_domain(
-        "a.test",
-        &format!(
-            "[federation]\nenabled = true\nlisten = [\"{ia}:5269\"]\n\
-             hosts = {{ \"b.test\" = \"{}\" }}\nconnect_timeout_secs = 10\n",
-            b.addr()
-        ),
-    );
-    a.add_users(&["alice"]);
+    let a = a_facing(ia, b.addr(), "");
     let mut alice = Client::online(&a, "alice", "phone");
 
     alice.send_message("bob@b.test", "chat", "one");
@@ -1031,15 +1037,7 @@ fn an_acknowledgement_of_more_than_was_sent_ends_the_link() {
     let ca = Authority::new();
     let (ia, ib) = addresses();
     let b = FakeServer::new(ib, &ca);
-    let a = TestServer::start_domain(
-        "a.test",
-        &format!(
-            "[federation]\nenabled = true\nlisten = [\"{ia}:5269\"]\n\
-             hosts = {{ \"b.test\" = \"{}\" }}\nconnect_timeout_secs = 10\n",
-            b.addr()
-        ),
-    );
-    a.add_users(&["alice"]);
+    let a = a_facing(ia, b.addr(), "");
     let mut alice = Client::online(&a, "alice", "phone");
     alice.send_message("bob@b.test", "chat", "one");
     let mut link = b.accept();
@@ -1148,7 +1146,12 @@ fn waiting_messages_reach_b_after(stop: impl FnOnce(&mut TestServer, Client)) {
     let mut silent = Silent::new(SocketAddr::new(ib, 5269));
     let mut a = TestServer::start_domain(
         "a.test",
-        &federation(ia, "b.test", ib, "connect_timeout_secs = 60"),
+        &federation(
+            ia,
+            "b.test",
+            SocketAddr::new(ib, 5269),
+            "connect_timeout_secs = 60",
+        ),
     );
     a.add_users(&["alice"]);
     let mut alice = Client::user(&a, "alice", "phone");
@@ -1157,7 +1160,10 @@ fn waiting_messages_reach_b_after(stop: impl FnOnce(&mut TestServer, Client)) {
     stop(&mut a, alice);
     drop(silent);
 
-    let b = TestServer::start_domain("b.test", &federation(ib, "a.test", ia, ""));
+    let b = TestServer::start_domain(
+        "b.test",
+        &federation(ib, "a.test", SocketAddr::new(ia, 5269), ""),
+    );
     b.add_users(&["bob"]);
     let mut bob = Client::online(&b, "bob", "laptop");
     a.restart();
@@ -1263,17 +1269,7 @@ fn on_a_link_without_stream_management_a_ping_answer_delivers_what_was_written()
     let ca = Authority::new();
     let (ia, ib) = addresses();
     let fake = FakeServer::new(ib, &ca);
-    let mut a = TestServer::start_domain(
-        "a.test",
-        &format!(
-            "[federation]\nenabled = true\nlisten = [\"{ia}:5269\"]\n\
-             hosts = {{ \"b.test\" = \"{}\" }}\nconnect_timeout_secs = 10\n\
-             ca_files = [{:?}]\n",
-            fake.addr(),
-            ca.ca()
-        ),
-    );
-    a.add_users(&["alice"]);
+    let mut a = a_facing(ia, fake.addr(), &format!("ca_files = [{:?}]", ca.ca()));
     let mut alice = Client::user(&a, "alice", "phone");
     send_acknowledged(&mut alice, &["m1"]);
 
@@ -1348,15 +1344,7 @@ fn a_ping_never_answered_on_a_live_link_lets_what_was_written_count_as_delivered
     let ca = Authority::new();
     let (ia, ib) = addresses();
     let fake = FakeServer::new(ib, &ca);
-    let a = TestServer::start_domain(
-        "a.test",
-        &format!(
-            "[federation]\nenabled = true\nlisten = [\"{ia}:5269\"]\n\
-             hosts = {{ \"b.test\" = \"{}\" }}\nconnect_timeout_secs = 1\n",
-            fake.addr()
-        ),
-    );
-    a.add_users(&["alice"]);
+    let a = a_facing(ia, fake.addr(), "connect_timeout_secs = 1");
     let mut alice = Client::online(&a, "alice", "phone");
     alice.send_message("bob@b.test", "chat", "m1");
     let mut link = fake.accept_offering("");
@@ -1388,17 +1376,7 @@ fn a_link_without_stream_management_does_not_ping_for_its_answers() {
     let ca = Authority::new();
     let (ia, ib) = addresses();
     let fake = FakeServer::new(ib, &ca);
-    let a = TestServer::start_domain(
-        "a.test",
-        &format!(
-            "[federation]\nenabled = true\nlisten = [\"{ia}:5269\"]\n\
-             hosts = {{ \"b.test\" = \"{}\" }}\nconnect_timeout_secs = 10\n\
-             ca_files = [{:?}]\n",
-            fake.addr(),
-            ca.ca()
-        ),
-    );
-    a.add_users(&["alice"]);
+    let a = a_facing(ia, fake.addr(), &format!("ca_files = [{:?}]", ca.ca()));
     let mut alice = Client::online(&a, "alice", "phone");
     alice.send_message("bob@b.test", "chat", "m1");
     let mut link = fake.accept_offering("");
@@ -1434,14 +1412,7 @@ fn what_a_link_wrote_without_acknowledgement_survives_a_restart() {
     let (ia, ib) = addresses();
     let fake = FakeServer::new(ib, &ca);
     let there = fake.addr();
-    let mut a = TestServer::start_domain(
-        "a.test",
-        &format!(
-            "[federation]\nenabled = true\nlisten = [\"{ia}:5269\"]\n\
-             hosts = {{ \"b.test\" = \"{there}\" }}\nconnect_timeout_secs = 60\n"
-        ),
-    );
-    a.add_users(&["alice"]);
+    let mut a = a_facing(ia, there, "connect_timeout_secs = 60");
     let mut alice = Client::user(&a, "alice", "phone");
     alice.send(&format!("<enable xmlns='{SM}'/>"));
     alice.expect(&format!("<enabled xmlns='{SM}'/>"));
@@ -1493,7 +1464,12 @@ fn what_waited_goes_nowhere_when_federation_is_off_after_the_restart() {
     let mut silent = Silent::new(SocketAddr::new(ib, 5269));
     let mut a = TestServer::start_domain(
         "a.test",
-        &federation(ia, "b.test", ib, "connect_timeout_secs = 60"),
+        &federation(
+            ia,
+            "b.test",
+            SocketAddr::new(ib, 5269),
+            "connect_timeout_secs = 60",
+        ),
     );
     a.add_users(&["alice"]);
     let mut alice = Client::user(&a, "alice", "phone");
@@ -1521,7 +1497,10 @@ fn what_waited_goes_nowhere_when_federation_is_off_after_the_restart() {
     assert!(a.stop().success());
 
     a.edit_config("enabled = false", "enabled = true");
-    let b = TestServer::start_domain("b.test", &federation(ib, "a.test", ia, ""));
+    let b = TestServer::start_domain(
+        "b.test",
+        &federation(ib, "a.test", SocketAddr::new(ia, 5269), ""),
+    );
     b.add_users(&["bob"]);
     let mut bob = Client::online(&b, "bob", "laptop");
     a.restart();
