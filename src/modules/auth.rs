@@ -1,7 +1,8 @@
 //! SASL for password accounts (RFC 6120 §6): SCRAM-SHA-256 and SCRAM-SHA-1 (RFC 5802, RFC
 //! 7677), their -PLUS variants with tls-exporter (RFC 9266) or tls-server-end-point (RFC 5929)
-//! channel binding, and PLAIN (RFC 4616). The mechanisms themselves are in `stream/sasl.rs`; this module offers them to client
-//! streams and looks up the stored credentials. c2s only offers SASL over TLS.
+//! channel binding, and PLAIN (RFC 4616). The mechanisms themselves are in `stream/sasl.rs`;
+//! this module offers them to client streams and looks up the stored credentials. c2s only
+//! offers SASL over TLS.
 
 use super::{Cx, Entry, Mechanism, Module, Profile, SaslOffer, SaslStart};
 use crate::stream::sasl::{self, Sasl, Step};

@@ -1094,18 +1094,17 @@ impl Module for Pep {
 
     fn disco(&self, cx: &Cx, target: &Target, info: &mut DiscoInfo) {
         let user = match target {
-            Target::Account { user, .. } => user,
+            Target::Account { user, .. } => Some(user),
             // Where XEP-0163 first had PEP discovered, and where clients that read no
             // account's disco (profanity) look before they publish with publish-options.
-            Target::Server => {
-                info.identities.push(("pubsub", "pep", None));
-                info.features.extend(FEATURES);
-                return;
-            }
+            Target::Server => None,
             Target::Service(_) => return,
         };
         info.identities.push(("pubsub", "pep", None));
         info.features.extend(FEATURES);
+        let Some(user) = user else {
+            return;
+        };
         info.features.push(ns::DISCO_ITEMS);
         if let Some(asker) = info.asker.clone() {
             let jid = Jid::bare_from(user, cx.domain()).to_string();

@@ -451,8 +451,7 @@ impl Outgoing {
                 }
                 self.request_ack();
             }
-            let flushed = self.s.flush().await;
-            if !flushed {
+            if !self.s.flush().await {
                 return Some(Failure(
                     Condition::RemoteServerTimeout,
                     "the connection was lost".into(),
@@ -658,12 +657,12 @@ impl Outgoing {
     /// No answer to the ping while the link stays up. A link that dies fails before this; one
     /// that lives has most likely carried what was written, and the other server has no way
     /// to say so (a server behind a firewall that only connects out, which push services
-    /// may be, cannot answer over a link of its own): what the ping covers counts as
-    /// delivered, as on such links before pings.
+    /// may be, cannot answer over a link of its own): what was written, before the ping and
+    /// since, counts as delivered, as on such links before pings.
     fn ping_unanswered(&mut self, waited: Duration) {
-        let Some(ping) = self.ping.take() else {
+        if self.ping.take().is_none() {
             return;
-        };
+        }
         log::info!(
             "{} did not answer the ping from {} within {}s; what is written to it counts as \
              delivered once written",
@@ -672,11 +671,8 @@ impl Outgoing {
             waited.as_secs()
         );
         self.unanswered = true;
-        let done = self.link.held.acknowledged(ping.covers);
-        self.delivered(done);
-        // Anything written after the ping, too.
-        let rest = std::mem::take(&mut *self.link.held.unacked.borrow_mut());
-        self.delivered(Delivered::of(rest.into_iter().map(|(q, _)| q)));
+        let written = std::mem::take(&mut *self.link.held.unacked.borrow_mut());
+        self.delivered(Delivered::of(written.into_iter().map(|(q, _)| q)));
     }
 
     /// The other server answered a ping: it read what was written before it.
